@@ -1,0 +1,75 @@
+# redisraft-rs. `make help` lists the targets.
+SHELL := /bin/bash
+CARGO ?= cargo
+N ?= 100000
+
+MODULE := $(CURDIR)/redisraft.so
+RELEASE_SO := target/release/libredisraft.so
+# Integration tests that start servers: the test files that use the harness (tests/common).
+SERVER_TESTS = $(foreach f,$(shell grep -l '^mod common;' tests/*.rs 2>/dev/null),--test $(basename $(notdir $(f))))
+
+.PHONY: all build deps cluster stop test test-valkey8 bench fmt fmt-check lint clean distclean help
+
+all: build
+
+help:
+	@echo "make build        install missing system packages, build ./redisraft.so (release)"
+	@echo "make cluster      build, then start a local 3-node cluster on ports 5001-5003"
+	@echo "make stop         stop that cluster (its data stays in .cluster/)"
+	@echo "make test         unit tests + integration tests against redis-server and Valkey 9"
+	@echo "make test-valkey8 integration tests against Valkey 8"
+	@echo "make bench N=...  redis-benchmark SET: one-node raft vs appendfsync always"
+	@echo "make fmt | fmt-check | lint | clean | distclean"
+
+deps:
+	@scripts/deps
+
+# The module is built once, in release mode with Redis' allocator; tests load this copy.
+# The copy is renamed into place so a running server never sees a half-written file.
+build: deps
+	$(CARGO) build --release --features redis-alloc
+	cp $(RELEASE_SO) redisraft.so.tmp && mv -f redisraft.so.tmp redisraft.so
+	@echo "built $(MODULE)"
+
+cluster: build
+	@scripts/cluster-start
+
+stop:
+	@scripts/cluster-stop
+
+# One release build of the test binaries (without redis-alloc: test processes must not use
+# Redis' allocator) serves both passes. Pass 1: unit tests, doc tests and every integration
+# test against redis-server. Pass 2: the server tests again, against Valkey 9.
+test: build
+	@valkey="$$(scripts/install-valkey 9)" && \
+	export REDISRAFT_MODULE=$(MODULE) && \
+	echo "== unit + integration tests, server: redis-server ($$(redis-server --version | cut -d' ' -f3))" && \
+	$(CARGO) test --release && \
+	if [ -n "$(SERVER_TESTS)" ]; then \
+	  echo "== integration tests, server: $$valkey" && \
+	  REDISRAFT_SERVER="$$valkey" $(CARGO) test --release $(SERVER_TESTS); \
+	fi
+
+test-valkey8: build
+	@valkey="$$(scripts/install-valkey 8)" && \
+	REDISRAFT_MODULE=$(MODULE) REDISRAFT_SERVER="$$valkey" $(CARGO) test --release $(SERVER_TESTS)
+
+bench: build
+	scripts/bench -n $(N)
+
+fmt:
+	$(CARGO) fmt --all
+
+fmt-check:
+	$(CARGO) fmt --all -- --check
+
+lint: deps
+	$(CARGO) clippy --all-targets --all-features -- -D warnings
+
+# Removes what the Makefile and scripts made; `make distclean` also drops cargo's target/.
+clean:
+	-@scripts/cluster-stop >/dev/null
+	rm -rf redisraft.so redisraft.so.tmp .cluster .deps
+
+distclean: clean
+	$(CARGO) clean

@@ -1,0 +1,157 @@
+//! Main-thread side of the driver: applies committed entries in log order, answers the
+//! blocked clients by request id, runs confirmed reads.
+
+use std::ffi::c_void;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use raft::eraftpb::{Entry, EntryType};
+
+use crate::adapters::driver::MainTask;
+use crate::adapters::ffi::{self, Answer};
+use crate::adapters::state::{call_locally, with_state, NodeState};
+use crate::core::entry::Payload;
+use crate::core::pending::RequestId;
+
+static WAKE_PENDING: AtomicBool = AtomicBool::new(false);
+
+/// Called by the driver thread after queueing work; coalesces into one event-loop callback.
+pub fn wake_main_thread() {
+    if !WAKE_PENDING.swap(true, Ordering::SeqCst) && !ffi::run_on_main_thread(on_wake) {
+        WAKE_PENDING.store(false, Ordering::SeqCst);
+        log::warn!("raft: could not schedule work on the main thread");
+    }
+}
+
+/// Bound on tasks handled per callback so clients are not starved during a long replay.
+const MAX_TASKS_PER_WAKE: usize = 256;
+
+unsafe extern "C" fn on_wake(_: *mut c_void) {
+    WAKE_PENDING.store(false, Ordering::SeqCst);
+    let mut handled = 0;
+    while handled < MAX_TASKS_PER_WAKE {
+        let task = with_state(|state| state.from_driver.as_ref().and_then(|rx| rx.try_recv().ok()));
+        let Some(task) = task else { return };
+        run_task(task);
+        handled += 1;
+    }
+    // More work is queued: come back on the next event-loop iteration.
+    wake_main_thread();
+}
+
+fn run_task(task: MainTask) {
+    match task {
+        MainTask::Apply(entries) => {
+            for entry in entries {
+                apply_entry(&entry);
+            }
+            serve_confirmed_reads();
+            finish_loading_if_caught_up();
+        }
+        MainTask::Fail { request_ids, error } => {
+            for request_id in request_ids {
+                answer(request_id, Answer::Error(error.to_string()));
+            }
+        }
+        MainTask::ReadReady { request_ids, index } => {
+            with_state(|state| {
+                state
+                    .confirmed_reads
+                    .entry(index)
+                    .or_default()
+                    .extend(request_ids)
+            });
+            serve_confirmed_reads();
+        }
+    }
+}
+
+fn answer(request_id: RequestId, answer: Answer) {
+    if let Some(waiter) = with_state(|state| state.waiters.remove(&request_id)) {
+        ffi::unblock(waiter.client, answer);
+    }
+}
+
+fn apply_entry(entry: &Entry) {
+    let (apply_ctx, applied, me, incarnation) = with_state(|state| {
+        let me = state.meta.as_ref().map_or(0, |meta| meta.node_id);
+        (state.apply_ctx, state.applied_index, me, state.incarnation)
+    });
+    assert_eq!(
+        entry.index,
+        applied + 1,
+        "raft: entries must be applied in order without gaps (applied {applied}, got {})",
+        entry.index
+    );
+    if entry.get_entry_type() == EntryType::EntryNormal && !entry.data.is_empty() {
+        let payload = Payload::decode(&entry.data).unwrap_or_else(|e| {
+            // The entry passed its checksum, so this is a bug or a newer format: stop
+            // rather than let this node's data silently differ from the others'.
+            log::error!("raft: FATAL: entry {} cannot be decoded: {e}", entry.index);
+            std::process::abort();
+        });
+        let Payload::Commands { origin, commands } = payload;
+        let waiter_id = origin
+            .filter(|o| o.node_id == me && o.incarnation == incarnation)
+            .map(|o| o.request_id);
+        let resp3 = waiter_id
+            .and_then(|id| with_state(|state| state.waiters.get(&id).map(|w| w.resp3)))
+            .unwrap_or(false);
+        let mut last_reply = None;
+        for command in &commands {
+            last_reply = Some(call_locally(apply_ctx, command, resp3));
+        }
+        if let (Some(id), Some(reply)) = (waiter_id, last_reply) {
+            let answer = match reply {
+                Ok(reply) => Answer::Reply(reply),
+                Err(message) => Answer::Error(message),
+            };
+            self::answer(id, answer);
+        }
+    }
+    with_state(|state| state.applied_index = entry.index);
+}
+
+/// Runs every confirmed read whose read index has been applied.
+fn serve_confirmed_reads() {
+    loop {
+        let ready = with_state(|state| {
+            let (&index, _) = state.confirmed_reads.first_key_value()?;
+            if index > state.applied_index {
+                return None;
+            }
+            let ids = state.confirmed_reads.remove(&index).unwrap_or_default();
+            let reads: Vec<_> = ids
+                .into_iter()
+                .filter_map(|id| state.waiters.remove(&id))
+                .collect();
+            Some((state.apply_ctx, reads))
+        });
+        let Some((ctx, reads)) = ready else { return };
+        for waiter in reads {
+            let Some(argv) = &waiter.read else {
+                ffi::unblock(
+                    waiter.client,
+                    Answer::Error("ERR internal: read without command".into()),
+                );
+                continue;
+            };
+            let answer = match call_locally(ctx, argv, waiter.resp3) {
+                Ok(reply) => Answer::Reply(reply),
+                Err(message) => Answer::Error(message),
+            };
+            ffi::unblock(waiter.client, answer);
+        }
+    }
+}
+
+fn finish_loading_if_caught_up() {
+    with_state(|state| {
+        if state.node_state == NodeState::Loading && state.applied_index >= state.loading_until {
+            state.node_state = NodeState::Up;
+            log::info!(
+                "raft: loading done, {} entries applied",
+                state.applied_index
+            );
+        }
+    });
+}

@@ -1,0 +1,327 @@
+//! The driver thread: owns the raft node and the log file, pumps the Ready loop, and hands
+//! committed entries to the Redis main thread. It is the only thread that touches raft.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use raft::eraftpb::{Entry, Message};
+
+use crate::adapters::logio::LogFile;
+use crate::core::node::{RaftNode, Role};
+use crate::core::pending::{ProposalTable, ReadBatches, RequestId};
+
+/// Inputs waiting for the driver; main-thread senders never block on it.
+pub const INBOX_BOUND: usize = 65_536;
+/// Batches of work waiting for the main thread; the driver waits when it is full.
+pub const MAIN_QUEUE_BOUND: usize = 1_024;
+/// Inputs handled per loop iteration, so one Ready cycle (and one fsync) covers many writes
+/// without starving ticks.
+const MAX_INPUTS_PER_CYCLE: usize = 4_096;
+
+pub enum DriverInput {
+    Propose {
+        request_id: RequestId,
+        data: Vec<u8>,
+    },
+    Read {
+        request_id: RequestId,
+    },
+    Campaign,
+    #[allow(dead_code)] // peers arrive with the cluster transport
+    Peer(Box<Message>),
+}
+
+pub enum MainTask {
+    Apply(Vec<Entry>),
+    Fail {
+        request_ids: Vec<RequestId>,
+        error: &'static str,
+    },
+    ReadReady {
+        request_ids: Vec<RequestId>,
+        index: u64,
+    },
+}
+
+pub const ERR_NOT_COMMITTED: &str = "TIMEOUT not committed yet";
+pub const ERR_NO_QUORUM_READ: &str = "TIMEOUT no quorum for read";
+pub const ERR_NO_LEADER: &str = "CLUSTERDOWN No raft leader";
+
+/// What the main thread (INFO, the command path) reads about the node without locking.
+#[derive(Default)]
+pub struct SharedStatus {
+    pub role: AtomicU8,
+    pub leader_id: AtomicU64,
+    pub term: AtomicU64,
+    pub commit_index: AtomicU64,
+    pub first_index: AtomicU64,
+    pub last_index: AtomicU64,
+    pub leader_ready: AtomicBool,
+    pub log_entries: AtomicU64,
+    pub cache_bytes: AtomicU64,
+    pub file_size: AtomicU64,
+    pub fsync_count: AtomicU64,
+    pub fsync_total_us: AtomicU64,
+    pub fsync_max_us: AtomicU64,
+}
+
+pub fn role_code(role: Role) -> u8 {
+    match role {
+        Role::Follower => 1,
+        Role::Candidate | Role::PreCandidate => 2,
+        Role::Leader => 3,
+    }
+}
+
+pub fn role_name(code: u8) -> &'static str {
+    match code {
+        1 => "follower",
+        2 => "candidate",
+        3 => "leader",
+        _ => "-",
+    }
+}
+
+pub struct DriverParams {
+    pub tick: Duration,
+    pub fsync: bool,
+    pub read_timeout_ticks: u64,
+}
+
+pub struct Driver {
+    node: RaftNode,
+    log: LogFile,
+    inbox: Receiver<DriverInput>,
+    outbox: SyncSender<MainTask>,
+    wake_main: fn(),
+    shared: Arc<SharedStatus>,
+    proposals: ProposalTable,
+    reads: ReadBatches,
+    params: DriverParams,
+    ticks: u64,
+    was_leader: bool,
+}
+
+impl Driver {
+    pub fn new(
+        node: RaftNode,
+        log: LogFile,
+        inbox: Receiver<DriverInput>,
+        outbox: SyncSender<MainTask>,
+        wake_main: fn(),
+        shared: Arc<SharedStatus>,
+        params: DriverParams,
+    ) -> Driver {
+        Driver {
+            node,
+            log,
+            inbox,
+            outbox,
+            wake_main,
+            shared,
+            proposals: ProposalTable::default(),
+            reads: ReadBatches::default(),
+            params,
+            ticks: 0,
+            was_leader: false,
+        }
+    }
+
+    pub fn spawn(self) -> std::thread::JoinHandle<()> {
+        std::thread::Builder::new()
+            .name("raft-driver".into())
+            .spawn(move || self.run())
+            .expect("could not start the raft driver thread")
+    }
+
+    fn run(mut self) {
+        let mut next_tick = Instant::now() + self.params.tick;
+        // Replay what is already committed first: conf changes in it decide who votes.
+        self.pump_ready();
+        self.campaign_if_alone();
+        loop {
+            let wait = next_tick.saturating_duration_since(Instant::now());
+            let mut new_reads = Vec::new();
+            match self.inbox.recv_timeout(wait) {
+                Ok(input) => self.handle(input, &mut new_reads),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+            for _ in 0..MAX_INPUTS_PER_CYCLE {
+                match self.inbox.try_recv() {
+                    Ok(input) => self.handle(input, &mut new_reads),
+                    Err(_) => break,
+                }
+            }
+            if !new_reads.is_empty() {
+                self.start_read_batch(new_reads);
+            }
+            if Instant::now() >= next_tick {
+                self.node.tick();
+                self.ticks += 1;
+                next_tick += self.params.tick;
+                if next_tick < Instant::now() {
+                    // We fell behind (e.g. a slow fsync); don't fire a burst of ticks.
+                    next_tick = Instant::now() + self.params.tick;
+                }
+                let expired = self
+                    .reads
+                    .expire(self.ticks, self.params.read_timeout_ticks);
+                self.fail(expired, ERR_NO_QUORUM_READ);
+            }
+            self.pump_ready();
+        }
+    }
+
+    fn handle(&mut self, input: DriverInput, new_reads: &mut Vec<RequestId>) {
+        match input {
+            DriverInput::Propose { request_id, data } => match self.node.propose(data) {
+                Ok((index, term)) => self.proposals.insert(index, term, request_id),
+                Err(_) => self.fail(vec![request_id], ERR_NO_LEADER),
+            },
+            DriverInput::Read { request_id } => new_reads.push(request_id),
+            DriverInput::Campaign => {
+                if let Err(e) = self.node.campaign() {
+                    log::warn!("raft: could not start an election: {e}");
+                }
+            }
+            DriverInput::Peer(message) => {
+                if let Err(e) = self.node.step(*message) {
+                    log::debug!("raft: dropped a peer message: {e}");
+                }
+            }
+        }
+    }
+
+    /// The only voter needs no election timeout to lead again after a restart or INIT.
+    fn campaign_if_alone(&mut self) {
+        let voters = self.node.conf_state().voters;
+        if voters == [self.node.status().id] && self.node.status().role != Role::Leader {
+            if let Err(e) = self.node.campaign() {
+                log::warn!("raft: could not start an election: {e}");
+            }
+            self.pump_ready();
+        }
+    }
+
+    /// Many concurrent reads share one ReadIndex round.
+    fn start_read_batch(&mut self, request_ids: Vec<RequestId>) {
+        if self.node.status().role != Role::Leader {
+            self.fail(request_ids, ERR_NO_LEADER);
+            return;
+        }
+        let context = self.reads.start(request_ids, self.ticks);
+        self.node.read_index(context);
+    }
+
+    /// The Ready loop, steps named as in raft-rs' documentation.
+    fn pump_ready(&mut self) {
+        while let Some(ready) = self.node.poll_ready() {
+            let must_persist = ready.must_persist();
+            // 1. Messages that need no durability go out first.
+            self.send(ready.send_now);
+            // 2. Persist entries and hard state: one write and one sync per cycle.
+            if must_persist {
+                self.log.append(&ready.entries, ready.hard_state.as_ref());
+                if self.params.fsync {
+                    self.log.sync();
+                }
+            }
+            // 3. Messages that promise durability (votes, append acks).
+            self.send(ready.send_after_persist);
+            // 4. Apply: resolve proposals, hand entries to the main thread in log order.
+            if !ready.committed.is_empty() {
+                for entry in &ready.committed {
+                    let lost = self.proposals.on_committed(entry.index, entry.term);
+                    self.fail(lost, ERR_NOT_COMMITTED);
+                }
+                self.push_main(MainTask::Apply(ready.committed));
+            }
+            for read in ready.read_states {
+                if let Some(request_ids) = self.reads.confirm(&read.request_ctx) {
+                    self.push_main(MainTask::ReadReady {
+                        request_ids,
+                        index: read.index,
+                    });
+                }
+            }
+            if ready.role_change.is_some() {
+                self.on_role_change();
+            }
+        }
+        self.publish_status();
+    }
+
+    fn on_role_change(&mut self) {
+        let is_leader = self.node.status().role == Role::Leader;
+        if self.was_leader && !is_leader {
+            let proposals = self.proposals.drain_all();
+            self.fail(proposals, ERR_NOT_COMMITTED);
+            let reads = self.reads.drain_all();
+            self.fail(reads, ERR_NO_QUORUM_READ);
+        }
+        self.was_leader = is_leader;
+    }
+
+    fn send(&mut self, messages: Vec<Message>) {
+        // The peer transport arrives with multi-node clusters; a single node sends nothing.
+        if !messages.is_empty() {
+            log::debug!(
+                "raft: {} peer messages dropped (no transport yet)",
+                messages.len()
+            );
+        }
+    }
+
+    fn fail(&mut self, request_ids: Vec<RequestId>, error: &'static str) {
+        if !request_ids.is_empty() {
+            self.push_main(MainTask::Fail { request_ids, error });
+        }
+    }
+
+    fn push_main(&mut self, task: MainTask) {
+        let mut task = task;
+        loop {
+            match self.outbox.try_send(task) {
+                Ok(()) => break,
+                Err(TrySendError::Full(back)) => {
+                    // Back-pressure: the main thread is behind; let it catch up.
+                    (self.wake_main)();
+                    std::thread::sleep(Duration::from_millis(1));
+                    task = back;
+                }
+                Err(TrySendError::Disconnected(_)) => return,
+            }
+        }
+        (self.wake_main)();
+    }
+
+    fn publish_status(&self) {
+        let status = self.node.status();
+        let shared = &self.shared;
+        shared.role.store(role_code(status.role), Ordering::Relaxed);
+        shared.leader_id.store(status.leader_id, Ordering::Relaxed);
+        shared.term.store(status.term, Ordering::Relaxed);
+        shared
+            .commit_index
+            .store(status.commit_index, Ordering::Relaxed);
+        shared
+            .first_index
+            .store(status.first_index, Ordering::Relaxed);
+        shared
+            .last_index
+            .store(status.last_index, Ordering::Relaxed);
+        shared
+            .log_entries
+            .store(self.node.store().entry_count() as u64, Ordering::Relaxed);
+        shared
+            .cache_bytes
+            .store(self.node.store().cached_bytes() as u64, Ordering::Relaxed);
+        shared
+            .leader_ready
+            .store(status.leader_ready, Ordering::Release);
+        self.log.publish_stats(shared);
+    }
+}

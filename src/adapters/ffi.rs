@@ -1,0 +1,534 @@
+//! Every `unsafe` call into the Redis module API lives here, behind small safe functions.
+//!
+//! All functions must be called on the Redis main thread (the thread that runs command
+//! handlers, filters and event-loop callbacks) unless their doc says otherwise.
+
+use std::ffi::{c_char, c_int, c_void, CString};
+use std::ptr::NonNull;
+
+use redis_module::raw;
+
+pub type RawCtx = *mut raw::RedisModuleCtx;
+
+fn api<T>(function: Option<T>, name: &str) -> T {
+    function.unwrap_or_else(|| panic!("Redis module API {name} is missing on this server"))
+}
+
+/// A reply produced by `call`; freed on drop.
+pub struct CallReply(NonNull<raw::RedisModuleCallReply>);
+
+// SAFETY: a CallReply is only created, read and freed on the main thread; it is moved to
+// Redis' blocked-client machinery as an opaque pointer which Redis hands back on that thread.
+unsafe impl Send for CallReply {}
+
+impl CallReply {
+    pub fn is_error(&self) -> bool {
+        // SAFETY: the pointer is a live reply owned by self.
+        let reply_type =
+            unsafe { api(raw::RedisModule_CallReplyType, "CallReplyType")(self.0.as_ptr()) };
+        reply_type == raw::REDISMODULE_REPLY_ERROR as c_int
+    }
+
+    pub fn reply_type(&self) -> c_int {
+        // SAFETY: the pointer is a live reply owned by self.
+        unsafe { api(raw::RedisModule_CallReplyType, "CallReplyType")(self.0.as_ptr()) }
+    }
+
+    /// String content of a string, error or verbatim reply; empty for other types.
+    pub fn bytes(&self) -> &[u8] {
+        reply_bytes(self.0.as_ptr())
+    }
+
+    pub fn integer(&self) -> i64 {
+        reply_integer(self.0.as_ptr())
+    }
+
+    pub fn len(&self) -> usize {
+        // SAFETY: the pointer is a live reply owned by self.
+        unsafe { api(raw::RedisModule_CallReplyLength, "CallReplyLength")(self.0.as_ptr()) }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Element `index` of an array reply, borrowed from self.
+    pub fn element(&self, index: usize) -> Option<ReplyRef<'_>> {
+        element_of(self.0.as_ptr(), index)
+    }
+
+    fn into_raw(self) -> *mut raw::RedisModuleCallReply {
+        let pointer = self.0.as_ptr();
+        std::mem::forget(self);
+        pointer
+    }
+}
+
+impl Drop for CallReply {
+    fn drop(&mut self) {
+        // SAFETY: we own the reply and free it exactly once.
+        unsafe { api(raw::RedisModule_FreeCallReply, "FreeCallReply")(self.0.as_ptr()) }
+    }
+}
+
+/// A nested element of a CallReply; lives as long as its parent.
+#[derive(Clone, Copy)]
+pub struct ReplyRef<'a> {
+    pointer: *mut raw::RedisModuleCallReply,
+    _parent: std::marker::PhantomData<&'a CallReply>,
+}
+
+impl<'a> ReplyRef<'a> {
+    pub fn bytes(&self) -> &'a [u8] {
+        reply_bytes(self.pointer)
+    }
+    pub fn integer(&self) -> i64 {
+        reply_integer(self.pointer)
+    }
+    pub fn len(&self) -> usize {
+        // SAFETY: nested replies live as long as the parent CallReply.
+        unsafe { api(raw::RedisModule_CallReplyLength, "CallReplyLength")(self.pointer) }
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    pub fn element(&self, index: usize) -> Option<ReplyRef<'a>> {
+        element_of(self.pointer, index)
+    }
+}
+
+fn reply_bytes<'a>(pointer: *mut raw::RedisModuleCallReply) -> &'a [u8] {
+    let mut len = 0usize;
+    // SAFETY: pointer is a live reply; Redis returns NULL for non-string types.
+    let data = unsafe {
+        api(raw::RedisModule_CallReplyStringPtr, "CallReplyStringPtr")(pointer, &mut len)
+    };
+    if data.is_null() {
+        return &[];
+    }
+    // SAFETY: Redis guarantees `len` readable bytes at `data` for the reply's lifetime.
+    unsafe { std::slice::from_raw_parts(data.cast::<u8>(), len) }
+}
+
+fn reply_integer(pointer: *mut raw::RedisModuleCallReply) -> i64 {
+    // SAFETY: pointer is a live reply; non-integers give 0.
+    unsafe { api(raw::RedisModule_CallReplyInteger, "CallReplyInteger")(pointer) }
+}
+
+fn element_of<'a>(pointer: *mut raw::RedisModuleCallReply, index: usize) -> Option<ReplyRef<'a>> {
+    // SAFETY: pointer is a live reply; out-of-range or non-array gives NULL.
+    let element = unsafe {
+        api(
+            raw::RedisModule_CallReplyArrayElement,
+            "CallReplyArrayElement",
+        )(pointer, index)
+    };
+    (!element.is_null()).then_some(ReplyRef {
+        pointer: element,
+        _parent: std::marker::PhantomData,
+    })
+}
+
+/// Runs one command through `RedisModule_Call` with errors returned as replies.
+/// `resp3` picks the protocol of the reply (the waiting client's protocol).
+pub fn call(ctx: RawCtx, argv: &[Vec<u8>], resp3: bool) -> Result<CallReply, String> {
+    let Some((name, args)) = argv.split_first() else {
+        return Err("ERR empty command".to_string());
+    };
+    let name = CString::new(name.as_slice()).map_err(|_| "ERR invalid command name".to_string())?;
+    // SAFETY: API pointers are written once by RedisModule_Init, before any call here.
+    let (create, free) = unsafe {
+        (
+            api(raw::RedisModule_CreateString, "CreateString"),
+            api(raw::RedisModule_FreeString, "FreeString"),
+        )
+    };
+    // SAFETY: strings created with a NULL ctx are owned by us and freed below.
+    let mut strings: Vec<*mut raw::RedisModuleString> = args
+        .iter()
+        .map(|arg| unsafe {
+            create(
+                std::ptr::null_mut(),
+                arg.as_ptr().cast::<c_char>(),
+                arg.len(),
+            )
+        })
+        .collect();
+    // No "E" flag: Redis 7.0 rejects it. Failures before execution come back as NULL + errno.
+    let format: &[u8] = if resp3 { b"v3\0" } else { b"v\0" };
+    // SAFETY: "v" takes (RedisModuleString **, size_t); ctx is a live context on the main
+    // thread; the strings stay alive for the whole call.
+    let reply = unsafe {
+        api(raw::RedisModule_Call, "Call")(
+            ctx,
+            name.as_ptr(),
+            format.as_ptr().cast::<c_char>(),
+            strings.as_mut_ptr(),
+            strings.len(),
+        )
+    };
+    for string in strings {
+        // SAFETY: each string was created above with a NULL ctx and is no longer used.
+        unsafe { free(std::ptr::null_mut(), string) };
+    }
+    let errno = std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
+    NonNull::new(reply)
+        .map(CallReply)
+        .ok_or_else(|| call_failure(&argv[0], errno))
+}
+
+/// The error a client would have seen for a command Redis refused to run.
+fn call_failure(name: &[u8], errno: i32) -> String {
+    let name = String::from_utf8_lossy(name);
+    match errno {
+        libc_errno::ENOENT => format!("ERR unknown command '{name}'"),
+        libc_errno::EINVAL => format!("ERR wrong number of arguments for '{name}' command"),
+        libc_errno::EACCES => {
+            format!("NOPERM this user has no permissions to run the '{name}' command")
+        }
+        libc_errno::ENOSPC => "OOM command not allowed when used memory > 'maxmemory'.".to_string(),
+        libc_errno::EBADF => "ERR internal: RedisModule_Call format refused".to_string(),
+        libc_errno::EROFS => "READONLY You can't write against a read only replica.".to_string(),
+        _ => format!("ERR command '{name}' could not be executed (errno {errno})"),
+    }
+}
+
+/// The errno values RedisModule_Call documents, from Linux' errno.h.
+mod libc_errno {
+    pub const ENOENT: i32 = 2;
+    pub const EBADF: i32 = 9;
+    pub const EACCES: i32 = 13;
+    pub const EINVAL: i32 = 22;
+    pub const ENOSPC: i32 = 28;
+    pub const EROFS: i32 = 30;
+}
+
+/// A context with the module attached, usable on the main thread outside any command,
+/// e.g. in event-loop callbacks. Lives for the process lifetime.
+pub fn detached_context(ctx: RawCtx) -> RawCtx {
+    // SAFETY: ctx is the module's load context.
+    unsafe {
+        api(
+            raw::RedisModule_GetDetachedThreadSafeContext,
+            "GetDetachedThreadSafeContext",
+        )(ctx)
+    }
+}
+
+pub fn context_flags(ctx: RawCtx) -> u32 {
+    // SAFETY: ctx is a live context.
+    unsafe { api(raw::RedisModule_GetContextFlags, "GetContextFlags")(ctx) as u32 }
+}
+
+// ----- command filter -----
+
+pub type FilterCtx = *mut raw::RedisModuleCommandFilterCtx;
+
+pub fn register_command_filter(ctx: RawCtx, callback: unsafe extern "C" fn(FilterCtx)) -> bool {
+    // SAFETY: ctx is the load context; callback is a 'static function.
+    let filter = unsafe {
+        api(
+            raw::RedisModule_RegisterCommandFilter,
+            "RegisterCommandFilter",
+        )(
+            ctx,
+            Some(callback),
+            raw::REDISMODULE_CMDFILTER_NOSELF as c_int,
+        )
+    };
+    !filter.is_null()
+}
+
+pub fn filter_arg_count(fctx: FilterCtx) -> usize {
+    // SAFETY: fctx is the live filter context passed to the callback.
+    unsafe {
+        api(
+            raw::RedisModule_CommandFilterArgsCount,
+            "CommandFilterArgsCount",
+        )(fctx) as usize
+    }
+}
+
+/// Argument `position` of the filtered command, valid during the filter callback.
+pub fn filter_arg<'a>(fctx: FilterCtx, position: usize) -> &'a [u8] {
+    // SAFETY: fctx is live and position < count (checked by the caller's loop bounds).
+    let string = unsafe {
+        api(raw::RedisModule_CommandFilterArgGet, "CommandFilterArgGet")(fctx, position as c_int)
+    };
+    string_bytes(string)
+}
+
+/// Puts `word` in front of the filtered command (it becomes argv[0]).
+pub fn filter_prepend(fctx: FilterCtx, word: &[u8]) {
+    // SAFETY: Redis takes ownership of a string created with a NULL ctx.
+    unsafe {
+        let string = api(raw::RedisModule_CreateString, "CreateString")(
+            std::ptr::null_mut(),
+            word.as_ptr().cast::<c_char>(),
+            word.len(),
+        );
+        api(
+            raw::RedisModule_CommandFilterArgInsert,
+            "CommandFilterArgInsert",
+        )(fctx, 0, string);
+    }
+}
+
+pub fn string_bytes<'a>(string: *const raw::RedisModuleString) -> &'a [u8] {
+    if string.is_null() {
+        return &[];
+    }
+    let mut len = 0usize;
+    // SAFETY: string is a live RedisModuleString; the bytes live as long as it does.
+    unsafe {
+        let data = api(raw::RedisModule_StringPtrLen, "StringPtrLen")(string, &mut len);
+        std::slice::from_raw_parts(data.cast::<u8>(), len)
+    }
+}
+
+// ----- blocked clients -----
+
+/// What a blocked client is answered with once its request resolves.
+pub enum Answer {
+    Reply(CallReply),
+    Error(String),
+    Simple(String),
+    Integer(i64),
+}
+
+pub struct BlockedClient(NonNull<raw::RedisModuleBlockedClient>);
+
+// SAFETY: only touched on the main thread; Send lets it sit in tables owned by statics.
+unsafe impl Send for BlockedClient {}
+
+unsafe extern "C" fn answer_blocked_client(
+    ctx: RawCtx,
+    _argv: *mut *mut raw::RedisModuleString,
+    _argc: c_int,
+) -> c_int {
+    // SAFETY: privdata is the Box<Answer> we passed to UnblockClient; Redis keeps it alive
+    // until free_answer runs after this callback.
+    unsafe {
+        let answer = api(
+            raw::RedisModule_GetBlockedClientPrivateData,
+            "GetBlockedClientPrivateData",
+        )(ctx)
+        .cast::<Answer>();
+        if let Some(answer) = answer.as_ref() {
+            reply_answer(ctx, answer);
+        }
+    }
+    raw::REDISMODULE_OK as c_int
+}
+
+unsafe extern "C" fn free_answer(_ctx: RawCtx, privdata: *mut c_void) {
+    if !privdata.is_null() {
+        // SAFETY: privdata came from Box::into_raw in unblock and is freed only here.
+        drop(unsafe { Box::from_raw(privdata.cast::<Answer>()) });
+    }
+}
+
+/// Blocks the client of the running command until `unblock`. No timeout: the driver
+/// resolves every request (commit, loss of leadership, read expiry).
+pub fn block_client(ctx: RawCtx) -> BlockedClient {
+    // SAFETY: ctx is the context of a command being executed on the main thread.
+    let handle = unsafe {
+        api(raw::RedisModule_BlockClient, "BlockClient")(
+            ctx,
+            Some(answer_blocked_client),
+            None,
+            Some(free_answer),
+            0,
+        )
+    };
+    BlockedClient(NonNull::new(handle).expect("RedisModule_BlockClient returned NULL"))
+}
+
+pub fn unblock(client: BlockedClient, answer: Answer) {
+    let privdata = Box::into_raw(Box::new(answer)).cast::<c_void>();
+    // SAFETY: the handle is live (blocked, not yet unblocked); ownership of privdata moves
+    // to Redis, which calls free_answer.
+    unsafe { api(raw::RedisModule_UnblockClient, "UnblockClient")(client.0.as_ptr(), privdata) };
+}
+
+/// Writes an answer to the client of `ctx` (a command context or a blocked-client reply ctx).
+pub fn reply_answer(ctx: RawCtx, answer: &Answer) {
+    // SAFETY: ctx is a live context with a client; strings are copied by Redis.
+    unsafe {
+        match answer {
+            Answer::Reply(reply) => {
+                api(raw::RedisModule_ReplyWithCallReply, "ReplyWithCallReply")(
+                    ctx,
+                    reply.0.as_ptr(),
+                );
+            }
+            Answer::Error(message) => {
+                let message = CString::new(message.replace('\0', " ")).unwrap_or_default();
+                api(raw::RedisModule_ReplyWithError, "ReplyWithError")(ctx, message.as_ptr());
+            }
+            Answer::Simple(text) => {
+                let text = CString::new(text.replace('\0', " ")).unwrap_or_default();
+                api(
+                    raw::RedisModule_ReplyWithSimpleString,
+                    "ReplyWithSimpleString",
+                )(ctx, text.as_ptr());
+            }
+            Answer::Integer(value) => {
+                api(raw::RedisModule_ReplyWithLongLong, "ReplyWithLongLong")(ctx, *value);
+            }
+        }
+    }
+}
+
+impl Answer {
+    /// Hands the reply pointer out for callers that need to drop without freeing (unused now).
+    #[allow(dead_code)]
+    fn into_raw_reply(self) -> Option<*mut raw::RedisModuleCallReply> {
+        match self {
+            Answer::Reply(reply) => Some(reply.into_raw()),
+            _ => None,
+        }
+    }
+}
+
+// ----- event loop and server events -----
+
+/// Schedules `callback` on the main thread's event loop. Safe to call from any thread.
+pub fn run_on_main_thread(callback: unsafe extern "C" fn(*mut c_void)) -> bool {
+    // SAFETY: EventLoopAddOneShot is documented as thread-safe; callback is 'static.
+    let status = unsafe {
+        api(raw::RedisModule_EventLoopAddOneShot, "EventLoopAddOneShot")(
+            Some(callback),
+            std::ptr::null_mut(),
+        )
+    };
+    status == raw::REDISMODULE_OK as c_int
+}
+
+pub type ServerEventCallback =
+    unsafe extern "C" fn(RawCtx, raw::RedisModuleEvent, u64, *mut c_void);
+
+pub fn subscribe_server_event(ctx: RawCtx, event_id: u64, callback: ServerEventCallback) -> bool {
+    let event = raw::RedisModuleEvent {
+        id: event_id,
+        dataver: 1,
+    };
+    // SAFETY: ctx is the load context; callback is 'static.
+    let status = unsafe {
+        api(
+            raw::RedisModule_SubscribeToServerEvent,
+            "SubscribeToServerEvent",
+        )(ctx, event, Some(callback))
+    };
+    status == raw::REDISMODULE_OK as c_int
+}
+
+/// Applies module configs given on the command line / config file; false if one was refused.
+pub fn load_configs(ctx: RawCtx) -> bool {
+    // SAFETY: API pointers are written once by RedisModule_Init; ctx is the load context
+    // and every config has been registered.
+    unsafe {
+        match raw::RedisModule_LoadConfigs {
+            Some(load) => load(ctx) == raw::REDISMODULE_OK as c_int,
+            None => true,
+        }
+    }
+}
+
+// ----- module entry point -----
+
+pub type CommandHandler =
+    fn(&redis_module::Context, Vec<redis_module::RedisString>) -> redis_module::RedisResult;
+pub type CommandSpec = (&'static str, CommandHandler, &'static str);
+
+/// Dispatches a command by its index in `module::COMMANDS`; one extern fn per index
+/// because Redis gives command callbacks no user data.
+fn dispatch(
+    index: usize,
+    ctx: RawCtx,
+    argv: *mut *mut raw::RedisModuleString,
+    argc: c_int,
+) -> c_int {
+    let context = redis_module::Context::new(ctx);
+    let args = redis_module::decode_args(ctx, argv, argc);
+    let (_, handler, _) = crate::adapters::module::COMMANDS[index];
+    context.reply(handler(&context, args)) as c_int
+}
+
+macro_rules! command_trampolines {
+    ($($name:ident => $index:expr),* $(,)?) => {
+        $(
+            unsafe extern "C" fn $name(ctx: RawCtx, argv: *mut *mut raw::RedisModuleString, argc: c_int) -> c_int {
+                dispatch($index, ctx, argv, argc)
+            }
+        )*
+        const TRAMPOLINES: &[unsafe extern "C" fn(RawCtx, *mut *mut raw::RedisModuleString, c_int) -> c_int] = &[$($name),*];
+    };
+}
+
+command_trampolines!(command_0 => 0, command_1 => 1, command_2 => 2, command_3 => 3, command_4 => 4, command_5 => 5, command_6 => 6, command_7 => 7);
+
+unsafe extern "C" fn info_callback(ctx: *mut raw::RedisModuleInfoCtx, for_crash_report: c_int) {
+    crate::adapters::module::info_handler(
+        &redis_module::InfoContext::new(ctx),
+        for_crash_report != 0,
+    );
+}
+
+/// The module entry point. Written by hand rather than with `redis_module!`, whose command
+/// registration needs `RedisModule_SetCommandACLCategories` (Redis 7.2+) and so refuses
+/// to load on Redis 7.0.
+///
+/// # Safety
+/// Called by Redis with a valid load context and argv.
+#[no_mangle]
+pub unsafe extern "C" fn RedisModule_OnLoad(
+    ctx: RawCtx,
+    argv: *mut *mut raw::RedisModuleString,
+    argc: c_int,
+) -> c_int {
+    let commands = crate::adapters::module::COMMANDS;
+    assert!(
+        commands.len() <= TRAMPOLINES.len(),
+        "add command trampolines"
+    );
+    // SAFETY: Redis calls OnLoad on the main thread with a valid ctx; Init fills the API
+    // function pointers every other call relies on.
+    unsafe {
+        if raw::Export_RedisModule_Init(
+            ctx,
+            c"raft".as_ptr(),
+            1,
+            raw::REDISMODULE_APIVER_1 as c_int,
+        ) == raw::Status::Err as c_int
+        {
+            return raw::Status::Err as c_int;
+        }
+    }
+    let context = redis_module::Context::new(ctx);
+    // The crate's logger reads this context.
+    let _ = redis_module::MODULE_CONTEXT.set_context(&context);
+    let args = redis_module::decode_args(ctx, argv, argc);
+    for (index, (name, _, flags)) in commands.iter().enumerate() {
+        let name = CString::new(*name).expect("command names have no NUL");
+        let flags = CString::new(*flags).expect("command flags have no NUL");
+        // SAFETY: ctx is the load context; name/flags are copied by Redis.
+        let status = unsafe {
+            api(raw::RedisModule_CreateCommand, "CreateCommand")(
+                ctx,
+                name.as_ptr(),
+                Some(TRAMPOLINES[index]),
+                flags.as_ptr(),
+                0,
+                0,
+                0,
+            )
+        };
+        if status == raw::Status::Err as c_int {
+            context.log_warning(&format!("raft: cannot register command {name:?}"));
+            return raw::Status::Err as c_int;
+        }
+    }
+    raw::register_info_function(ctx, Some(info_callback));
+    crate::adapters::module::init(&context, &args) as c_int
+}

@@ -1,0 +1,281 @@
+//! Client-facing commands: the command filter that routes every command through `RAFT`,
+//! and the `RAFT`, `RAFT.CLUSTER` and `RAFT.DEBUG` handlers.
+
+use std::path::PathBuf;
+
+use redis_module::{Context, RedisError, RedisResult, RedisString, RedisValue};
+
+use crate::adapters::configs::config;
+use crate::adapters::driver::DriverInput;
+use crate::adapters::ffi::{self, Answer, FilterCtx, RawCtx};
+use crate::adapters::logio::LogFile;
+use crate::adapters::state::{self, call_locally, with_state, with_table, NodeState, Waiter};
+use crate::core::commands::{Class, CommandInfo, CommandTable};
+use crate::core::entry::{Argv, Origin, Payload};
+use crate::core::logfile::NodeMeta;
+
+pub const ERR_NOT_SUPPORTED: &str = "ERR not supported by RedisRaft";
+const ERR_NO_CLUSTER: &str = "NOCLUSTER No Raft Cluster";
+const ERR_LOADING: &str = "LOADING Raft module is loading data";
+const ERR_NO_LEADER: &str = "CLUSTERDOWN No raft leader";
+
+/// Every client command passes here first. Commands raft must see are rewritten to
+/// `RAFT <command...>` so that our handler, which can block the client, receives them.
+pub unsafe extern "C" fn command_filter(fctx: FilterCtx) {
+    if state::is_applying() {
+        return;
+    }
+    let count = ffi::filter_arg_count(fctx);
+    if count == 0 {
+        return;
+    }
+    let argv: Vec<&[u8]> = (0..count).map(|i| ffi::filter_arg(fctx, i)).collect();
+    if with_table(|table| table.classify(&argv)) != Class::PassThrough {
+        ffi::filter_prepend(fctx, b"RAFT");
+    }
+}
+
+fn reply_error(message: &str) -> RedisResult {
+    Err(RedisError::String(message.to_string()))
+}
+
+fn args_to_argv(args: &[RedisString]) -> Argv {
+    args.iter().map(|arg| arg.as_slice().to_vec()).collect()
+}
+
+/// `RAFT <command> [args...]`: runs one command through the log (or as a read).
+pub fn raft_command(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
+    if args.len() < 2 {
+        return Err(RedisError::WrongArity);
+    }
+    let argv = args_to_argv(&args[1..]);
+    let flags = ffi::context_flags(ctx.ctx);
+    let resp3 = flags & redis_module::raw::REDISMODULE_CTX_FLAGS_RESP3 != 0;
+    let cannot_block = redis_module::raw::REDISMODULE_CTX_FLAGS_MULTI
+        | redis_module::raw::REDISMODULE_CTX_FLAGS_LUA
+        | redis_module::raw::REDISMODULE_CTX_FLAGS_DENY_BLOCKING;
+    if flags & cannot_block != 0 {
+        return reply_error(ERR_NOT_SUPPORTED);
+    }
+    let class = {
+        let slices: Vec<&[u8]> = argv.iter().map(Vec::as_slice).collect();
+        with_table(|table| table.classify(&slices))
+    };
+    match class {
+        Class::Refused => return reply_error(ERR_NOT_SUPPORTED),
+        Class::PassThrough => return run_here(ctx.ctx, &argv, resp3),
+        Class::Read | Class::Write => {}
+    }
+    if let Err(message) = check_can_serve() {
+        return reply_error(message);
+    }
+    let quorum_reads = config().quorum_reads;
+    if class == Class::Read && !quorum_reads {
+        return run_here(ctx.ctx, &argv, resp3);
+    }
+    let client = ffi::block_client(ctx.ctx);
+    let sent = with_state(|state| {
+        let request_id = state.new_request_id();
+        let (input, read) = if class == Class::Read {
+            (DriverInput::Read { request_id }, Some(argv))
+        } else {
+            let origin = state.meta.as_ref().map(|meta| Origin {
+                node_id: meta.node_id,
+                incarnation: state.incarnation,
+                request_id,
+            });
+            let payload = Payload::Commands {
+                origin,
+                commands: vec![argv],
+            };
+            (
+                DriverInput::Propose {
+                    request_id,
+                    data: payload.encode(),
+                },
+                None,
+            )
+        };
+        state.waiters.insert(
+            request_id,
+            Waiter {
+                client,
+                resp3,
+                read,
+            },
+        );
+        state
+            .send_to_driver(input)
+            .map_err(|error| (request_id, error))
+    });
+    if let Err((request_id, error)) = sent {
+        if let Some(waiter) = with_state(|state| state.waiters.remove(&request_id)) {
+            ffi::unblock(waiter.client, Answer::Error(error.to_string()));
+        }
+    }
+    Ok(RedisValue::NoReply)
+}
+
+/// Whether this node may take reads and writes now, or the error a client gets.
+fn check_can_serve() -> Result<(), &'static str> {
+    with_state(|state| match state.node_state {
+        NodeState::Uninitialized => Err(ERR_NO_CLUSTER),
+        NodeState::Loading => Err(ERR_LOADING),
+        NodeState::Up if state.is_leader_ready() => Ok(()),
+        // Redirects to a known leader come with the multi-node transport.
+        NodeState::Up => Err(ERR_NO_LEADER),
+    })
+}
+
+fn run_here(ctx: RawCtx, argv: &[Vec<u8>], resp3: bool) -> RedisResult {
+    match call_locally(ctx, argv, resp3) {
+        Ok(reply) => {
+            ffi::reply_answer(ctx, &Answer::Reply(reply));
+            Ok(RedisValue::NoReply)
+        }
+        Err(message) => Err(RedisError::String(message)),
+    }
+}
+
+/// `RAFT.CLUSTER INIT [dbid]` (JOIN arrives with multi-node clusters).
+pub fn raft_cluster(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
+    let sub = args
+        .get(1)
+        .map(|a| a.to_string_lossy().to_ascii_lowercase());
+    match sub.as_deref() {
+        Some("init") => cluster_init(ctx, &args[2..]),
+        Some("join") => reply_error("ERR RAFT.CLUSTER JOIN is not available in this version"),
+        _ => reply_error("ERR RAFT.CLUSTER supports INIT / JOIN only"),
+    }
+}
+
+fn cluster_init(ctx: &Context, args: &[RedisString]) -> RedisResult {
+    if args.len() > 1 {
+        return Err(RedisError::WrongArity);
+    }
+    if with_state(|state| state.node_state != NodeState::Uninitialized) {
+        return reply_error("ERR Already cluster member");
+    }
+    let dbid = match args.first() {
+        Some(given) => {
+            let given = given.to_string_lossy();
+            if given.len() != 32 {
+                return reply_error("ERR cluster id must be 32 characters");
+            }
+            given
+        }
+        None => random_hex(16),
+    };
+    let keys_present = call_locally(ctx.ctx, &[b"DBSIZE".to_vec()], false)
+        .map(|reply| reply.integer())
+        .unwrap_or(0);
+    if keys_present > 0 {
+        return reply_error(
+            "ERR the database is not empty: RAFT.CLUSTER INIT needs an empty dataset",
+        );
+    }
+    let configured_id = config().id;
+    let node_id = if configured_id != 0 {
+        configured_id
+    } else {
+        random_node_id()
+    };
+    let meta = NodeMeta {
+        dbid: dbid.clone(),
+        node_id,
+        bootstrap_voters: vec![node_id],
+    };
+    let log = LogFile::create(&log_path(), &meta).map_err(RedisError::String)?;
+    with_state(|state| state::start_node(state, log, None, meta)).map_err(RedisError::String)?;
+    log::info!("raft: cluster {dbid} initialized, this node is {node_id}");
+    Ok(RedisValue::SimpleString(format!("OK {dbid}")))
+}
+
+pub fn log_path() -> PathBuf {
+    PathBuf::from(config().log_filename.clone())
+}
+
+/// `RAFT.DEBUG EXEC <cmd> [args]` runs a command on this node only, bypassing raft.
+pub fn raft_debug(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
+    let sub = args
+        .get(1)
+        .map(|a| a.to_string_lossy().to_ascii_lowercase());
+    match sub.as_deref() {
+        Some("exec") if args.len() >= 3 => {
+            let flags = ffi::context_flags(ctx.ctx);
+            let resp3 = flags & redis_module::raw::REDISMODULE_CTX_FLAGS_RESP3 != 0;
+            run_here(ctx.ctx, &args_to_argv(&args[2..]), resp3)
+        }
+        Some("exec") => Err(RedisError::WrongArity),
+        _ => reply_error("ERR RAFT.DEBUG supports EXEC only in this version"),
+    }
+}
+
+fn random_bytes(count: usize) -> Vec<u8> {
+    use std::io::Read;
+    let mut bytes = vec![0u8; count];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .expect("cannot read /dev/urandom");
+    bytes
+}
+
+fn random_hex(bytes: usize) -> String {
+    random_bytes(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Random id in 1..=i32::MAX, like RedisRaft (C) picks.
+fn random_node_id() -> u64 {
+    let bytes = random_bytes(4);
+    let value = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) & 0x7fff_ffff;
+    u64::from(value.max(1))
+}
+
+pub fn random_u64() -> u64 {
+    let bytes = random_bytes(8);
+    u64::from_le_bytes(bytes.try_into().expect("8 bytes"))
+}
+
+/// Reads the server's `COMMAND` output into the command table.
+pub fn build_command_table(ctx: RawCtx) -> Result<CommandTable, String> {
+    let reply = call_locally(ctx, &[b"COMMAND".to_vec()], false)?;
+    let mut infos = Vec::with_capacity(reply.len());
+    for i in 0..reply.len() {
+        if let Some(element) = reply.element(i) {
+            infos.push(command_info(element));
+        }
+    }
+    let ignored = config().ignored_commands.clone();
+    Ok(CommandTable::new(infos, &ignored))
+}
+
+fn command_info(element: ffi::ReplyRef<'_>) -> CommandInfo {
+    let text = |r: Option<ffi::ReplyRef<'_>>| {
+        r.map(|r| String::from_utf8_lossy(r.bytes()).to_ascii_lowercase())
+            .unwrap_or_default()
+    };
+    let name = text(element.element(0));
+    let arity = element.element(1).map_or(0, |r| r.integer());
+    let flags = element
+        .element(2)
+        .map(|list| (0..list.len()).map(|i| text(list.element(i))).collect())
+        .unwrap_or_default();
+    let subcommands = element
+        .element(9)
+        .map(|list| {
+            (0..list.len())
+                .filter_map(|i| list.element(i))
+                .map(command_info)
+                .collect()
+        })
+        .unwrap_or_default();
+    CommandInfo {
+        name,
+        arity,
+        flags,
+        subcommands,
+    }
+}

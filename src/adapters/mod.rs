@@ -1,0 +1,10 @@
+//! The thin adapters between the pure core and the outside world: Redis, threads, disk.
+pub mod apply;
+pub mod configs;
+pub mod driver;
+pub mod ffi;
+pub mod handlers;
+pub mod info;
+pub mod logio;
+pub mod module;
+pub mod state;

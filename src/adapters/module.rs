@@ -1,0 +1,109 @@
+//! Module registration: name, commands, the filter, configs, server events, and boot.
+
+use std::ffi::c_void;
+
+use redis_module::{Context, InfoContext, RedisString, Status};
+
+use crate::adapters::state::{self, call_locally, with_state, NodeState};
+use crate::adapters::{configs, ffi, handlers, info, logio::LogFile};
+
+#[cfg(feature = "redis-alloc")]
+#[global_allocator]
+static MODULE_ALLOCATOR: redis_module::alloc::RedisAlloc = redis_module::alloc::RedisAlloc;
+// Test binaries link this crate too and use the system allocator: Redis' aborts outside
+// redis-server.
+
+/// Commands the module registers: name, handler, Redis command flags.
+pub const COMMANDS: &[ffi::CommandSpec] = &[
+    ("raft", handlers::raft_command, ""),
+    ("raft.cluster", handlers::raft_cluster, "admin"),
+    ("raft.debug", handlers::raft_debug, "admin"),
+];
+
+/// Called by `ffi::RedisModule_OnLoad` once the API is initialised and commands exist.
+pub fn init(ctx: &Context, args: &[RedisString]) -> Status {
+    match try_init(ctx, args) {
+        Ok(()) => Status::Ok,
+        Err(message) => {
+            ctx.log_warning(&format!("raft: cannot load the module: {message}"));
+            Status::Err
+        }
+    }
+}
+
+fn try_init(ctx: &Context, args: &[RedisString]) -> Result<(), String> {
+    if redis_module::logging::setup().is_err() {
+        ctx.log_warning("raft: could not install the logger; raft messages will be missing");
+    }
+    configs::register(ctx, args)?;
+    state::init_state(ffi::detached_context(ctx.ctx), handlers::random_u64());
+    state::set_table(handlers::build_command_table(ctx.ctx)?);
+    if !ffi::register_command_filter(ctx.ctx, handlers::command_filter) {
+        return Err("cannot register the command filter".into());
+    }
+    if !ffi::subscribe_server_event(
+        ctx.ctx,
+        redis_module::raw::REDISMODULE_EVENT_MODULE_CHANGE,
+        on_module_change,
+    ) {
+        log::warn!(
+            "raft: cannot watch module loads; commands of modules loaded later are not classified"
+        );
+    }
+    if let Some((log, recovered)) = LogFile::open(&handlers::log_path())? {
+        with_state(|state| {
+            state.node_state = NodeState::Loading;
+            state.boot = Some((log, recovered));
+        });
+        // The server loads its RDB/AOF after modules: start once that is over.
+        if !ffi::run_on_main_thread(boot_after_server_load) {
+            return Err("cannot schedule the node start".into());
+        }
+    }
+    Ok(())
+}
+
+/// Rebuilds the node from its log. Whatever the server loaded from RDB/AOF is discarded:
+/// the raft log is this node's source of truth.
+unsafe extern "C" fn boot_after_server_load(_: *mut c_void) {
+    let ctx = with_state(|state| state.apply_ctx);
+    let stale_keys = call_locally(ctx, &[b"DBSIZE".to_vec()], false).map_or(0, |r| r.integer());
+    if stale_keys > 0 {
+        log::warn!(
+            "raft: discarding {stale_keys} keys loaded by the server; rebuilding from the raft log"
+        );
+        if let Err(e) = call_locally(ctx, &[b"FLUSHALL".to_vec(), b"SYNC".to_vec()], false) {
+            log::error!("raft: FATAL: cannot flush the stale dataset: {e}");
+            std::process::abort();
+        }
+    }
+    let started = with_state(|state| {
+        let (log, recovered) = state.boot.take()?;
+        let meta = recovered.meta.clone()?;
+        Some(state::start_node(state, log, Some(recovered), meta))
+    });
+    match started {
+        Some(Ok(())) => log::info!("raft: node restarted from its log"),
+        Some(Err(e)) => {
+            log::error!("raft: FATAL: cannot restart the node: {e}");
+            std::process::abort();
+        }
+        None => {}
+    }
+}
+
+unsafe extern "C" fn on_module_change(
+    ctx: ffi::RawCtx,
+    _event: redis_module::raw::RedisModuleEvent,
+    _subevent: u64,
+    _data: *mut c_void,
+) {
+    match handlers::build_command_table(ctx) {
+        Ok(table) => state::set_table(table),
+        Err(e) => log::warn!("raft: cannot rebuild the command table: {e}"),
+    }
+}
+
+pub fn info_handler(ctx: &InfoContext, for_crash_report: bool) {
+    info::raft_info(ctx, for_crash_report);
+}

@@ -1,0 +1,213 @@
+//! State owned by the Redis main thread: node lifecycle, blocked clients by request id,
+//! the command table, and the channels to the driver. Only the main thread touches it,
+//! so it lives in thread-locals; borrows are kept short because applying a command can
+//! re-enter the module (filter, handlers).
+
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::time::Duration;
+
+use raft::eraftpb::ConfState;
+
+use crate::adapters::configs::config;
+use crate::adapters::driver::{Driver, DriverInput, DriverParams, MainTask, SharedStatus};
+use crate::adapters::driver::{INBOX_BOUND, MAIN_QUEUE_BOUND};
+use crate::adapters::ffi::{self, BlockedClient, RawCtx};
+use crate::adapters::logio::LogFile;
+use crate::core::commands::CommandTable;
+use crate::core::entry::Argv;
+use crate::core::logfile::{NodeMeta, Recovered};
+use crate::core::node::{NodeParams, RaftNode};
+use crate::core::pending::RequestId;
+use crate::core::storage::LogStore;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeState {
+    Uninitialized,
+    Loading,
+    Up,
+}
+
+impl NodeState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeState::Uninitialized => "uninitialized",
+            NodeState::Loading => "loading",
+            NodeState::Up => "up",
+        }
+    }
+}
+
+pub struct Waiter {
+    pub client: BlockedClient,
+    pub resp3: bool,
+    /// For reads: the command to run once the read index is applied.
+    pub read: Option<Argv>,
+}
+
+pub struct MainState {
+    pub node_state: NodeState,
+    pub meta: Option<NodeMeta>,
+    pub incarnation: u64,
+    next_request_id: RequestId,
+    pub waiters: HashMap<RequestId, Waiter>,
+    /// Reads confirmed by a quorum, waiting for `applied_index` to reach their index.
+    pub confirmed_reads: BTreeMap<u64, Vec<RequestId>>,
+    pub applied_index: u64,
+    /// While loading: the commit index found on disk; `Up` once applied reaches it.
+    pub loading_until: u64,
+    pub to_driver: Option<SyncSender<DriverInput>>,
+    pub from_driver: Option<Receiver<MainTask>>,
+    pub shared: Arc<SharedStatus>,
+    /// Context used to apply entries outside any client command.
+    pub apply_ctx: RawCtx,
+    /// A node found on disk at load, started once the server finished loading its data.
+    pub boot: Option<(LogFile, Recovered)>,
+}
+
+thread_local! {
+    static STATE: RefCell<Option<MainState>> = const { RefCell::new(None) };
+    static TABLE: RefCell<CommandTable> = RefCell::new(CommandTable::new(Vec::new(), &[]));
+    /// True while the module itself runs commands (apply, local exec): the filter must let
+    /// them through untouched.
+    static APPLYING: Cell<bool> = const { Cell::new(false) };
+}
+
+pub fn init_state(apply_ctx: RawCtx, incarnation: u64) {
+    STATE.with(|state| {
+        *state.borrow_mut() = Some(MainState {
+            node_state: NodeState::Uninitialized,
+            meta: None,
+            incarnation,
+            next_request_id: 0,
+            waiters: HashMap::new(),
+            confirmed_reads: BTreeMap::new(),
+            applied_index: 0,
+            loading_until: 0,
+            to_driver: None,
+            from_driver: None,
+            shared: Arc::new(SharedStatus::default()),
+            apply_ctx,
+            boot: None,
+        })
+    });
+}
+
+/// Runs `f` with the main-thread state. Never call a Redis command inside `f`.
+pub fn with_state<R>(f: impl FnOnce(&mut MainState) -> R) -> R {
+    STATE.with(|state| {
+        let mut state = state.borrow_mut();
+        f(state.as_mut().expect("raft module state used before load"))
+    })
+}
+
+pub fn with_table<R>(f: impl FnOnce(&CommandTable) -> R) -> R {
+    TABLE.with(|table| f(&table.borrow()))
+}
+
+pub fn set_table(table: CommandTable) {
+    TABLE.with(|current| *current.borrow_mut() = table);
+}
+
+pub fn is_applying() -> bool {
+    APPLYING.with(Cell::get)
+}
+
+/// Runs a command on this node only, bypassing the filter.
+pub fn call_locally(ctx: RawCtx, argv: &[Vec<u8>], resp3: bool) -> Result<ffi::CallReply, String> {
+    let was = APPLYING.with(|flag| flag.replace(true));
+    let reply = ffi::call(ctx, argv, resp3);
+    APPLYING.with(|flag| flag.set(was));
+    reply
+}
+
+impl MainState {
+    pub fn new_request_id(&mut self) -> RequestId {
+        self.next_request_id += 1;
+        self.next_request_id
+    }
+
+    /// Hands a request to the driver; on a full queue the caller answers the client.
+    pub fn send_to_driver(&self, input: DriverInput) -> Result<(), &'static str> {
+        let Some(sender) = &self.to_driver else {
+            return Err("CLUSTERDOWN No raft leader");
+        };
+        match sender.try_send(input) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(_)) => Err("BUSY raft request queue is full, retry later"),
+            Err(TrySendError::Disconnected(_)) => Err("CLUSTERDOWN raft driver stopped"),
+        }
+    }
+
+    pub fn is_leader_ready(&self) -> bool {
+        self.shared.leader_ready.load(Ordering::Acquire)
+    }
+}
+
+/// Builds the raft node from what is on disk (or a fresh INIT) and starts the driver.
+pub fn start_node(
+    state: &mut MainState,
+    log: LogFile,
+    recovered: Option<Recovered>,
+    meta: NodeMeta,
+) -> Result<(), String> {
+    let settings = config().clone();
+    let tick_ms = settings.periodic_interval_ms.max(1);
+    let conf_state = ConfState::from((meta.bootstrap_voters.clone(), Vec::<u64>::new()));
+    let commit_on_disk = recovered
+        .as_ref()
+        .and_then(|r| r.hard_state)
+        .map_or(0, |hs| hs.commit);
+    let (store, applied) = match recovered {
+        Some(recovered) => {
+            let applied = recovered.compacted.map_or(0, |point| point.index);
+            (LogStore::from_recovered(recovered, conf_state), applied)
+        }
+        None => {
+            let mut store = LogStore::new();
+            store.set_conf_state(conf_state);
+            (store, 0)
+        }
+    };
+    let params = NodeParams {
+        id: meta.node_id,
+        election_ticks: (settings.election_timeout_ms / tick_ms).max(2) as usize,
+        heartbeat_ticks: (settings.request_timeout_ms / tick_ms).max(1) as usize,
+        applied,
+        max_append_bytes: settings.append_req_max_size,
+        max_inflight_appends: settings.append_req_max_count.max(1) as usize,
+    };
+    let node = RaftNode::new(&params, store).map_err(|e| format!("cannot start raft: {e}"))?;
+    let (to_driver, inbox) = sync_channel(INBOX_BOUND);
+    let (outbox, from_driver) = sync_channel(MAIN_QUEUE_BOUND);
+    let driver_params = DriverParams {
+        tick: Duration::from_millis(tick_ms),
+        fsync: settings.log_fsync,
+        read_timeout_ticks: params.election_ticks as u64,
+    };
+    let driver = Driver::new(
+        node,
+        log,
+        inbox,
+        outbox,
+        crate::adapters::apply::wake_main_thread,
+        state.shared.clone(),
+        driver_params,
+    );
+    state.loading_until = commit_on_disk;
+    state.applied_index = applied;
+    state.node_state = if state.loading_until > applied {
+        NodeState::Loading
+    } else {
+        NodeState::Up
+    };
+    state.to_driver = Some(to_driver);
+    state.from_driver = Some(from_driver);
+    state.meta = Some(meta);
+    crate::adapters::configs::fix_identity();
+    driver.spawn();
+    Ok(())
+}

@@ -1,0 +1,743 @@
+//! The command table: how every client command is handled, kept as data.
+//!
+//! The adapter runs the server's own `COMMAND` at load (and again when modules
+//! change) and hands the result here as [`CommandInfo`] values, so the table
+//! follows whatever server and modules are actually running. The command filter
+//! then asks [`CommandTable::classify`] once per command: the lookup lowercases
+//! into a stack buffer and does one or two hash lookups, without allocating.
+//!
+//! Precedence, highest first: never intercepted (contract lists, `raft` /
+//! `raft.*`, the user's `ignored-commands`) → refused lists → `SELECT` → the
+//! subcommand entry of a container command → the `readonly` flag (Read) or
+//! anything else (Write). Unknown names and wrong arity always pass through, so
+//! Redis replies its own exact error and nothing enters the log.
+
+use std::collections::{HashMap, HashSet};
+
+/// One element of the server's `COMMAND` reply, as the adapter converts it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommandInfo {
+    /// Lowercase name, e.g. `set`; subcommands as `config|get` (a bare `get` is
+    /// accepted too and prefixed with the parent's name).
+    pub name: String,
+    /// Redis arity: positive = exact argument count (name included), negative =
+    /// at least `|arity|`.
+    pub arity: i64,
+    /// Lowercase flags, e.g. `write`, `readonly`, `admin`, `noscript`.
+    pub flags: Vec<String>,
+    pub subcommands: Vec<CommandInfo>,
+}
+
+/// What the command filter does with a command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Class {
+    /// Never intercepted: Redis handles it directly on this node.
+    PassThrough,
+    /// Replied with `ERR not supported by RedisRaft`.
+    Refused,
+    /// Served from local state after a ReadIndex round (never logged).
+    Read,
+    /// Becomes a log entry; the client gets the reply of the applied command.
+    Write,
+}
+
+/// Connection and admin commands the interface contract says are never intercepted.
+pub const CONTRACT_PASS_THROUGH: &[&str] = &[
+    "auth", "hello", "ping", "client", "config", "command", "info", "module", "monitor",
+    "shutdown", "quit", "slowlog", "acl", "time",
+];
+
+/// Commands that affect or answer only the calling connection.
+pub const CONNECTION_LOCAL: &[&str] = &["echo", "reset", "readonly", "readwrite", "asking"];
+
+/// Commands that describe this node (its process, memory, persistence), not the dataset.
+pub const NODE_INTROSPECTION: &[&str] = &["latency", "memory", "lolwut", "role", "lastsave"];
+
+/// Subscriptions live on one connection; PUBLISH itself is a write, so every
+/// node delivers the message to its own subscribers.
+pub const SUBSCRIPTIONS: &[&str] = &[
+    "subscribe",
+    "psubscribe",
+    "unsubscribe",
+    "punsubscribe",
+    "ssubscribe",
+    "sunsubscribe",
+    "pubsub",
+];
+
+/// Redis answers CLUSTER itself until a later issue answers it from Raft membership.
+pub const CLUSTER_TOPOLOGY: &[&str] = &["cluster"];
+
+/// Raft is the replication and persistence: Redis' own would fight it or diverge nodes.
+pub const REPLICATION_AND_PERSISTENCE: &[&str] = &[
+    "sync",
+    "psync",
+    "replconf",
+    "replicaof",
+    "slaveof",
+    "save",
+    "bgsave",
+    "bgrewriteaof",
+    "debug",
+    "failover",
+];
+
+/// Only db 0 is replicated, so commands that reach other dbs are refused (see also SELECT).
+pub const OTHER_DATABASES: &[&str] = &["swapdb", "move"];
+
+/// They wait on Redis replication or talk to other servers: the effect differs per node.
+pub const OUTSIDE_THE_LOG: &[&str] = &["wait", "waitaof", "migrate"];
+
+/// Until MULTI ... EXEC becomes one log entry, refuse so no transaction is half replicated.
+pub const TRANSACTIONS: &[&str] = &["multi", "exec", "discard", "watch", "unwatch"];
+
+/// They must reach a server busy running a script, which could never apply a log
+/// entry until the script ends; FUNCTION STATS describes that running script.
+pub const PASS_THROUGH_SUBCOMMANDS: &[&str] = &["script|kill", "function|kill", "function|stats"];
+
+/// A per-connection Lua debugging session, which cannot be replicated.
+pub const REFUSED_SUBCOMMANDS: &[&str] = &["script|debug"];
+
+/// `<container> HELP` only prints usage text: no reason to log it.
+const HELP_SUBCOMMAND: &str = "help";
+
+/// Command names up to this length are lowercased on the stack; longer ones
+/// (only possible with unusual module commands) take one allocation.
+const STACK_NAME_BYTES: usize = 64;
+
+/// The classification of every command the server knows, built once per `COMMAND` scan.
+#[derive(Debug, Clone)]
+pub struct CommandTable {
+    /// Keyed by lowercase name bytes, so argv needs no UTF-8 check.
+    commands: HashMap<Box<[u8]>, Entry>,
+    /// Names longer than this are not in the table: skip lowercasing them.
+    longest_name_bytes: usize,
+    /// Every command and subcommand with its class, sorted by name (for docs).
+    listing: Vec<(String, Class)>,
+}
+
+#[derive(Debug, Clone)]
+struct Entry {
+    arity: i64,
+    rule: Rule,
+}
+
+#[derive(Debug, Clone)]
+enum Rule {
+    Fixed(Class),
+    /// `SELECT 0` passes through; any other db is refused.
+    SelectDb,
+    /// Keyed by the lowercase subcommand name alone (`encoding`, not `object|encoding`).
+    Subcommands {
+        by_name: HashMap<Box<[u8]>, Subcommand>,
+        longest_name_bytes: usize,
+    },
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Subcommand {
+    arity: i64,
+    class: Class,
+}
+
+impl CommandTable {
+    /// Builds the table from the server's `COMMAND` output and the user's
+    /// `ignored-commands` (names in any case; `container|sub` ignores one subcommand).
+    pub fn new(infos: Vec<CommandInfo>, ignored: &[String]) -> Self {
+        let ignored: HashSet<String> = ignored
+            .iter()
+            .map(|name| name.trim().to_ascii_lowercase())
+            .filter(|name| !name.is_empty())
+            .collect();
+        let mut commands = HashMap::with_capacity(infos.len());
+        let mut listing = Vec::with_capacity(infos.len());
+        for info in infos {
+            let name = info.name.to_ascii_lowercase();
+            let entry = build_entry(&name, &info, &ignored, &mut listing);
+            commands.insert(name.into_bytes().into_boxed_slice(), entry);
+        }
+        listing.sort_by(|a, b| a.0.cmp(&b.0));
+        listing.dedup_by(|a, b| a.0 == b.0);
+        let longest_name_bytes = commands.keys().map(|name| name.len()).max().unwrap_or(0);
+        CommandTable {
+            commands,
+            longest_name_bytes,
+            listing,
+        }
+    }
+
+    /// Classifies one client command; `argv[0]` is the command name in any case.
+    pub fn classify(&self, argv: &[&[u8]]) -> Class {
+        let Some(name) = argv.first() else {
+            return Class::PassThrough;
+        };
+        if name.len() > self.longest_name_bytes {
+            return Class::PassThrough;
+        }
+        let Some(entry) = with_lowercase(name, |lower| self.commands.get(lower)) else {
+            return Class::PassThrough;
+        };
+        if !arity_accepts(entry.arity, argv.len()) {
+            return Class::PassThrough;
+        }
+        match &entry.rule {
+            Rule::Fixed(class) => *class,
+            Rule::SelectDb => match argv.get(1) {
+                Some(db) if *db == b"0" => Class::PassThrough,
+                Some(_) => Class::Refused,
+                None => Class::PassThrough,
+            },
+            Rule::Subcommands {
+                by_name,
+                longest_name_bytes,
+            } => {
+                let Some(sub_name) = argv.get(1) else {
+                    return Class::PassThrough;
+                };
+                if sub_name.len() > *longest_name_bytes {
+                    return Class::PassThrough;
+                }
+                match with_lowercase(sub_name, |lower| by_name.get(lower).copied()) {
+                    Some(sub) if arity_accepts(sub.arity, argv.len()) => sub.class,
+                    _ => Class::PassThrough,
+                }
+            }
+        }
+    }
+
+    /// Number of top-level commands (containers count once).
+    pub fn len(&self) -> usize {
+        self.commands.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.commands.is_empty()
+    }
+
+    /// Every command with its class, sorted by name, for generated docs.
+    /// Containers are listed by their subcommands (`object|encoding`), and
+    /// `select` as Refused (only `SELECT 0` passes through).
+    pub fn entries(&self) -> impl Iterator<Item = (&str, Class)> {
+        self.listing
+            .iter()
+            .map(|(name, class)| (name.as_str(), *class))
+    }
+}
+
+fn build_entry(
+    name: &str,
+    info: &CommandInfo,
+    ignored: &HashSet<String>,
+    listing: &mut Vec<(String, Class)>,
+) -> Entry {
+    let fixed = |class: Class, listing: &mut Vec<(String, Class)>| {
+        listing.push((name.to_string(), class));
+        Rule::Fixed(class)
+    };
+    let rule = if ignored.contains(name) || is_never_intercepted(name) {
+        fixed(Class::PassThrough, listing)
+    } else if is_refused(name) {
+        fixed(Class::Refused, listing)
+    } else if name == "select" {
+        listing.push((name.to_string(), Class::Refused));
+        Rule::SelectDb
+    } else if !info.subcommands.is_empty() {
+        build_subcommands(name, &info.subcommands, ignored, listing)
+    } else {
+        fixed(class_from_flags(&info.flags), listing)
+    };
+    Entry {
+        arity: info.arity,
+        rule,
+    }
+}
+
+fn build_subcommands(
+    parent: &str,
+    infos: &[CommandInfo],
+    ignored: &HashSet<String>,
+    listing: &mut Vec<(String, Class)>,
+) -> Rule {
+    let mut by_name = HashMap::with_capacity(infos.len());
+    for info in infos {
+        let lower = info.name.to_ascii_lowercase();
+        // Redis reports `object|encoding`; tolerate a bare `encoding` too.
+        let sub_name = lower.rsplit('|').next().unwrap_or_default().to_string();
+        let full_name = format!("{parent}|{sub_name}");
+        let class = if ignored.contains(&full_name)
+            || sub_name == HELP_SUBCOMMAND
+            || PASS_THROUGH_SUBCOMMANDS.contains(&full_name.as_str())
+        {
+            Class::PassThrough
+        } else if REFUSED_SUBCOMMANDS.contains(&full_name.as_str()) {
+            Class::Refused
+        } else {
+            class_from_flags(&info.flags)
+        };
+        listing.push((full_name, class));
+        let subcommand = Subcommand {
+            arity: info.arity,
+            class,
+        };
+        by_name.insert(sub_name.into_bytes().into_boxed_slice(), subcommand);
+    }
+    let longest_name_bytes = by_name.keys().map(|name| name.len()).max().unwrap_or(0);
+    Rule::Subcommands {
+        by_name,
+        longest_name_bytes,
+    }
+}
+
+fn is_never_intercepted(name: &str) -> bool {
+    name == "raft"
+        || name.starts_with("raft.")
+        || [
+            CONTRACT_PASS_THROUGH,
+            CONNECTION_LOCAL,
+            NODE_INTROSPECTION,
+            SUBSCRIPTIONS,
+            CLUSTER_TOPOLOGY,
+        ]
+        .iter()
+        .any(|list| list.contains(&name))
+}
+
+fn is_refused(name: &str) -> bool {
+    [
+        REPLICATION_AND_PERSISTENCE,
+        OTHER_DATABASES,
+        OUTSIDE_THE_LOG,
+        TRANSACTIONS,
+    ]
+    .iter()
+    .any(|list| list.contains(&name))
+}
+
+/// `readonly` → Read; `write`, no flag, or flags we do not know (PUBLISH, EVAL)
+/// → Write, because logging a read is only slow while not logging a write diverges nodes.
+fn class_from_flags(flags: &[String]) -> Class {
+    if flags
+        .iter()
+        .any(|flag| flag.eq_ignore_ascii_case("readonly"))
+    {
+        Class::Read
+    } else {
+        Class::Write
+    }
+}
+
+/// Redis arity semantics: positive = exactly that many arguments, negative = at least `|arity|`.
+fn arity_accepts(arity: i64, argc: usize) -> bool {
+    let argc = argc as i64;
+    if arity >= 0 {
+        argc == arity
+    } else {
+        argc >= -arity
+    }
+}
+
+/// Calls `f` with an ASCII-lowercased copy of `bytes`, on the stack when it fits.
+fn with_lowercase<R>(bytes: &[u8], f: impl FnOnce(&[u8]) -> R) -> R {
+    if bytes.len() <= STACK_NAME_BYTES {
+        let mut buffer = [0u8; STACK_NAME_BYTES];
+        let lower = &mut buffer[..bytes.len()];
+        lower.copy_from_slice(bytes);
+        lower.make_ascii_lowercase();
+        f(lower)
+    } else {
+        f(&bytes.to_ascii_lowercase())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(name: &str, arity: i64, flags: &[&str], subcommands: Vec<CommandInfo>) -> CommandInfo {
+        CommandInfo {
+            name: name.to_string(),
+            arity,
+            flags: flags.iter().map(|flag| flag.to_string()).collect(),
+            subcommands,
+        }
+    }
+
+    /// Mirrors Redis 7.0.15 `COMMAND` output (names, arities, flags) for a representative set.
+    fn redis_7_0_commands() -> Vec<CommandInfo> {
+        vec![
+            info("set", -3, &["write", "denyoom"], vec![]),
+            info("get", 2, &["readonly", "fast"], vec![]),
+            info("incr", 2, &["write", "denyoom", "fast"], vec![]),
+            info("del", -2, &["write"], vec![]),
+            info("expire", -3, &["write", "fast"], vec![]),
+            info("hset", -4, &["write", "denyoom", "fast"], vec![]),
+            info("lpush", -3, &["write", "denyoom", "fast"], vec![]),
+            info("lrange", 4, &["readonly"], vec![]),
+            info("zadd", -4, &["write", "denyoom", "fast"], vec![]),
+            info(
+                "eval",
+                -3,
+                &[
+                    "noscript",
+                    "stale",
+                    "skip_monitor",
+                    "no_mandatory_keys",
+                    "movablekeys",
+                ],
+                vec![],
+            ),
+            info(
+                "eval_ro",
+                -3,
+                &[
+                    "readonly",
+                    "noscript",
+                    "stale",
+                    "skip_monitor",
+                    "no_mandatory_keys",
+                    "movablekeys",
+                ],
+                vec![],
+            ),
+            info(
+                "publish",
+                3,
+                &["pubsub", "loading", "stale", "fast"],
+                vec![],
+            ),
+            info(
+                "object",
+                -2,
+                &[],
+                vec![
+                    info("object|help", 2, &["loading", "stale"], vec![]),
+                    info("object|encoding", 3, &["readonly"], vec![]),
+                    info("object|freq", 3, &["readonly"], vec![]),
+                ],
+            ),
+            info(
+                "xgroup",
+                -2,
+                &[],
+                vec![
+                    info("xgroup|create", -5, &["write", "denyoom"], vec![]),
+                    info("xgroup|destroy", 4, &["write"], vec![]),
+                    info("xgroup|help", 2, &["loading", "stale"], vec![]),
+                ],
+            ),
+            info(
+                "script",
+                -2,
+                &[],
+                vec![
+                    info("script|load", 3, &["noscript", "stale"], vec![]),
+                    info("script|flush", -2, &["noscript"], vec![]),
+                    info("script|kill", 2, &["noscript", "allow_busy"], vec![]),
+                    info("script|debug", 3, &["noscript"], vec![]),
+                    info("script|help", 2, &["loading", "stale"], vec![]),
+                ],
+            ),
+            info("select", 2, &["loading", "stale", "fast"], vec![]),
+            info(
+                "multi",
+                1,
+                &["noscript", "loading", "stale", "fast", "allow_busy"],
+                vec![],
+            ),
+            info(
+                "exec",
+                1,
+                &["noscript", "loading", "stale", "skip_slowlog"],
+                vec![],
+            ),
+            info(
+                "watch",
+                -2,
+                &["noscript", "loading", "stale", "fast", "allow_busy"],
+                vec![],
+            ),
+            info(
+                "config",
+                -2,
+                &[],
+                vec![
+                    info(
+                        "config|get",
+                        -3,
+                        &["admin", "noscript", "loading", "stale"],
+                        vec![],
+                    ),
+                    info(
+                        "config|set",
+                        -4,
+                        &["admin", "noscript", "loading", "stale"],
+                        vec![],
+                    ),
+                ],
+            ),
+            info("ping", -1, &["fast"], vec![]),
+            info("keys", 2, &["readonly"], vec![]),
+            info("echo", 2, &["loading", "stale", "fast"], vec![]),
+            info(
+                "subscribe",
+                -2,
+                &["pubsub", "noscript", "loading", "stale"],
+                vec![],
+            ),
+            info(
+                "cluster",
+                -2,
+                &[],
+                vec![info("cluster|info", 2, &["stale"], vec![])],
+            ),
+            info(
+                "sync",
+                1,
+                &["admin", "noscript", "no_async_loading", "no_multi"],
+                vec![],
+            ),
+            info(
+                "save",
+                1,
+                &["admin", "noscript", "no_async_loading", "no_multi"],
+                vec![],
+            ),
+            info(
+                "debug",
+                -2,
+                &["admin", "noscript", "loading", "stale"],
+                vec![],
+            ),
+            info("swapdb", 3, &["write", "fast"], vec![]),
+            info("move", 3, &["write", "fast"], vec![]),
+            info("wait", 3, &["noscript"], vec![]),
+            // Module commands as the C module registers them.
+            info("raft", -2, &["write"], vec![]),
+            info("raft.cluster", -2, &["admin"], vec![]),
+            info("raft.debug", -2, &["admin"], vec![]),
+        ]
+    }
+
+    fn table() -> CommandTable {
+        CommandTable::new(redis_7_0_commands(), &[])
+    }
+
+    fn classify(table: &CommandTable, line: &str) -> Class {
+        let argv: Vec<&[u8]> = line.split(' ').map(str::as_bytes).collect();
+        table.classify(&argv)
+    }
+
+    #[test]
+    fn readonly_flag_is_read_and_everything_else_is_write() {
+        let table = table();
+        for line in ["get k", "lrange k 0 -1", "keys *", "eval_ro return 0"] {
+            assert_eq!(classify(&table, line), Class::Read, "{line}");
+        }
+        for line in [
+            "set k v",
+            "incr k",
+            "del a b",
+            "expire k 10",
+            "hset h f v",
+            "lpush l a b",
+            "zadd z 1 m",
+            "eval return 0",
+            "publish channel message",
+        ] {
+            assert_eq!(classify(&table, line), Class::Write, "{line}");
+        }
+    }
+
+    #[test]
+    fn command_names_match_in_any_case() {
+        let table = table();
+        assert_eq!(classify(&table, "SET k v"), Class::Write);
+        assert_eq!(classify(&table, "gEt k"), Class::Read);
+        assert_eq!(classify(&table, "MULTI"), Class::Refused);
+        assert_eq!(classify(&table, "OBJECT ENCODING k"), Class::Read);
+        assert_eq!(classify(&table, "Raft.Cluster INIT"), Class::PassThrough);
+    }
+
+    #[test]
+    fn unknown_commands_pass_through() {
+        let table = table();
+        assert_eq!(classify(&table, "nosuchcommand a b"), Class::PassThrough);
+        let long_name = "x".repeat(200);
+        assert_eq!(classify(&table, &long_name), Class::PassThrough);
+        assert_eq!(
+            table.classify(&[b"s\xffet", b"k", b"v"]),
+            Class::PassThrough
+        );
+        assert_eq!(table.classify(&[]), Class::PassThrough);
+    }
+
+    #[test]
+    fn positive_arity_requires_exact_argument_count() {
+        let table = table();
+        assert_eq!(classify(&table, "get k"), Class::Read);
+        assert_eq!(classify(&table, "get"), Class::PassThrough);
+        assert_eq!(classify(&table, "get a b"), Class::PassThrough);
+        assert_eq!(classify(&table, "multi extra"), Class::PassThrough);
+    }
+
+    #[test]
+    fn negative_arity_requires_a_minimum_argument_count() {
+        let table = table();
+        assert_eq!(classify(&table, "set k"), Class::PassThrough);
+        assert_eq!(classify(&table, "set k v"), Class::Write);
+        assert_eq!(classify(&table, "set k v ex 10 nx"), Class::Write);
+        assert_eq!(classify(&table, "del"), Class::PassThrough);
+        assert_eq!(classify(&table, "hset h f"), Class::PassThrough);
+    }
+
+    #[test]
+    fn contract_and_connection_local_commands_pass_through() {
+        let table = table();
+        for line in [
+            "ping",
+            "ping hello",
+            "config get maxmemory",
+            "config set maxmemory 1",
+            "echo hi",
+            "subscribe channel",
+            "cluster info",
+            "raft set k v",
+            "raft.cluster init",
+            "raft.debug exec set k v",
+            "raft.unknown anything",
+        ] {
+            assert_eq!(classify(&table, line), Class::PassThrough, "{line}");
+        }
+    }
+
+    #[test]
+    fn replication_persistence_and_multi_db_commands_are_refused() {
+        let table = table();
+        for line in [
+            "sync",
+            "save",
+            "debug sleep 0",
+            "swapdb 0 1",
+            "move k 1",
+            "wait 1 0",
+        ] {
+            assert_eq!(classify(&table, line), Class::Refused, "{line}");
+        }
+    }
+
+    #[test]
+    fn transactions_are_refused() {
+        let table = table();
+        assert_eq!(classify(&table, "multi"), Class::Refused);
+        assert_eq!(classify(&table, "exec"), Class::Refused);
+        assert_eq!(classify(&table, "watch k"), Class::Refused);
+    }
+
+    #[test]
+    fn only_select_of_db_zero_passes_through() {
+        let table = table();
+        assert_eq!(classify(&table, "select 0"), Class::PassThrough);
+        assert_eq!(classify(&table, "SELECT 0"), Class::PassThrough);
+        assert_eq!(classify(&table, "select 1"), Class::Refused);
+        assert_eq!(classify(&table, "select 00"), Class::Refused);
+        assert_eq!(classify(&table, "select abc"), Class::Refused);
+        assert_eq!(classify(&table, "select"), Class::PassThrough);
+        assert_eq!(classify(&table, "select 0 1"), Class::PassThrough);
+    }
+
+    #[test]
+    fn containers_are_classified_by_their_subcommand() {
+        let table = table();
+        assert_eq!(classify(&table, "object encoding k"), Class::Read);
+        assert_eq!(classify(&table, "Object Freq k"), Class::Read);
+        assert_eq!(classify(&table, "xgroup create s g $"), Class::Write);
+        assert_eq!(classify(&table, "XGROUP DESTROY s g"), Class::Write);
+        assert_eq!(classify(&table, "script load return"), Class::Write);
+        assert_eq!(classify(&table, "script flush"), Class::Write);
+    }
+
+    #[test]
+    fn missing_unknown_or_wrong_arity_subcommands_pass_through() {
+        let table = table();
+        assert_eq!(classify(&table, "object"), Class::PassThrough);
+        assert_eq!(classify(&table, "object nosuchsub k"), Class::PassThrough);
+        assert_eq!(classify(&table, "object encoding"), Class::PassThrough);
+        assert_eq!(classify(&table, "object encoding a b"), Class::PassThrough);
+        assert_eq!(classify(&table, "xgroup create s g"), Class::PassThrough);
+        let long_sub = format!("object {} k", "e".repeat(100));
+        assert_eq!(classify(&table, &long_sub), Class::PassThrough);
+    }
+
+    #[test]
+    fn help_kill_and_debug_subcommands_have_fixed_classes() {
+        let table = table();
+        assert_eq!(classify(&table, "object help"), Class::PassThrough);
+        assert_eq!(classify(&table, "xgroup HELP"), Class::PassThrough);
+        assert_eq!(classify(&table, "script kill"), Class::PassThrough);
+        assert_eq!(classify(&table, "script debug yes"), Class::Refused);
+    }
+
+    #[test]
+    fn ignored_commands_pass_through() {
+        let ignored = vec![
+            " SET ".to_string(),
+            "object|encoding".to_string(),
+            "multi".to_string(),
+        ];
+        let table = CommandTable::new(redis_7_0_commands(), &ignored);
+        assert_eq!(classify(&table, "set k v"), Class::PassThrough);
+        assert_eq!(classify(&table, "object encoding k"), Class::PassThrough);
+        assert_eq!(classify(&table, "object freq k"), Class::Read);
+        assert_eq!(classify(&table, "multi"), Class::PassThrough);
+        assert_eq!(classify(&table, "get k"), Class::Read);
+    }
+
+    #[test]
+    fn subcommand_names_may_omit_the_parent_prefix() {
+        let infos = vec![info(
+            "XINFO",
+            -2,
+            &[],
+            vec![info("STREAM", -3, &["readonly"], vec![])],
+        )];
+        let table = CommandTable::new(infos, &[]);
+        assert_eq!(classify(&table, "xinfo stream s"), Class::Read);
+        assert_eq!(
+            table.entries().collect::<Vec<_>>(),
+            vec![("xinfo|stream", Class::Read)]
+        );
+    }
+
+    #[test]
+    fn entries_list_commands_and_subcommands_sorted() {
+        let table = table();
+        let entries: Vec<(&str, Class)> = table.entries().collect();
+        let names: Vec<&str> = entries.iter().map(|(name, _)| *name).collect();
+        let mut sorted = names.clone();
+        sorted.sort_unstable();
+        assert_eq!(names, sorted);
+        assert!(entries.contains(&("set", Class::Write)));
+        assert!(entries.contains(&("get", Class::Read)));
+        assert!(entries.contains(&("select", Class::Refused)));
+        assert!(entries.contains(&("object|encoding", Class::Read)));
+        assert!(entries.contains(&("config", Class::PassThrough)));
+        assert!(!names.contains(&"object"));
+    }
+
+    #[test]
+    fn len_counts_top_level_commands() {
+        let table = table();
+        assert_eq!(table.len(), redis_7_0_commands().len());
+        assert!(!table.is_empty());
+        assert!(CommandTable::new(Vec::new(), &[]).is_empty());
+    }
+
+    #[test]
+    fn redis_arity_semantics() {
+        assert!(arity_accepts(2, 2));
+        assert!(!arity_accepts(2, 3));
+        assert!(arity_accepts(-2, 2));
+        assert!(arity_accepts(-2, 5));
+        assert!(!arity_accepts(-2, 1));
+    }
+}

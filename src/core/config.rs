@@ -1,0 +1,1105 @@
+//! Module configuration: values, defaults, parsing and validation.
+//!
+//! Keys are the contract names without the `raft.` prefix (`election-timeout`).
+//! Parsing one key checks only that key's own format and range; checks that
+//! involve several keys live in [`RaftConfig::validate`], because CONFIG SET
+//! changes one key at a time and must be able to pass through states that only
+//! make sense once the next key is set too.
+
+use std::fmt;
+use std::str::FromStr;
+
+/// Every configuration key, in the order of the interface table.
+pub const ALL_KEYS: &[&str] = &[
+    "id",
+    "addr",
+    "log-filename",
+    "log-fsync",
+    "periodic-interval",
+    "request-timeout",
+    "election-timeout",
+    "connection-timeout",
+    "response-timeout",
+    "reconnect-interval",
+    "join-timeout",
+    "proxy-response-timeout",
+    "follower-proxy",
+    "quorum-reads",
+    "log-max-file-size",
+    "log-max-cache-size",
+    "append-req-max-count",
+    "append-req-max-size",
+    "snapshot-req-max-count",
+    "snapshot-req-max-size",
+    "ignored-commands",
+    "cluster-user",
+    "cluster-password",
+    "tls-enabled",
+    "loglevel",
+];
+
+/// Keys that cannot change after `RAFT.CLUSTER INIT` / `JOIN`: they name this
+/// node and its files, which the cluster and the disk already know.
+pub const IMMUTABLE_AFTER_INIT: &[&str] = &["id", "addr", "log-filename"];
+
+/// Keys whose value must never appear in logs, INFO or [`RaftConfig::get`].
+pub const SENSITIVE_KEYS: &[&str] = &["cluster-password"];
+
+/// What [`RaftConfig::get`] returns instead of a non-empty sensitive value.
+pub const HIDDEN_VALUE: &str = "(hidden)";
+
+/// Largest node id: the C module and its users' scripts treat ids as 32-bit signed integers.
+pub const MAX_NODE_ID: u64 = i32::MAX as u64;
+
+/// Redis registers numeric module configs as `long long`, so no limit can exceed this.
+const MAX_REDIS_NUMERIC: u64 = i64::MAX as u64;
+
+const MIB: u64 = 1024 * 1024;
+
+/// Longest `log-filename`: leaves room for suffixes the log adds within NAME_MAX (255).
+pub const MAX_LOG_FILENAME_BYTES: usize = 200;
+
+/// Inclusive `(key, min, max)` for every numeric key. Durations are milliseconds.
+pub const LIMITS: &[(&str, u64, u64)] = &[
+    // 0 asks for a random unused id at init/join.
+    ("id", 0, MAX_NODE_ID),
+    // The tick: at least 1 ms, and a tick of over a minute would make every timeout coarse.
+    ("periodic-interval", 1, 60_000),
+    // Heartbeat / retransmit; at least one tick (checked in validate), at most 10 minutes.
+    ("request-timeout", 1, 600_000),
+    // Must be > 0 so a leader can ever be elected; 10 minutes is already an outage.
+    ("election-timeout", 1, 600_000),
+    // Time to establish a peer connection.
+    ("connection-timeout", 1, 600_000),
+    // Time a peer has to answer one inter-node request.
+    ("response-timeout", 1, 600_000),
+    // Wait between reconnect attempts to a peer.
+    ("reconnect-interval", 1, 600_000),
+    // JOIN may legitimately wait for a slow cluster; a day bounds a forgotten JOIN.
+    ("join-timeout", 1, 86_400_000),
+    // Time a follower waits for the leader's reply to a proxied command.
+    ("proxy-response-timeout", 1, 3_600_000),
+    // Bytes of log that trigger a snapshot; tiny values are allowed (tests compact often).
+    ("log-max-file-size", 1, MAX_REDIS_NUMERIC),
+    // Bytes of entries kept in memory; any positive bound works, tiny ones only cost reads.
+    ("log-max-cache-size", 1, MAX_REDIS_NUMERIC),
+    // Append requests in flight per peer: 0 would never replicate.
+    ("append-req-max-count", 1, 1024),
+    // Bytes per append request; one entry is always sent even if larger. Redis' bulk limit is 512 MiB.
+    ("append-req-max-size", 1, 512 * MIB),
+    // Snapshot chunks in flight per peer: 0 would never transfer.
+    ("snapshot-req-max-count", 1, 1024),
+    // Bytes per snapshot chunk: 0 would never progress.
+    ("snapshot-req-max-size", 1, 512 * MIB),
+];
+
+/// Numeric keys that hold byte sizes and so also accept Redis memory units (`64mb`).
+const BYTE_SIZE_KEYS: &[&str] = &[
+    "log-max-file-size",
+    "log-max-cache-size",
+    "append-req-max-size",
+    "snapshot-req-max-size",
+];
+
+/// A rejected configuration value. Its message never contains a sensitive value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The key without the `raft.` prefix, e.g. `election-timeout`.
+    pub key: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    pub fn new(key: &str, message: impl Into<String>) -> Self {
+        ConfigError {
+            key: key.to_string(),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "raft.{}: {}", self.key, self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// The address other nodes use to reach a node.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct NodeAddr {
+    /// Host name or IP literal; IPv6 literals are stored without brackets.
+    pub host: String,
+    pub port: u16,
+}
+
+impl fmt::Display for NodeAddr {
+    /// `host:port`, with IPv6 literals bracketed (`[::1]:6379`) so the text parses back.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// Redis log levels, as the `loglevel` key spells them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum LogLevel {
+    Debug,
+    Verbose,
+    #[default]
+    Notice,
+    Warning,
+}
+
+impl LogLevel {
+    /// Maps to the `log` crate one step down, so that Redis' default `notice`
+    /// shows `info!` lines and `debug` shows everything, including raft-rs'
+    /// `trace!` chatter: debug → Trace, verbose → Debug, notice → Info, warning → Warn.
+    pub fn to_log_filter(self) -> log::LevelFilter {
+        match self {
+            LogLevel::Debug => log::LevelFilter::Trace,
+            LogLevel::Verbose => log::LevelFilter::Debug,
+            LogLevel::Notice => log::LevelFilter::Info,
+            LogLevel::Warning => log::LevelFilter::Warn,
+        }
+    }
+
+    /// The Redis level to write a `log` record at (the inverse of [`Self::to_log_filter`];
+    /// errors are logged as warnings, Redis' most severe level).
+    pub fn from_log_level(level: log::Level) -> LogLevel {
+        match level {
+            log::Level::Error | log::Level::Warn => LogLevel::Warning,
+            log::Level::Info => LogLevel::Notice,
+            log::Level::Debug => LogLevel::Verbose,
+            log::Level::Trace => LogLevel::Debug,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogLevel::Debug => "debug",
+            LogLevel::Verbose => "verbose",
+            LogLevel::Notice => "notice",
+            LogLevel::Warning => "warning",
+        }
+    }
+}
+
+impl fmt::Display for LogLevel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for LogLevel {
+    type Err = ConfigError;
+
+    /// Accepts the four Redis level names in any case.
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        [
+            LogLevel::Debug,
+            LogLevel::Verbose,
+            LogLevel::Notice,
+            LogLevel::Warning,
+        ]
+        .into_iter()
+        .find(|level| value.eq_ignore_ascii_case(level.as_str()))
+        .ok_or_else(|| {
+            ConfigError::new(
+                "loglevel",
+                format!("invalid value '{value}': expected debug, verbose, notice or warning"),
+            )
+        })
+    }
+}
+
+/// All module configuration, with the contract's defaults.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RaftConfig {
+    /// 0 = pick a random unused id at init/join.
+    pub id: u64,
+    /// None = Redis' bind address and port (filled in by the adapter).
+    pub addr: Option<NodeAddr>,
+    pub log_filename: String,
+    pub log_fsync: bool,
+    pub periodic_interval_ms: u64,
+    pub request_timeout_ms: u64,
+    pub election_timeout_ms: u64,
+    pub connection_timeout_ms: u64,
+    pub response_timeout_ms: u64,
+    pub reconnect_interval_ms: u64,
+    pub join_timeout_ms: u64,
+    pub proxy_response_timeout_ms: u64,
+    pub follower_proxy: bool,
+    pub quorum_reads: bool,
+    pub log_max_file_size: u64,
+    pub log_max_cache_size: u64,
+    pub append_req_max_count: u64,
+    pub append_req_max_size: u64,
+    pub snapshot_req_max_count: u64,
+    pub snapshot_req_max_size: u64,
+    /// Lowercase names (or `container|sub`) never intercepted.
+    pub ignored_commands: Vec<String>,
+    pub cluster_user: String,
+    /// Sensitive: never printed by `Debug`, `get`, or errors.
+    pub cluster_password: String,
+    pub tls_enabled: bool,
+    pub loglevel: LogLevel,
+}
+
+impl Default for RaftConfig {
+    fn default() -> Self {
+        RaftConfig {
+            id: 0,
+            addr: None,
+            log_filename: "redisraft.db".to_string(),
+            log_fsync: true,
+            periodic_interval_ms: 100,
+            request_timeout_ms: 200,
+            election_timeout_ms: 1000,
+            connection_timeout_ms: 3000,
+            response_timeout_ms: 1000,
+            reconnect_interval_ms: 100,
+            join_timeout_ms: 120_000,
+            proxy_response_timeout_ms: 10_000,
+            follower_proxy: false,
+            quorum_reads: true,
+            log_max_file_size: 128_000_000,
+            log_max_cache_size: 64_000_000,
+            append_req_max_count: 2,
+            append_req_max_size: 2 * MIB,
+            snapshot_req_max_count: 32,
+            snapshot_req_max_size: 64 * 1024,
+            ignored_commands: Vec::new(),
+            cluster_user: "default".to_string(),
+            cluster_password: String::new(),
+            tls_enabled: false,
+            loglevel: LogLevel::Notice,
+        }
+    }
+}
+
+impl fmt::Debug for RaftConfig {
+    /// Lists every key as `get` shows it, so the password stays hidden.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut map = f.debug_map();
+        for key in ALL_KEYS {
+            map.entry(key, &self.get(key).unwrap_or_default());
+        }
+        map.finish()
+    }
+}
+
+/// Maps each numeric key to its field once, for `get`, `set` and `validate`.
+macro_rules! numeric_fields {
+    ($($key:literal => $field:ident),* $(,)?) => {
+        fn numeric_field(&self, key: &str) -> Option<u64> {
+            match key {
+                $($key => Some(self.$field),)*
+                _ => None,
+            }
+        }
+
+        fn numeric_field_mut(&mut self, key: &str) -> Option<&mut u64> {
+            match key {
+                $($key => Some(&mut self.$field),)*
+                _ => None,
+            }
+        }
+    };
+}
+
+/// Maps each yes/no key to its field once.
+macro_rules! bool_fields {
+    ($($key:literal => $field:ident),* $(,)?) => {
+        fn bool_field(&self, key: &str) -> Option<bool> {
+            match key {
+                $($key => Some(self.$field),)*
+                _ => None,
+            }
+        }
+
+        fn bool_field_mut(&mut self, key: &str) -> Option<&mut bool> {
+            match key {
+                $($key => Some(&mut self.$field),)*
+                _ => None,
+            }
+        }
+    };
+}
+
+impl RaftConfig {
+    numeric_fields! {
+        "id" => id,
+        "periodic-interval" => periodic_interval_ms,
+        "request-timeout" => request_timeout_ms,
+        "election-timeout" => election_timeout_ms,
+        "connection-timeout" => connection_timeout_ms,
+        "response-timeout" => response_timeout_ms,
+        "reconnect-interval" => reconnect_interval_ms,
+        "join-timeout" => join_timeout_ms,
+        "proxy-response-timeout" => proxy_response_timeout_ms,
+        "log-max-file-size" => log_max_file_size,
+        "log-max-cache-size" => log_max_cache_size,
+        "append-req-max-count" => append_req_max_count,
+        "append-req-max-size" => append_req_max_size,
+        "snapshot-req-max-count" => snapshot_req_max_count,
+        "snapshot-req-max-size" => snapshot_req_max_size,
+    }
+
+    bool_fields! {
+        "log-fsync" => log_fsync,
+        "follower-proxy" => follower_proxy,
+        "quorum-reads" => quorum_reads,
+        "tls-enabled" => tls_enabled,
+    }
+
+    /// Sets one key from its string form (CONFIG SET, MODULE LOADEX args, tests).
+    /// `key` may carry the `raft.` prefix and any letter case. Checks the value's
+    /// own format and range only; call [`Self::validate`] once all keys are set.
+    /// An empty `addr` means "use Redis' bind address and port".
+    pub fn set(&mut self, key: &str, value: &str) -> Result<(), ConfigError> {
+        let key = canonical_key(key)?;
+        if let Some(field) = self.bool_field_mut(key) {
+            *field = parse_bool(key, value)?;
+            return Ok(());
+        }
+        if let Some(field) = self.numeric_field_mut(key) {
+            *field = parse_number(key, value)?;
+            return Ok(());
+        }
+        match key {
+            "addr" => {
+                self.addr = if value.is_empty() {
+                    None
+                } else {
+                    Some(parse_addr(key, value)?)
+                }
+            }
+            "log-filename" => self.log_filename = parse_log_filename(value)?,
+            "ignored-commands" => self.ignored_commands = parse_ignored_commands(value),
+            "cluster-user" => self.cluster_user = parse_cluster_user(value)?,
+            "cluster-password" => self.cluster_password = value.to_string(),
+            "loglevel" => self.loglevel = value.parse()?,
+            _ => unreachable!("canonical_key returned a key set() does not handle: {key}"),
+        }
+        Ok(())
+    }
+
+    /// The value of one key as a string (`raft.` prefix and any case accepted);
+    /// None for an unknown key. Booleans read `yes`/`no`, `addr` is empty while
+    /// unset, `ignored-commands` is comma-joined.
+    ///
+    /// `cluster-password` reads [`HIDDEN_VALUE`] when set (empty when not), so
+    /// this is safe for INFO, logs and docs. A Redis config getter that feeds
+    /// CONFIG REWRITE must read the field itself, or the rewritten file would
+    /// store the placeholder.
+    pub fn get(&self, key: &str) -> Option<String> {
+        let key = canonical_key(key).ok()?;
+        if let Some(value) = self.bool_field(key) {
+            return Some(if value { "yes" } else { "no" }.to_string());
+        }
+        if let Some(value) = self.numeric_field(key) {
+            return Some(value.to_string());
+        }
+        let value = match key {
+            "addr" => self
+                .addr
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_default(),
+            "log-filename" => self.log_filename.clone(),
+            "ignored-commands" => self.ignored_commands.join(","),
+            "cluster-user" => self.cluster_user.clone(),
+            "cluster-password" if self.cluster_password.is_empty() => String::new(),
+            "cluster-password" => HIDDEN_VALUE.to_string(),
+            "loglevel" => self.loglevel.to_string(),
+            _ => return None,
+        };
+        Some(value)
+    }
+
+    /// Checks every field (they are public, so they may not have gone through
+    /// `set`) and the relations between them that raft-rs needs:
+    /// - `request-timeout` ≥ `periodic-interval`: a heartbeat every ≥ 1 tick;
+    /// - `election-timeout` ≥ 2 × `periodic-interval`: elections need ≥ 2 ticks;
+    /// - `election-timeout` spans more whole ticks than `request-timeout`, so
+    ///   followers hear a heartbeat before they time out (raft-rs refuses
+    ///   `election_tick <= heartbeat_tick`); this implies request < election.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        for &(key, min, max) in LIMITS {
+            let value = self
+                .numeric_field(key)
+                .expect("every LIMITS key is a numeric field");
+            check_range(key, value, min, max)?;
+        }
+        if let Some(addr) = &self.addr {
+            let text = addr.to_string();
+            parse_addr("addr", &text)?;
+        }
+        parse_log_filename(&self.log_filename)?;
+        parse_cluster_user(&self.cluster_user)?;
+
+        let periodic_ms = self.periodic_interval_ms;
+        if self.request_timeout_ms < periodic_ms {
+            return Err(ConfigError::new(
+                "request-timeout",
+                format!(
+                    "{} ms is shorter than periodic-interval ({periodic_ms} ms)",
+                    self.request_timeout_ms
+                ),
+            ));
+        }
+        if self.election_timeout_ms < 2 * periodic_ms {
+            return Err(ConfigError::new(
+                "election-timeout",
+                format!(
+                    "{} ms must be at least twice periodic-interval ({periodic_ms} ms)",
+                    self.election_timeout_ms
+                ),
+            ));
+        }
+        if self.election_ticks() <= self.heartbeat_ticks() {
+            return Err(ConfigError::new(
+                "election-timeout",
+                format!(
+                    "{} ms must be at least one periodic-interval ({periodic_ms} ms) longer than \
+                     request-timeout ({} ms), counted in whole ticks",
+                    self.election_timeout_ms, self.request_timeout_ms
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// `request-timeout` in whole ticks: raft-rs' `heartbeat_tick` (≥ 1 once valid).
+    pub fn heartbeat_ticks(&self) -> usize {
+        (self.request_timeout_ms / self.periodic_interval_ms.max(1)) as usize
+    }
+
+    /// `election-timeout` in whole ticks: raft-rs' `election_tick` (> heartbeat once valid).
+    pub fn election_ticks(&self) -> usize {
+        (self.election_timeout_ms / self.periodic_interval_ms.max(1)) as usize
+    }
+}
+
+/// Strips an optional `raft.` prefix, lowercases, and returns the known key.
+fn canonical_key(key: &str) -> Result<&'static str, ConfigError> {
+    let lower = key.to_ascii_lowercase();
+    let bare = lower.strip_prefix("raft.").unwrap_or(&lower);
+    ALL_KEYS
+        .iter()
+        .copied()
+        .find(|known| *known == bare)
+        .ok_or_else(|| ConfigError::new(bare, "unknown configuration key"))
+}
+
+/// Parses `host:port`, `[ipv6]:port`, or (as the C module does, splitting at the
+/// last colon) an unbracketed IPv6 literal like `::1:6379`. Port must be 1..=65535.
+pub fn parse_addr(key: &str, value: &str) -> Result<NodeAddr, ConfigError> {
+    let invalid = |why: &str| {
+        ConfigError::new(
+            key,
+            format!("invalid address '{value}': {why}; expected host:port"),
+        )
+    };
+    let (host, port) = if let Some(rest) = value.strip_prefix('[') {
+        let (host, after) = rest.split_once(']').ok_or_else(|| invalid("missing ']'"))?;
+        let port = after
+            .strip_prefix(':')
+            .ok_or_else(|| invalid("missing ':' before the port"))?;
+        (host, port)
+    } else {
+        value
+            .rsplit_once(':')
+            .ok_or_else(|| invalid("missing ':' before the port"))?
+    };
+    if host.is_empty() {
+        return Err(invalid("empty host"));
+    }
+    if host
+        .chars()
+        .any(|c| c.is_whitespace() || c.is_control() || matches!(c, '[' | ']' | '/'))
+    {
+        return Err(invalid(
+            "host contains a space, control character, bracket or '/'",
+        ));
+    }
+    if port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(invalid("port is not a number"));
+    }
+    let port: u16 = match port.parse() {
+        Ok(port) if port > 0 => port,
+        _ => return Err(invalid("port must be between 1 and 65535")),
+    };
+    Ok(NodeAddr {
+        host: host.to_string(),
+        port,
+    })
+}
+
+/// Splits on commas and whitespace, lowercases, drops empties and repeats.
+pub fn parse_ignored_commands(value: &str) -> Vec<String> {
+    let mut names: Vec<String> = Vec::new();
+    for name in value.split(|c: char| c == ',' || c.is_whitespace()) {
+        let name = name.to_ascii_lowercase();
+        if !name.is_empty() && !names.contains(&name) {
+            names.push(name);
+        }
+    }
+    names
+}
+
+/// A base file name inside Redis' `dir`: non-empty, no '/', no NUL, not `.` or
+/// `..`, at most [`MAX_LOG_FILENAME_BYTES`].
+pub fn parse_log_filename(value: &str) -> Result<String, ConfigError> {
+    let invalid = |why: &str| {
+        ConfigError::new(
+            "log-filename",
+            format!("invalid file name '{value}': {why}"),
+        )
+    };
+    if value.is_empty() {
+        return Err(invalid("empty"));
+    }
+    if value.contains('/') || value.contains('\0') {
+        return Err(invalid(
+            "must be a plain file name inside Redis' dir, without '/' or NUL",
+        ));
+    }
+    if value == "." || value == ".." {
+        return Err(invalid("'.' and '..' are directories"));
+    }
+    if value.len() > MAX_LOG_FILENAME_BYTES {
+        return Err(invalid(&format!(
+            "longer than {MAX_LOG_FILENAME_BYTES} bytes"
+        )));
+    }
+    Ok(value.to_string())
+}
+
+/// `yes`/`no` as Redis configs spell them; `true`/`false` too. Any case.
+pub fn parse_bool(key: &str, value: &str) -> Result<bool, ConfigError> {
+    if value.eq_ignore_ascii_case("yes") || value.eq_ignore_ascii_case("true") {
+        Ok(true)
+    } else if value.eq_ignore_ascii_case("no") || value.eq_ignore_ascii_case("false") {
+        Ok(false)
+    } else {
+        Err(ConfigError::new(
+            key,
+            format!("invalid value '{value}': expected yes or no"),
+        ))
+    }
+}
+
+/// Parses a numeric key within its [`LIMITS`]. Byte-size keys also accept
+/// Redis memory units, case-insensitive: `b`, `k` (1000), `kb` (1024), `m`,
+/// `mb`, `g`, `gb`.
+pub fn parse_number(key: &str, value: &str) -> Result<u64, ConfigError> {
+    let &(_, min, max) = LIMITS
+        .iter()
+        .find(|(known, _, _)| *known == key)
+        .ok_or_else(|| ConfigError::new(key, "not a numeric configuration key"))?;
+    let accepts_units = BYTE_SIZE_KEYS.contains(&key);
+    let number = parse_unsigned(value, accepts_units).ok_or_else(|| {
+        let expected = if accepts_units {
+            "a non-negative integer, optionally with a unit (kb, mb, gb)"
+        } else {
+            "a non-negative integer"
+        };
+        ConfigError::new(key, format!("invalid value '{value}': expected {expected}"))
+    })?;
+    check_range(key, number, min, max)?;
+    Ok(number)
+}
+
+/// `cluster-user` is an ACL user name: Redis forbids empty names, spaces and NUL.
+fn parse_cluster_user(value: &str) -> Result<String, ConfigError> {
+    if value.is_empty() || value.chars().any(|c| c.is_whitespace() || c == '\0') {
+        return Err(ConfigError::new(
+            "cluster-user",
+            format!("invalid user name '{value}': must be non-empty, without spaces or NUL"),
+        ));
+    }
+    Ok(value.to_string())
+}
+
+fn check_range(key: &str, value: u64, min: u64, max: u64) -> Result<(), ConfigError> {
+    if (min..=max).contains(&value) {
+        Ok(())
+    } else {
+        Err(ConfigError::new(
+            key,
+            format!("{value} is out of range: must be between {min} and {max}"),
+        ))
+    }
+}
+
+/// Digits only (no sign), then an optional memory unit; None on overflow.
+fn parse_unsigned(value: &str, accepts_units: bool) -> Option<u64> {
+    let digits_end = value
+        .bytes()
+        .position(|b| !b.is_ascii_digit())
+        .unwrap_or(value.len());
+    let (digits, unit) = value.split_at(digits_end);
+    if digits.is_empty() {
+        return None;
+    }
+    let multiplier: u64 = match unit.to_ascii_lowercase().as_str() {
+        "" => 1,
+        _ if !accepts_units => return None,
+        "b" => 1,
+        "k" => 1000,
+        "kb" => 1024,
+        "m" => 1000 * 1000,
+        "mb" => 1024 * 1024,
+        "g" => 1000 * 1000 * 1000,
+        "gb" => 1024 * 1024 * 1024,
+        _ => return None,
+    };
+    digits.parse::<u64>().ok()?.checked_mul(multiplier)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn error_key<T: fmt::Debug>(result: Result<T, ConfigError>) -> String {
+        let error = result.expect_err("expected a ConfigError");
+        assert!(
+            error
+                .to_string()
+                .starts_with(&format!("raft.{}: ", error.key)),
+            "{error}"
+        );
+        error.key
+    }
+
+    #[test]
+    fn defaults_match_the_interface_table() {
+        let config = RaftConfig::default();
+        let expected = [
+            ("id", "0"),
+            ("addr", ""),
+            ("log-filename", "redisraft.db"),
+            ("log-fsync", "yes"),
+            ("periodic-interval", "100"),
+            ("request-timeout", "200"),
+            ("election-timeout", "1000"),
+            ("connection-timeout", "3000"),
+            ("response-timeout", "1000"),
+            ("reconnect-interval", "100"),
+            ("join-timeout", "120000"),
+            ("proxy-response-timeout", "10000"),
+            ("follower-proxy", "no"),
+            ("quorum-reads", "yes"),
+            ("log-max-file-size", "128000000"),
+            ("log-max-cache-size", "64000000"),
+            ("append-req-max-count", "2"),
+            ("append-req-max-size", "2097152"),
+            ("snapshot-req-max-count", "32"),
+            ("snapshot-req-max-size", "65536"),
+            ("ignored-commands", ""),
+            ("cluster-user", "default"),
+            ("cluster-password", ""),
+            ("tls-enabled", "no"),
+            ("loglevel", "notice"),
+        ];
+        assert_eq!(expected.len(), ALL_KEYS.len());
+        for (key, value) in expected {
+            assert_eq!(config.get(key).as_deref(), Some(value), "{key}");
+        }
+        assert_eq!(config.addr, None);
+        assert_eq!(config.loglevel, LogLevel::Notice);
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        RaftConfig::default().validate().unwrap();
+    }
+
+    #[test]
+    fn every_key_round_trips_through_get_and_set() {
+        let mut config = RaftConfig::default();
+        config.set("addr", "10.0.0.1:5001").unwrap();
+        config.set("ignored-commands", "get,set").unwrap();
+        let original = config.clone();
+        for key in ALL_KEYS.iter().filter(|key| !SENSITIVE_KEYS.contains(key)) {
+            let value = config.get(key).unwrap();
+            config.set(key, &value).unwrap();
+        }
+        assert_eq!(config, original);
+    }
+
+    #[test]
+    fn keys_accept_the_raft_prefix_and_any_case() {
+        let mut config = RaftConfig::default();
+        config.set("raft.election-timeout", "2000").unwrap();
+        config.set("Election-Timeout", "3000").unwrap();
+        assert_eq!(config.election_timeout_ms, 3000);
+        assert_eq!(config.get("RAFT.election-timeout").as_deref(), Some("3000"));
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_by_name() {
+        let mut config = RaftConfig::default();
+        let error = config.set("raft.no-such-key", "1").unwrap_err();
+        assert_eq!(error.key, "no-such-key");
+        assert_eq!(
+            error.to_string(),
+            "raft.no-such-key: unknown configuration key"
+        );
+        assert_eq!(config.get("no-such-key"), None);
+    }
+
+    #[test]
+    fn parse_addr_accepts_host_port_and_ipv6() {
+        let addr = |host: &str, port| NodeAddr {
+            host: host.to_string(),
+            port,
+        };
+        assert_eq!(
+            parse_addr("addr", "127.0.0.1:6379").unwrap(),
+            addr("127.0.0.1", 6379)
+        );
+        assert_eq!(
+            parse_addr("addr", "node-1.example:1").unwrap(),
+            addr("node-1.example", 1)
+        );
+        assert_eq!(
+            parse_addr("addr", "[::1]:65535").unwrap(),
+            addr("::1", 65535)
+        );
+        assert_eq!(parse_addr("addr", "::1:6379").unwrap(), addr("::1", 6379));
+    }
+
+    #[test]
+    fn parse_addr_rejects_bad_input_naming_the_key() {
+        for bad in [
+            "",
+            "localhost",
+            "localhost:",
+            ":6379",
+            "host:0",
+            "host:65536",
+            "host:-1",
+            "host:+5",
+            "host:63x",
+            "[::1]6379",
+            "[::1:6379",
+            "[]:6379",
+            "a b:6379",
+        ] {
+            assert_eq!(error_key(parse_addr("addr", bad)), "addr", "{bad}");
+        }
+        assert_eq!(error_key(parse_addr("join", "nope")), "join");
+    }
+
+    #[test]
+    fn node_addr_displays_as_host_port_and_parses_back() {
+        for text in ["127.0.0.1:6379", "[::1]:6379", "redis.local:7000"] {
+            let addr = parse_addr("addr", text).unwrap();
+            assert_eq!(addr.to_string(), text);
+        }
+        assert_eq!(
+            parse_addr("addr", "::1:6379").unwrap().to_string(),
+            "[::1]:6379"
+        );
+    }
+
+    #[test]
+    fn parse_bool_accepts_yes_no_true_false() {
+        for (text, value) in [
+            ("yes", true),
+            ("YES", true),
+            ("true", true),
+            ("no", false),
+            ("False", false),
+        ] {
+            assert_eq!(parse_bool("log-fsync", text).unwrap(), value, "{text}");
+        }
+        for bad in ["", "y", "1", "on", "yess"] {
+            assert_eq!(
+                error_key(parse_bool("log-fsync", bad)),
+                "log-fsync",
+                "{bad}"
+            );
+        }
+        let mut config = RaftConfig::default();
+        assert_eq!(
+            error_key(config.set("quorum-reads", "maybe")),
+            "quorum-reads"
+        );
+        config.set("quorum-reads", "no").unwrap();
+        assert!(!config.quorum_reads);
+    }
+
+    #[test]
+    fn numbers_must_be_plain_digits_within_limits() {
+        let mut config = RaftConfig::default();
+        config.set("periodic-interval", "50").unwrap();
+        assert_eq!(config.periodic_interval_ms, 50);
+        for (key, bad) in [
+            ("periodic-interval", "0"),
+            ("periodic-interval", "60001"),
+            ("election-timeout", "0"),
+            ("election-timeout", "-5"),
+            ("request-timeout", "+5"),
+            ("request-timeout", "5ms"),
+            ("request-timeout", ""),
+            ("join-timeout", "99999999999999999999999"),
+            ("id", "2147483648"),
+            ("append-req-max-count", "0"),
+            ("snapshot-req-max-size", "0"),
+        ] {
+            assert_eq!(error_key(config.set(key, bad)), key, "{key} {bad}");
+        }
+        assert_eq!(
+            config.periodic_interval_ms, 50,
+            "a rejected value changes nothing"
+        );
+        config.set("id", "2147483647").unwrap();
+    }
+
+    #[test]
+    fn byte_sizes_accept_redis_memory_units() {
+        let mut config = RaftConfig::default();
+        config.set("log-max-file-size", "64mb").unwrap();
+        assert_eq!(config.log_max_file_size, 64 * MIB);
+        config.set("log-max-cache-size", "2G").unwrap();
+        assert_eq!(config.log_max_cache_size, 2_000_000_000);
+        config.set("append-req-max-size", "512kb").unwrap();
+        assert_eq!(config.append_req_max_size, 512 * 1024);
+        config.set("snapshot-req-max-size", "1000b").unwrap();
+        assert_eq!(config.snapshot_req_max_size, 1000);
+        assert_eq!(
+            error_key(config.set("log-max-file-size", "5tb")),
+            "log-max-file-size"
+        );
+        assert_eq!(
+            error_key(config.set("append-req-max-size", "1gb")),
+            "append-req-max-size"
+        );
+        assert_eq!(
+            error_key(config.set("log-max-file-size", "mb")),
+            "log-max-file-size"
+        );
+        assert_eq!(
+            error_key(config.set("log-max-file-size", "99999999999gb")),
+            "log-max-file-size"
+        );
+        assert_eq!(error_key(config.set("join-timeout", "1k")), "join-timeout");
+    }
+
+    #[test]
+    fn parse_log_filename_accepts_plain_names_only() {
+        assert_eq!(parse_log_filename("redisraft.db").unwrap(), "redisraft.db");
+        assert_eq!(parse_log_filename("node-1.log").unwrap(), "node-1.log");
+        assert_eq!(parse_log_filename("..db").unwrap(), "..db");
+        let too_long = "x".repeat(MAX_LOG_FILENAME_BYTES + 1);
+        for bad in [
+            "",
+            ".",
+            "..",
+            "dir/file",
+            "/abs",
+            "nul\0byte",
+            too_long.as_str(),
+        ] {
+            assert_eq!(
+                error_key(parse_log_filename(bad)),
+                "log-filename",
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn parse_ignored_commands_splits_lowercases_and_drops_empties() {
+        assert_eq!(parse_ignored_commands(""), Vec::<String>::new());
+        assert_eq!(parse_ignored_commands(" , ,"), Vec::<String>::new());
+        assert_eq!(
+            parse_ignored_commands("GET, set  Object|Encoding,,get\tkeys"),
+            vec!["get", "set", "object|encoding", "keys"]
+        );
+    }
+
+    #[test]
+    fn loglevel_parses_displays_and_maps_to_log_filters() {
+        for (text, level, filter) in [
+            ("debug", LogLevel::Debug, log::LevelFilter::Trace),
+            ("verbose", LogLevel::Verbose, log::LevelFilter::Debug),
+            ("NOTICE", LogLevel::Notice, log::LevelFilter::Info),
+            ("warning", LogLevel::Warning, log::LevelFilter::Warn),
+        ] {
+            let parsed: LogLevel = text.parse().unwrap();
+            assert_eq!(parsed, level);
+            assert_eq!(parsed.to_string(), text.to_ascii_lowercase());
+            assert_eq!(parsed.to_log_filter(), filter);
+            assert_eq!(LogLevel::from_log_level(filter.to_level().unwrap()), level);
+        }
+        assert_eq!(
+            LogLevel::from_log_level(log::Level::Error),
+            LogLevel::Warning
+        );
+        assert_eq!(error_key("warn".parse::<LogLevel>()), "loglevel");
+        assert_eq!(
+            error_key(RaftConfig::default().set("loglevel", "loud")),
+            "loglevel"
+        );
+    }
+
+    #[test]
+    fn cluster_user_must_be_a_valid_acl_name() {
+        let mut config = RaftConfig::default();
+        config.set("cluster-user", "raft-peer").unwrap();
+        assert_eq!(config.cluster_user, "raft-peer");
+        for bad in ["", "two words", "nul\0"] {
+            assert_eq!(error_key(config.set("cluster-user", bad)), "cluster-user");
+        }
+    }
+
+    #[test]
+    fn empty_addr_means_redis_bind_address() {
+        let mut config = RaftConfig::default();
+        config.set("addr", "10.0.0.1:5001").unwrap();
+        config.set("addr", "").unwrap();
+        assert_eq!(config.addr, None);
+        assert_eq!(error_key(config.set("addr", "nope")), "addr");
+    }
+
+    #[test]
+    fn validate_checks_fields_set_directly() {
+        let mut config = RaftConfig {
+            periodic_interval_ms: 0,
+            ..RaftConfig::default()
+        };
+        assert_eq!(error_key(config.validate()), "periodic-interval");
+        config = RaftConfig {
+            log_filename: "a/b".to_string(),
+            ..RaftConfig::default()
+        };
+        assert_eq!(error_key(config.validate()), "log-filename");
+        config = RaftConfig {
+            addr: Some(NodeAddr {
+                host: String::new(),
+                port: 1,
+            }),
+            ..RaftConfig::default()
+        };
+        assert_eq!(error_key(config.validate()), "addr");
+        config = RaftConfig {
+            cluster_user: String::new(),
+            ..RaftConfig::default()
+        };
+        assert_eq!(error_key(config.validate()), "cluster-user");
+    }
+
+    #[test]
+    fn validate_requires_request_timeout_of_at_least_one_tick() {
+        let config = RaftConfig {
+            periodic_interval_ms: 100,
+            request_timeout_ms: 99,
+            ..RaftConfig::default()
+        };
+        assert_eq!(error_key(config.validate()), "request-timeout");
+    }
+
+    #[test]
+    fn validate_requires_election_timeout_of_two_ticks() {
+        let config = RaftConfig {
+            periodic_interval_ms: 100,
+            request_timeout_ms: 100,
+            election_timeout_ms: 199,
+            ..RaftConfig::default()
+        };
+        assert_eq!(error_key(config.validate()), "election-timeout");
+        RaftConfig {
+            election_timeout_ms: 200,
+            ..config
+        }
+        .validate()
+        .unwrap();
+    }
+
+    #[test]
+    fn validate_requires_election_timeout_beyond_request_timeout_in_whole_ticks() {
+        let config = RaftConfig {
+            request_timeout_ms: 1000,
+            election_timeout_ms: 1000,
+            ..RaftConfig::default()
+        };
+        assert_eq!(error_key(config.validate()), "election-timeout");
+        // 250 ms and 290 ms are both 2 ticks of 100 ms: raft-rs would refuse them.
+        let same_ticks = RaftConfig {
+            request_timeout_ms: 250,
+            election_timeout_ms: 290,
+            ..RaftConfig::default()
+        };
+        assert_eq!(error_key(same_ticks.validate()), "election-timeout");
+    }
+
+    #[test]
+    fn set_checks_one_key_and_validate_checks_the_relations() {
+        let mut config = RaftConfig::default();
+        config.set("periodic-interval", "1000").unwrap();
+        assert_eq!(error_key(config.validate()), "request-timeout");
+        config.set("request-timeout", "2000").unwrap();
+        config.set("election-timeout", "10000").unwrap();
+        config.validate().unwrap();
+    }
+
+    #[test]
+    fn tick_counts_follow_the_periodic_interval() {
+        let config = RaftConfig::default();
+        assert_eq!(config.heartbeat_ticks(), 2);
+        assert_eq!(config.election_ticks(), 10);
+    }
+
+    #[test]
+    fn cluster_password_is_never_shown() {
+        let secret = "s3cret-Pa55";
+        let mut config = RaftConfig::default();
+        assert_eq!(config.get("cluster-password").as_deref(), Some(""));
+        config.set("raft.cluster-password", secret).unwrap();
+        assert_eq!(config.cluster_password, secret);
+        assert_eq!(
+            config.get("cluster-password").as_deref(),
+            Some(HIDDEN_VALUE)
+        );
+        let debug = format!("{config:?}");
+        assert!(!debug.contains(secret), "{debug}");
+        assert!(debug.contains("cluster-password"));
+        for key in ALL_KEYS {
+            assert!(!config.get(key).unwrap().contains(secret), "{key}");
+        }
+    }
+
+    #[test]
+    fn key_lists_are_consistent() {
+        for key in IMMUTABLE_AFTER_INIT
+            .iter()
+            .chain(SENSITIVE_KEYS)
+            .chain(BYTE_SIZE_KEYS)
+        {
+            assert!(ALL_KEYS.contains(key), "{key}");
+        }
+        let config = RaftConfig::default();
+        for &(key, min, max) in LIMITS {
+            assert!(ALL_KEYS.contains(&key), "{key}");
+            assert!(config.numeric_field(key).is_some(), "{key}");
+            assert!(min <= max && max <= MAX_REDIS_NUMERIC, "{key}");
+        }
+        assert_eq!(IMMUTABLE_AFTER_INIT, ["id", "addr", "log-filename"]);
+    }
+
+    #[test]
+    fn config_error_display_names_the_key() {
+        let error = ConfigError::new("election-timeout", "too short");
+        assert_eq!(error.to_string(), "raft.election-timeout: too short");
+    }
+}

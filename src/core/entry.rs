@@ -1,0 +1,103 @@
+//! What a normal raft entry carries: the replicated request, encoded with bincode.
+//!
+//! The origin (node, incarnation, request id) travels inside the entry so that the node
+//! that proposed it, and only that node, replies to the waiting client when the entry is
+//! applied: matching by id survives leader changes, unlike matching by queue position.
+
+use serde::{Deserialize, Serialize};
+
+/// Who is waiting for an entry's result. `incarnation` changes on every process start, so a
+/// request id from before a restart can never be confused with a new one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Origin {
+    pub node_id: u64,
+    pub incarnation: u64,
+    pub request_id: u64,
+}
+
+/// One command as the client sent it: argv[0] is the command name.
+pub type Argv = Vec<Vec<u8>>;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Payload {
+    /// Commands applied in order as one unit (a single command, or a MULTI/EXEC body).
+    Commands {
+        origin: Option<Origin>,
+        commands: Vec<Argv>,
+    },
+}
+
+/// Upper bound on an encoded payload, so a hostile or corrupt entry can't make us allocate
+/// without limit while decoding.
+pub const MAX_PAYLOAD_BYTES: usize = 512 * 1024 * 1024;
+
+#[derive(Debug, PartialEq, Eq)]
+pub struct PayloadError(pub String);
+
+impl std::fmt::Display for PayloadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "invalid entry payload: {}", self.0)
+    }
+}
+
+impl std::error::Error for PayloadError {}
+
+fn bincode_config() -> impl bincode::config::Config {
+    bincode::config::standard().with_limit::<MAX_PAYLOAD_BYTES>()
+}
+
+impl Payload {
+    pub fn encode(&self) -> Vec<u8> {
+        bincode::serde::encode_to_vec(self, bincode_config())
+            .expect("encoding a payload into memory cannot fail")
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Payload, PayloadError> {
+        let (payload, used) = bincode::serde::decode_from_slice(bytes, bincode_config())
+            .map_err(|e| PayloadError(e.to_string()))?;
+        if used != bytes.len() {
+            return Err(PayloadError(format!(
+                "{} trailing bytes after payload",
+                bytes.len() - used
+            )));
+        }
+        Ok(payload)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roundtrip() {
+        let payload = Payload::Commands {
+            origin: Some(Origin {
+                node_id: 3,
+                incarnation: 99,
+                request_id: 7,
+            }),
+            commands: vec![vec![b"SET".to_vec(), b"k".to_vec(), vec![0, 255, 10]]],
+        };
+        assert_eq!(Payload::decode(&payload.encode()).unwrap(), payload);
+    }
+
+    #[test]
+    fn rejects_garbage_and_trailing_bytes() {
+        assert!(Payload::decode(&[0xff, 0xff, 0xff, 0xff, 0xff]).is_err());
+        let mut bytes = Payload::Commands {
+            origin: None,
+            commands: vec![],
+        }
+        .encode();
+        bytes.push(0);
+        assert!(Payload::decode(&bytes).is_err());
+    }
+
+    #[test]
+    fn huge_declared_length_does_not_allocate() {
+        // variant 0, origin None, then a vec length of u64::MAX
+        let bytes = [0u8, 0, 0xfd, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff];
+        assert!(Payload::decode(&bytes).is_err());
+    }
+}

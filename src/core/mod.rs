@@ -1,0 +1,8 @@
+//! The pure, deterministic core: no Redis, no threads, no clock, no I/O.
+pub mod commands;
+pub mod config;
+pub mod entry;
+pub mod logfile;
+pub mod node;
+pub mod pending;
+pub mod storage;

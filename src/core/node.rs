@@ -1,0 +1,258 @@
+//! The raft node wrapper: inputs in (tick, propose, step, read index, conf change),
+//! one `ReadyOutput` out per Ready cycle, saying exactly what the caller must do and in
+//! which order. No I/O happens here; the in-memory `LogStore` is updated as raft-rs
+//! requires, and the caller must make `persist` durable before acting on anything after it.
+
+use raft::eraftpb::{ConfChangeV2, ConfState, Entry, HardState, Message};
+use raft::{RawNode, ReadState, StateRole};
+use slog::Drain;
+
+use crate::core::storage::LogStore;
+
+/// Timing and flow-control knobs, in ticks and bytes (the adapter converts from ms).
+#[derive(Clone, Debug)]
+pub struct NodeParams {
+    pub id: u64,
+    pub election_ticks: usize,
+    pub heartbeat_ticks: usize,
+    /// Highest index already reflected in the state machine when the node starts.
+    pub applied: u64,
+    pub max_append_bytes: u64,
+    pub max_inflight_appends: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Follower,
+    Candidate,
+    PreCandidate,
+    Leader,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Follower => "follower",
+            Role::Candidate | Role::PreCandidate => "candidate",
+            Role::Leader => "leader",
+        }
+    }
+
+    fn from_raft(role: StateRole) -> Role {
+        match role {
+            StateRole::Follower => Role::Follower,
+            StateRole::Candidate => Role::Candidate,
+            StateRole::PreCandidate => Role::PreCandidate,
+            StateRole::Leader => Role::Leader,
+        }
+    }
+}
+
+/// What one Ready cycle asks of the caller, in this order:
+/// 1. send `send_now` (a leader may send appends before its own disk write);
+/// 2. write `entries` and then `hard_state` to the log and sync it (one sync per cycle);
+/// 3. send `send_after_persist` (votes and append acks promise durability);
+/// 4. apply `committed` in order; answer `read_states`.
+#[derive(Debug, Default)]
+pub struct ReadyOutput {
+    pub send_now: Vec<Message>,
+    pub entries: Vec<Entry>,
+    pub hard_state: Option<HardState>,
+    pub send_after_persist: Vec<Message>,
+    pub committed: Vec<Entry>,
+    pub read_states: Vec<ReadState>,
+    /// Set when role or leader changed during this cycle.
+    pub role_change: Option<(Role, u64)>,
+}
+
+impl ReadyOutput {
+    pub fn must_persist(&self) -> bool {
+        !self.entries.is_empty() || self.hard_state.is_some()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeStatus {
+    pub id: u64,
+    pub role: Role,
+    pub leader_id: u64,
+    pub term: u64,
+    pub commit_index: u64,
+    pub first_index: u64,
+    pub last_index: u64,
+    /// Leader that has committed an entry of its own term: only then may it serve.
+    pub leader_ready: bool,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum ProposeError {
+    NotLeader,
+    /// raft-rs refused it (e.g. a leader transfer is in progress, or a conf change is pending).
+    Dropped,
+}
+
+pub struct RaftNode {
+    raw: RawNode<LogStore>,
+}
+
+/// raft-rs logs through slog; bridge it to the `log` facade the adapters configure.
+fn bridge_logger() -> slog::Logger {
+    slog::Logger::root(slog_stdlog::StdLog.fuse(), slog::o!())
+}
+
+impl RaftNode {
+    pub fn new(params: &NodeParams, store: LogStore) -> Result<RaftNode, raft::Error> {
+        let config = raft::Config {
+            id: params.id,
+            election_tick: params.election_ticks,
+            heartbeat_tick: params.heartbeat_ticks,
+            applied: params.applied,
+            max_size_per_msg: params.max_append_bytes,
+            max_inflight_msgs: params.max_inflight_appends,
+            // An isolated or restarted node must not depose a healthy leader.
+            pre_vote: true,
+            check_quorum: true,
+            read_only_option: raft::ReadOnlyOption::Safe,
+            ..Default::default()
+        };
+        config.validate()?;
+        let raw = RawNode::new(&config, store, &bridge_logger())?;
+        Ok(RaftNode { raw })
+    }
+
+    pub fn tick(&mut self) {
+        self.raw.tick();
+    }
+
+    pub fn campaign(&mut self) -> Result<(), raft::Error> {
+        self.raw.campaign()
+    }
+
+    /// Appends `data` on the leader; returns the (index, term) it was given.
+    pub fn propose(&mut self, data: Vec<u8>) -> Result<(u64, u64), ProposeError> {
+        if self.raw.raft.state != StateRole::Leader {
+            return Err(ProposeError::NotLeader);
+        }
+        let before = self.raw.raft.raft_log.last_index();
+        self.raw
+            .propose(Vec::new(), data)
+            .map_err(|_| ProposeError::Dropped)?;
+        let index = self.raw.raft.raft_log.last_index();
+        assert_eq!(
+            index,
+            before + 1,
+            "a proposal must append exactly one entry"
+        );
+        Ok((index, self.raw.raft.term))
+    }
+
+    pub fn propose_conf_change(
+        &mut self,
+        context: Vec<u8>,
+        change: ConfChangeV2,
+    ) -> Result<(u64, u64), ProposeError> {
+        if self.raw.raft.state != StateRole::Leader {
+            return Err(ProposeError::NotLeader);
+        }
+        let before = self.raw.raft.raft_log.last_index();
+        self.raw
+            .propose_conf_change(context, change)
+            .map_err(|_| ProposeError::Dropped)?;
+        let index = self.raw.raft.raft_log.last_index();
+        if index == before {
+            return Err(ProposeError::Dropped);
+        }
+        Ok((index, self.raw.raft.term))
+    }
+
+    /// Applies a committed conf change to raft's view of the membership.
+    pub fn apply_conf_change(&mut self, change: &ConfChangeV2) -> Result<ConfState, raft::Error> {
+        let conf_state = self.raw.apply_conf_change(change)?;
+        self.raw.mut_store().set_conf_state(conf_state.clone());
+        Ok(conf_state)
+    }
+
+    pub fn step(&mut self, message: Message) -> Result<(), raft::Error> {
+        self.raw.step(message)
+    }
+
+    pub fn read_index(&mut self, context: Vec<u8>) {
+        self.raw.read_index(context);
+    }
+
+    pub fn transfer_leader(&mut self, target: u64) {
+        self.raw.transfer_leader(target);
+    }
+
+    pub fn report_unreachable(&mut self, peer: u64) {
+        self.raw.report_unreachable(peer);
+    }
+
+    pub fn status(&self) -> NodeStatus {
+        let raft = &self.raw.raft;
+        NodeStatus {
+            id: raft.id,
+            role: Role::from_raft(raft.state),
+            leader_id: raft.leader_id,
+            term: raft.term,
+            commit_index: raft.raft_log.committed,
+            first_index: raft.raft_log.first_index(),
+            last_index: raft.raft_log.last_index(),
+            leader_ready: raft.state == StateRole::Leader && raft.commit_to_current_term(),
+        }
+    }
+
+    pub fn store(&self) -> &LogStore {
+        self.raw.store()
+    }
+
+    pub fn conf_state(&self) -> ConfState {
+        self.raw.raft.prs().conf().to_conf_state()
+    }
+
+    /// Runs one Ready cycle on the in-memory side; `None` when raft has nothing to do.
+    pub fn poll_ready(&mut self) -> Option<ReadyOutput> {
+        if !self.raw.has_ready() {
+            return None;
+        }
+        let mut ready = self.raw.ready();
+        let mut out = ReadyOutput::default();
+        if let Some(soft) = ready.ss() {
+            out.role_change = Some((Role::from_raft(soft.raft_state), soft.leader_id));
+        }
+        // Step 1: messages that need no durability (leader appends, heartbeats).
+        out.send_now = ready.take_messages();
+        assert!(
+            ready.snapshot().get_metadata().index == 0,
+            "snapshots are not supported yet, but raft asked to install one"
+        );
+        // Step 4 input: entries already durable on a majority.
+        out.committed = ready.take_committed_entries();
+        // Step 2: new entries and hard state go to the in-memory store now (raft reads them
+        // back to build messages) and to disk before anything below is acted on.
+        if !ready.entries().is_empty() {
+            out.entries = ready.take_entries();
+            self.raw.mut_store().append(&out.entries);
+        }
+        if let Some(hard_state) = ready.hs() {
+            self.raw.mut_store().set_hard_state(hard_state.clone());
+            out.hard_state = Some(hard_state.clone());
+        }
+        out.read_states = ready.take_read_states();
+        // Step 3: messages that promise durability.
+        out.send_after_persist = ready.take_persisted_messages();
+        let mut light = self.raw.advance(ready);
+        if let Some(commit) = light.commit_index() {
+            self.raw.mut_store().set_commit(commit);
+            out.hard_state = Some(self.raw.store().hard_state().clone());
+        }
+        out.send_after_persist.extend(light.take_messages());
+        out.committed.extend(light.take_committed_entries());
+        if let Some(last) = out.committed.last() {
+            // The caller applies strictly in order after this cycle; conf changes are applied
+            // to raft by the caller through `apply_conf_change` before the next cycle.
+            self.raw.advance_apply_to(last.index);
+        }
+        Some(out)
+    }
+}

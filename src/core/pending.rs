@@ -1,0 +1,174 @@
+//! Requests the driver has handed to raft and not yet seen resolved.
+//!
+//! Proposals are tracked by the (index, term) raft gave them: when an entry commits at the
+//! same index with a different term, the proposal was overwritten and its client must hear
+//! `TIMEOUT not committed yet`. Reads are grouped in batches that share one ReadIndex round.
+
+use std::collections::BTreeMap;
+
+/// A request id chosen by the adapter; unique within one process incarnation.
+pub type RequestId = u64;
+
+#[derive(Debug, Default)]
+pub struct ProposalTable {
+    by_index: BTreeMap<u64, (u64, RequestId)>,
+}
+
+impl ProposalTable {
+    pub fn insert(&mut self, index: u64, term: u64, request_id: RequestId) {
+        let previous = self.by_index.insert(index, (term, request_id));
+        assert!(
+            previous.is_none(),
+            "two live proposals at index {index}: raft handed out an index twice"
+        );
+    }
+
+    /// An entry committed at `index` with `term`. Returns the requests that can no longer
+    /// commit: every proposal at or below `index` whose term differs. The proposal that
+    /// matches is removed too: the apply of that entry answers it.
+    pub fn on_committed(&mut self, index: u64, term: u64) -> Vec<RequestId> {
+        let mut lost = Vec::new();
+        while let Some(entry) = self.by_index.first_entry() {
+            if *entry.key() > index {
+                break;
+            }
+            let (proposed_index, (proposed_term, request_id)) = entry.remove_entry();
+            if proposed_index != index || proposed_term != term {
+                lost.push(request_id);
+            }
+        }
+        lost
+    }
+
+    /// Leadership was lost: no proposal's fate is known any more.
+    pub fn drain_all(&mut self) -> Vec<RequestId> {
+        std::mem::take(&mut self.by_index)
+            .into_values()
+            .map(|(_, id)| id)
+            .collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_index.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_index.is_empty()
+    }
+}
+
+/// Reads waiting for a ReadIndex confirmation, one batch per raft round.
+#[derive(Debug, Default)]
+pub struct ReadBatches {
+    next_batch_id: u64,
+    waiting: BTreeMap<u64, (u64, Vec<RequestId>)>,
+}
+
+impl ReadBatches {
+    /// Starts a batch; the returned bytes are the ReadIndex context raft echoes back.
+    pub fn start(&mut self, request_ids: Vec<RequestId>, now_tick: u64) -> Vec<u8> {
+        assert!(!request_ids.is_empty(), "an empty read batch is a bug");
+        self.next_batch_id += 1;
+        self.waiting
+            .insert(self.next_batch_id, (now_tick, request_ids));
+        self.next_batch_id.to_le_bytes().to_vec()
+    }
+
+    /// Raft confirmed the batch named by `context`; unknown contexts (e.g. expired) give None.
+    pub fn confirm(&mut self, context: &[u8]) -> Option<Vec<RequestId>> {
+        let batch_id = u64::from_le_bytes(context.try_into().ok()?);
+        self.waiting.remove(&batch_id).map(|(_, ids)| ids)
+    }
+
+    /// Batches started more than `timeout_ticks` ago: their quorum did not answer in time.
+    pub fn expire(&mut self, now_tick: u64, timeout_ticks: u64) -> Vec<RequestId> {
+        let expired: Vec<u64> = self
+            .waiting
+            .iter()
+            .filter(|(_, (started, _))| now_tick.saturating_sub(*started) > timeout_ticks)
+            .map(|(id, _)| *id)
+            .collect();
+        expired
+            .into_iter()
+            .flat_map(|id| {
+                self.waiting
+                    .remove(&id)
+                    .map(|(_, ids)| ids)
+                    .unwrap_or_default()
+            })
+            .collect()
+    }
+
+    pub fn drain_all(&mut self) -> Vec<RequestId> {
+        std::mem::take(&mut self.waiting)
+            .into_values()
+            .flat_map(|(_, ids)| ids)
+            .collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.waiting.values().map(|(_, ids)| ids.len()).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.waiting.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn matching_commit_resolves_silently() {
+        let mut table = ProposalTable::default();
+        table.insert(5, 2, 100);
+        table.insert(6, 2, 101);
+        assert!(table.on_committed(5, 2).is_empty());
+        assert_eq!(table.len(), 1);
+    }
+
+    #[test]
+    fn overwritten_entries_are_reported() {
+        let mut table = ProposalTable::default();
+        table.insert(5, 2, 100);
+        table.insert(6, 2, 101);
+        table.insert(7, 2, 102);
+        // A new leader's entries replaced ours from index 5 on.
+        assert_eq!(table.on_committed(5, 3), vec![100]);
+        assert_eq!(table.on_committed(7, 3), vec![101, 102]);
+        assert!(table.is_empty());
+    }
+
+    #[test]
+    fn leadership_loss_drains_everything() {
+        let mut table = ProposalTable::default();
+        table.insert(1, 1, 10);
+        table.insert(2, 1, 11);
+        assert_eq!(table.drain_all(), vec![10, 11]);
+        assert!(table.is_empty());
+    }
+
+    #[test]
+    #[should_panic(expected = "two live proposals")]
+    fn duplicate_index_is_a_bug() {
+        let mut table = ProposalTable::default();
+        table.insert(1, 1, 10);
+        table.insert(1, 1, 11);
+    }
+
+    #[test]
+    fn read_batches_confirm_and_expire() {
+        let mut reads = ReadBatches::default();
+        let first = reads.start(vec![1, 2], 10);
+        let second = reads.start(vec![3], 12);
+        assert_eq!(reads.len(), 3);
+        assert_eq!(reads.confirm(&first), Some(vec![1, 2]));
+        assert_eq!(reads.confirm(&first), None);
+        assert_eq!(reads.confirm(b"bad"), None);
+        assert!(reads.expire(14, 5).is_empty());
+        assert_eq!(reads.expire(18, 5), vec![3]);
+        assert_eq!(reads.confirm(&second), None);
+        assert!(reads.is_empty());
+    }
+}
