@@ -39,16 +39,19 @@ stop:
 
 # One release build of the test binaries (without redis-alloc: test processes must not use
 # Redis' allocator) serves both passes. Pass 1: unit tests, doc tests and every integration
-# test against redis-server. Pass 2: the server tests again, against Valkey 9.
+# test against redis-server. Pass 2: the server tests again, against Valkey 9. Both passes
+# run to the end (--no-fail-fast); the target fails if either failed.
 test: build
-	@valkey="$$(scripts/install-valkey 9)" && \
-	export REDISRAFT_MODULE=$(MODULE) && \
-	echo "== unit + integration tests, server: redis-server ($$(redis-server --version | cut -d' ' -f3))" && \
-	$(CARGO) test --release && \
+	@valkey="$$(scripts/install-valkey 9)" || exit 1; \
+	export REDISRAFT_MODULE=$(MODULE); rc=0; \
+	echo "== unit + integration tests, server: redis-server $$(redis-server --version | cut -d' ' -f3)"; \
+	$(CARGO) test --release --no-fail-fast || rc=1; \
 	if [ -n "$(SERVER_TESTS)" ]; then \
-	  echo "== integration tests, server: $$valkey" && \
-	  REDISRAFT_SERVER="$$valkey" $(CARGO) test --release $(SERVER_TESTS); \
-	fi
+	  echo "== server tests, server: $$valkey"; \
+	  REDISRAFT_SERVER="$$valkey" $(CARGO) test --release --no-fail-fast $(SERVER_TESTS) || rc=1; \
+	fi; \
+	[ $$rc -eq 0 ] || echo "== make test: FAILED (see above)"; \
+	exit $$rc
 
 test-valkey8: build
 	@valkey="$$(scripts/install-valkey 8)" && \

@@ -375,6 +375,7 @@ fn concurrent_incr_survives_kill9() {
         .expect("counter lost after restart")
         .parse()
         .unwrap();
+    eprintln!("acknowledged {acked}, in flight {in_flight}, counter after restart {value}");
     assert!(
         acked <= value && value <= acked + in_flight,
         "counter {value}, acknowledged {acked}, in flight {in_flight}"

@@ -1,18 +1,41 @@
 //! Main-thread side of the driver: applies committed entries in log order, answers the
 //! blocked clients by request id, runs confirmed reads.
 
+use std::collections::VecDeque;
 use std::ffi::c_void;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
 
-use raft::eraftpb::{Entry, EntryType};
+use protobuf::Message as _;
+use raft::eraftpb::{ConfChangeV2, Entry, EntryType};
 
 use crate::adapters::driver::MainTask;
 use crate::adapters::ffi::{self, Answer};
 use crate::adapters::state::{call_locally, with_state, NodeState};
 use crate::core::entry::Payload;
+use crate::core::membership::{Applied, ChangeContext};
 use crate::core::pending::RequestId;
 
 static WAKE_PENDING: AtomicBool = AtomicBool::new(false);
+
+type Job = Box<dyn FnOnce() + Send>;
+/// Work other threads (join, transfer waits, proxy replies) hand to the main thread.
+static JOBS: Mutex<VecDeque<Job>> = Mutex::new(VecDeque::new());
+/// Jobs are tiny and rare; a full queue means something is stuck, so refuse more.
+const MAX_JOBS: usize = 65_536;
+
+/// Runs `job` on the Redis main thread soon. Callable from any thread.
+pub fn run_on_main(job: Job) -> bool {
+    {
+        let mut jobs = JOBS.lock().unwrap_or_else(|p| p.into_inner());
+        if jobs.len() >= MAX_JOBS {
+            return false;
+        }
+        jobs.push_back(job);
+    }
+    wake_main_thread();
+    true
+}
 
 /// Called by the driver thread after queueing work; coalesces into one event-loop callback.
 pub fn wake_main_thread() {
@@ -27,6 +50,14 @@ const MAX_TASKS_PER_WAKE: usize = 256;
 
 unsafe extern "C" fn on_wake(_: *mut c_void) {
     WAKE_PENDING.store(false, Ordering::SeqCst);
+    let jobs: Vec<Job> = JOBS
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .drain(..)
+        .collect();
+    for job in jobs {
+        job();
+    }
     let mut handled = 0;
     while handled < MAX_TASKS_PER_WAKE {
         let task = with_state(|state| state.from_driver.as_ref().and_then(|rx| rx.try_recv().ok()));
@@ -43,6 +74,10 @@ fn run_task(task: MainTask) {
         MainTask::Apply(entries) => {
             for entry in entries {
                 apply_entry(&entry);
+                if with_state(|state| state.removed) {
+                    leave_after_removal();
+                    return;
+                }
             }
             serve_confirmed_reads();
             finish_loading_if_caught_up();
@@ -108,7 +143,61 @@ fn apply_entry(entry: &Entry) {
             self::answer(id, answer);
         }
     }
+    if entry.get_entry_type() == EntryType::EntryConfChangeV2 {
+        apply_membership_change(entry, me, incarnation);
+    }
     with_state(|state| state.applied_index = entry.index);
+}
+
+fn apply_membership_change(entry: &Entry, me: u64, incarnation: u64) {
+    let change = ConfChangeV2::parse_from_bytes(&entry.data).unwrap_or_else(|e| {
+        log::error!(
+            "raft: FATAL: conf change {} cannot be decoded: {e}",
+            entry.index
+        );
+        std::process::abort();
+    });
+    let context = ChangeContext::decode(&entry.context).unwrap_or_else(|e| {
+        log::error!(
+            "raft: FATAL: conf change {} has a bad context: {e}",
+            entry.index
+        );
+        std::process::abort();
+    });
+    let applied = with_state(|state| state.membership.apply(&change, &context));
+    log::info!(
+        "raft: membership change at index {}: {applied:?}",
+        entry.index
+    );
+    if applied == (Applied::Removed { id: me }) {
+        with_state(|state| state.removed = true);
+    }
+    let waiter = context
+        .origin
+        .filter(|o| o.node_id == me && o.incarnation == incarnation)
+        .and_then(|o| with_state(|state| state.waiters.remove(&o.request_id)));
+    if let Some(waiter) = waiter {
+        let reply = waiter.conf_reply.unwrap_or(Answer::Simple("OK".into()));
+        ffi::unblock(waiter.client, reply);
+    }
+}
+
+/// This node applied its own removal: it stops serving and keeps its log aside.
+fn leave_after_removal() {
+    let waiters = with_state(|state| state.leave_cluster("removed from the cluster"));
+    for waiter in waiters {
+        ffi::unblock(
+            waiter.client,
+            Answer::Error(crate::adapters::handlers::ERR_REMOVED.into()),
+        );
+    }
+    let path = crate::adapters::handlers::log_path();
+    let aside = path.with_extension(format!("removed-{}", std::process::id()));
+    if let Err(e) = std::fs::rename(&path, &aside) {
+        log::warn!("raft: could not move the log of the removed node aside: {e}");
+    } else {
+        log::warn!("raft: log of the removed node kept as {}", aside.display());
+    }
 }
 
 /// Runs every confirmed read whose read index has been applied.

@@ -6,9 +6,12 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use raft::eraftpb::{Entry, Message};
+use protobuf::Message as _;
+use raft::eraftpb::{ConfChangeType, ConfChangeV2, Entry, EntryType, Message};
 
 use crate::adapters::logio::LogFile;
+use crate::adapters::transport::Transport;
+use crate::core::membership::{single_change, ChangeContext, Membership};
 use crate::core::node::{RaftNode, Role};
 use crate::core::pending::{ProposalTable, ReadBatches, RequestId};
 
@@ -28,9 +31,22 @@ pub enum DriverInput {
     Read {
         request_id: RequestId,
     },
+    ConfChange {
+        request_id: Option<RequestId>,
+        change: ConfChangeV2,
+        context: Vec<u8>,
+    },
     Campaign,
-    #[allow(dead_code)] // peers arrive with the cluster transport
+    /// Hand leadership to `target`, or to the most up-to-date follower.
+    TransferLeader {
+        target: Option<u64>,
+    },
     Peer(Box<Message>),
+    /// Where a peer the membership does not know yet can be reached.
+    PeerAddress {
+        id: u64,
+        addr: String,
+    },
 }
 
 pub enum MainTask {
@@ -48,6 +64,7 @@ pub enum MainTask {
 pub const ERR_NOT_COMMITTED: &str = "TIMEOUT not committed yet";
 pub const ERR_NO_QUORUM_READ: &str = "TIMEOUT no quorum for read";
 pub const ERR_NO_LEADER: &str = "CLUSTERDOWN No raft leader";
+pub const ERR_ONE_CHANGE: &str = "ERR one voting change only";
 
 /// What the main thread (INFO, the command path) reads about the node without locking.
 #[derive(Default)]
@@ -93,6 +110,12 @@ pub struct DriverParams {
 pub struct Driver {
     node: RaftNode,
     log: LogFile,
+    transport: Transport,
+    /// The driver's own copy of the membership, to tell the transport where peers are.
+    membership: Membership,
+    /// Addresses peers announced before the log told us about them (bounded by use:
+    /// dropped once the membership knows the id).
+    address_hints: std::collections::BTreeMap<u64, String>,
     inbox: Receiver<DriverInput>,
     outbox: SyncSender<MainTask>,
     wake_main: fn(),
@@ -105,9 +128,11 @@ pub struct Driver {
 }
 
 impl Driver {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         node: RaftNode,
         log: LogFile,
+        transport: Transport,
         inbox: Receiver<DriverInput>,
         outbox: SyncSender<MainTask>,
         wake_main: fn(),
@@ -117,6 +142,9 @@ impl Driver {
         Driver {
             node,
             log,
+            transport,
+            membership: Membership::default(),
+            address_hints: std::collections::BTreeMap::new(),
             inbox,
             outbox,
             wake_main,
@@ -170,6 +198,10 @@ impl Driver {
                     .reads
                     .expire(self.ticks, self.params.read_timeout_ticks);
                 self.fail(expired, ERR_NO_QUORUM_READ);
+                for peer in self.transport.take_unreachable() {
+                    self.node.report_unreachable(peer);
+                }
+                self.promote_caught_up_learner();
             }
             self.pump_ready();
         }
@@ -182,9 +214,39 @@ impl Driver {
                 Err(_) => self.fail(vec![request_id], ERR_NO_LEADER),
             },
             DriverInput::Read { request_id } => new_reads.push(request_id),
+            DriverInput::ConfChange {
+                request_id,
+                change,
+                context,
+            } => {
+                if self.node.has_pending_conf_change() {
+                    self.fail(request_id.into_iter().collect(), ERR_ONE_CHANGE);
+                    return;
+                }
+                match self.node.propose_conf_change(context, change) {
+                    Ok((index, term)) => {
+                        if let Some(request_id) = request_id {
+                            self.proposals.insert(index, term, request_id);
+                        }
+                    }
+                    Err(_) => self.fail(request_id.into_iter().collect(), ERR_NO_LEADER),
+                }
+            }
+            DriverInput::TransferLeader { target } => {
+                if let Some(target) = target.or_else(|| self.node.most_up_to_date_follower()) {
+                    self.node.transfer_leader(target);
+                }
+            }
             DriverInput::Campaign => {
                 if let Err(e) = self.node.campaign() {
                     log::warn!("raft: could not start an election: {e}");
+                }
+            }
+            DriverInput::PeerAddress { id, addr } => {
+                const MAX_HINTS: usize = 64;
+                if self.membership.get(id).is_none() && self.address_hints.len() < MAX_HINTS {
+                    self.address_hints.insert(id, addr);
+                    self.update_peers();
                 }
             }
             DriverInput::Peer(message) => {
@@ -229,6 +291,13 @@ impl Driver {
                     self.log.sync();
                 }
             }
+            // Committed conf changes take effect in raft now, and tell the transport
+            // where new peers are before the acks below are sent.
+            for entry in &ready.committed {
+                if entry.get_entry_type() == EntryType::EntryConfChangeV2 {
+                    self.apply_conf_change(entry);
+                }
+            }
             // 3. Messages that promise durability (votes, append acks).
             self.send(ready.send_after_persist);
             // 4. Apply: resolve proposals, hand entries to the main thread in log order.
@@ -266,12 +335,64 @@ impl Driver {
     }
 
     fn send(&mut self, messages: Vec<Message>) {
-        // The peer transport arrives with multi-node clusters; a single node sends nothing.
-        if !messages.is_empty() {
-            log::debug!(
-                "raft: {} peer messages dropped (no transport yet)",
-                messages.len()
+        for message in messages {
+            let to = message.to;
+            if self.transport.send(to, message).is_err() {
+                self.node.report_unreachable(to);
+            }
+        }
+    }
+
+    fn apply_conf_change(&mut self, entry: &Entry) {
+        let change = ConfChangeV2::parse_from_bytes(&entry.data).unwrap_or_else(|e| {
+            log::error!(
+                "raft: FATAL: committed conf change {} is undecodable: {e}",
+                entry.index
             );
+            std::process::abort();
+        });
+        if let Err(e) = self.node.apply_conf_change(&change) {
+            // raft-rs refuses only invalid transitions, which the leader never proposes.
+            log::error!("raft: FATAL: cannot apply conf change {}: {e}", entry.index);
+            std::process::abort();
+        }
+        if let Ok(context) = ChangeContext::decode(&entry.context) {
+            self.membership.apply(&change, &context);
+        }
+        self.update_peers();
+    }
+
+    fn update_peers(&mut self) {
+        let membership = &self.membership;
+        self.address_hints
+            .retain(|id, _| membership.get(*id).is_none());
+        let me = self.node.status().id;
+        let mut peers = self.membership.peer_addresses(me);
+        peers.extend(
+            self.address_hints
+                .iter()
+                .map(|(id, addr)| (*id, addr.clone())),
+        );
+        self.transport.set_peers(&peers);
+    }
+
+    /// A learner that has caught up becomes a voter, one change at a time.
+    fn promote_caught_up_learner(&mut self) {
+        if self.node.has_pending_conf_change() {
+            return;
+        }
+        let Some(learner) = self.node.caught_up_learners().into_iter().next() else {
+            return;
+        };
+        let context = ChangeContext {
+            origin: None,
+            node_id: learner,
+            addr: String::new(),
+        };
+        let change = single_change(ConfChangeType::AddNode, learner);
+        match self.node.propose_conf_change(context.encode(), change) {
+            Ok(_) => log::info!("raft: promoting caught-up learner {learner} to voter"),
+            Err(e) => log::debug!("raft: could not promote learner {learner}: {e:?}"),
         }
     }
 

@@ -56,12 +56,6 @@ impl CallReply {
     pub fn element(&self, index: usize) -> Option<ReplyRef<'_>> {
         element_of(self.0.as_ptr(), index)
     }
-
-    fn into_raw(self) -> *mut raw::RedisModuleCallReply {
-        let pointer = self.0.as_ptr();
-        std::mem::forget(self);
-        pointer
-    }
 }
 
 impl Drop for CallReply {
@@ -294,6 +288,9 @@ pub enum Answer {
     Error(String),
     Simple(String),
     Integer(i64),
+    Bulk(Vec<u8>),
+    Null,
+    Array(Vec<Answer>),
 }
 
 pub struct BlockedClient(NonNull<raw::RedisModuleBlockedClient>);
@@ -376,17 +373,21 @@ pub fn reply_answer(ctx: RawCtx, answer: &Answer) {
             Answer::Integer(value) => {
                 api(raw::RedisModule_ReplyWithLongLong, "ReplyWithLongLong")(ctx, *value);
             }
-        }
-    }
-}
-
-impl Answer {
-    /// Hands the reply pointer out for callers that need to drop without freeing (unused now).
-    #[allow(dead_code)]
-    fn into_raw_reply(self) -> Option<*mut raw::RedisModuleCallReply> {
-        match self {
-            Answer::Reply(reply) => Some(reply.into_raw()),
-            _ => None,
+            Answer::Bulk(bytes) => {
+                api(
+                    raw::RedisModule_ReplyWithStringBuffer,
+                    "ReplyWithStringBuffer",
+                )(ctx, bytes.as_ptr().cast::<c_char>(), bytes.len());
+            }
+            Answer::Null => {
+                api(raw::RedisModule_ReplyWithNull, "ReplyWithNull")(ctx);
+            }
+            Answer::Array(items) => {
+                api(raw::RedisModule_ReplyWithArray, "ReplyWithArray")(ctx, items.len() as _);
+                for item in items {
+                    reply_answer(ctx, item);
+                }
+            }
         }
     }
 }

@@ -13,9 +13,13 @@ use crate::adapters::state::{self, call_locally, with_state, with_table, NodeSta
 use crate::core::commands::{Class, CommandInfo, CommandTable};
 use crate::core::entry::{Argv, Origin, Payload};
 use crate::core::logfile::NodeMeta;
+use crate::core::membership::{single_change, ChangeContext};
+use raft::eraftpb::ConfChangeType;
 
 pub const ERR_NOT_SUPPORTED: &str = "ERR not supported by RedisRaft";
 const ERR_NO_CLUSTER: &str = "NOCLUSTER No Raft Cluster";
+const ERR_JOINING: &str = "NOCLUSTER No Raft Cluster (joining now)";
+pub const ERR_REMOVED: &str = "NOCLUSTER No Raft Cluster (this node was removed from the cluster)";
 const ERR_LOADING: &str = "LOADING Raft module is loading data";
 const ERR_NO_LEADER: &str = "CLUSTERDOWN No raft leader";
 
@@ -30,6 +34,11 @@ pub unsafe extern "C" fn command_filter(fctx: FilterCtx) {
         return;
     }
     let argv: Vec<&[u8]> = (0..count).map(|i| ffi::filter_arg(fctx, i)).collect();
+    if argv[0].eq_ignore_ascii_case(b"cluster") {
+        // Cluster-aware clients ask CLUSTER SLOTS & co: answered from the raft membership.
+        ffi::filter_prepend(fctx, b"RAFT._CLUSTER");
+        return;
+    }
     if with_table(|table| table.classify(&argv)) != Class::PassThrough {
         ffi::filter_prepend(fctx, b"RAFT");
     }
@@ -67,7 +76,7 @@ pub fn raft_command(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
         Class::Read | Class::Write => {}
     }
     if let Err(message) = check_can_serve() {
-        return reply_error(message);
+        return reply_error(&message);
     }
     let quorum_reads = config().quorum_reads;
     if class == Class::Read && !quorum_reads {
@@ -102,6 +111,7 @@ pub fn raft_command(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
                 client,
                 resp3,
                 read,
+                conf_reply: None,
             },
         );
         state
@@ -116,14 +126,22 @@ pub fn raft_command(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     Ok(RedisValue::NoReply)
 }
 
-/// Whether this node may take reads and writes now, or the error a client gets.
-fn check_can_serve() -> Result<(), &'static str> {
+/// Whether this node may take reads and writes now, or the error a client gets:
+/// followers redirect to the leader they know, like a Redis Cluster replica would.
+fn check_can_serve() -> Result<(), String> {
     with_state(|state| match state.node_state {
-        NodeState::Uninitialized => Err(ERR_NO_CLUSTER),
-        NodeState::Loading => Err(ERR_LOADING),
+        NodeState::Uninitialized if state.removed => Err(ERR_REMOVED.to_string()),
+        NodeState::Uninitialized => Err(ERR_NO_CLUSTER.to_string()),
+        NodeState::Joining => Err(ERR_JOINING.to_string()),
+        NodeState::Loading => Err(ERR_LOADING.to_string()),
         NodeState::Up if state.is_leader_ready() => Ok(()),
-        // Redirects to a known leader come with the multi-node transport.
-        NodeState::Up => Err(ERR_NO_LEADER),
+        NodeState::Up => {
+            let leader = state.leader_id();
+            match state.membership.addr_of(leader) {
+                Some(addr) if leader != state.my_id() => Err(format!("MOVED 0 {addr}")),
+                _ => Err(ERR_NO_LEADER.to_string()),
+            }
+        }
     })
 }
 
@@ -144,7 +162,7 @@ pub fn raft_cluster(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
         .map(|a| a.to_string_lossy().to_ascii_lowercase());
     match sub.as_deref() {
         Some("init") => cluster_init(ctx, &args[2..]),
-        Some("join") => reply_error("ERR RAFT.CLUSTER JOIN is not available in this version"),
+        Some("join") => crate::adapters::membership::cluster_join(ctx, &args[2..]),
         _ => reply_error("ERR RAFT.CLUSTER supports INIT / JOIN only"),
     }
 }
@@ -174,19 +192,34 @@ fn cluster_init(ctx: &Context, args: &[RedisString]) -> RedisResult {
             "ERR the database is not empty: RAFT.CLUSTER INIT needs an empty dataset",
         );
     }
-    let configured_id = config().id;
-    let node_id = if configured_id != 0 {
-        configured_id
-    } else {
-        random_node_id()
-    };
+    let node_id = pick_node_id();
+    let my_addr = state::my_addr(ctx.ctx);
     let meta = NodeMeta {
         dbid: dbid.clone(),
         node_id,
         bootstrap_voters: vec![node_id],
     };
     let log = LogFile::create(&log_path(), &meta).map_err(RedisError::String)?;
-    with_state(|state| state::start_node(state, log, None, meta)).map_err(RedisError::String)?;
+    with_state(|state| {
+        state.removed = false;
+        state::start_node(state, log, None, meta)?;
+        // The first entry of every cluster names its first member and its address, so
+        // nodes that replay the log later know where everyone is.
+        let context = ChangeContext {
+            origin: None,
+            node_id,
+            addr: my_addr,
+        };
+        let change = single_change(ConfChangeType::AddNode, node_id);
+        state
+            .send_to_driver(DriverInput::ConfChange {
+                request_id: None,
+                change,
+                context: context.encode(),
+            })
+            .map_err(str::to_string)
+    })
+    .map_err(RedisError::String)?;
     log::info!("raft: cluster {dbid} initialized, this node is {node_id}");
     Ok(RedisValue::SimpleString(format!("OK {dbid}")))
 }
@@ -207,7 +240,14 @@ pub fn raft_debug(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
             run_here(ctx.ctx, &args_to_argv(&args[2..]), resp3)
         }
         Some("exec") => Err(RedisError::WrongArity),
-        _ => reply_error("ERR RAFT.DEBUG supports EXEC only in this version"),
+        Some("used_node_ids") => Ok(RedisValue::Array(with_state(|state| {
+            state
+                .membership
+                .used_ids()
+                .map(|id| RedisValue::Integer(id as i64))
+                .collect()
+        }))),
+        _ => reply_error("ERR RAFT.DEBUG supports EXEC / USED_NODE_IDS only"),
     }
 }
 
@@ -227,8 +267,16 @@ fn random_hex(bytes: usize) -> String {
         .collect()
 }
 
+/// `raft.id` when set, else a random id.
+pub fn pick_node_id() -> u64 {
+    match config().id {
+        0 => random_node_id(),
+        configured => configured,
+    }
+}
+
 /// Random id in 1..=i32::MAX, like RedisRaft (C) picks.
-fn random_node_id() -> u64 {
+pub fn random_node_id() -> u64 {
     let bytes = random_bytes(4);
     let value = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) & 0x7fff_ffff;
     u64::from(value.max(1))

@@ -1,12 +1,31 @@
-//! `INFO raft`: the raft_general and raft_log sections (fields get Redis' `raft_` prefix).
+//! `INFO raft`: sections raft_general, raft_log, raft_snapshot, raft_clients, raft_stats
+//! (Redis prefixes every field with `raft_`).
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use redis_module::{InfoContext, RedisResult};
 
-use crate::adapters::configs::config;
 use crate::adapters::driver::role_name;
 use crate::adapters::state::{with_state, NodeState};
+
+/// Counters of peer traffic, bumped by RAFT.MSG on the main thread.
+#[derive(Default)]
+pub struct PeerTrafficStats {
+    pub appendreq_received: AtomicU64,
+    pub appendreq_with_entry_received: AtomicU64,
+    pub snapshotreq_received: AtomicU64,
+}
+
+pub static PEER_TRAFFIC: PeerTrafficStats = PeerTrafficStats {
+    appendreq_received: AtomicU64::new(0),
+    appendreq_with_entry_received: AtomicU64::new(0),
+    snapshotreq_received: AtomicU64::new(0),
+};
+
+/// Proxied-command counters (follower-proxy).
+pub static PROXY_REQS: AtomicU64 = AtomicU64::new(0);
+pub static PROXY_FAILED_REQS: AtomicU64 = AtomicU64::new(0);
+pub static PROXY_OUTSTANDING_REQS: AtomicU64 = AtomicU64::new(0);
 
 pub fn raft_info(ctx: &InfoContext, _for_crash_report: bool) {
     if let Err(e) = build(ctx) {
@@ -14,17 +33,53 @@ pub fn raft_info(ctx: &InfoContext, _for_crash_report: bool) {
     }
 }
 
+struct NodeLine {
+    id: u64,
+    addr: String,
+    voting: bool,
+    connected: bool,
+    last_conn_secs: u64,
+    conn_errors: u64,
+    conn_oks: u64,
+}
+
 fn build(ctx: &InfoContext) -> RedisResult<()> {
-    let (node_state, meta, applied, shared) = with_state(|state| {
+    let (node_state, meta, applied, shared, lines, voting_nodes, is_voting) = with_state(|state| {
+        let me = state.my_id();
+        let stats = state
+            .transport
+            .as_ref()
+            .map(|t| t.peer_stats())
+            .unwrap_or_default();
+        let lines: Vec<NodeLine> = state
+            .membership
+            .members()
+            .map(|member| {
+                let peer = stats.iter().find(|s| s.id == member.id);
+                NodeLine {
+                    id: member.id,
+                    addr: member.addr.clone(),
+                    voting: member.voting,
+                    connected: member.id == me || peer.is_some_and(|p| p.connected),
+                    last_conn_secs: peer.map_or(0, |p| p.last_conn_secs),
+                    conn_errors: peer.map_or(0, |p| p.conn_errors),
+                    conn_oks: peer.map_or(0, |p| p.conn_oks),
+                }
+            })
+            .collect();
+        let is_voting = state.membership.get(me).is_some_and(|m| m.voting);
         (
             state.node_state,
             state.meta.clone(),
             state.applied_index,
             state.shared.clone(),
+            lines,
+            state.membership.voting_count(),
+            is_voting,
         )
     });
-    let load = |value: &std::sync::atomic::AtomicU64| value.load(Ordering::Relaxed);
-    let member = node_state != NodeState::Uninitialized;
+    let load = |value: &AtomicU64| value.load(Ordering::Relaxed);
+    let member = matches!(node_state, NodeState::Up | NodeState::Loading);
     let role = if member {
         role_name(shared.role.load(Ordering::Relaxed))
     } else {
@@ -34,14 +89,6 @@ fn build(ctx: &InfoContext) -> RedisResult<()> {
         0 => -1,
         id => id as i64,
     };
-    let addr = config()
-        .addr
-        .clone()
-        .map(|a| a.to_string())
-        .unwrap_or_default();
-    let (host, port) = addr.rsplit_once(':').unwrap_or(("", ""));
-    let node_id = meta.as_ref().map_or(0, |m| m.node_id);
-    let num_nodes: u64 = if member { 1 } else { 0 };
     let mut section = ctx
         .builder()
         .add_section("general")
@@ -49,19 +96,26 @@ fn build(ctx: &InfoContext) -> RedisResult<()> {
             "dbid",
             meta.as_ref().map(|m| m.dbid.clone()).unwrap_or_default(),
         )?
-        .field("node_id", node_id)?
+        .field("node_id", meta.as_ref().map_or(0, |m| m.node_id))?
         .field("state", node_state.as_str())?
         .field("role", role)?
-        .field("is_voting", if member { "yes" } else { "no" })?
+        .field("is_voting", if is_voting { "yes" } else { "no" })?
         .field("leader_id", leader_id)?
         .field("current_term", load(&shared.term))?
-        .field("num_nodes", num_nodes)?
-        .field("num_voting_nodes", num_nodes)?;
-    if member {
+        .field("num_nodes", lines.len() as u64)?
+        .field("num_voting_nodes", voting_nodes as u64)?;
+    for (position, line) in lines.iter().enumerate() {
+        let (host, port) = line.addr.rsplit_once(':').unwrap_or((&line.addr, ""));
         section = section.field(
-            "node0",
+            &format!("node{position}"),
             format!(
-                "id={node_id},state=connected,voting=yes,addr={host},port={port},last_conn_secs=0,conn_errors=0,conn_oks=0"
+                "id={},state={},voting={},addr={host},port={port},last_conn_secs={},conn_errors={},conn_oks={}",
+                line.id,
+                if line.connected { "connected" } else { "disconnected" },
+                if line.voting { "yes" } else { "no" },
+                line.last_conn_secs,
+                line.conn_errors,
+                line.conn_oks
             ),
         )?;
     }
@@ -82,6 +136,34 @@ fn build(ctx: &InfoContext) -> RedisResult<()> {
         .field("fsync_count", fsync_count)?
         .field("fsync_max_microseconds", load(&shared.fsync_max_us))?
         .field("fsync_avg_microseconds", fsync_avg_us)?
+        .build_section()?
+        .add_section("snapshot")
+        .field(
+            "snapshot_last_idx",
+            load(&shared.first_index).saturating_sub(1),
+        )?
+        .field("snapshot_last_term", 0u64)?
+        .field("snapshot_size", 0u64)?
+        .field("snapshot_time_secs", 0u64)?
+        .field("snapshots_created", 0u64)?
+        .field("snapshots_received", 0u64)?
+        .field("snapshot_in_progress", "no")?
+        .build_section()?
+        .add_section("clients")
+        .field("proxy_reqs", load(&PROXY_REQS))?
+        .field("proxy_failed_reqs", load(&PROXY_FAILED_REQS))?
+        .field("proxy_outstanding_reqs", load(&PROXY_OUTSTANDING_REQS))?
+        .build_section()?
+        .add_section("stats")
+        .field("appendreq_received", load(&PEER_TRAFFIC.appendreq_received))?
+        .field(
+            "appendreq_with_entry_received",
+            load(&PEER_TRAFFIC.appendreq_with_entry_received),
+        )?
+        .field(
+            "snapshotreq_received",
+            load(&PEER_TRAFFIC.snapshotreq_received),
+        )?
         .build_section()?
         .build_info()?;
     Ok(())

@@ -6,5 +6,8 @@ pub mod ffi;
 pub mod handlers;
 pub mod info;
 pub mod logio;
+pub mod membership;
 pub mod module;
 pub mod state;
+pub mod topology;
+pub mod transport;

@@ -5,7 +5,7 @@ use std::ffi::c_void;
 use redis_module::{Context, InfoContext, RedisString, Status};
 
 use crate::adapters::state::{self, call_locally, with_state, NodeState};
-use crate::adapters::{configs, ffi, handlers, info, logio::LogFile};
+use crate::adapters::{configs, ffi, handlers, info, logio::LogFile, membership, topology};
 
 #[cfg(feature = "redis-alloc")]
 #[global_allocator]
@@ -18,6 +18,11 @@ pub const COMMANDS: &[ffi::CommandSpec] = &[
     ("raft", handlers::raft_command, ""),
     ("raft.cluster", handlers::raft_cluster, "admin"),
     ("raft.debug", handlers::raft_debug, "admin"),
+    ("raft.node", membership::raft_node, "admin"),
+    ("raft.transfer_leader", membership::transfer_leader, "admin"),
+    ("raft.timeout_now", membership::timeout_now, "admin"),
+    ("raft.msg", membership::raft_msg, "admin"),
+    ("raft._cluster", topology::cluster_command, ""),
 ];
 
 /// Called by `ffi::RedisModule_OnLoad` once the API is initialised and commands exist.

@@ -15,11 +15,13 @@ use raft::eraftpb::ConfState;
 use crate::adapters::configs::config;
 use crate::adapters::driver::{Driver, DriverInput, DriverParams, MainTask, SharedStatus};
 use crate::adapters::driver::{INBOX_BOUND, MAIN_QUEUE_BOUND};
-use crate::adapters::ffi::{self, BlockedClient, RawCtx};
+use crate::adapters::ffi::{self, Answer, BlockedClient, RawCtx};
 use crate::adapters::logio::LogFile;
+use crate::adapters::transport::{Transport, TransportConfig};
 use crate::core::commands::CommandTable;
 use crate::core::entry::Argv;
 use crate::core::logfile::{NodeMeta, Recovered};
+use crate::core::membership::Membership;
 use crate::core::node::{NodeParams, RaftNode};
 use crate::core::pending::RequestId;
 use crate::core::storage::LogStore;
@@ -27,6 +29,8 @@ use crate::core::storage::LogStore;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NodeState {
     Uninitialized,
+    /// RAFT.CLUSTER JOIN is asking the cluster to add this node.
+    Joining,
     Loading,
     Up,
 }
@@ -35,17 +39,23 @@ impl NodeState {
     pub fn as_str(self) -> &'static str {
         match self {
             NodeState::Uninitialized => "uninitialized",
+            NodeState::Joining => "joining",
             NodeState::Loading => "loading",
             NodeState::Up => "up",
         }
     }
 }
 
+/// Raft messages queued per peer before the transport drops (raft retransmits).
+const PEER_QUEUE_BOUND: usize = 4_096;
+
 pub struct Waiter {
     pub client: BlockedClient,
     pub resp3: bool,
     /// For reads: the command to run once the read index is applied.
     pub read: Option<Argv>,
+    /// For membership changes: the reply once the change is applied.
+    pub conf_reply: Option<Answer>,
 }
 
 pub struct MainState {
@@ -66,6 +76,11 @@ pub struct MainState {
     pub apply_ctx: RawCtx,
     /// A node found on disk at load, started once the server finished loading its data.
     pub boot: Option<(LogFile, Recovered)>,
+    /// Replicated membership, as of `applied_index`.
+    pub membership: Membership,
+    pub transport: Option<Transport>,
+    /// Set when this node applied its own removal: clients are told why it stopped.
+    pub removed: bool,
 }
 
 thread_local! {
@@ -92,6 +107,9 @@ pub fn init_state(apply_ctx: RawCtx, incarnation: u64) {
             shared: Arc::new(SharedStatus::default()),
             apply_ctx,
             boot: None,
+            membership: Membership::default(),
+            transport: None,
+            removed: false,
         })
     });
 }
@@ -145,6 +163,53 @@ impl MainState {
     pub fn is_leader_ready(&self) -> bool {
         self.shared.leader_ready.load(Ordering::Acquire)
     }
+
+    pub fn my_id(&self) -> u64 {
+        self.meta.as_ref().map_or(0, |meta| meta.node_id)
+    }
+
+    pub fn leader_id(&self) -> u64 {
+        self.shared.leader_id.load(Ordering::Relaxed)
+    }
+
+    /// Forgets the cluster after this node was removed: stops the driver and transport,
+    /// keeps the log aside for diagnosis, answers everyone still waiting.
+    pub fn leave_cluster(&mut self, reason: &str) -> Vec<Waiter> {
+        self.to_driver = None;
+        self.from_driver = None;
+        if let Some(transport) = self.transport.take() {
+            transport.shutdown();
+        }
+        self.node_state = NodeState::Uninitialized;
+        self.meta = None;
+        self.membership = Membership::default();
+        self.applied_index = 0;
+        self.confirmed_reads.clear();
+        self.shared = Arc::new(SharedStatus::default());
+        crate::adapters::configs::release_identity();
+        log::warn!("raft: this node left the cluster: {reason}");
+        self.waiters.drain().map(|(_, waiter)| waiter).collect()
+    }
+}
+
+/// The address other nodes use for this one: `raft.addr`, else 127.0.0.1:<port>.
+pub fn my_addr(ctx: RawCtx) -> String {
+    if let Some(addr) = config().addr.clone() {
+        return addr.to_string();
+    }
+    let port = call_locally(
+        ctx,
+        &[b"CONFIG".to_vec(), b"GET".to_vec(), b"port".to_vec()],
+        false,
+    )
+    .ok()
+    .and_then(|reply| {
+        reply
+            .element(1)
+            .map(|r| String::from_utf8_lossy(r.bytes()).to_string())
+    })
+    .unwrap_or_else(|| "6379".to_string());
+    format!("127.0.0.1:{port}")
 }
 
 /// Builds the raft node from what is on disk (or a fresh INIT) and starts the driver.
@@ -181,6 +246,23 @@ pub fn start_node(
         max_inflight_appends: settings.append_req_max_count.max(1) as usize,
     };
     let node = RaftNode::new(&params, store).map_err(|e| format!("cannot start raft: {e}"))?;
+    let my_addr = my_addr(state.apply_ctx);
+    let source_host = my_addr
+        .rsplit_once(':')
+        .map(|(host, _)| host.trim_matches(['[', ']']).to_string());
+    let transport = Transport::start(TransportConfig {
+        my_id: meta.node_id,
+        my_addr: my_addr.clone(),
+        dbid: meta.dbid.clone(),
+        source_host,
+        connection_timeout: Duration::from_millis(settings.connection_timeout_ms),
+        response_timeout: Duration::from_millis(settings.response_timeout_ms),
+        reconnect_interval: Duration::from_millis(settings.reconnect_interval_ms),
+        queue_bound_per_peer: PEER_QUEUE_BOUND,
+        max_batch_bytes: settings.append_req_max_size as usize,
+        cluster_user: settings.cluster_user.clone(),
+        cluster_password: settings.cluster_password.clone(),
+    });
     let (to_driver, inbox) = sync_channel(INBOX_BOUND);
     let (outbox, from_driver) = sync_channel(MAIN_QUEUE_BOUND);
     let driver_params = DriverParams {
@@ -188,9 +270,11 @@ pub fn start_node(
         fsync: settings.log_fsync,
         read_timeout_ticks: params.election_ticks as u64,
     };
+    state.transport = Some(transport.clone());
     let driver = Driver::new(
         node,
         log,
+        transport,
         inbox,
         outbox,
         crate::adapters::apply::wake_main_thread,

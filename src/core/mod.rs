@@ -3,6 +3,8 @@ pub mod commands;
 pub mod config;
 pub mod entry;
 pub mod logfile;
+pub mod membership;
 pub mod node;
 pub mod pending;
+pub mod resp;
 pub mod storage;

@@ -202,6 +202,38 @@ impl RaftNode {
         }
     }
 
+    /// A conf change was proposed and not yet applied: raft would turn another one into a
+    /// no-op, so callers must refuse instead.
+    pub fn has_pending_conf_change(&self) -> bool {
+        self.raw.raft.has_pending_conf()
+    }
+
+    /// Learners whose log has caught up with the commit index: ready to become voters.
+    pub fn caught_up_learners(&self) -> Vec<u64> {
+        let raft = &self.raw.raft;
+        if raft.state != StateRole::Leader {
+            return Vec::new();
+        }
+        let commit = raft.raft_log.committed;
+        let learners = self.conf_state().learners;
+        raft.prs()
+            .iter()
+            .filter(|(id, progress)| learners.contains(id) && progress.matched >= commit)
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    /// The voter other than us with the longest log, a good leadership transfer target.
+    pub fn most_up_to_date_follower(&self) -> Option<u64> {
+        let raft = &self.raw.raft;
+        let voters = self.conf_state().voters;
+        raft.prs()
+            .iter()
+            .filter(|(id, _)| **id != raft.id && voters.contains(id))
+            .max_by_key(|(id, progress)| (progress.matched, std::cmp::Reverse(**id)))
+            .map(|(id, _)| *id)
+    }
+
     pub fn store(&self) -> &LogStore {
         self.raw.store()
     }

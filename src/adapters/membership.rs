@@ -1,0 +1,438 @@
+//! Membership commands: RAFT.CLUSTER JOIN, RAFT.NODE ADD/REMOVE, RAFT.TRANSFER_LEADER,
+//! RAFT.TIMEOUT_NOW, and RAFT.MSG (raft messages from peers).
+
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use raft::eraftpb::{ConfChangeType, Message};
+use redis_module::{Context, RedisError, RedisResult, RedisString, RedisValue};
+
+use crate::adapters::apply::run_on_main;
+use crate::adapters::configs::config;
+use crate::adapters::driver::DriverInput;
+use crate::adapters::ffi::{self, Answer, BlockedClient};
+use crate::adapters::handlers::{log_path, pick_node_id};
+use crate::adapters::logio::LogFile;
+use crate::adapters::state::{self, with_state, NodeState, Waiter};
+use crate::adapters::transport::{decode_raft_msg, Transport, TransportConfig};
+use crate::core::config::parse_addr;
+use crate::core::entry::Origin;
+use crate::core::logfile::NodeMeta;
+use crate::core::membership::{single_change, ChangeContext};
+use crate::core::resp::RespValue;
+
+const ERR_JOIN_FAILED: &str = "ERR failed to connect to cluster for join, please check logs";
+/// Pause between join rounds while the cluster has no leader or is busy with a change.
+const JOIN_RETRY_INTERVAL: Duration = Duration::from_millis(500);
+
+fn error(message: &str) -> RedisResult {
+    Err(RedisError::String(message.to_string()))
+}
+
+/// Errors for commands only the leader can run.
+fn leader_check() -> Result<(), String> {
+    with_state(|state| {
+        if state.node_state != NodeState::Up {
+            return Err("NOCLUSTER No Raft Cluster".to_string());
+        }
+        if state.is_leader_ready() {
+            return Ok(());
+        }
+        let leader = state.leader_id();
+        match state.membership.addr_of(leader) {
+            Some(addr) if leader != state.my_id() => Err(format!("MOVED 0 {addr}")),
+            _ => Err("CLUSTERDOWN No raft leader".to_string()),
+        }
+    })
+}
+
+/// `RAFT.CLUSTER JOIN host:port [host:port ...]`
+pub fn cluster_join(ctx: &Context, args: &[RedisString]) -> RedisResult {
+    if args.is_empty() {
+        return Err(RedisError::WrongArity);
+    }
+    let mut targets = VecDeque::new();
+    for arg in args {
+        let text = arg.to_string_lossy();
+        parse_addr("join", &text)
+            .map_err(|e| RedisError::String(format!("ERR invalid address: {e}")))?;
+        targets.push_back(text);
+    }
+    if with_state(|state| state.node_state != NodeState::Uninitialized) {
+        return error("ERR Already cluster member");
+    }
+    let keys_present =
+        state::call_locally(ctx.ctx, &[b"DBSIZE".to_vec()], false).map_or(0, |r| r.integer());
+    if keys_present > 0 {
+        return error("ERR the database is not empty: RAFT.CLUSTER JOIN needs an empty dataset");
+    }
+    let node_id = pick_node_id();
+    let my_addr = state::my_addr(ctx.ctx);
+    let settings = config().clone();
+    with_state(|state| {
+        state.node_state = NodeState::Joining;
+        state.removed = false;
+    });
+    let client = ffi::block_client(ctx.ctx);
+    let transport = Transport::start(TransportConfig {
+        my_id: node_id,
+        my_addr: String::new(),
+        dbid: String::new(),
+        source_host: my_addr
+            .rsplit_once(':')
+            .map(|(host, _)| host.trim_matches(['[', ']']).to_string()),
+        connection_timeout: Duration::from_millis(settings.connection_timeout_ms),
+        response_timeout: Duration::from_millis(settings.response_timeout_ms),
+        reconnect_interval: Duration::from_millis(settings.reconnect_interval_ms),
+        queue_bound_per_peer: 1,
+        max_batch_bytes: 1,
+        cluster_user: settings.cluster_user.clone(),
+        cluster_password: settings.cluster_password.clone(),
+    });
+    let deadline = Instant::now() + Duration::from_millis(settings.join_timeout_ms);
+    let request_timeout =
+        Duration::from_millis(settings.connection_timeout_ms + settings.response_timeout_ms * 5);
+    std::thread::Builder::new()
+        .name("raft-join".into())
+        .spawn(move || {
+            let outcome = ask_to_join(
+                &transport,
+                targets,
+                node_id,
+                &my_addr,
+                deadline,
+                request_timeout,
+            );
+            transport.shutdown();
+            run_on_main(Box::new(move || finish_join(client, node_id, outcome)));
+        })
+        .map_err(|e| RedisError::String(format!("ERR cannot start join: {e}")))?;
+    Ok(RedisValue::NoReply)
+}
+
+/// Asks the listed nodes, following MOVED to the leader, until one adds us or time is up.
+fn ask_to_join(
+    transport: &Transport,
+    mut targets: VecDeque<String>,
+    node_id: u64,
+    my_addr: &str,
+    deadline: Instant,
+    request_timeout: Duration,
+) -> Result<String, String> {
+    let seeds: Vec<String> = targets.iter().cloned().collect();
+    let mut moves = 0;
+    while Instant::now() < deadline {
+        let Some(target) = targets.pop_front() else {
+            std::thread::sleep(JOIN_RETRY_INTERVAL);
+            targets.extend(seeds.iter().cloned());
+            continue;
+        };
+        let argv = vec![
+            b"RAFT.NODE".to_vec(),
+            b"ADD".to_vec(),
+            node_id.to_string().into_bytes(),
+            my_addr.as_bytes().to_vec(),
+        ];
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        transport.request(
+            target.clone(),
+            argv,
+            request_timeout,
+            Box::new(move |reply| {
+                let _ = done_tx.send(reply);
+            }),
+        );
+        let reply = done_rx
+            .recv_timeout(request_timeout + Duration::from_secs(1))
+            .unwrap_or_else(|_| Err("no answer".into()));
+        match reply {
+            Ok(RespValue::Array(Some(items))) if items.len() == 2 => {
+                if let RespValue::Simple(dbid) = to_text(&items[1]) {
+                    log::info!("raft: joined cluster {dbid} through {target} as node {node_id}");
+                    return Ok(dbid);
+                }
+                log::warn!("raft: join: unexpected reply from {target}: {items:?}");
+            }
+            Ok(RespValue::Error(message)) => {
+                if let Some(leader) = message.strip_prefix("MOVED 0 ") {
+                    moves += 1;
+                    if moves < 100 {
+                        targets.push_front(leader.trim().to_string());
+                        continue;
+                    }
+                }
+                if message.contains("already been used") {
+                    return Err(format!("{target} refused node id {node_id}: {message}"));
+                }
+                log::info!("raft: join: {target} answered {message}; retrying");
+            }
+            Ok(other) => log::warn!("raft: join: unexpected reply from {target}: {other:?}"),
+            Err(e) => log::info!("raft: join: {target}: {e}; retrying"),
+        }
+        if targets.is_empty() {
+            std::thread::sleep(JOIN_RETRY_INTERVAL);
+        }
+    }
+    Err("join timed out".into())
+}
+
+/// Normalizes simple and bulk strings to the same shape for matching.
+fn to_text(value: &RespValue) -> RespValue {
+    match value {
+        RespValue::Bulk(Some(bytes)) => {
+            RespValue::Simple(String::from_utf8_lossy(bytes).to_string())
+        }
+        other => other.clone(),
+    }
+}
+
+fn finish_join(client: BlockedClient, node_id: u64, outcome: Result<String, String>) {
+    let result = outcome.and_then(|dbid| {
+        let meta = NodeMeta {
+            dbid,
+            node_id,
+            bootstrap_voters: Vec::new(),
+        };
+        let log = LogFile::create(&log_path(), &meta)?;
+        with_state(|state| state::start_node(state, log, None, meta))
+    });
+    match result {
+        Ok(()) => ffi::unblock(client, Answer::Simple("OK".into())),
+        Err(e) => {
+            log::warn!("raft: join failed: {e}");
+            with_state(|state| state.node_state = NodeState::Uninitialized);
+            ffi::unblock(client, Answer::Error(ERR_JOIN_FAILED.into()));
+        }
+    }
+}
+
+/// `RAFT.NODE ADD <id or 0> host:port` / `RAFT.NODE REMOVE <id>`
+pub fn raft_node(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
+    let sub = args
+        .get(1)
+        .map(|a| a.to_string_lossy().to_ascii_lowercase());
+    let (change_type, node_id, addr) = match (sub.as_deref(), args.len()) {
+        (Some("add"), 4) => {
+            let id = args[2]
+                .parse_unsigned_integer()
+                .map_err(|_| RedisError::Str("ERR invalid node id"))?;
+            let addr = args[3].to_string_lossy();
+            parse_addr("addr", &addr)
+                .map_err(|e| RedisError::String(format!("ERR invalid address: {e}")))?;
+            (ConfChangeType::AddLearnerNode, id, addr)
+        }
+        (Some("remove"), 3) => {
+            let id = args[2]
+                .parse_unsigned_integer()
+                .map_err(|_| RedisError::Str("ERR invalid node id"))?;
+            (ConfChangeType::RemoveNode, id, String::new())
+        }
+        (Some("add" | "remove"), _) => return Err(RedisError::WrongArity),
+        _ => return error("ERR RAFT.NODE supports ADD / REMOVE"),
+    };
+    if let Err(message) = leader_check() {
+        return error(&message);
+    }
+    let checked = with_state(|state| {
+        let dbid = state
+            .meta
+            .as_ref()
+            .map(|m| m.dbid.clone())
+            .unwrap_or_default();
+        if change_type == ConfChangeType::RemoveNode {
+            if state.membership.get(node_id).is_none() {
+                return Err("ERR node id does not exist");
+            }
+            if node_id == state.my_id() {
+                return Err(
+                    "ERR cannot remove the leader; move leadership first with RAFT.TRANSFER_LEADER",
+                );
+            }
+            return Ok((node_id, Answer::Simple("OK".into())));
+        }
+        let id = if node_id == 0 {
+            unused_random_id(state)
+        } else {
+            node_id
+        };
+        if state.membership.is_used(id) {
+            return Err("ERR node id has already been used in this cluster");
+        }
+        Ok((
+            id,
+            Answer::Array(vec![Answer::Integer(id as i64), Answer::Simple(dbid)]),
+        ))
+    });
+    let (node_id, conf_reply) = match checked {
+        Ok(checked) => checked,
+        Err(message) => return error(message),
+    };
+    let client = ffi::block_client(ctx.ctx);
+    let sent = with_state(|state| {
+        let request_id = state.new_request_id();
+        let origin = Origin {
+            node_id: state.my_id(),
+            incarnation: state.incarnation,
+            request_id,
+        };
+        let context = ChangeContext {
+            origin: Some(origin),
+            node_id,
+            addr,
+        };
+        let input = DriverInput::ConfChange {
+            request_id: Some(request_id),
+            change: single_change(change_type, node_id),
+            context: context.encode(),
+        };
+        state.waiters.insert(
+            request_id,
+            Waiter {
+                client,
+                resp3: false,
+                read: None,
+                conf_reply: Some(conf_reply),
+            },
+        );
+        state.send_to_driver(input).map_err(|e| (request_id, e))
+    });
+    if let Err((request_id, message)) = sent {
+        if let Some(waiter) = with_state(|state| state.waiters.remove(&request_id)) {
+            ffi::unblock(waiter.client, Answer::Error(message.into()));
+        }
+    }
+    Ok(RedisValue::NoReply)
+}
+
+fn unused_random_id(state: &state::MainState) -> u64 {
+    loop {
+        let id = crate::adapters::handlers::random_node_id();
+        if !state.membership.is_used(id) {
+            return id;
+        }
+    }
+}
+
+/// `RAFT.TRANSFER_LEADER [id]`: replies once the target leads, or after an election timeout.
+pub fn transfer_leader(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
+    let target = match args.get(1) {
+        Some(arg) => Some(
+            arg.parse_unsigned_integer()
+                .map_err(|_| RedisError::Str("ERR invalid target node id"))?,
+        ),
+        None => None,
+    };
+    if let Err(message) = leader_check() {
+        return error(&message);
+    }
+    let invalid = with_state(|state| {
+        target.is_some_and(|id| {
+            id == state.my_id() || !state.membership.get(id).is_some_and(|m| m.voting)
+        })
+    });
+    if invalid {
+        return error("ERR invalid target node id");
+    }
+    if let Err(e) = with_state(|state| state.send_to_driver(DriverInput::TransferLeader { target }))
+    {
+        return error(e);
+    }
+    let client = ffi::block_client(ctx.ctx);
+    let (shared, me) = with_state(|state| (state.shared.clone(), state.my_id()));
+    let deadline = Instant::now() + Duration::from_millis(config().election_timeout_ms * 2);
+    std::thread::spawn(move || {
+        let answer = loop {
+            let leader = shared.leader_id.load(Ordering::Relaxed);
+            let moved = leader != 0 && leader != me && target.is_none_or(|t| t == leader);
+            if moved {
+                break Answer::Simple("OK".into());
+            }
+            if Instant::now() >= deadline {
+                break Answer::Error("ERR transfer timed out".into());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        run_on_main(Box::new(move || ffi::unblock(client, answer)));
+    });
+    Ok(RedisValue::NoReply)
+}
+
+/// `RAFT.TIMEOUT_NOW`: this node starts an election right away.
+pub fn timeout_now(_ctx: &Context, _args: Vec<RedisString>) -> RedisResult {
+    with_state(|state| {
+        if state.node_state != NodeState::Up {
+            return error("NOCLUSTER No Raft Cluster");
+        }
+        state
+            .send_to_driver(DriverInput::Campaign)
+            .map_err(|e| RedisError::String(e.into()))?;
+        Ok(RedisValue::SimpleStringStatic("OK"))
+    })
+}
+
+/// `RAFT.MSG <dbid> <sender id>[@addr] <message>...`: raft messages from a peer.
+pub fn raft_msg(_ctx: &Context, args: Vec<RedisString>) -> RedisResult {
+    let raw_args: Vec<&[u8]> = args[1..].iter().map(|a| a.as_slice()).collect();
+    let decoded = decode_raft_msg(&raw_args).map_err(RedisError::String)?;
+    with_state(|state| {
+        match state.node_state {
+            NodeState::Up | NodeState::Loading => {}
+            _ => return error("NOCLUSTER No Raft Cluster"),
+        }
+        let dbid = state
+            .meta
+            .as_ref()
+            .map(|m| m.dbid.as_str())
+            .unwrap_or_default();
+        if decoded.dbid != dbid {
+            return error("ERR raft message for another cluster (dbid mismatch)");
+        }
+        if let Some(addr) = decoded
+            .sender_addr
+            .filter(|_| state.membership.get(decoded.sender_id).is_none())
+        {
+            // A node that just joined must answer the leader before the log told it where
+            // the leader is.
+            let hint = DriverInput::PeerAddress {
+                id: decoded.sender_id,
+                addr,
+            };
+            if let Err(e) = state.send_to_driver(hint) {
+                return error(e);
+            }
+        }
+        for message in decoded.messages {
+            if message.to != state.my_id() {
+                return error("ERR raft message for another node");
+            }
+            count_received(&message);
+            if let Err(e) = state.send_to_driver(DriverInput::Peer(Box::new(message))) {
+                return error(e);
+            }
+        }
+        Ok(RedisValue::SimpleStringStatic("OK"))
+    })
+}
+
+fn count_received(message: &Message) {
+    use crate::adapters::info::PEER_TRAFFIC;
+    match message.get_msg_type() {
+        raft::eraftpb::MessageType::MsgAppend => {
+            PEER_TRAFFIC
+                .appendreq_received
+                .fetch_add(1, Ordering::Relaxed);
+            if !message.entries.is_empty() {
+                PEER_TRAFFIC
+                    .appendreq_with_entry_received
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        raft::eraftpb::MessageType::MsgSnapshot => {
+            PEER_TRAFFIC
+                .snapshotreq_received
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        _ => {}
+    }
+}

@@ -1,0 +1,1640 @@
+//! Peer transport: raft messages travel to other nodes as ordinary Redis commands,
+//! `RAFT.MSG <dbid> <sender_id> <msg>...`, on each node's normal Redis port.
+//!
+//! One thread ("raft-transport") runs a tokio current-thread runtime. Each peer has a
+//! bounded queue and one task that connects, optionally authenticates, then batches queued
+//! messages into pipelined `RAFT.MSG` commands while the other half of the connection reads
+//! the replies. Delivery is best effort: raft retransmits, so on trouble the transport drops
+//! messages, reconnects with backoff, and reports the peer as unreachable so the driver can
+//! tell raft. See docs/TRANSPORT.md.
+
+use std::collections::{BTreeSet, HashMap};
+use std::fmt;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use protobuf::Message as _;
+use raft::eraftpb::Message;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::sync::mpsc::error::TrySendError;
+use tokio::sync::{mpsc, Notify};
+
+use crate::core::resp::{encode_command, parse_value, RespLimits, RespValue};
+
+pub const RAFT_MSG_COMMAND: &str = "RAFT.MSG";
+
+/// Batches written but not yet answered, per peer; beyond this the writer waits.
+const MAX_BATCHES_IN_FLIGHT: usize = 64;
+/// Messages per `RAFT.MSG`, whatever their size.
+const MAX_MESSAGES_PER_BATCH: usize = 1_024;
+/// Framing bytes per argument (`$<len>\r\n` + `\r\n`) counted against `max_batch_bytes`.
+const ARG_OVERHEAD_BYTES: usize = 16;
+const MAX_RECONNECT_BACKOFF: Duration = Duration::from_secs(2);
+/// A zero reconnect interval must not turn a dead peer into a busy loop.
+const MIN_RECONNECT_BACKOFF: Duration = Duration::from_millis(10);
+/// Per-peer log lines are throttled to one per this interval.
+const PEER_LOG_INTERVAL: Duration = Duration::from_secs(10);
+const READ_CHUNK_BYTES: usize = 16 * 1024;
+/// Slowest transfer rate a healthy peer link is assumed to sustain: a reply may take
+/// `response_timeout` plus the time to push the batch at this rate.
+const MIN_LINK_BYTES_PER_SEC: u64 = 1024 * 1024;
+/// How long stopping waits for DNS lookups still running on the blocking pool.
+const RUNTIME_SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
+
+pub struct TransportConfig {
+    pub my_id: u64,
+    /// Our `host:port`, sent as `<id>@<host:port>` so a node that does not know us yet
+    /// (it just joined) can answer; empty to send the bare id.
+    pub my_addr: String,
+    pub dbid: String,
+    /// Local address outgoing sockets bind to before connecting, so that firewall rules on
+    /// node addresses also cut node-to-node traffic. Host only, no port.
+    pub source_host: Option<String>,
+    pub connection_timeout: Duration,
+    pub response_timeout: Duration,
+    pub reconnect_interval: Duration,
+    pub queue_bound_per_peer: usize,
+    /// Bytes per `RAFT.MSG` command (a single larger message still goes alone).
+    pub max_batch_bytes: usize,
+    pub cluster_user: String,
+    /// When non-empty, every connection starts with `AUTH`. Never logged.
+    pub cluster_password: String,
+}
+
+impl fmt::Debug for TransportConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TransportConfig")
+            .field("my_id", &self.my_id)
+            .field("dbid", &self.dbid)
+            .field("source_host", &self.source_host)
+            .field("connection_timeout", &self.connection_timeout)
+            .field("response_timeout", &self.response_timeout)
+            .field("reconnect_interval", &self.reconnect_interval)
+            .field("queue_bound_per_peer", &self.queue_bound_per_peer)
+            .field("max_batch_bytes", &self.max_batch_bytes)
+            .field("cluster_user", &self.cluster_user)
+            .field("cluster_password", &"<hidden>")
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendError {
+    UnknownPeer,
+    QueueFull,
+}
+
+impl fmt::Display for SendError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SendError::UnknownPeer => write!(f, "unknown peer"),
+            SendError::QueueFull => write!(f, "peer queue is full"),
+        }
+    }
+}
+
+impl std::error::Error for SendError {}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerStats {
+    pub id: u64,
+    pub addr: String,
+    pub connected: bool,
+    /// Seconds since the current connection was established, 0 when not connected.
+    pub last_conn_secs: u64,
+    pub conn_errors: u64,
+    pub conn_oks: u64,
+    pub messages_sent: u64,
+    /// Dropped because the queue was full or the peer was unreachable.
+    pub messages_dropped: u64,
+    /// `RAFT.MSG` batches the peer answered with an error.
+    pub error_replies: u64,
+}
+
+/// Callback of [`Transport::request`].
+pub type RequestDone = Box<dyn FnOnce(Result<RespValue, String>) + Send>;
+
+#[derive(Clone)]
+pub struct Transport {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: Arc<TransportConfig>,
+    runtime: tokio::runtime::Handle,
+    peers: Mutex<HashMap<u64, PeerEntry>>,
+    unreachable: Arc<Mutex<BTreeSet<u64>>>,
+    stop: Arc<Notify>,
+    stopped: AtomicBool,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.stop.notify_one();
+    }
+}
+
+struct PeerEntry {
+    addr: String,
+    queue: mpsc::Sender<Message>,
+    counters: Arc<PeerCounters>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+#[derive(Default)]
+struct PeerCounters {
+    connected_at: Mutex<Option<Instant>>,
+    conn_errors: AtomicU64,
+    conn_oks: AtomicU64,
+    messages_sent: AtomicU64,
+    messages_dropped: AtomicU64,
+    error_replies: AtomicU64,
+}
+
+impl PeerCounters {
+    /// Fresh counters for a new connection task that keep the history of the old one.
+    fn carried_from(old: &PeerCounters) -> PeerCounters {
+        let carry = |counter: &AtomicU64| AtomicU64::new(counter.load(Ordering::Relaxed));
+        PeerCounters {
+            connected_at: Mutex::new(None),
+            conn_errors: carry(&old.conn_errors),
+            conn_oks: carry(&old.conn_oks),
+            messages_sent: carry(&old.messages_sent),
+            messages_dropped: carry(&old.messages_dropped),
+            error_replies: carry(&old.error_replies),
+        }
+    }
+
+    fn stats(&self, id: u64, addr: &str) -> PeerStats {
+        let connected_at = *lock(&self.connected_at);
+        PeerStats {
+            id,
+            addr: addr.to_string(),
+            connected: connected_at.is_some(),
+            last_conn_secs: connected_at.map_or(0, |at| at.elapsed().as_secs()),
+            conn_errors: self.conn_errors.load(Ordering::Relaxed),
+            conn_oks: self.conn_oks.load(Ordering::Relaxed),
+            messages_sent: self.messages_sent.load(Ordering::Relaxed),
+            messages_dropped: self.messages_dropped.load(Ordering::Relaxed),
+            error_replies: self.error_replies.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// A poisoned lock only means another thread panicked mid-update of plain data.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Transport {
+    pub fn start(config: TransportConfig) -> Transport {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("could not build the raft transport runtime");
+        let stop = Arc::new(Notify::new());
+        let inner = Inner {
+            config: Arc::new(config),
+            runtime: runtime.handle().clone(),
+            peers: Mutex::new(HashMap::new()),
+            unreachable: Arc::new(Mutex::new(BTreeSet::new())),
+            stop: stop.clone(),
+            stopped: AtomicBool::new(false),
+            thread: Mutex::new(None),
+        };
+        let thread = std::thread::Builder::new()
+            .name("raft-transport".into())
+            .spawn(move || {
+                runtime.block_on(stop.notified());
+                runtime.shutdown_timeout(RUNTIME_SHUTDOWN_GRACE);
+            })
+            .expect("could not start the raft transport thread");
+        *lock(&inner.thread) = Some(thread);
+        Transport {
+            inner: Arc::new(inner),
+        }
+    }
+
+    /// Makes the peer set exactly `peers` (this node's own id is ignored): new peers get a
+    /// connection task, removed peers' tasks end, a changed address reconnects.
+    pub fn set_peers(&self, peers: &[(u64, String)]) {
+        if self.inner.stopped.load(Ordering::Acquire) {
+            return;
+        }
+        let mut current = lock(&self.inner.peers);
+        current.retain(|id, entry| {
+            let keep = peers.iter().any(|(wanted, _)| wanted == id);
+            if !keep {
+                entry.task.abort();
+            }
+            keep
+        });
+        for (id, addr) in peers {
+            if *id == self.inner.config.my_id {
+                continue;
+            }
+            let counters = match current.get(id) {
+                Some(entry) if entry.addr == *addr => continue,
+                Some(entry) => {
+                    entry.task.abort();
+                    PeerCounters::carried_from(&entry.counters)
+                }
+                None => PeerCounters::default(),
+            };
+            let entry = self.spawn_peer(*id, addr.clone(), Arc::new(counters));
+            current.insert(*id, entry);
+        }
+    }
+
+    fn spawn_peer(&self, id: u64, addr: String, counters: Arc<PeerCounters>) -> PeerEntry {
+        let (queue, queue_rx) = mpsc::channel(self.inner.config.queue_bound_per_peer.max(1));
+        let link = PeerLink {
+            id,
+            addr: addr.clone(),
+            config: self.inner.config.clone(),
+            counters: counters.clone(),
+            unreachable: self.inner.unreachable.clone(),
+        };
+        let task = self.inner.runtime.spawn(run_peer(link, queue_rx));
+        PeerEntry {
+            addr,
+            queue,
+            counters,
+            task,
+        }
+    }
+
+    /// Queues `message` for peer `to`. Never blocks. A full queue drops the message and
+    /// marks the peer unreachable.
+    pub fn send(&self, to: u64, message: Message) -> Result<(), SendError> {
+        let peers = lock(&self.inner.peers);
+        self.queue_locked(&peers, to, message)
+    }
+
+    /// Queues every message for its `to` peer under one lock, e.g. all messages of a Ready.
+    /// Returns how many could not be queued (unknown peer or full queue).
+    pub fn send_all(&self, messages: Vec<Message>) -> usize {
+        let peers = lock(&self.inner.peers);
+        let mut not_queued = 0;
+        for message in messages {
+            let to = message.to;
+            if self.queue_locked(&peers, to, message).is_err() {
+                not_queued += 1;
+            }
+        }
+        not_queued
+    }
+
+    fn queue_locked(
+        &self,
+        peers: &HashMap<u64, PeerEntry>,
+        to: u64,
+        message: Message,
+    ) -> Result<(), SendError> {
+        let entry = peers.get(&to).ok_or(SendError::UnknownPeer)?;
+        match entry.queue.try_send(message) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(_)) => {
+                entry
+                    .counters
+                    .messages_dropped
+                    .fetch_add(1, Ordering::Relaxed);
+                lock(&self.inner.unreachable).insert(to);
+                Err(SendError::QueueFull)
+            }
+            // The task only ends when the transport stops.
+            Err(TrySendError::Closed(_)) => Err(SendError::UnknownPeer),
+        }
+    }
+
+    /// Peers whose connection failed or whose messages were dropped since the last call.
+    pub fn take_unreachable(&self) -> Vec<u64> {
+        std::mem::take(&mut *lock(&self.inner.unreachable))
+            .into_iter()
+            .collect()
+    }
+
+    /// One entry per peer, ordered by id.
+    pub fn peer_stats(&self) -> Vec<PeerStats> {
+        let peers = lock(&self.inner.peers);
+        let mut stats: Vec<PeerStats> = peers
+            .iter()
+            .map(|(id, entry)| entry.counters.stats(*id, &entry.addr))
+            .collect();
+        stats.sort_by_key(|peer| peer.id);
+        stats
+    }
+
+    /// One-off request to `addr` (`host:port`) on a fresh connection bound to
+    /// `source_host`, authenticated like peer traffic. `done` gets the reply, including
+    /// error replies as `Ok(RespValue::Error)`; `Err` means no reply (connect failure,
+    /// protocol error, timeout, shutdown). `done` runs on the transport thread, except
+    /// when the transport is already stopped: then it runs at once on the caller's thread.
+    pub fn request(&self, addr: String, argv: Vec<Vec<u8>>, timeout: Duration, done: RequestDone) {
+        let reply = ReplyOnce(Some(done));
+        if self.inner.stopped.load(Ordering::Acquire) {
+            reply.finish(Err("raft transport is shut down".into()));
+            return;
+        }
+        let config = self.inner.config.clone();
+        // A task dropped by shutdown still answers: ReplyOnce's Drop reports the error.
+        self.inner.runtime.spawn(async move {
+            let result =
+                match tokio::time::timeout(timeout, one_request(&config, &addr, &argv)).await {
+                    Ok(result) => result,
+                    Err(_) => Err(format!(
+                        "no reply from {addr} within {} ms",
+                        timeout.as_millis()
+                    )),
+                };
+            reply.finish(result);
+        });
+    }
+
+    /// Stops every task and the thread; later sends fail with `UnknownPeer` and requests
+    /// fail at once. Waits for the thread unless called from it.
+    pub fn shutdown(&self) {
+        self.inner.stopped.store(true, Ordering::Release);
+        for (_, entry) in lock(&self.inner.peers).drain() {
+            entry.task.abort();
+        }
+        self.inner.stop.notify_one();
+        let thread = lock(&self.inner.thread).take();
+        if let Some(thread) = thread {
+            if thread.thread().id() != std::thread::current().id() {
+                let _ = thread.join();
+            }
+        }
+    }
+}
+
+/// Calls the request callback exactly once, with an error if the task is dropped first.
+struct ReplyOnce(Option<RequestDone>);
+
+impl ReplyOnce {
+    fn finish(mut self, result: Result<RespValue, String>) {
+        if let Some(done) = self.0.take() {
+            done(result);
+        }
+    }
+}
+
+impl Drop for ReplyOnce {
+    fn drop(&mut self) {
+        if let Some(done) = self.0.take() {
+            done(Err("raft transport shut down before the reply".into()));
+        }
+    }
+}
+
+/// What a peer's task knows; cheap to share between its writer and reader halves.
+struct PeerLink {
+    id: u64,
+    addr: String,
+    config: Arc<TransportConfig>,
+    counters: Arc<PeerCounters>,
+    unreachable: Arc<Mutex<BTreeSet<u64>>>,
+}
+
+impl PeerLink {
+    fn mark_unreachable(&self) {
+        lock(&self.unreachable).insert(self.id);
+    }
+
+    fn count_dropped(&self, messages: u64) {
+        self.counters
+            .messages_dropped
+            .fetch_add(messages, Ordering::Relaxed);
+    }
+}
+
+enum ConnectionEnd {
+    /// The queue closed: the peer was removed or the transport stopped.
+    PeerRemoved,
+    Failed {
+        reason: String,
+        /// At least one batch was accepted, so the next failure starts a fresh backoff.
+        was_healthy: bool,
+    },
+}
+
+/// The life of one peer: connect, serve, and after a failure wait with exponential
+/// backoff (dropping what raft queues meanwhile), until the peer is removed.
+async fn run_peer(link: PeerLink, mut queue: mpsc::Receiver<Message>) {
+    let first_backoff = link.config.reconnect_interval.max(MIN_RECONNECT_BACKOFF);
+    let mut backoff = first_backoff;
+    let mut log = LogThrottle::default();
+    loop {
+        let end = match connect(
+            &link.addr,
+            link.config.source_host.as_deref(),
+            link.config.connection_timeout,
+        )
+        .await
+        {
+            Ok(connection) => {
+                if let Some(bind_error) = connection.bind_error {
+                    log.line(
+                        log::Level::Warn,
+                        format_args!(
+                            "raft transport: node {} ({}): connecting unbound, {bind_error}",
+                            link.id, link.addr
+                        ),
+                    );
+                }
+                link.counters.conn_oks.fetch_add(1, Ordering::Relaxed);
+                *lock(&link.counters.connected_at) = Some(Instant::now());
+                log.line(
+                    log::Level::Info,
+                    format_args!(
+                        "raft transport: connected to node {} at {}",
+                        link.id, link.addr
+                    ),
+                );
+                let end = serve(&link, connection.stream, &mut queue, &mut log).await;
+                *lock(&link.counters.connected_at) = None;
+                end
+            }
+            Err(error) => ConnectionEnd::Failed {
+                reason: format!("cannot connect: {error}"),
+                was_healthy: false,
+            },
+        };
+        let ConnectionEnd::Failed {
+            reason,
+            was_healthy,
+        } = end
+        else {
+            return;
+        };
+        link.counters.conn_errors.fetch_add(1, Ordering::Relaxed);
+        link.mark_unreachable();
+        log.line(
+            log::Level::Warn,
+            format_args!("raft transport: node {} ({}): {reason}", link.id, link.addr),
+        );
+        if was_healthy {
+            backoff = first_backoff;
+        }
+        if !discard_queue_for(&link, &mut queue, backoff).await {
+            return;
+        }
+        backoff = (backoff * 2).min(MAX_RECONNECT_BACKOFF.max(first_backoff));
+    }
+}
+
+/// Waits `pause` while dropping whatever raft queues: by the time the peer is back those
+/// messages are stale, and raft resends what still matters. False once the peer is removed.
+async fn discard_queue_for(
+    link: &PeerLink,
+    queue: &mut mpsc::Receiver<Message>,
+    pause: Duration,
+) -> bool {
+    let deadline = tokio::time::Instant::now() + pause;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep_until(deadline) => return true,
+            message = queue.recv() => match message {
+                Some(_) => {
+                    link.count_dropped(1);
+                    link.mark_unreachable();
+                }
+                None => return false,
+            },
+        }
+    }
+}
+
+struct InFlight {
+    /// Counted from before the write, so a peer that stops reading is detected too.
+    reply_deadline: tokio::time::Instant,
+    kind: InFlightKind,
+}
+
+impl InFlight {
+    fn new(config: &TransportConfig, frame_bytes: usize, kind: InFlightKind) -> InFlight {
+        let transfer_allowance =
+            Duration::from_millis(frame_bytes as u64 * 1000 / MIN_LINK_BYTES_PER_SEC);
+        InFlight {
+            reply_deadline: tokio::time::Instant::now()
+                + config.response_timeout
+                + transfer_allowance,
+            kind,
+        }
+    }
+}
+
+enum InFlightKind {
+    Auth,
+    Batch,
+}
+
+/// Runs one connection until it fails or the peer is removed: the writer batches the
+/// queue into `RAFT.MSG` commands, the reader matches replies to them in order.
+async fn serve(
+    link: &PeerLink,
+    stream: TcpStream,
+    queue: &mut mpsc::Receiver<Message>,
+    log: &mut LogThrottle,
+) -> ConnectionEnd {
+    let (read_half, write_half) = stream.into_split();
+    // Bounded: the writer waits once MAX_BATCHES_IN_FLIGHT batches await a reply.
+    let (in_flight, in_flight_rx) = mpsc::channel(MAX_BATCHES_IN_FLIGHT);
+    let mut was_healthy = false;
+    let result = tokio::select! {
+        result = write_batches(link, write_half, queue, in_flight) => result,
+        result = read_replies(link, read_half, in_flight_rx, &mut was_healthy, log) => result,
+    };
+    match result {
+        Ok(()) => ConnectionEnd::PeerRemoved,
+        Err(reason) => ConnectionEnd::Failed {
+            reason,
+            was_healthy,
+        },
+    }
+}
+
+async fn write_batches(
+    link: &PeerLink,
+    mut writer: OwnedWriteHalf,
+    queue: &mut mpsc::Receiver<Message>,
+    in_flight: mpsc::Sender<InFlight>,
+) -> Result<(), String> {
+    let reader_gone = |_| "reply reader stopped".to_string();
+    let write_failed = |error: io::Error| format!("write failed: {error}");
+    let mut frame = Vec::new();
+    if encode_auth(&link.config, &mut frame) {
+        in_flight
+            .send(InFlight::new(&link.config, frame.len(), InFlightKind::Auth))
+            .await
+            .map_err(reader_gone)?;
+        writer.write_all(&frame).await.map_err(write_failed)?;
+    }
+    let sender_id = if link.config.my_addr.is_empty() {
+        link.config.my_id.to_string()
+    } else {
+        format!("{}@{}", link.config.my_id, link.config.my_addr)
+    };
+    let mut carried = None;
+    loop {
+        let first = match carried.take() {
+            Some(encoded) => encoded,
+            None => match queue.recv().await {
+                Some(message) => match encode_message(link, &message) {
+                    Some(encoded) => encoded,
+                    None => continue,
+                },
+                None => return Ok(()),
+            },
+        };
+        let batch = fill_batch(
+            first,
+            &mut carried,
+            || loop {
+                let message = queue.try_recv().ok()?;
+                if let Some(encoded) = encode_message(link, &message) {
+                    return Some(encoded);
+                }
+            },
+            link.config.max_batch_bytes,
+        );
+        frame.clear();
+        let mut argv: Vec<&[u8]> = Vec::with_capacity(3 + batch.len());
+        argv.push(RAFT_MSG_COMMAND.as_bytes());
+        argv.push(link.config.dbid.as_bytes());
+        argv.push(sender_id.as_bytes());
+        argv.extend(batch.iter().map(Vec::as_slice));
+        encode_command(&argv, &mut frame);
+        in_flight
+            .send(InFlight::new(
+                &link.config,
+                frame.len(),
+                InFlightKind::Batch,
+            ))
+            .await
+            .map_err(reader_gone)?;
+        writer.write_all(&frame).await.map_err(write_failed)?;
+        link.counters
+            .messages_sent
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        // One huge message (a snapshot) must not pin its buffer for the connection's life.
+        frame.clear();
+        frame.shrink_to(link.config.max_batch_bytes);
+    }
+}
+
+fn encode_message(link: &PeerLink, message: &Message) -> Option<Vec<u8>> {
+    match message.write_to_bytes() {
+        Ok(encoded) => Some(encoded),
+        Err(error) => {
+            // Cannot happen for messages raft built; drop rather than kill the connection.
+            log::warn!(
+                "raft transport: cannot encode a message for node {}: {error}",
+                link.id
+            );
+            link.count_dropped(1);
+            None
+        }
+    }
+}
+
+/// Greedily fills one `RAFT.MSG`: `first` always goes (raft already bounds one message),
+/// then messages from `next` while the batch stays within `max_batch_bytes`. The message
+/// that does not fit is left in `carried` for the next batch.
+fn fill_batch(
+    first: Vec<u8>,
+    carried: &mut Option<Vec<u8>>,
+    mut next: impl FnMut() -> Option<Vec<u8>>,
+    max_batch_bytes: usize,
+) -> Vec<Vec<u8>> {
+    let mut batch_bytes = first.len() + ARG_OVERHEAD_BYTES;
+    let mut batch = vec![first];
+    while batch.len() < MAX_MESSAGES_PER_BATCH {
+        let Some(encoded) = next() else { break };
+        let message_bytes = encoded.len() + ARG_OVERHEAD_BYTES;
+        if batch_bytes + message_bytes > max_batch_bytes {
+            *carried = Some(encoded);
+            break;
+        }
+        batch_bytes += message_bytes;
+        batch.push(encoded);
+    }
+    batch
+}
+
+/// Limits for peer replies, which are short status lines.
+fn peer_reply_limits() -> RespLimits {
+    RespLimits {
+        max_bulk_bytes: 64 * 1024,
+        max_array_len: 1_024,
+        max_depth: 8,
+        max_line_bytes: 64 * 1024,
+    }
+}
+
+async fn read_replies(
+    link: &PeerLink,
+    mut reader: OwnedReadHalf,
+    mut in_flight: mpsc::Receiver<InFlight>,
+    was_healthy: &mut bool,
+    log: &mut LogThrottle,
+) -> Result<(), String> {
+    let limits = peer_reply_limits();
+    let mut buffer = Vec::new();
+    let mut chunk = vec![0u8; READ_CHUNK_BYTES];
+    let mut awaiting: Option<InFlight> = None;
+    loop {
+        while let Some((reply, used)) =
+            parse_value(&buffer, &limits).map_err(|error| format!("bad reply: {error}"))?
+        {
+            buffer.drain(..used);
+            let request = awaiting
+                .take()
+                .or_else(|| in_flight.try_recv().ok())
+                .ok_or("reply to no request")?;
+            match (request.kind, reply.as_error()) {
+                (InFlightKind::Auth, Some(error)) => {
+                    return Err(format!("authentication refused: {error}"));
+                }
+                (InFlightKind::Batch, Some(error)) => {
+                    link.counters.error_replies.fetch_add(1, Ordering::Relaxed);
+                    log.line(
+                        log::Level::Warn,
+                        format_args!(
+                            "raft transport: node {} ({}) refused {RAFT_MSG_COMMAND}: {error}",
+                            link.id, link.addr
+                        ),
+                    );
+                }
+                (InFlightKind::Batch, None) => *was_healthy = true,
+                (InFlightKind::Auth, None) => {}
+            }
+        }
+        if awaiting.is_none() {
+            awaiting = in_flight.try_recv().ok();
+        }
+        let deadline = awaiting.as_ref().map(|request| request.reply_deadline);
+        tokio::select! {
+            request = in_flight.recv(), if awaiting.is_none() => match request {
+                Some(request) => awaiting = Some(request),
+                None => return Ok(()),
+            },
+            read = reader.read(&mut chunk) => match read {
+                Ok(0) => return Err("connection closed by peer".into()),
+                Ok(read_bytes) => buffer.extend_from_slice(&chunk[..read_bytes]),
+                Err(error) => return Err(format!("read failed: {error}")),
+            },
+            _ = sleep_until_if_some(deadline) => {
+                return Err(format!(
+                    "no reply within {} ms (plus transfer time)",
+                    link.config.response_timeout.as_millis()
+                ));
+            }
+        }
+    }
+}
+
+async fn sleep_until_if_some(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Appends the AUTH command when a password is configured; true if it did.
+fn encode_auth(config: &TransportConfig, out: &mut Vec<u8>) -> bool {
+    if config.cluster_password.is_empty() {
+        return false;
+    }
+    let password = config.cluster_password.as_bytes();
+    if config.cluster_user.is_empty() {
+        encode_command(&[b"AUTH", password], out);
+    } else {
+        encode_command(&[b"AUTH", config.cluster_user.as_bytes(), password], out);
+    }
+    true
+}
+
+async fn one_request(
+    config: &TransportConfig,
+    addr: &str,
+    argv: &[Vec<u8>],
+) -> Result<RespValue, String> {
+    let connection = connect(
+        addr,
+        config.source_host.as_deref(),
+        config.connection_timeout,
+    )
+    .await
+    .map_err(|error| format!("cannot connect to {addr}: {error}"))?;
+    if let Some(bind_error) = connection.bind_error {
+        log::warn!("raft transport: request to {addr}: connecting unbound, {bind_error}");
+    }
+    let mut stream = connection.stream;
+    let mut frame = Vec::new();
+    let authenticating = encode_auth(config, &mut frame);
+    let args: Vec<&[u8]> = argv.iter().map(Vec::as_slice).collect();
+    encode_command(&args, &mut frame);
+    stream
+        .write_all(&frame)
+        .await
+        .map_err(|error| format!("cannot send to {addr}: {error}"))?;
+    let mut replies = ReplyReader::default();
+    if authenticating {
+        let auth = replies.next(&mut stream, addr).await?;
+        if let Some(error) = auth.as_error() {
+            return Err(format!("authentication to {addr} refused: {error}"));
+        }
+    }
+    replies.next(&mut stream, addr).await
+}
+
+#[derive(Default)]
+struct ReplyReader {
+    buffer: Vec<u8>,
+    limits: RespLimits,
+}
+
+impl ReplyReader {
+    async fn next(
+        &mut self,
+        stream: &mut (impl AsyncRead + Unpin),
+        addr: &str,
+    ) -> Result<RespValue, String> {
+        let mut chunk = vec![0u8; READ_CHUNK_BYTES];
+        loop {
+            let parsed = parse_value(&self.buffer, &self.limits)
+                .map_err(|error| format!("bad reply from {addr}: {error}"))?;
+            if let Some((reply, used)) = parsed {
+                self.buffer.drain(..used);
+                return Ok(reply);
+            }
+            match stream.read(&mut chunk).await {
+                Ok(0) => return Err(format!("{addr} closed the connection")),
+                Ok(read_bytes) => self.buffer.extend_from_slice(&chunk[..read_bytes]),
+                Err(error) => return Err(format!("cannot read from {addr}: {error}")),
+            }
+        }
+    }
+}
+
+struct Connection {
+    stream: TcpStream,
+    /// Set when binding to the source host failed and the socket connected unbound.
+    bind_error: Option<String>,
+}
+
+/// Connects to `addr`, from `source_host` when given so traffic leaves from this node's
+/// own address. A source that cannot be bound (e.g. a NAT address) falls back to an
+/// unbound socket rather than cutting the node off.
+async fn connect(
+    addr: &str,
+    source_host: Option<&str>,
+    timeout: Duration,
+) -> io::Result<Connection> {
+    let attempt = async {
+        let targets: Vec<SocketAddr> = tokio::net::lookup_host(addr).await?.collect();
+        let source_ip = match source_host {
+            Some(host) => resolve_source(host).await,
+            None => None,
+        };
+        let target = source_ip
+            .and_then(|ip| targets.iter().find(|t| t.is_ipv4() == ip.is_ipv4()))
+            .or_else(|| targets.first())
+            .copied()
+            .ok_or_else(|| {
+                io::Error::new(io::ErrorKind::NotFound, "address resolves to nothing")
+            })?;
+        let mut bind_error = None;
+        let socket = match source_ip.filter(|ip| ip.is_ipv4() == target.is_ipv4()) {
+            Some(ip) => match bound_socket(SocketAddr::new(ip, 0)) {
+                Ok(socket) => socket,
+                Err(error) => {
+                    bind_error = Some(format!("cannot bind to {ip}: {error}"));
+                    new_socket(&target)?
+                }
+            },
+            None => new_socket(&target)?,
+        };
+        let stream = socket.connect(target).await?;
+        // Raft messages are small and latency-bound.
+        stream.set_nodelay(true)?;
+        Ok(Connection { stream, bind_error })
+    };
+    tokio::time::timeout(timeout, attempt)
+        .await
+        .unwrap_or_else(|_| {
+            Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("timed out after {} ms", timeout.as_millis()),
+            ))
+        })
+}
+
+fn new_socket(target: &SocketAddr) -> io::Result<TcpSocket> {
+    if target.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }
+}
+
+fn bound_socket(source: SocketAddr) -> io::Result<TcpSocket> {
+    let socket = new_socket(&source)?;
+    // Lets frequent reconnects reuse ports still in TIME_WAIT.
+    socket.set_reuseaddr(true)?;
+    socket.bind(source)?;
+    Ok(socket)
+}
+
+async fn resolve_source(host: &str) -> Option<IpAddr> {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if let Ok(ip) = host.parse() {
+        return Some(ip);
+    }
+    let mut resolved = tokio::net::lookup_host((host, 0)).await.ok()?;
+    resolved.next().map(|addr| addr.ip())
+}
+
+/// At most one log line per interval; counts what it holds back.
+#[derive(Default)]
+struct LogThrottle {
+    last_line_at: Option<Instant>,
+    suppressed: u64,
+}
+
+impl LogThrottle {
+    fn line(&mut self, level: log::Level, line: fmt::Arguments<'_>) {
+        let now = Instant::now();
+        if self
+            .last_line_at
+            .is_some_and(|at| now.duration_since(at) < PEER_LOG_INTERVAL)
+        {
+            self.suppressed += 1;
+            return;
+        }
+        if self.suppressed > 0 {
+            log::log!(level, "{line} ({} more lines suppressed)", self.suppressed);
+        } else {
+            log::log!(level, "{line}");
+        }
+        self.last_line_at = Some(now);
+        self.suppressed = 0;
+    }
+}
+
+/// The arguments of a `RAFT.MSG` after the command name, decoded.
+#[derive(Debug, PartialEq)]
+pub struct RaftMsg {
+    pub dbid: String,
+    pub sender_id: u64,
+    /// The sender's `host:port`, when it sent one.
+    pub sender_addr: Option<String>,
+    pub messages: Vec<Message>,
+}
+
+/// Decodes `<dbid> <sender_id> <msg>...` (the arguments after `RAFT.MSG`). Every message
+/// must claim to come from `sender_id`. Checking the dbid and the sender's membership is
+/// the receiver's job. Errors are ready to send as replies.
+pub fn decode_raft_msg<A: AsRef<[u8]>>(args: &[A]) -> Result<RaftMsg, String> {
+    let [dbid, sender_id, messages @ ..] = args else {
+        return Err(format!(
+            "ERR wrong number of arguments for '{RAFT_MSG_COMMAND}' command"
+        ));
+    };
+    if messages.is_empty() {
+        return Err(format!(
+            "ERR wrong number of arguments for '{RAFT_MSG_COMMAND}' command"
+        ));
+    }
+    let dbid = std::str::from_utf8(dbid.as_ref())
+        .map_err(|_| "ERR invalid dbid".to_string())?
+        .to_string();
+    let sender =
+        std::str::from_utf8(sender_id.as_ref()).map_err(|_| "ERR invalid sender id".to_string())?;
+    let (sender_id, sender_addr) = match sender.split_once('@') {
+        Some((id, addr)) if !addr.is_empty() => (id, Some(addr.to_string())),
+        _ => (sender, None),
+    };
+    let sender_id: u64 = sender_id
+        .parse()
+        .map_err(|_| "ERR invalid sender id".to_string())?;
+    let messages = messages
+        .iter()
+        .map(|encoded| {
+            let message = Message::parse_from_bytes(encoded.as_ref())
+                .map_err(|error| format!("ERR invalid raft message: {error}"))?;
+            if message.from != sender_id {
+                return Err(format!(
+                    "ERR raft message from node {} sent by node {sender_id}",
+                    message.from
+                ));
+            }
+            Ok(message)
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    Ok(RaftMsg {
+        dbid,
+        sender_id,
+        sender_addr,
+        messages,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc as std_mpsc;
+
+    use raft::eraftpb::MessageType;
+    use tokio::net::TcpListener;
+
+    use super::*;
+    use crate::core::resp::encode_value;
+
+    const DBID: &str = "0123456789abcdef0123456789abcdef";
+    const WAIT: Duration = Duration::from_secs(10);
+
+    #[derive(Clone, Copy, PartialEq)]
+    enum Behavior {
+        /// `+OK` to AUTH and RAFT.MSG, any other command echoed back as an array.
+        Answer,
+        Silent,
+        RejectAuth,
+        RefuseMessages,
+    }
+
+    struct Received {
+        peer: SocketAddr,
+        connection: u64,
+        argv: Vec<Vec<u8>>,
+    }
+
+    /// A stand-in for a Redis node: records every command it receives.
+    struct FakeNode {
+        addr: SocketAddr,
+        received: std_mpsc::Receiver<Received>,
+        stop: Option<tokio::sync::oneshot::Sender<()>>,
+        thread: Option<std::thread::JoinHandle<()>>,
+    }
+
+    impl FakeNode {
+        fn start(bind: &str, behavior: Behavior) -> FakeNode {
+            let (addr_tx, addr_rx) = std_mpsc::channel();
+            let (received_tx, received) = std_mpsc::channel();
+            let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
+            let bind = bind.to_string();
+            let thread = std::thread::spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                runtime.block_on(async move {
+                    let listener = TcpListener::bind(&bind).await.unwrap();
+                    addr_tx.send(listener.local_addr().unwrap()).unwrap();
+                    let accept_loop = async {
+                        for connection in 1.. {
+                            let (stream, peer) = listener.accept().await.unwrap();
+                            let received = received_tx.clone();
+                            tokio::spawn(serve_fake_connection(
+                                stream, peer, connection, behavior, received,
+                            ));
+                        }
+                    };
+                    tokio::select! {
+                        _ = stop_rx => {}
+                        _ = accept_loop => {}
+                    }
+                });
+                // Dropping the runtime drops every connection task, closing its socket.
+            });
+            FakeNode {
+                addr: addr_rx.recv().unwrap(),
+                received,
+                stop: Some(stop),
+                thread: Some(thread),
+            }
+        }
+
+        fn next_command(&self) -> Received {
+            self.received
+                .recv_timeout(WAIT)
+                .expect("the fake node received nothing")
+        }
+
+        /// Reads RAFT.MSG commands until `count` messages arrived; returns them decoded.
+        fn receive_messages(&self, count: usize) -> Vec<(RaftMsg, Received)> {
+            let mut commands = Vec::new();
+            let mut messages = 0;
+            while messages < count {
+                let command = self.next_command();
+                if command.argv[0] != b"RAFT.MSG" {
+                    continue;
+                }
+                let decoded = decode_raft_msg(&command.argv[1..]).unwrap();
+                messages += decoded.messages.len();
+                commands.push((decoded, command));
+            }
+            commands
+        }
+    }
+
+    impl Drop for FakeNode {
+        fn drop(&mut self) {
+            if let Some(stop) = self.stop.take() {
+                let _ = stop.send(());
+            }
+            if let Some(thread) = self.thread.take() {
+                thread.join().unwrap();
+            }
+        }
+    }
+
+    async fn serve_fake_connection(
+        mut stream: TcpStream,
+        peer: SocketAddr,
+        connection: u64,
+        behavior: Behavior,
+        received: std_mpsc::Sender<Received>,
+    ) {
+        let mut buffer = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            while let Ok(Some((command, used))) = parse_value(&buffer, &RespLimits::default()) {
+                buffer.drain(..used);
+                let RespValue::Array(Some(items)) = command else {
+                    return;
+                };
+                let argv: Vec<Vec<u8>> = items
+                    .into_iter()
+                    .map(|item| match item {
+                        RespValue::Bulk(Some(bytes)) => bytes,
+                        _ => Vec::new(),
+                    })
+                    .collect();
+                let ok = Some(RespValue::Simple("OK".into()));
+                let reply = match (behavior, argv[0].as_slice()) {
+                    (Behavior::Silent, _) => None,
+                    (Behavior::RejectAuth, b"AUTH") => Some(RespValue::Error(
+                        "WRONGPASS invalid username-password pair".into(),
+                    )),
+                    (Behavior::RefuseMessages, b"RAFT.MSG") => {
+                        Some(RespValue::Error("ERR wrong dbid".into()))
+                    }
+                    (_, b"AUTH" | b"RAFT.MSG") => ok,
+                    _ => Some(RespValue::Array(Some(
+                        argv.iter()
+                            .map(|arg| RespValue::Bulk(Some(arg.clone())))
+                            .collect(),
+                    ))),
+                };
+                let _ = received.send(Received {
+                    peer,
+                    connection,
+                    argv,
+                });
+                if let Some(reply) = reply {
+                    let mut out = Vec::new();
+                    encode_value(&reply, &mut out);
+                    if stream.write_all(&out).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(read_bytes) => buffer.extend_from_slice(&chunk[..read_bytes]),
+            }
+        }
+    }
+
+    fn test_config() -> TransportConfig {
+        TransportConfig {
+            my_id: 1,
+            my_addr: String::new(),
+            dbid: DBID.into(),
+            source_host: None,
+            connection_timeout: Duration::from_secs(1),
+            response_timeout: Duration::from_secs(1),
+            reconnect_interval: Duration::from_millis(20),
+            queue_bound_per_peer: 1_024,
+            max_batch_bytes: 1024 * 1024,
+            cluster_user: "default".into(),
+            cluster_password: String::new(),
+        }
+    }
+
+    fn heartbeat(index: u64) -> Message {
+        let mut message = Message::default();
+        message.set_msg_type(MessageType::MsgHeartbeat);
+        message.from = 1;
+        message.to = 2;
+        message.index = index;
+        message
+    }
+
+    fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+        let deadline = Instant::now() + WAIT;
+        while !condition() {
+            assert!(Instant::now() < deadline, "timed out waiting until {what}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    fn stats_of(transport: &Transport, id: u64) -> PeerStats {
+        transport
+            .peer_stats()
+            .into_iter()
+            .find(|peer| peer.id == id)
+            .expect("peer is known")
+    }
+
+    fn request_and_wait(
+        transport: &Transport,
+        addr: String,
+        argv: &[&str],
+        timeout: Duration,
+    ) -> (Result<RespValue, String>, Option<String>) {
+        let (reply_tx, reply_rx) = std_mpsc::channel();
+        let argv = argv.iter().map(|arg| arg.as_bytes().to_vec()).collect();
+        transport.request(
+            addr,
+            argv,
+            timeout,
+            Box::new(move |reply| {
+                let thread = std::thread::current().name().map(String::from);
+                let _ = reply_tx.send((reply, thread));
+            }),
+        );
+        reply_rx.recv_timeout(WAIT).expect("the callback never ran")
+    }
+
+    #[test]
+    fn a_batch_fills_up_to_the_byte_limit_and_carries_the_rest() {
+        let mut source = (0..10u8).map(|tag| vec![tag; 10]);
+        let mut carried = None;
+        // Each message costs 10 + ARG_OVERHEAD_BYTES = 26 bytes.
+        let batch = fill_batch(vec![99; 10], &mut carried, || source.next(), 80);
+        assert_eq!(batch, vec![vec![99; 10], vec![0; 10], vec![1; 10]]);
+        assert_eq!(carried, Some(vec![2; 10]));
+        assert_eq!(source.next(), Some(vec![3; 10]), "nothing else was taken");
+    }
+
+    #[test]
+    fn an_oversized_message_goes_alone_and_batches_stop_at_the_count_limit() {
+        let mut carried = None;
+        let mut source = std::iter::repeat_with(|| vec![1u8]);
+        let batch = fill_batch(vec![0; 1000], &mut carried, || source.next(), 100);
+        assert_eq!(batch.len(), 1);
+        assert_eq!(carried, Some(vec![1]));
+
+        let mut carried = None;
+        let batch = fill_batch(vec![0], &mut carried, || source.next(), usize::MAX);
+        assert_eq!(batch.len(), MAX_MESSAGES_PER_BATCH);
+        assert_eq!(carried, None);
+    }
+
+    #[test]
+    fn decode_raft_msg_checks_its_arguments() {
+        let encoded = heartbeat(7).write_to_bytes().unwrap();
+        let decoded = decode_raft_msg(&[DBID.as_bytes(), b"1", &encoded]).unwrap();
+        assert_eq!(decoded.dbid, DBID);
+        assert_eq!(decoded.sender_id, 1);
+        assert_eq!(decoded.messages, vec![heartbeat(7)]);
+
+        let no_messages: &[&[u8]] = &[DBID.as_bytes(), b"1"];
+        assert!(decode_raft_msg(no_messages)
+            .unwrap_err()
+            .starts_with("ERR wrong number of arguments"));
+        let bad_sender: &[&[u8]] = &[DBID.as_bytes(), b"x", &encoded];
+        assert_eq!(
+            decode_raft_msg(bad_sender).unwrap_err(),
+            "ERR invalid sender id"
+        );
+        let garbage: &[&[u8]] = &[DBID.as_bytes(), b"1", b"\xff\xff\xff"];
+        assert!(decode_raft_msg(garbage)
+            .unwrap_err()
+            .starts_with("ERR invalid raft message"));
+        let spoofed: &[&[u8]] = &[DBID.as_bytes(), b"3", &encoded];
+        assert_eq!(
+            decode_raft_msg(spoofed).unwrap_err(),
+            "ERR raft message from node 1 sent by node 3"
+        );
+    }
+
+    #[test]
+    fn messages_arrive_decoded_in_order_within_the_batch_limit() {
+        let fake = FakeNode::start("127.0.0.1:0", Behavior::Answer);
+        let max_batch_bytes = 200;
+        let transport = Transport::start(TransportConfig {
+            max_batch_bytes,
+            ..test_config()
+        });
+        transport.set_peers(&[(1, "ignored:1".into()), (2, fake.addr.to_string())]);
+        assert_eq!(transport.peer_stats().len(), 1, "own id is not a peer");
+        let count = 300;
+        for index in 1..=count {
+            transport.send(2, heartbeat(index)).unwrap();
+        }
+        let commands = fake.receive_messages(count as usize);
+        let mut indexes = Vec::new();
+        for (decoded, command) in &commands {
+            assert_eq!(decoded.dbid, DBID);
+            assert_eq!(decoded.sender_id, 1);
+            let message_bytes: usize = command.argv[3..]
+                .iter()
+                .map(|encoded| encoded.len() + ARG_OVERHEAD_BYTES)
+                .sum();
+            assert!(message_bytes <= max_batch_bytes, "{message_bytes} bytes");
+            indexes.extend(decoded.messages.iter().map(|message| message.index));
+        }
+        assert_eq!(indexes, (1..=count).collect::<Vec<_>>());
+        assert!(commands.len() < count as usize, "messages were batched");
+        assert!(commands.iter().all(|(_, command)| command.connection == 1));
+        wait_until("every reply is read", || {
+            stats_of(&transport, 2).messages_sent == count
+        });
+        let stats = stats_of(&transport, 2);
+        assert!(stats.connected);
+        assert_eq!((stats.conn_oks, stats.conn_errors), (1, 0));
+        assert!(transport.take_unreachable().is_empty());
+        transport.shutdown();
+    }
+
+    #[test]
+    fn send_all_routes_by_recipient() {
+        let fake = FakeNode::start("127.0.0.1:0", Behavior::Answer);
+        let transport = Transport::start(test_config());
+        transport.set_peers(&[(2, fake.addr.to_string())]);
+        let mut stray = heartbeat(3);
+        stray.to = 9;
+        assert_eq!(
+            transport.send_all(vec![heartbeat(1), stray, heartbeat(2)]),
+            1
+        );
+        let commands = fake.receive_messages(2);
+        let indexes: Vec<u64> = commands
+            .iter()
+            .flat_map(|(decoded, _)| decoded.messages.iter().map(|message| message.index))
+            .collect();
+        assert_eq!(indexes, vec![1, 2]);
+        transport.shutdown();
+    }
+
+    #[test]
+    fn big_batches_get_time_to_transfer_before_their_reply_is_due() {
+        let config = test_config();
+        let before = tokio::time::Instant::now();
+        let small = InFlight::new(&config, 100, InFlightKind::Batch);
+        let big = InFlight::new(&config, 4 * 1024 * 1024, InFlightKind::Batch);
+        let small_wait = small.reply_deadline - before;
+        assert!(small_wait >= config.response_timeout);
+        assert!(small_wait < config.response_timeout + Duration::from_millis(50));
+        assert!(big.reply_deadline - before >= config.response_timeout + Duration::from_secs(4));
+    }
+
+    #[test]
+    fn a_message_larger_than_the_batch_limit_still_goes_through() {
+        let fake = FakeNode::start("127.0.0.1:0", Behavior::Answer);
+        let transport = Transport::start(TransportConfig {
+            max_batch_bytes: 1024,
+            ..test_config()
+        });
+        transport.set_peers(&[(2, fake.addr.to_string())]);
+        let mut big = heartbeat(1);
+        big.set_context(vec![7u8; 3 * 1024 * 1024].into());
+        transport.send(2, big.clone()).unwrap();
+        transport.send(2, heartbeat(2)).unwrap();
+        let commands = fake.receive_messages(2);
+        assert_eq!(commands[0].0.messages, vec![big]);
+        assert_eq!(commands[1].0.messages, vec![heartbeat(2)]);
+        transport.shutdown();
+    }
+
+    #[test]
+    fn a_peer_that_restarts_is_reconnected() {
+        let fake = FakeNode::start("127.0.0.1:0", Behavior::Answer);
+        let addr = fake.addr;
+        let transport = Transport::start(test_config());
+        transport.set_peers(&[(2, addr.to_string())]);
+        transport.send(2, heartbeat(1)).unwrap();
+        fake.receive_messages(1);
+        wait_until("connected", || stats_of(&transport, 2).connected);
+
+        drop(fake);
+        wait_until("the lost connection is noticed", || {
+            let stats = stats_of(&transport, 2);
+            !stats.connected && stats.conn_errors >= 1
+        });
+        assert_eq!(transport.take_unreachable(), vec![2]);
+        assert_eq!(stats_of(&transport, 2).last_conn_secs, 0);
+
+        let restarted = FakeNode::start(&addr.to_string(), Behavior::Answer);
+        wait_until("reconnected", || {
+            let stats = stats_of(&transport, 2);
+            stats.connected && stats.conn_oks >= 2
+        });
+        transport.send(2, heartbeat(2)).unwrap();
+        let (decoded, _) = restarted.receive_messages(1).remove(0);
+        assert_eq!(decoded.messages[0].index, 2);
+        transport.shutdown();
+    }
+
+    #[test]
+    fn a_silent_peer_times_out_and_is_reconnected() {
+        let fake = FakeNode::start("127.0.0.1:0", Behavior::Silent);
+        let transport = Transport::start(TransportConfig {
+            response_timeout: Duration::from_millis(200),
+            ..test_config()
+        });
+        transport.set_peers(&[(2, fake.addr.to_string())]);
+        transport.send(2, heartbeat(1)).unwrap();
+        wait_until("the missing reply drops the connection", || {
+            let stats = stats_of(&transport, 2);
+            stats.conn_errors >= 1 && stats.conn_oks >= 2
+        });
+        assert_eq!(transport.take_unreachable(), vec![2]);
+        transport.shutdown();
+    }
+
+    #[test]
+    fn a_full_queue_refuses_and_marks_the_peer_unreachable() {
+        // A peer that never answers stalls the writer once its in-flight window is full.
+        let fake = FakeNode::start("127.0.0.1:0", Behavior::Silent);
+        let transport = Transport::start(TransportConfig {
+            queue_bound_per_peer: 4,
+            response_timeout: Duration::from_secs(60),
+            ..test_config()
+        });
+        transport.set_peers(&[(2, fake.addr.to_string())]);
+        let limit = MAX_BATCHES_IN_FLIGHT + 100;
+        let refused = (1..=limit as u64).find(|&index| {
+            let result = transport.send(2, heartbeat(index));
+            if result.is_err() {
+                assert_eq!(result, Err(SendError::QueueFull));
+            }
+            result.is_err()
+        });
+        assert!(refused.is_some(), "queue never filled");
+        assert_eq!(transport.take_unreachable(), vec![2]);
+        assert!(
+            transport.take_unreachable().is_empty(),
+            "taking clears the set"
+        );
+        assert!(stats_of(&transport, 2).messages_dropped >= 1);
+        transport.shutdown();
+    }
+
+    #[test]
+    fn peers_can_be_removed_and_moved() {
+        let old_home = FakeNode::start("127.0.0.1:0", Behavior::Answer);
+        let new_home = FakeNode::start("127.0.0.1:0", Behavior::Answer);
+        let transport = Transport::start(test_config());
+        assert_eq!(transport.send(2, heartbeat(1)), Err(SendError::UnknownPeer));
+
+        transport.set_peers(&[
+            (2, old_home.addr.to_string()),
+            (3, old_home.addr.to_string()),
+        ]);
+        transport.send(2, heartbeat(1)).unwrap();
+        old_home.receive_messages(1);
+        wait_until("connected", || stats_of(&transport, 2).conn_oks == 1);
+
+        transport.set_peers(&[(2, new_home.addr.to_string())]);
+        assert_eq!(transport.send(3, heartbeat(1)), Err(SendError::UnknownPeer));
+        transport.send(2, heartbeat(2)).unwrap();
+        let (decoded, _) = new_home.receive_messages(1).remove(0);
+        assert_eq!(decoded.messages[0].index, 2);
+        let stats = stats_of(&transport, 2);
+        assert_eq!(stats.addr, new_home.addr.to_string());
+        assert_eq!(stats.conn_oks, 2, "history survives the move");
+        assert_eq!(transport.peer_stats().len(), 1);
+        transport.shutdown();
+    }
+
+    #[test]
+    fn auth_is_sent_first_on_every_connection() {
+        let fake = FakeNode::start("127.0.0.1:0", Behavior::Answer);
+        let transport = Transport::start(TransportConfig {
+            cluster_user: "raft".into(),
+            cluster_password: "s3cret".into(),
+            ..test_config()
+        });
+        transport.set_peers(&[(2, fake.addr.to_string())]);
+        transport.send(2, heartbeat(1)).unwrap();
+        let auth = fake.next_command();
+        assert_eq!(auth.argv, [&b"AUTH"[..], b"raft", b"s3cret"]);
+        assert_eq!(fake.next_command().argv[0], b"RAFT.MSG");
+
+        let (reply, _) = request_and_wait(
+            &transport,
+            fake.addr.to_string(),
+            &["PING"],
+            Duration::from_secs(5),
+        );
+        assert!(reply.is_ok());
+        let auth = fake.next_command();
+        assert_eq!(auth.argv[0], b"AUTH");
+        let ping = fake.next_command();
+        assert_eq!(
+            (ping.argv[0].as_slice(), ping.connection),
+            (&b"PING"[..], auth.connection)
+        );
+        transport.shutdown();
+    }
+
+    #[test]
+    fn refused_auth_is_a_connection_error() {
+        let fake = FakeNode::start("127.0.0.1:0", Behavior::RejectAuth);
+        let transport = Transport::start(TransportConfig {
+            cluster_password: "wrong".into(),
+            ..test_config()
+        });
+        transport.set_peers(&[(2, fake.addr.to_string())]);
+        wait_until("the refusal counts as a failure", || {
+            stats_of(&transport, 2).conn_errors >= 1
+        });
+        let (reply, _) = request_and_wait(
+            &transport,
+            fake.addr.to_string(),
+            &["PING"],
+            Duration::from_secs(5),
+        );
+        assert!(reply.unwrap_err().contains("WRONGPASS"));
+        transport.shutdown();
+    }
+
+    #[test]
+    fn error_replies_are_counted_and_keep_the_connection() {
+        let fake = FakeNode::start("127.0.0.1:0", Behavior::RefuseMessages);
+        let transport = Transport::start(test_config());
+        transport.set_peers(&[(2, fake.addr.to_string())]);
+        transport.send(2, heartbeat(1)).unwrap();
+        fake.receive_messages(1);
+        wait_until("the error reply is counted", || {
+            stats_of(&transport, 2).error_replies == 1
+        });
+        transport.send(2, heartbeat(2)).unwrap();
+        let (_, command) = fake.receive_messages(1).remove(0);
+        assert_eq!(command.connection, 1);
+        let stats = stats_of(&transport, 2);
+        assert_eq!(stats.conn_errors, 0);
+        assert!(stats.connected);
+        transport.shutdown();
+    }
+
+    #[test]
+    fn request_returns_the_parsed_reply_on_the_transport_thread() {
+        let fake = FakeNode::start("127.0.0.1:0", Behavior::Answer);
+        let transport = Transport::start(test_config());
+        let (reply, thread) = request_and_wait(
+            &transport,
+            fake.addr.to_string(),
+            &["RAFT.NODE", "ADD", "0", "127.0.0.1:5001"],
+            Duration::from_secs(5),
+        );
+        let bulk = |text: &str| RespValue::Bulk(Some(text.as_bytes().to_vec()));
+        assert_eq!(
+            reply,
+            Ok(RespValue::Array(Some(vec![
+                bulk("RAFT.NODE"),
+                bulk("ADD"),
+                bulk("0"),
+                bulk("127.0.0.1:5001"),
+            ])))
+        );
+        assert_eq!(thread.as_deref(), Some("raft-transport"));
+        transport.shutdown();
+    }
+
+    #[test]
+    fn request_times_out_against_a_peer_that_never_answers() {
+        let fake = FakeNode::start("127.0.0.1:0", Behavior::Silent);
+        let transport = Transport::start(test_config());
+        let started = Instant::now();
+        let (reply, _) = request_and_wait(
+            &transport,
+            fake.addr.to_string(),
+            &["PING"],
+            Duration::from_millis(300),
+        );
+        let error = reply.unwrap_err();
+        assert!(error.contains("within 300 ms"), "{error}");
+        assert!(started.elapsed() < Duration::from_secs(3));
+        transport.shutdown();
+    }
+
+    #[test]
+    fn request_reports_a_refused_connection() {
+        let closed_port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let transport = Transport::start(test_config());
+        let (reply, _) = request_and_wait(
+            &transport,
+            closed_port.to_string(),
+            &["PING"],
+            Duration::from_secs(5),
+        );
+        assert!(reply.unwrap_err().starts_with("cannot connect"));
+        transport.shutdown();
+    }
+
+    #[test]
+    fn outgoing_connections_leave_from_the_source_host() {
+        let fake = FakeNode::start("127.0.0.1:0", Behavior::Answer);
+        let transport = Transport::start(TransportConfig {
+            source_host: Some("127.0.0.2".into()),
+            ..test_config()
+        });
+        transport.set_peers(&[(2, fake.addr.to_string())]);
+        transport.send(2, heartbeat(1)).unwrap();
+        let (_, command) = fake.receive_messages(1).remove(0);
+        assert_eq!(command.peer.ip().to_string(), "127.0.0.2");
+
+        let (reply, _) = request_and_wait(
+            &transport,
+            fake.addr.to_string(),
+            &["PING"],
+            Duration::from_secs(5),
+        );
+        assert!(reply.is_ok());
+        assert_eq!(fake.next_command().peer.ip().to_string(), "127.0.0.2");
+        transport.shutdown();
+    }
+
+    #[test]
+    fn shutdown_stops_sends_and_answers_requests_at_once() {
+        let fake = FakeNode::start("127.0.0.1:0", Behavior::Answer);
+        let transport = Transport::start(test_config());
+        transport.set_peers(&[(2, fake.addr.to_string())]);
+        transport.shutdown();
+        assert_eq!(transport.send(2, heartbeat(1)), Err(SendError::UnknownPeer));
+        let (reply, thread) = request_and_wait(
+            &transport,
+            fake.addr.to_string(),
+            &["PING"],
+            Duration::from_secs(5),
+        );
+        assert!(reply.unwrap_err().contains("shut down"));
+        assert_ne!(thread.as_deref(), Some("raft-transport"));
+        transport.shutdown();
+    }
+
+    #[test]
+    fn the_password_never_shows_in_debug_output() {
+        let config = TransportConfig {
+            cluster_password: "s3cret".into(),
+            ..test_config()
+        };
+        assert!(!format!("{config:?}").contains("s3cret"));
+    }
+}

@@ -1,0 +1,209 @@
+//! Who is in the cluster, at which address, and which ids were ever used: replicated state
+//! rebuilt on every node by applying conf-change entries in log order.
+//!
+//! Addresses travel in the conf change's context, so a node that replays the log (or joins
+//! late) learns every member's address from the log alone.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use raft::eraftpb::{ConfChangeType, ConfChangeV2};
+use serde::{Deserialize, Serialize};
+
+use crate::core::entry::Origin;
+
+/// Carried in a conf change entry's context.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChangeContext {
+    /// The client waiting for this change, on the node that proposed it.
+    pub origin: Option<Origin>,
+    pub node_id: u64,
+    /// `host:port` of the node being added (empty on removal).
+    pub addr: String,
+}
+
+const MAX_CONTEXT_BYTES: usize = 64 * 1024;
+
+fn bincode_config() -> impl bincode::config::Config {
+    bincode::config::standard().with_limit::<MAX_CONTEXT_BYTES>()
+}
+
+impl ChangeContext {
+    pub fn encode(&self) -> Vec<u8> {
+        bincode::serde::encode_to_vec(self, bincode_config())
+            .expect("encoding a change context into memory cannot fail")
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<ChangeContext, String> {
+        bincode::serde::decode_from_slice(bytes, bincode_config())
+            .map(|(context, _)| context)
+            .map_err(|e| format!("invalid conf change context: {e}"))
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Member {
+    pub id: u64,
+    pub addr: String,
+    pub voting: bool,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Membership {
+    members: BTreeMap<u64, Member>,
+    used_ids: BTreeSet<u64>,
+}
+
+/// What applying a change did, for the caller's side effects.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Applied {
+    Added {
+        id: u64,
+        voting: bool,
+    },
+    Removed {
+        id: u64,
+    },
+    /// Nothing to record (e.g. an unknown change type).
+    Ignored,
+}
+
+impl Membership {
+    /// Applies one committed change. Single-step changes only (one node per entry).
+    pub fn apply(&mut self, change: &ConfChangeV2, context: &ChangeContext) -> Applied {
+        let Some(step) = change.get_changes().first() else {
+            return Applied::Ignored;
+        };
+        let id = step.node_id;
+        match step.get_change_type() {
+            ConfChangeType::AddNode | ConfChangeType::AddLearnerNode => {
+                let voting = step.get_change_type() == ConfChangeType::AddNode;
+                self.used_ids.insert(id);
+                let addr = if context.addr.is_empty() {
+                    // A promotion may omit the address it already has.
+                    self.members
+                        .get(&id)
+                        .map(|m| m.addr.clone())
+                        .unwrap_or_default()
+                } else {
+                    context.addr.clone()
+                };
+                self.members.insert(id, Member { id, addr, voting });
+                Applied::Added { id, voting }
+            }
+            ConfChangeType::RemoveNode => {
+                self.used_ids.insert(id);
+                self.members.remove(&id);
+                Applied::Removed { id }
+            }
+        }
+    }
+
+    pub fn get(&self, id: u64) -> Option<&Member> {
+        self.members.get(&id)
+    }
+
+    pub fn addr_of(&self, id: u64) -> Option<&str> {
+        self.members
+            .get(&id)
+            .map(|m| m.addr.as_str())
+            .filter(|a| !a.is_empty())
+    }
+
+    pub fn members(&self) -> impl Iterator<Item = &Member> {
+        self.members.values()
+    }
+
+    pub fn len(&self) -> usize {
+        self.members.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.members.is_empty()
+    }
+
+    pub fn voting_count(&self) -> usize {
+        self.members.values().filter(|m| m.voting).count()
+    }
+
+    pub fn is_used(&self, id: u64) -> bool {
+        self.used_ids.contains(&id)
+    }
+
+    pub fn used_ids(&self) -> impl Iterator<Item = u64> + '_ {
+        self.used_ids.iter().copied()
+    }
+
+    /// Peers other than `me` with a known address, for the transport.
+    pub fn peer_addresses(&self, me: u64) -> Vec<(u64, String)> {
+        self.members
+            .values()
+            .filter(|m| m.id != me && !m.addr.is_empty())
+            .map(|m| (m.id, m.addr.clone()))
+            .collect()
+    }
+}
+
+/// A one-node change, as RAFT.NODE ADD / REMOVE and learner promotion propose it.
+pub fn single_change(change_type: ConfChangeType, node_id: u64) -> ConfChangeV2 {
+    let mut step = raft::eraftpb::ConfChangeSingle::default();
+    step.set_change_type(change_type);
+    step.node_id = node_id;
+    let mut change = ConfChangeV2::default();
+    change.set_changes(vec![step].into());
+    change
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn context(id: u64, addr: &str) -> ChangeContext {
+        ChangeContext {
+            origin: None,
+            node_id: id,
+            addr: addr.to_string(),
+        }
+    }
+
+    #[test]
+    fn add_promote_remove() {
+        let mut membership = Membership::default();
+        membership.apply(
+            &single_change(ConfChangeType::AddNode, 1),
+            &context(1, "a:1"),
+        );
+        membership.apply(
+            &single_change(ConfChangeType::AddLearnerNode, 2),
+            &context(2, "b:2"),
+        );
+        assert_eq!(membership.voting_count(), 1);
+        // Promotion keeps the address when the context has none.
+        membership.apply(&single_change(ConfChangeType::AddNode, 2), &context(2, ""));
+        assert_eq!(membership.addr_of(2), Some("b:2"));
+        assert_eq!(membership.voting_count(), 2);
+        assert_eq!(membership.peer_addresses(1), vec![(2, "b:2".to_string())]);
+        membership.apply(
+            &single_change(ConfChangeType::RemoveNode, 2),
+            &context(2, ""),
+        );
+        assert_eq!(membership.len(), 1);
+        // Removed ids stay used forever.
+        assert!(membership.is_used(2));
+        assert_eq!(membership.used_ids().collect::<Vec<_>>(), vec![1, 2]);
+    }
+
+    #[test]
+    fn context_roundtrip_and_garbage() {
+        let original = ChangeContext {
+            origin: Some(Origin {
+                node_id: 1,
+                incarnation: 2,
+                request_id: 3,
+            }),
+            node_id: 9,
+            addr: "127.0.0.1:5001".into(),
+        };
+        assert_eq!(ChangeContext::decode(&original.encode()).unwrap(), original);
+        assert!(ChangeContext::decode(&[0xff; 3]).is_err());
+    }
+}

@@ -1,0 +1,161 @@
+//! A simulated log file: a byte buffer with a synced length.
+//!
+//! Writes go through the real encoder (`logfile::encode_entry` / `encode_record`), and a
+//! restart reads the bytes back through the real `logfile::recover`, exactly as
+//! `adapters::logio::LogFile` does. Two kinds of crash:
+//!
+//! * power loss: what was synced survives; of the unsynced bytes (the last write, if the
+//!   crash hit between write and fsync) a random prefix survives, possibly followed by a
+//!   zero-filled extension or with the last frame's payload half written. What survives
+//!   was read back from the device, so all of it counts as synced afterwards.
+//! * process kill: the page cache survives, so every written byte is still there, but
+//!   unsynced bytes stay unsynced: a later power loss can still take them.
+
+use raft::eraftpb::{Entry, HardState};
+use redisraft::core::logfile::{self, Record, FRAME_HEADER_LEN};
+
+use super::rng::Rng;
+
+pub struct Disk {
+    pub bytes: Vec<u8>,
+    pub synced_len: usize,
+    /// End offsets of the frames written after `synced_len`.
+    unsynced_frame_ends: Vec<usize>,
+}
+
+/// How a crash left the file, for the trace.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CrashDamage {
+    /// Nothing was unsynced.
+    Clean,
+    /// Process killed: the page cache kept every written byte.
+    Kill,
+    /// Power loss, every unsynced byte lost.
+    LostUnsynced,
+    /// Power loss, the first `kept` unsynced bytes survived (may end inside a frame).
+    KeptPrefix { kept: usize },
+    /// Like `KeptPrefix`, and the file system extended the file with `zeros` zero bytes.
+    KeptPrefixThenZeros { kept: usize, zeros: usize },
+    /// Power loss, whole frames survived and the next one has its full length but
+    /// `garbled` of its payload bytes never reached the disk (zeros or stale bytes).
+    HalfWrittenFrame { kept: usize, garbled: usize },
+}
+
+impl Disk {
+    /// A new log holding only the node's identity, synced (`LogFile::create` writes a
+    /// temp file, syncs it and renames it into place).
+    pub fn create(node_id: u64, bootstrap_voters: Vec<u64>) -> Disk {
+        let mut bytes = logfile::encode_file_header();
+        let meta = Record::Meta {
+            dbid: "5133a7edc0ffee00000000000000sim0".to_string(),
+            node_id,
+            bootstrap_voters,
+        };
+        logfile::encode_record(&meta, &mut bytes).expect("meta record encodes");
+        let synced_len = bytes.len();
+        Disk {
+            bytes,
+            synced_len,
+            unsynced_frame_ends: Vec::new(),
+        }
+    }
+
+    /// One Ready cycle's write: the entries, then the hard state (`LogFile::append`).
+    pub fn append(&mut self, entries: &[Entry], hard_state: Option<&HardState>) {
+        for entry in entries {
+            logfile::encode_entry(entry, &mut self.bytes).expect("entry encodes");
+            self.unsynced_frame_ends.push(self.bytes.len());
+        }
+        if let Some(hs) = hard_state {
+            let record = Record::HardState {
+                term: hs.term,
+                vote: hs.vote,
+                commit: hs.commit,
+            };
+            logfile::encode_record(&record, &mut self.bytes).expect("hard state encodes");
+            self.unsynced_frame_ends.push(self.bytes.len());
+        }
+    }
+
+    pub fn sync(&mut self) {
+        self.synced_len = self.bytes.len();
+        self.unsynced_frame_ends.clear();
+    }
+
+    pub fn has_unsynced(&self) -> bool {
+        self.bytes.len() > self.synced_len
+    }
+
+    /// The process dies; the page cache keeps everything.
+    pub fn kill(&mut self) -> CrashDamage {
+        if self.has_unsynced() {
+            CrashDamage::Kill
+        } else {
+            CrashDamage::Clean
+        }
+    }
+
+    /// The machine loses power: unsynced bytes are lost or torn.
+    pub fn power_loss(&mut self, rng: &mut Rng) -> CrashDamage {
+        let unsynced = self.bytes.len() - self.synced_len;
+        let damage = if unsynced == 0 {
+            CrashDamage::Clean
+        } else {
+            match rng.below(5) {
+                0 => {
+                    self.bytes.truncate(self.synced_len);
+                    CrashDamage::LostUnsynced
+                }
+                1 | 2 => {
+                    let kept = rng.range(0, unsynced as u64) as usize;
+                    self.bytes.truncate(self.synced_len + kept);
+                    CrashDamage::KeptPrefix { kept }
+                }
+                3 => {
+                    let kept = rng.range(0, unsynced as u64) as usize;
+                    self.bytes.truncate(self.synced_len + kept);
+                    let zeros = rng.range(1, 4096) as usize;
+                    self.bytes.resize(self.bytes.len() + zeros, 0);
+                    CrashDamage::KeptPrefixThenZeros { kept, zeros }
+                }
+                _ => self.half_written_frame(rng),
+            }
+        };
+        // What is on the device now was read back from it: durable.
+        self.synced_len = self.bytes.len();
+        self.unsynced_frame_ends.clear();
+        damage
+    }
+
+    fn half_written_frame(&mut self, rng: &mut Rng) -> CrashDamage {
+        // Keep frames [0, j) of the unsynced ones, then frame j with a damaged payload.
+        let frames = self.unsynced_frame_ends.len();
+        let j = rng.below(frames as u64) as usize;
+        let start = if j == 0 {
+            self.synced_len
+        } else {
+            self.unsynced_frame_ends[j - 1]
+        };
+        let end = self.unsynced_frame_ends[j];
+        let payload_start = start + FRAME_HEADER_LEN;
+        self.bytes.truncate(end);
+        let payload_len = end - payload_start;
+        let garbled = rng.range(1, payload_len as u64) as usize;
+        let first = payload_start + rng.below((payload_len - garbled) as u64 + 1) as usize;
+        let zeros = rng.chance(0.5);
+        for byte in &mut self.bytes[first..first + garbled] {
+            *byte = if zeros { 0 } else { rng.below(256) as u8 };
+        }
+        CrashDamage::HalfWrittenFrame {
+            kept: start - self.synced_len,
+            garbled,
+        }
+    }
+
+    /// What `LogFile::open` does with a torn tail: cut it and sync.
+    pub fn truncate_torn_tail(&mut self, valid_len: usize) {
+        self.bytes.truncate(valid_len);
+        self.synced_len = valid_len;
+        self.unsynced_frame_ends.clear();
+    }
+}

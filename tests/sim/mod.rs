@@ -1,0 +1,101 @@
+//! Deterministic simulation of the core: see docs/SIMULATION.md.
+
+pub mod disk;
+pub mod entropy;
+pub mod model;
+pub mod rng;
+pub mod world;
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+pub use world::{Bootstrap, Outcome, Params, Stats};
+
+/// A run that broke a property (or panicked inside raft-rs or the core).
+pub struct Failure {
+    pub params: Params,
+    pub time: u64,
+    pub message: String,
+    pub events: Vec<String>,
+    pub nodes: String,
+    pub faults: String,
+}
+
+impl Failure {
+    /// The exact command that replays this run.
+    pub fn repro(&self) -> String {
+        let p = &self.params;
+        let mut env = format!(
+            "SIM_SEED={} SIM_STEPS={} SIM_NODES={}",
+            p.seed, p.steps, p.nodes
+        );
+        if p.bootstrap == Bootstrap::AsDriver {
+            env.push_str(" SIM_BOOTSTRAP=as-driver");
+        }
+        if p.kills {
+            env.push_str(" SIM_KILLS=1");
+        }
+        format!("{env} cargo test --test simulation replay -- --nocapture")
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        writeln!(
+            f,
+            "simulation seed {} failed at time {}: {}",
+            self.params.seed, self.time, self.message
+        )?;
+        writeln!(f, "faults: {}", self.faults)?;
+        writeln!(f, "nodes at the failure:\n{}", self.nodes)?;
+        writeln!(f, "last events:")?;
+        for line in &self.events {
+            writeln!(f, "  {line}")?;
+        }
+        write!(f, "reproduce with:\n  {}", self.repro())
+    }
+}
+
+/// Runs one seed on a fresh thread whose `getrandom` is deterministic (see entropy.rs),
+/// turning panics inside raft-rs or the core into a `Failure` at the step they hit.
+pub fn run(params: Params) -> Result<Outcome, Failure> {
+    let thread_params = params.clone();
+    let handle = std::thread::Builder::new()
+        .name(format!("sim-seed-{}", params.seed))
+        .stack_size(32 * 1024 * 1024)
+        .spawn(move || {
+            entropy::make_thread_deterministic(thread_params.seed);
+            let mut world = world::World::new(thread_params.clone());
+            let result = catch_unwind(AssertUnwindSafe(|| world.run()));
+            let message = match result {
+                Ok(Ok(outcome)) => return Ok(outcome),
+                Ok(Err(message)) => message,
+                Err(panic) => {
+                    let text = panic
+                        .downcast_ref::<String>()
+                        .cloned()
+                        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                        .unwrap_or_else(|| "non-string panic".to_string());
+                    format!("panic inside raft-rs / the core: {text}")
+                }
+            };
+            Err(Failure {
+                params: thread_params,
+                time: world.now(),
+                message,
+                events: world.recent_events(),
+                nodes: world.describe_nodes(),
+                faults: world.describe_faults(),
+            })
+        })
+        .expect("spawn a simulation thread");
+    handle.join().unwrap_or_else(|_| {
+        Err(Failure {
+            params,
+            time: 0,
+            message: "the simulation thread died".to_string(),
+            events: Vec::new(),
+            nodes: String::new(),
+            faults: String::new(),
+        })
+    })
+}

@@ -1,0 +1,1532 @@
+//! The simulated cluster: nodes driven exactly like `adapters::driver` drives the core,
+//! a seeded network, simulated disks, faults, and the safety checks after every step.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::fmt::Write as _;
+
+use raft::eraftpb::{
+    ConfChangeSingle, ConfChangeType, ConfChangeV2, ConfState, Entry, EntryType, Message,
+};
+use raft::{GetEntriesContext, Storage};
+use redisraft::core::logfile;
+use redisraft::core::node::{NodeParams, RaftNode, Role};
+use redisraft::core::storage::LogStore;
+
+use super::disk::{CrashDamage, Disk};
+use super::model::{
+    describe_change, describe_entry, raft_entry_hash, Committed, Conf, Durable, LogMirror,
+};
+use super::rng::Rng;
+
+pub type SimResult<T> = Result<T, String>;
+
+/// How the cluster is formed. See docs/SIMULATION.md.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Bootstrap {
+    /// What the adapters do today: the first node starts with voters [1] taken from its
+    /// Meta record; joining nodes start with an empty configuration and learn it from the
+    /// conf changes in the log. Node 1 is never in the log.
+    AsDriver,
+    /// As above, but the first node's first conf change is AddNode(itself), so the log
+    /// alone describes the whole configuration.
+    InitAddsSelf,
+}
+
+#[derive(Clone, Debug)]
+pub struct Params {
+    pub seed: u64,
+    /// Time units of the fault phase.
+    pub steps: u64,
+    /// Most members (voters + learners) at once.
+    pub nodes: u64,
+    /// Time units allowed for the liveness phase.
+    pub liveness_steps: u64,
+    pub bootstrap: Bootstrap,
+    /// Also crash processes without losing the page cache (see disk.rs).
+    pub kills: bool,
+    /// Print every traced event as it happens.
+    pub trace: bool,
+}
+
+impl Params {
+    pub fn new(seed: u64, steps: u64, nodes: u64) -> Params {
+        Params {
+            seed,
+            steps,
+            nodes,
+            liveness_steps: 3_000,
+            bootstrap: Bootstrap::InitAddsSelf,
+            kills: false,
+            trace: false,
+        }
+    }
+}
+
+/// Fault rates, drawn from the seed so that different seeds stress different things.
+#[derive(Clone, Debug)]
+pub struct Faults {
+    pub drop_p: f64,
+    pub dup_p: f64,
+    pub max_delay: u64,
+    pub long_delay_p: f64,
+    pub crash_p: f64,
+    pub midcycle_crash_p: f64,
+    pub partition_p: f64,
+    pub write_p: f64,
+    pub member_p: f64,
+    pub transfer_p: f64,
+    pub campaign_p: f64,
+    pub pause_p: f64,
+    pub unreachable_p: f64,
+}
+
+impl Faults {
+    fn draw(rng: &mut Rng) -> Faults {
+        Faults {
+            drop_p: *rng.pick(&[0.0, 0.01, 0.05, 0.15]),
+            dup_p: *rng.pick(&[0.0, 0.01, 0.05]),
+            max_delay: *rng.pick(&[1, 3, 6, 15]),
+            long_delay_p: *rng.pick(&[0.0, 0.005, 0.02]),
+            crash_p: *rng.pick(&[0.002, 0.005, 0.01]),
+            midcycle_crash_p: *rng.pick(&[0.0005, 0.002, 0.005]),
+            partition_p: *rng.pick(&[0.002, 0.005, 0.01]),
+            write_p: *rng.pick(&[0.1, 0.3, 0.6]),
+            member_p: *rng.pick(&[0.005, 0.01, 0.03]),
+            transfer_p: 0.002,
+            campaign_p: 0.002,
+            pause_p: 0.003,
+            unreachable_p: 0.3,
+        }
+    }
+
+    /// The liveness phase: a healthy network, clients still writing.
+    fn calm() -> Faults {
+        Faults {
+            drop_p: 0.0,
+            dup_p: 0.0,
+            max_delay: 2,
+            long_delay_p: 0.0,
+            crash_p: 0.0,
+            midcycle_crash_p: 0.0,
+            partition_p: 0.0,
+            write_p: 0.2,
+            member_p: 0.0,
+            transfer_p: 0.0,
+            campaign_p: 0.0,
+            pause_p: 0.0,
+            unreachable_p: 0.3,
+        }
+    }
+}
+
+/// Counters, to show what a run exercised.
+#[derive(Clone, Debug, Default)]
+pub struct Stats {
+    pub elections: u64,
+    pub max_term: u64,
+    pub committed: u64,
+    pub applied: u64,
+    pub proposals: u64,
+    pub crashes: u64,
+    pub midcycle_crashes: u64,
+    pub power_losses_with_unsynced: u64,
+    pub kills_with_unsynced: u64,
+    pub torn_tails: u64,
+    pub restarts: u64,
+    pub partitions: u64,
+    pub conf_changes_committed: u64,
+    pub removed: u64,
+    pub sent: u64,
+    pub delivered: u64,
+    pub dropped: u64,
+    pub duplicated: u64,
+    pub liveness_time: u64,
+}
+
+impl Stats {
+    pub fn add(&mut self, other: &Stats) {
+        self.elections += other.elections;
+        self.max_term = self.max_term.max(other.max_term);
+        self.committed += other.committed;
+        self.applied += other.applied;
+        self.proposals += other.proposals;
+        self.crashes += other.crashes;
+        self.midcycle_crashes += other.midcycle_crashes;
+        self.power_losses_with_unsynced += other.power_losses_with_unsynced;
+        self.kills_with_unsynced += other.kills_with_unsynced;
+        self.torn_tails += other.torn_tails;
+        self.restarts += other.restarts;
+        self.partitions += other.partitions;
+        self.conf_changes_committed += other.conf_changes_committed;
+        self.removed += other.removed;
+        self.sent += other.sent;
+        self.delivered += other.delivered;
+        self.dropped += other.dropped;
+        self.duplicated += other.duplicated;
+        self.liveness_time = self.liveness_time.max(other.liveness_time);
+    }
+}
+
+impl std::fmt::Display for Stats {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        write!(
+            f,
+            "elections {} (max term {}), committed {}, applied {}, proposals {}, \
+             crashes {} ({} mid-cycle, {} power losses and {} kills with unsynced bytes, \
+             {} torn tails cut), restarts {}, partitions {}, conf changes committed {}, \
+             nodes removed {}, messages sent {} delivered {} dropped {} duplicated {}, \
+             longest liveness phase {} time units",
+            self.elections,
+            self.max_term,
+            self.committed,
+            self.applied,
+            self.proposals,
+            self.crashes,
+            self.midcycle_crashes,
+            self.power_losses_with_unsynced,
+            self.kills_with_unsynced,
+            self.torn_tails,
+            self.restarts,
+            self.partitions,
+            self.conf_changes_committed,
+            self.removed,
+            self.sent,
+            self.delivered,
+            self.dropped,
+            self.duplicated,
+            self.liveness_time
+        )
+    }
+}
+
+const ELECTION_TICKS: usize = 10;
+const HEARTBEAT_TICKS: usize = 2;
+const TRACE_KEPT: usize = 400;
+
+/// A running process: the core plus what the driver and the state machine hold.
+struct Proc {
+    raft: RaftNode,
+    /// The state machine's applied index (rebuilt from 0 on every start).
+    applied: u64,
+    /// Mirror of the raft log in memory (the `LogStore`).
+    log: LogMirror,
+    /// Highest commit index seen on this process.
+    commit_seen: u64,
+    /// Term in which leader completeness was last checked for this process.
+    leader_checked_term: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Life {
+    Running,
+    Crashed {
+        restart_at: u64,
+    },
+    /// Applied its own removal and left the cluster for good.
+    Removed,
+}
+
+struct SimNode {
+    id: u64,
+    disk: Disk,
+    durable: Durable,
+    proc: Option<Proc>,
+    life: Life,
+    /// Highest index applied by any incarnation.
+    max_applied: u64,
+    starts: u64,
+    tick_period: u64,
+    next_tick_at: u64,
+    last_damage: CrashDamage,
+}
+
+struct Flight {
+    at: u64,
+    from: u64,
+    to: u64,
+    msg: Message,
+}
+
+enum PumpEnd {
+    Alive,
+    Crashed,
+    Removed,
+}
+
+pub struct World {
+    p: Params,
+    f: Faults,
+    rng: Rng,
+    now: u64,
+    nodes: BTreeMap<u64, SimNode>,
+    next_id: u64,
+    max_ids: u64,
+    flights: Vec<Flight>,
+    /// Directed links that drop everything.
+    cut: BTreeSet<(u64, u64)>,
+    heal_at: Option<u64>,
+    node_params: (u64, usize),
+    /// Index i is at [i - 1]. Filled in order by leaders' commit advances.
+    committed: Vec<Committed>,
+    /// (index, configuration after that index) at each committed conf change.
+    confs: Vec<(u64, Conf)>,
+    /// Every id that was ever in the committed configuration.
+    ever_member: BTreeSet<u64>,
+    leaders: BTreeMap<u64, u64>,
+    writes: u64,
+    self_added: bool,
+    pub stats: Stats,
+    trace: VecDeque<String>,
+    chaos: bool,
+}
+
+pub struct Outcome {
+    pub stats: Stats,
+    /// Digest of the final state, equal for equal seeds.
+    pub fingerprint: u64,
+}
+
+impl World {
+    pub fn new(p: Params) -> World {
+        let mut rng = Rng::new(p.seed);
+        let f = Faults::draw(&mut rng);
+        let max_append_bytes = *rng.pick(&[300u64, 4096, 2 * 1024 * 1024]);
+        let inflight = *rng.pick(&[1usize, 2, 4]);
+        let max_ids = p.nodes + 3;
+        World {
+            p,
+            f,
+            rng,
+            now: 0,
+            nodes: BTreeMap::new(),
+            next_id: 1,
+            max_ids,
+            flights: Vec::new(),
+            cut: BTreeSet::new(),
+            heal_at: None,
+            node_params: (max_append_bytes, inflight),
+            committed: Vec::new(),
+            confs: vec![(0, Conf::of(&[1]))],
+            ever_member: [1].into_iter().collect(),
+            leaders: BTreeMap::new(),
+            writes: 0,
+            self_added: false,
+            stats: Stats::default(),
+            trace: VecDeque::new(),
+            chaos: true,
+        }
+    }
+
+    pub fn now(&self) -> u64 {
+        self.now
+    }
+
+    pub fn describe_faults(&self) -> String {
+        format!(
+            "{:?}, max_append_bytes {}, max_inflight {}",
+            self.f, self.node_params.0, self.node_params.1
+        )
+    }
+
+    /// The last traced events, oldest first.
+    pub fn recent_events(&self) -> Vec<String> {
+        self.trace.iter().cloned().collect()
+    }
+
+    fn event(&mut self, text: String) {
+        let line = format!("t={} {text}", self.now);
+        if self.p.trace {
+            eprintln!("{line}");
+        }
+        if self.trace.len() == TRACE_KEPT {
+            self.trace.pop_front();
+        }
+        self.trace.push_back(line);
+    }
+
+    // ---------------------------------------------------------------- the run
+
+    pub fn run(&mut self) -> SimResult<Outcome> {
+        self.bootstrap()?;
+        while self.now < self.p.steps {
+            self.step_time()?;
+        }
+        self.liveness()?;
+        self.check_mirrors()?;
+        self.stats.committed = self.committed.len() as u64;
+        Ok(Outcome {
+            stats: self.stats.clone(),
+            fingerprint: self.fingerprint(),
+        })
+    }
+
+    /// RAFT.CLUSTER INIT on node 1: a new log with Meta{bootstrap_voters: [1]}, the node
+    /// started on it, then (InitAddsSelf) AddNode(1) proposed as the first change.
+    fn bootstrap(&mut self) -> SimResult<()> {
+        self.event(format!("faults: {}", self.describe_faults()));
+        let id = self.create_node(vec![1]);
+        self.start(id)?;
+        if self.p.bootstrap == Bootstrap::InitAddsSelf {
+            self.propose_change(1, ConfChangeType::AddNode, 1)?;
+        }
+        Ok(())
+    }
+
+    fn create_node(&mut self, bootstrap_voters: Vec<u64>) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        let disk = Disk::create(id, bootstrap_voters);
+        let tick_period = self.rng.range(3, 5);
+        self.nodes.insert(
+            id,
+            SimNode {
+                id,
+                disk,
+                durable: Durable::default(),
+                proc: None,
+                life: Life::Crashed { restart_at: 0 },
+                max_applied: 0,
+                starts: 0,
+                tick_period,
+                next_tick_at: 0,
+                last_damage: CrashDamage::Clean,
+            },
+        );
+        self.event(format!("node {id} created (tick every {tick_period})"));
+        id
+    }
+
+    /// One time unit: scheduled restarts and heals, due messages in random order, clock
+    /// ticks, at most one random event, then the global checks.
+    fn step_time(&mut self) -> SimResult<()> {
+        self.now += 1;
+        let now = self.now;
+        let due_restarts: Vec<u64> = self
+            .nodes
+            .values()
+            .filter(|n| matches!(n.life, Life::Crashed { restart_at } if restart_at <= now))
+            .map(|n| n.id)
+            .collect();
+        for id in due_restarts {
+            self.start(id)?;
+        }
+        if self.heal_at.is_some_and(|at| at <= now) {
+            self.heal();
+        }
+
+        let mut due = Vec::new();
+        let mut index = 0;
+        while index < self.flights.len() {
+            if self.flights[index].at <= now {
+                due.push(self.flights.swap_remove(index));
+            } else {
+                index += 1;
+            }
+        }
+        // swap_remove order depends only on the seed; shuffle for reordering anyway.
+        self.rng.shuffle(&mut due);
+        for flight in due {
+            self.deliver(flight)?;
+        }
+
+        let ticking: Vec<u64> = self
+            .nodes
+            .values()
+            .filter(|n| n.life == Life::Running && n.next_tick_at <= now)
+            .map(|n| n.id)
+            .collect();
+        for id in ticking {
+            let node = self.nodes.get_mut(&id).expect("node exists");
+            node.next_tick_at = now + node.tick_period;
+            self.input(id, |raft| raft.tick())?;
+        }
+
+        self.random_event()?;
+        self.check_log_matching()?;
+        if now % 97 == 0 {
+            self.check_mirrors()?;
+        }
+        Ok(())
+    }
+
+    fn random_event(&mut self) -> SimResult<()> {
+        let f = self.f.clone();
+        let roll = self.rng.next_u64() as f64 / u64::MAX as f64;
+        let mut at = 0.0;
+        let mut next = |p: f64| {
+            at += p;
+            roll < at
+        };
+        if next(f.write_p) {
+            self.client_write()
+        } else if next(f.crash_p) {
+            if let Some(id) = self.random_running() {
+                self.crash(id, "crash");
+            }
+            Ok(())
+        } else if next(f.partition_p) {
+            self.partition();
+            Ok(())
+        } else if next(f.member_p) {
+            self.membership_change()
+        } else if next(f.transfer_p) {
+            self.transfer_leader()
+        } else if next(f.campaign_p) {
+            match self.random_running() {
+                Some(id) => {
+                    self.event(format!("node {id}: RAFT.TIMEOUT_NOW (campaign)"));
+                    self.input(id, |raft| {
+                        let _ = raft.campaign();
+                    })
+                    .map(|_| ())
+                }
+                None => Ok(()),
+            }
+        } else if next(f.pause_p) {
+            if let Some(id) = self.random_running() {
+                let pause = self.rng.range(5, 60);
+                self.nodes.get_mut(&id).expect("exists").next_tick_at += pause;
+                self.event(format!("node {id}: clock paused for {pause}"));
+            }
+            Ok(())
+        } else {
+            Ok(())
+        }
+    }
+
+    fn running_ids(&self) -> Vec<u64> {
+        self.nodes
+            .values()
+            .filter(|n| n.life == Life::Running)
+            .map(|n| n.id)
+            .collect()
+    }
+
+    fn random_running(&mut self) -> Option<u64> {
+        let running = self.running_ids();
+        if running.is_empty() {
+            None
+        } else {
+            Some(*self.rng.pick(&running))
+        }
+    }
+
+    fn leader_ids(&self) -> Vec<u64> {
+        self.nodes
+            .values()
+            .filter_map(|n| n.proc.as_ref().map(|p| (n.id, p)))
+            .filter(|(_, p)| p.raft.status().role == Role::Leader)
+            .map(|(id, _)| id)
+            .collect()
+    }
+
+    // ---------------------------------------------------------------- inputs
+
+    /// Hands one input to a running node, then pumps its Ready loop, like the driver does
+    /// after each batch of inputs.
+    fn input<R>(&mut self, id: u64, f: impl FnOnce(&mut RaftNode) -> R) -> SimResult<Option<R>> {
+        let Some(mut proc) = self.nodes.get_mut(&id).and_then(|n| n.proc.take()) else {
+            return Ok(None);
+        };
+        let result = f(&mut proc.raft);
+        self.observe_commit(id, &mut proc)?;
+        self.pump_and_keep(id, proc)?;
+        Ok(Some(result))
+    }
+
+    fn pump_and_keep(&mut self, id: u64, mut proc: Proc) -> SimResult<()> {
+        match self.pump(id, &mut proc)? {
+            PumpEnd::Alive => {
+                self.nodes.get_mut(&id).expect("exists").proc = Some(proc);
+            }
+            PumpEnd::Crashed => {}
+            PumpEnd::Removed => {
+                let node = self.nodes.get_mut(&id).expect("exists");
+                node.life = Life::Removed;
+                self.flights.retain(|f| f.to != id);
+                self.stats.removed += 1;
+                self.event(format!(
+                    "node {id} applied its own removal and left the cluster"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn deliver(&mut self, flight: Flight) -> SimResult<()> {
+        let target_up = self
+            .nodes
+            .get(&flight.to)
+            .is_some_and(|n| n.life == Life::Running);
+        if self.cut.contains(&(flight.from, flight.to)) || !target_up {
+            self.stats.dropped += 1;
+            // The transport notices a dead connection and tells raft.
+            if self.rng.chance(self.f.unreachable_p) {
+                let to = flight.to;
+                self.input(flight.from, |raft| raft.report_unreachable(to))?;
+            }
+            return Ok(());
+        }
+        self.stats.delivered += 1;
+        self.input(flight.to, |raft| {
+            // The driver logs and drops messages raft refuses.
+            let _ = raft.step(flight.msg);
+        })?;
+        Ok(())
+    }
+
+    fn send(&mut self, from: u64, messages: Vec<Message>) {
+        for msg in messages {
+            self.stats.sent += 1;
+            let to = msg.to;
+            if !self.nodes.contains_key(&to) || self.rng.chance(self.f.drop_p) {
+                self.stats.dropped += 1;
+                continue;
+            }
+            let copies = if self.rng.chance(self.f.dup_p) { 2 } else { 1 };
+            self.stats.duplicated += copies - 1;
+            for _ in 0..copies {
+                let delay = if self.rng.chance(self.f.long_delay_p) {
+                    self.rng.range(1, 150)
+                } else {
+                    self.rng.range(1, self.f.max_delay)
+                };
+                self.flights.push(Flight {
+                    at: self.now + delay,
+                    from,
+                    to,
+                    msg: msg.clone(),
+                });
+            }
+        }
+    }
+
+    // ---------------------------------------------------------------- the Ready loop
+
+    /// `Driver::pump_ready`, step for step, with a chance of crashing between steps.
+    fn pump(&mut self, id: u64, proc: &mut Proc) -> SimResult<PumpEnd> {
+        let mut removed = false;
+        while let Some(out) = proc.raft.poll_ready() {
+            let crash_at = if self.chaos && self.rng.chance(self.f.midcycle_crash_p) {
+                Some(self.rng.below(4))
+            } else {
+                None
+            };
+            if let Some((role, leader)) = out.role_change {
+                if self.p.trace {
+                    let term = proc.raft.status().term;
+                    self.event(format!(
+                        "node {id}: {} in term {term}, leader {leader}",
+                        role.as_str()
+                    ));
+                }
+            }
+            let must_persist = out.must_persist();
+            // 1. Messages that need no durability go out first.
+            self.send(id, out.send_now);
+            if crash_at == Some(0) {
+                self.crash_mid_cycle(id, "after sending, before writing");
+                return Ok(PumpEnd::Crashed);
+            }
+            // 2. Persist entries and hard state: one write and one sync per cycle.
+            if must_persist {
+                let node = self.nodes.get_mut(&id).expect("exists");
+                node.disk.append(&out.entries, out.hard_state.as_ref());
+                proc.log
+                    .append_raft(&out.entries)
+                    .map_err(|e| format!("node {id}: raft handed out a bad batch: {e}"))?;
+                if crash_at == Some(1) {
+                    self.crash_mid_cycle(id, "after writing, before fsync");
+                    return Ok(PumpEnd::Crashed);
+                }
+                node.disk.sync();
+                let replaced = node
+                    .durable
+                    .log
+                    .append_raft(&out.entries)
+                    .map_err(|e| format!("node {id}: {e}"))?;
+                if let Some(hs) = &out.hard_state {
+                    node.durable.hard_state = logfile::SavedHardState {
+                        term: hs.term,
+                        vote: hs.vote,
+                        commit: hs.commit,
+                    };
+                }
+                if let Some(from) = replaced {
+                    self.check_durable_quorums(from)?;
+                }
+                self.observe_commit(id, proc)?;
+            }
+            if crash_at == Some(2) {
+                self.crash_mid_cycle(id, "after fsync, before the acks");
+                return Ok(PumpEnd::Crashed);
+            }
+            // Committed conf changes take effect in raft now, before the acks below.
+            for entry in &out.committed {
+                if entry.get_entry_type() == EntryType::EntryConfChangeV2 {
+                    let (what, change) = describe_entry(entry);
+                    let change = change.ok_or_else(|| {
+                        format!("node {id}: committed entry {} is {what}", entry.index)
+                    })?;
+                    if let Err(e) = proc.raft.apply_conf_change(&change) {
+                        self.event(format!(
+                            "node {id}: raft refused {what} at index {}: {e}",
+                            entry.index
+                        ));
+                    }
+                    self.observe_commit(id, proc)?;
+                }
+            }
+            // 3. Messages that promise durability (votes, append acks).
+            self.send(id, out.send_after_persist);
+            if crash_at == Some(3) {
+                self.crash_mid_cycle(id, "after the acks, before applying");
+                return Ok(PumpEnd::Crashed);
+            }
+            // 4. Apply to the state machine, in log order.
+            for entry in &out.committed {
+                removed |= self.apply(id, proc, entry)?;
+            }
+            if !out.committed.is_empty() {
+                self.check_conf(id, proc)?;
+            }
+            self.observe_leadership(id, proc)?;
+        }
+        Ok(if removed {
+            PumpEnd::Removed
+        } else {
+            PumpEnd::Alive
+        })
+    }
+
+    /// The state machine. Returns whether this entry removed the node itself.
+    fn apply(&mut self, id: u64, proc: &mut Proc, entry: &Entry) -> SimResult<bool> {
+        if entry.index != proc.applied + 1 {
+            return Err(format!(
+                "node {id} applied index {} right after index {}: the applied index must \
+                 advance one by one and never go back",
+                entry.index, proc.applied
+            ));
+        }
+        let hash = raft_entry_hash(entry);
+        let (what, change) = describe_entry(entry);
+        let Some(agreed) = self.committed.get(entry.index as usize - 1) else {
+            return Err(format!(
+                "node {id} applied index {} (term {}, {what}) but no leader was seen \
+                 committing it (committed prefix is {})",
+                entry.index,
+                entry.term,
+                self.committed.len()
+            ));
+        };
+        if (agreed.term, agreed.hash) != (entry.term, hash) {
+            return Err(format!(
+                "state machine safety: node {id} applied index {} as term {} '{what}', but \
+                 it was committed as term {} '{}' (by leader {} in term {})",
+                entry.index,
+                entry.term,
+                agreed.term,
+                agreed.what,
+                agreed.leader,
+                agreed.leader_term
+            ));
+        }
+        proc.applied = entry.index;
+        self.stats.applied += 1;
+        let node = self.nodes.get_mut(&id).expect("exists");
+        node.max_applied = node.max_applied.max(entry.index);
+        let removes_me = change.is_some_and(|change| {
+            change.get_changes().iter().any(|step| {
+                step.get_change_type() == ConfChangeType::RemoveNode && step.node_id == id
+            })
+        });
+        Ok(removes_me)
+    }
+
+    // ---------------------------------------------------------------- observation
+
+    /// Records entries a leader newly committed, with the configuration that committed
+    /// them, and checks that they are durable on a quorum of it.
+    fn observe_commit(&mut self, id: u64, proc: &mut Proc) -> SimResult<()> {
+        let status = proc.raft.status();
+        if status.role == Role::Leader && status.commit_index > proc.commit_seen {
+            let conf = proc.raft.conf_state();
+            for index in proc.commit_seen + 1..=status.commit_index {
+                self.record_commit(id, proc, index, status.term, &conf)?;
+            }
+        }
+        proc.commit_seen = proc.commit_seen.max(status.commit_index);
+        Ok(())
+    }
+
+    fn record_commit(
+        &mut self,
+        id: u64,
+        proc: &Proc,
+        index: u64,
+        leader_term: u64,
+        conf: &ConfState,
+    ) -> SimResult<()> {
+        let Some(mine) = proc.log.get(index) else {
+            return Err(format!(
+                "leader {id} (term {leader_term}) commits index {index} beyond its log ({})",
+                proc.log.last_index()
+            ));
+        };
+        if let Some(agreed) = self.committed.get(index as usize - 1) {
+            if (agreed.term, agreed.hash) != (mine.term, mine.hash) {
+                return Err(format!(
+                    "committed entry changed: index {index} was committed as term {} '{}' \
+                     by leader {} in term {}, now leader {id} in term {leader_term} commits \
+                     an entry of term {} there",
+                    agreed.term, agreed.what, agreed.leader, agreed.leader_term, mine.term
+                ));
+            }
+            return Ok(());
+        }
+        if index != self.committed.len() as u64 + 1 {
+            return Err(format!(
+                "leader {id} commits index {index} but the committed prefix ends at {}",
+                self.committed.len()
+            ));
+        }
+        let entry = proc
+            .raft
+            .store()
+            .entries(index, index + 1, None, GetEntriesContext::empty(false))
+            .map_err(|e| format!("leader {id}: cannot read entry {index}: {e}"))?
+            .remove(0);
+        let (what, change) = describe_entry(&entry);
+        let mut voters = conf.voters.clone();
+        voters.sort_unstable();
+        let mut outgoing = conf.voters_outgoing.clone();
+        outgoing.sort_unstable();
+        self.committed.push(Committed {
+            term: mine.term,
+            hash: mine.hash,
+            entry_type: entry.get_entry_type(),
+            what: what.clone(),
+            change: change.clone(),
+            leader: id,
+            leader_term,
+            quorum: Some((voters, outgoing)),
+        });
+        if let Some(change) = change {
+            self.stats.conf_changes_committed += 1;
+            let next = self.conf_at(index).apply(&change);
+            self.ever_member.extend(next.members());
+            if change
+                .get_changes()
+                .iter()
+                .any(|s| s.get_change_type() == ConfChangeType::AddNode && s.node_id == 1)
+            {
+                self.self_added = true;
+            }
+            self.event(format!(
+                "index {index} committed by leader {id} (term {leader_term}): {what} -> {next}"
+            ));
+            self.confs.push((index, next));
+        }
+        self.check_durable_quorum(index)
+    }
+
+    fn conf_at(&self, index: u64) -> &Conf {
+        let position = self.confs.partition_point(|(at, _)| *at <= index);
+        &self.confs[position - 1].1
+    }
+
+    fn observe_leadership(&mut self, id: u64, proc: &mut Proc) -> SimResult<()> {
+        let status = proc.raft.status();
+        if status.role != Role::Leader {
+            return Ok(());
+        }
+        match self.leaders.get(&status.term) {
+            Some(&other) if other != id => {
+                return Err(format!(
+                    "election safety: nodes {other} and {id} are both leader in term {}",
+                    status.term
+                ));
+            }
+            Some(_) => {}
+            None => {
+                self.leaders.insert(status.term, id);
+                self.stats.elections += 1;
+                self.stats.max_term = self.stats.max_term.max(status.term);
+                let conf = Conf::from_raft(&proc.raft.conf_state());
+                self.event(format!(
+                    "node {id} is leader in term {} (last index {}, commit {}, {conf})",
+                    status.term, status.last_index, status.commit_index
+                ));
+            }
+        }
+        if proc.leader_checked_term != status.term {
+            proc.leader_checked_term = status.term;
+            for (position, agreed) in self.committed.iter().enumerate() {
+                let index = position as u64 + 1;
+                if agreed.leader_term < status.term
+                    && !proc.log.has(index, agreed.term, agreed.hash)
+                {
+                    return Err(format!(
+                        "leader completeness: node {id} leads term {} without committed index \
+                         {index} (term {} '{}', committed by leader {} in term {}); its log \
+                         has {:?} there",
+                        status.term,
+                        agreed.term,
+                        agreed.what,
+                        agreed.leader,
+                        agreed.leader_term,
+                        proc.log.get(index).map(|e| e.term)
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A committed entry stays on a quorum of the configuration that committed it.
+    fn check_durable_quorum(&self, index: u64) -> SimResult<()> {
+        let agreed = &self.committed[index as usize - 1];
+        let Some((voters, outgoing)) = &agreed.quorum else {
+            return Ok(());
+        };
+        for group in [voters, outgoing] {
+            if group.is_empty() {
+                continue;
+            }
+            let holders: Vec<u64> = group
+                .iter()
+                .copied()
+                .filter(|id| {
+                    self.nodes
+                        .get(id)
+                        .is_some_and(|n| n.durable.log.has(index, agreed.term, agreed.hash))
+                })
+                .collect();
+            if holders.len() <= group.len() / 2 {
+                return Err(format!(
+                    "durability: committed index {index} (term {} '{}', committed by leader {} \
+                     in term {} with voters {group:?}) is durable only on {holders:?}",
+                    agreed.term, agreed.what, agreed.leader, agreed.leader_term
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// After a node's durable log lost or replaced entries from `from` on.
+    fn check_durable_quorums(&self, from: u64) -> SimResult<()> {
+        for index in from..=self.committed.len() as u64 {
+            self.check_durable_quorum(index)?;
+        }
+        Ok(())
+    }
+
+    /// After applying a batch: the node's raft configuration is the one the committed log
+    /// describes at its applied index.
+    fn check_conf(&self, id: u64, proc: &Proc) -> SimResult<()> {
+        let state = proc.raft.conf_state();
+        let actual = Conf::from_raft(&state);
+        let expected = self.conf_at(proc.applied);
+        if &actual != expected || !state.voters_outgoing.is_empty() {
+            return Err(format!(
+                "configuration disagreement: node {id} has applied the log up to index {} \
+                 and raft has {actual} (outgoing {:?}), but the committed log up to there \
+                 says {expected}",
+                proc.applied, state.voters_outgoing
+            ));
+        }
+        Ok(())
+    }
+
+    /// Log matching: two logs with the same term at an index are identical up to it.
+    fn check_log_matching(&self) -> SimResult<()> {
+        let logs: Vec<(u64, &LogMirror)> = self
+            .nodes
+            .values()
+            .filter_map(|n| n.proc.as_ref().map(|p| (n.id, &p.log)))
+            .collect();
+        for (a, (id_a, log_a)) in logs.iter().enumerate() {
+            for (id_b, log_b) in &logs[a + 1..] {
+                let mut index = log_a.last_index().min(log_b.last_index());
+                while index > 0 {
+                    let (ea, eb) = (log_a.get(index).unwrap(), log_b.get(index).unwrap());
+                    if ea.term == eb.term {
+                        if ea.prefix != eb.prefix {
+                            let first = log_a.first_difference(log_b).unwrap_or(0);
+                            return Err(format!(
+                                "log matching: nodes {id_a} and {id_b} both have term {} at \
+                                 index {index} but their logs differ from index {first} \
+                                 (terms {:?} vs {:?} there)",
+                                ea.term,
+                                log_a.get(first).map(|e| e.term),
+                                log_b.get(first).map(|e| e.term)
+                            ));
+                        }
+                        break;
+                    }
+                    index -= 1;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The mirrors follow the real `LogStore`s.
+    fn check_mirrors(&self) -> SimResult<()> {
+        for node in self.nodes.values() {
+            let Some(proc) = &node.proc else { continue };
+            let store = proc.raft.store();
+            if store.last_index() != proc.log.last_index() {
+                return Err(format!(
+                    "simulator: node {} store last index {} but mirror {}",
+                    node.id,
+                    store.last_index(),
+                    proc.log.last_index()
+                ));
+            }
+            for index in 1..=store.last_index() {
+                let term = Storage::term(store, index).map_err(|e| e.to_string())?;
+                if Some(term) != proc.log.get(index).map(|e| e.term) {
+                    return Err(format!(
+                        "simulator: node {} store and mirror disagree at index {index}",
+                        node.id
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    // ---------------------------------------------------------------- faults
+
+    fn crash(&mut self, id: u64, why: &str) {
+        let Some(node) = self.nodes.get_mut(&id) else {
+            return;
+        };
+        if node.life != Life::Running {
+            return;
+        }
+        node.proc = None;
+        self.crash_mid_cycle(id, why);
+    }
+
+    /// The process is gone (its `Proc` dropped by the caller); the disk decides what stays.
+    fn crash_mid_cycle(&mut self, id: u64, why: &str) {
+        let kill = self.p.kills && self.rng.chance(0.4);
+        let downtime = self.rng.range(5, 250);
+        let node = self.nodes.get_mut(&id).expect("exists");
+        let had_unsynced = node.disk.has_unsynced();
+        let damage = if kill {
+            node.disk.kill()
+        } else {
+            node.disk.power_loss(&mut self.rng)
+        };
+        node.last_damage = damage;
+        node.proc = None;
+        node.life = Life::Crashed {
+            restart_at: self.now + downtime,
+        };
+        self.stats.crashes += 1;
+        if why != "crash" {
+            self.stats.midcycle_crashes += 1;
+        }
+        if had_unsynced {
+            if kill {
+                self.stats.kills_with_unsynced += 1;
+            } else {
+                self.stats.power_losses_with_unsynced += 1;
+            }
+        }
+        // Connections to the dead process are gone with what was queued on them.
+        self.flights.retain(|f| f.to != id);
+        self.event(format!(
+            "node {id} crashed ({why}; {}; disk {damage:?}); restarts in {downtime}",
+            if kill { "process killed" } else { "power lost" }
+        ));
+    }
+
+    fn partition(&mut self) {
+        if self.heal_at.is_some() {
+            return;
+        }
+        let ids: Vec<u64> = self.nodes.keys().copied().collect();
+        if ids.len() < 2 {
+            return;
+        }
+        let kind = self.rng.below(3);
+        let mut description = String::new();
+        match kind {
+            0 => {
+                // Two sides.
+                let side: BTreeSet<u64> = ids
+                    .iter()
+                    .copied()
+                    .filter(|_| self.rng.chance(0.5))
+                    .collect();
+                for &a in &ids {
+                    for &b in &ids {
+                        if side.contains(&a) != side.contains(&b) {
+                            self.cut.insert((a, b));
+                        }
+                    }
+                }
+                let _ = write!(description, "split {side:?} | rest");
+            }
+            1 => {
+                let alone = *self.rng.pick(&ids);
+                for &other in &ids {
+                    if other != alone {
+                        self.cut.insert((alone, other));
+                        self.cut.insert((other, alone));
+                    }
+                }
+                let _ = write!(description, "isolate {alone}");
+            }
+            _ => {
+                // Some one-way links.
+                for &a in &ids {
+                    for &b in &ids {
+                        if a != b && self.rng.chance(0.3) {
+                            self.cut.insert((a, b));
+                        }
+                    }
+                }
+                let _ = write!(description, "one-way cuts {:?}", self.cut);
+            }
+        }
+        let duration = self.rng.range(20, 400);
+        self.heal_at = Some(self.now + duration);
+        self.stats.partitions += 1;
+        self.event(format!("partition: {description} for {duration}"));
+    }
+
+    fn heal(&mut self) {
+        self.cut.clear();
+        self.heal_at = None;
+        self.event("network healed".to_string());
+    }
+
+    // ---------------------------------------------------------------- starting nodes
+
+    /// Process start: the log file bytes -> `logfile::recover` -> torn tail cut ->
+    /// `LogStore::from_recovered(recovered, ConfState{voters: bootstrap_voters})` ->
+    /// `RaftNode::new(applied: 0)` -> replay the committed entries -> campaign if alone.
+    fn start(&mut self, id: u64) -> SimResult<()> {
+        let (max_append_bytes, inflight) = self.node_params;
+        let node = self.nodes.get_mut(&id).expect("exists");
+        let damage = node.last_damage;
+        let recovered = logfile::recover(&node.disk.bytes).map_err(|e| {
+            format!(
+                "node {id}: recovery refused the log after a crash that left {damage:?}: {e} \
+                 (a crash can only tear the tail, so this is a logfile.rs bug)"
+            )
+        })?;
+        let durable_now = logfile::recover(&node.disk.bytes[..node.disk.synced_len])
+            .map_err(|e| format!("node {id}: recovery refused the synced prefix: {e}"))?;
+        let meta = recovered
+            .meta
+            .clone()
+            .ok_or_else(|| format!("node {id}: the log lost its Meta record"))?;
+        if meta.node_id != id {
+            return Err(format!("node {id}: Meta says node {}", meta.node_id));
+        }
+        // `LogFile::open`: cut a torn tail and sync; otherwise leave the file alone.
+        let torn = recovered.torn_tail_bytes > 0;
+        if torn {
+            node.disk.truncate_torn_tail(recovered.valid_len);
+        }
+        // The durable model must agree with what the synced bytes recover to.
+        let durable_log = LogMirror::from_recovered(&durable_now)?;
+        let durable_hs = durable_now.hard_state.unwrap_or_default();
+        let old = std::mem::take(&mut node.durable);
+        let changed_from = old.log.first_difference(&durable_log);
+        if let Some(from) = changed_from {
+            if from <= old.log.last_index() && from <= old.hard_state.commit {
+                return Err(format!(
+                    "node {id}: durable log changed at index {from}, at or below its durable \
+                     commit {}, across a crash ({damage:?})",
+                    old.hard_state.commit
+                ));
+            }
+        }
+        if durable_hs.term < old.hard_state.term || durable_hs.commit < old.hard_state.commit {
+            return Err(format!(
+                "node {id}: durable hard state went back across a crash: {:?} -> {durable_hs:?}",
+                old.hard_state
+            ));
+        }
+        node.durable = Durable {
+            log: durable_log,
+            hard_state: durable_hs,
+        };
+        let log = LogMirror::from_recovered(&recovered)?;
+        let conf_state = ConfState::from((meta.bootstrap_voters.clone(), Vec::<u64>::new()));
+        let applied = recovered.compacted.map_or(0, |point| point.index);
+        let commit_on_disk = recovered.hard_state.map_or(0, |hs| hs.commit);
+        let store = LogStore::from_recovered(recovered, conf_state);
+        let params = NodeParams {
+            id,
+            election_ticks: ELECTION_TICKS,
+            heartbeat_ticks: HEARTBEAT_TICKS,
+            applied,
+            max_append_bytes,
+            max_inflight_appends: inflight,
+        };
+        let raft = RaftNode::new(&params, store)
+            .map_err(|e| format!("node {id}: raft refused to start: {e}"))?;
+        let max_applied_before = node.max_applied;
+        let restart = node.starts > 0;
+        node.starts += 1;
+        node.life = Life::Running;
+        node.next_tick_at = self.now + node.tick_period;
+        self.stats.torn_tails += u64::from(torn);
+        self.stats.restarts += u64::from(restart);
+        if let Some(from) = changed_from {
+            self.check_durable_quorums(from)?;
+        }
+        self.record_commits_from_page_cache(id, &log, commit_on_disk, &raft)?;
+        if restart {
+            self.event(format!(
+                "node {id} restarted: last index {}, durable commit {}, commit {commit_on_disk}, \
+                 term {}, applied before crash {max_applied_before}",
+                log.last_index(),
+                durable_hs.commit,
+                raft.status().term
+            ));
+        }
+        let proc = Proc {
+            raft,
+            applied: 0,
+            log,
+            commit_seen: 0,
+            leader_checked_term: 0,
+        };
+        // Replay what is already committed first: conf changes in it decide who votes.
+        self.pump_and_keep(id, proc)?;
+        let Some(proc) = self.nodes.get(&id).and_then(|n| n.proc.as_ref()) else {
+            return Ok(());
+        };
+        if proc.applied < max_applied_before {
+            return Err(format!(
+                "applied index went back: node {id} had applied up to {max_applied_before} \
+                 before the crash, but replaying its log after restart reaches only {} \
+                 (commit in the log {commit_on_disk})",
+                proc.applied
+            ));
+        }
+        self.campaign_if_alone(id)
+    }
+
+    /// After a process kill, the page cache may hold a hard state whose commit index the
+    /// leader computed before its fsync. Those entries were never seen committed.
+    fn record_commits_from_page_cache(
+        &mut self,
+        id: u64,
+        log: &LogMirror,
+        commit: u64,
+        raft: &RaftNode,
+    ) -> SimResult<()> {
+        for index in self.committed.len() as u64 + 1..=commit {
+            let mine = log
+                .get(index)
+                .expect("recovery checks commit <= last index");
+            let entry = raft
+                .store()
+                .entries(index, index + 1, None, GetEntriesContext::empty(false))
+                .map_err(|e| e.to_string())?
+                .remove(0);
+            let (what, change) = describe_entry(&entry);
+            self.event(format!(
+                "node {id}: index {index} ({what}) is committed only in its page cache"
+            ));
+            if let Some(change) = &change {
+                let next = self.conf_at(index).apply(change);
+                self.ever_member.extend(next.members());
+                self.confs.push((index, next));
+                self.stats.conf_changes_committed += 1;
+            }
+            self.committed.push(Committed {
+                term: mine.term,
+                hash: mine.hash,
+                entry_type: entry.get_entry_type(),
+                what,
+                change,
+                leader: id,
+                leader_term: raft.status().term,
+                quorum: None,
+            });
+        }
+        Ok(())
+    }
+
+    /// `Driver::campaign_if_alone`: the only voter needs no election timeout.
+    fn campaign_if_alone(&mut self, id: u64) -> SimResult<()> {
+        let alone = self
+            .nodes
+            .get(&id)
+            .and_then(|n| n.proc.as_ref())
+            .is_some_and(|p| {
+                p.raft.conf_state().voters == [id] && p.raft.status().role != Role::Leader
+            });
+        if alone {
+            self.input(id, |raft| {
+                let _ = raft.campaign();
+            })?;
+        }
+        Ok(())
+    }
+
+    // ---------------------------------------------------------------- clients and operators
+
+    fn client_write(&mut self) -> SimResult<()> {
+        let Some(id) = self.random_running() else {
+            return Ok(());
+        };
+        let count = self.rng.range(1, 3);
+        let mut data = Vec::new();
+        for _ in 0..count {
+            self.writes += 1;
+            data.push(format!("n{id}-w{}", self.writes).into_bytes());
+        }
+        let accepted = self
+            .input(id, |raft| {
+                data.into_iter()
+                    .filter(|d| raft.propose(d.clone()).is_ok())
+                    .count() as u64
+            })?
+            .unwrap_or(0);
+        self.stats.proposals += accepted;
+        Ok(())
+    }
+
+    fn propose_change(&mut self, leader: u64, kind: ConfChangeType, target: u64) -> SimResult<()> {
+        let mut step = ConfChangeSingle::default();
+        step.set_change_type(kind);
+        step.node_id = target;
+        let mut change = ConfChangeV2::default();
+        change.set_changes(vec![step].into());
+        let what = describe_change(&change);
+        let result = self.input(leader, |raft| raft.propose_conf_change(Vec::new(), change))?;
+        self.event(format!("leader {leader} proposes {what}: {result:?}"));
+        Ok(())
+    }
+
+    /// RAFT.NODE ADD / REMOVE and learner promotion, proposed on a leader.
+    fn membership_change(&mut self) -> SimResult<()> {
+        let leaders = self.leader_ids();
+        if leaders.is_empty() {
+            return Ok(());
+        }
+        let leader = *self.rng.pick(&leaders);
+        if self.p.bootstrap == Bootstrap::InitAddsSelf && !self.self_added {
+            if leader == 1 {
+                self.propose_change(1, ConfChangeType::AddNode, 1)?;
+            }
+            return Ok(());
+        }
+        let conf = {
+            let proc = self.nodes[&leader].proc.as_ref().expect("leader runs");
+            Conf::from_raft(&proc.raft.conf_state())
+        };
+        let members = conf.members();
+        let mut options: Vec<(ConfChangeType, u64)> = Vec::new();
+        for &learner in &conf.learners {
+            options.push((ConfChangeType::AddNode, learner));
+            options.push((ConfChangeType::AddNode, learner));
+        }
+        if (members.len() as u64) < self.p.nodes {
+            // A node that asked to join and was never added, or a brand-new one.
+            let orphan = self
+                .nodes
+                .values()
+                .find(|n| !self.ever_member.contains(&n.id) && n.life != Life::Removed)
+                .map(|n| n.id);
+            match orphan {
+                Some(id) => options.push((ConfChangeType::AddLearnerNode, id)),
+                None if self.next_id <= self.max_ids => {
+                    options.push((ConfChangeType::AddLearnerNode, 0));
+                }
+                None => {}
+            }
+        }
+        for &member in &members {
+            let removable =
+                member != leader && (conf.learners.contains(&member) || conf.voters.len() >= 3);
+            if removable {
+                options.push((ConfChangeType::RemoveNode, member));
+            }
+        }
+        if options.is_empty() {
+            return Ok(());
+        }
+        let (kind, mut target) = *self.rng.pick(&options);
+        if target == 0 {
+            // RAFT.CLUSTER JOIN on a new node: it starts with an empty log and config.
+            let bootstrap_voters = Vec::new();
+            target = self.create_node(bootstrap_voters);
+            self.start(target)?;
+        }
+        self.propose_change(leader, kind, target)
+    }
+
+    fn transfer_leader(&mut self) -> SimResult<()> {
+        let leaders = self.leader_ids();
+        if leaders.is_empty() {
+            return Ok(());
+        }
+        let leader = *self.rng.pick(&leaders);
+        let voters: Vec<u64> = {
+            let proc = self.nodes[&leader].proc.as_ref().expect("leader runs");
+            proc.raft
+                .conf_state()
+                .voters
+                .into_iter()
+                .filter(|&v| v != leader)
+                .collect()
+        };
+        if voters.is_empty() {
+            return Ok(());
+        }
+        let target = *self.rng.pick(&voters);
+        self.event(format!("leader {leader}: transfer leadership to {target}"));
+        self.input(leader, |raft| raft.transfer_leader(target))?;
+        Ok(())
+    }
+
+    // ---------------------------------------------------------------- liveness
+
+    /// Faults stop; every crashed node restarts. A leader must be elected and a new entry
+    /// committed and applied by every member of the committed configuration.
+    fn liveness(&mut self) -> SimResult<()> {
+        self.chaos = false;
+        self.f = Faults::calm();
+        self.heal();
+        let crashed: Vec<u64> = self
+            .nodes
+            .values()
+            .filter(|n| matches!(n.life, Life::Crashed { .. }))
+            .map(|n| n.id)
+            .collect();
+        for id in crashed {
+            self.start(id)?;
+        }
+        let started = self.now;
+        let deadline = self.now + self.p.liveness_steps;
+        let mut sentinel: Option<(u64, u64, u64)> = None; // (index, term, proposed at)
+        while self.now < deadline {
+            self.step_time()?;
+            if let Some((index, term, at)) = sentinel {
+                let committed = self
+                    .committed
+                    .get(index as usize - 1)
+                    .map(|c| c.term == term && c.what.starts_with("liveness"));
+                match committed {
+                    Some(true) => {
+                        let conf = self.conf_at(self.committed.len() as u64).clone();
+                        let behind: Vec<u64> = conf
+                            .members()
+                            .into_iter()
+                            .filter(|id| {
+                                !self
+                                    .nodes
+                                    .get(id)
+                                    .and_then(|n| n.proc.as_ref())
+                                    .is_some_and(|p| p.applied >= index)
+                            })
+                            .collect();
+                        if behind.is_empty() {
+                            self.stats.liveness_time = self.now - started;
+                            self.event(format!(
+                                "liveness: index {index} committed and applied by {conf}"
+                            ));
+                            return Ok(());
+                        }
+                        continue;
+                    }
+                    Some(false) => sentinel = None,
+                    None if self.now - at > 200 => sentinel = None,
+                    None => continue,
+                }
+            }
+            let ready_leader = self.leader_ids().into_iter().find(|id| {
+                self.nodes[id]
+                    .proc
+                    .as_ref()
+                    .is_some_and(|p| p.raft.status().leader_ready)
+            });
+            if let Some(leader) = ready_leader {
+                let data = format!("liveness-{}", self.now).into_bytes();
+                if let Some(Ok((index, term))) = self.input(leader, |raft| raft.propose(data))? {
+                    sentinel = Some((index, term, self.now));
+                }
+            }
+        }
+        Err(format!(
+            "liveness: {} time units after the faults stopped, no entry was committed and \
+             applied by every member\n{}",
+            self.p.liveness_steps,
+            self.describe_nodes()
+        ))
+    }
+
+    pub fn describe_nodes(&self) -> String {
+        let mut text = String::new();
+        let committed_conf = self.conf_at(self.committed.len() as u64);
+        let _ = writeln!(
+            text,
+            "  committed prefix {}, committed configuration {committed_conf}",
+            self.committed.len()
+        );
+        for node in self.nodes.values() {
+            let _ = write!(text, "  node {}: {:?}", node.id, node.life);
+            if let Some(proc) = &node.proc {
+                let status = proc.raft.status();
+                let conf = Conf::from_raft(&proc.raft.conf_state());
+                let _ = write!(
+                    text,
+                    ", {} term {} leader {}, commit {}, applied {}, last index {}, {conf}",
+                    status.role.as_str(),
+                    status.term,
+                    status.leader_id,
+                    status.commit_index,
+                    proc.applied,
+                    status.last_index
+                );
+            }
+            let _ = writeln!(
+                text,
+                ", durable last index {} {:?}",
+                node.durable.log.last_index(),
+                node.durable.hard_state
+            );
+        }
+        text
+    }
+
+    fn fingerprint(&self) -> u64 {
+        let mut state = self.now;
+        let mut mix = |value: u64| {
+            state ^= value;
+            super::rng::splitmix64(&mut state);
+        };
+        mix(self.committed.len() as u64);
+        if let Some(last) = self.committed.last() {
+            mix(last.hash);
+            mix(last.term);
+        }
+        for node in self.nodes.values() {
+            mix(node.id);
+            mix(node.durable.log.last_index());
+            mix(node.durable.hard_state.term);
+            mix(node.durable.hard_state.commit);
+            mix(node.disk.bytes.len() as u64);
+            if let Some(proc) = &node.proc {
+                mix(proc.applied);
+                mix(proc.raft.status().term);
+            }
+        }
+        mix(self.stats.sent);
+        mix(self.stats.elections);
+        state
+    }
+}
