@@ -47,6 +47,8 @@ fn params_from_env(seed: u64) -> Params {
         Ok(other) => panic!("SIM_BOOTSTRAP={other}: use as-driver or init-adds-self"),
     }
     params.kills = env_u64("SIM_KILLS").unwrap_or(0) != 0;
+    params.campaign_non_voters = env_u64("SIM_CAMPAIGN_ANY").unwrap_or(0) != 0;
+    params.partial_header_then_zeros = env_u64("SIM_TORN_HEADERS").unwrap_or(0) != 0;
     params
 }
 

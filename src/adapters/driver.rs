@@ -238,7 +238,7 @@ impl Driver {
                 }
             }
             DriverInput::Campaign => {
-                if let Err(e) = self.node.campaign() {
+                if let Err(e) = self.node.force_election() {
                     log::warn!("raft: could not start an election: {e}");
                 }
             }

@@ -76,6 +76,13 @@ pub fn raft_command(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
         Class::Read | Class::Write => {}
     }
     if let Err(message) = check_can_serve() {
+        if let Some(leader) = message.strip_prefix("MOVED 0 ") {
+            if config().follower_proxy
+                && crate::adapters::proxy::forward(ctx.ctx, leader.to_string(), argv)
+            {
+                return Ok(RedisValue::NoReply);
+            }
+        }
         return reply_error(&message);
     }
     let quorum_reads = config().quorum_reads;

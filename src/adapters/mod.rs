@@ -8,6 +8,7 @@ pub mod info;
 pub mod logio;
 pub mod membership;
 pub mod module;
+pub mod proxy;
 pub mod state;
 pub mod topology;
 pub mod transport;

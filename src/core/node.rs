@@ -128,6 +128,20 @@ impl RaftNode {
         self.raw.campaign()
     }
 
+    /// RAFT.TIMEOUT_NOW: an election that skips pre-vote and the leader lease, as a
+    /// leadership transfer does. A follower steps itself a TimeoutNow (term 0 = local).
+    pub fn force_election(&mut self) -> Result<(), raft::Error> {
+        if self.raw.raft.state == StateRole::Leader {
+            return Ok(());
+        }
+        let mut message = Message::default();
+        message.set_msg_type(raft::eraftpb::MessageType::MsgTimeoutNow);
+        message.to = self.raw.raft.id;
+        message.from = self.raw.raft.id;
+        message.term = 0;
+        self.raw.step(message)
+    }
+
     /// Appends `data` on the leader; returns the (index, term) it was given.
     pub fn propose(&mut self, data: Vec<u8>) -> Result<(u64, u64), ProposeError> {
         if self.raw.raft.state != StateRole::Leader {

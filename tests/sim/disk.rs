@@ -95,8 +95,10 @@ impl Disk {
         }
     }
 
-    /// The machine loses power: unsynced bytes are lost or torn.
-    pub fn power_loss(&mut self, rng: &mut Rng) -> CrashDamage {
+    /// The machine loses power: unsynced bytes are lost or torn. Without
+    /// `partial_header_then_zeros`, a zero-filled extension never follows a partial frame
+    /// header (docs/SIMULATION.md, bug 2: `recover` refuses that tail).
+    pub fn power_loss(&mut self, rng: &mut Rng, partial_header_then_zeros: bool) -> CrashDamage {
         let unsynced = self.bytes.len() - self.synced_len;
         let damage = if unsynced == 0 {
             CrashDamage::Clean
@@ -112,7 +114,10 @@ impl Disk {
                     CrashDamage::KeptPrefix { kept }
                 }
                 3 => {
-                    let kept = rng.range(0, unsynced as u64) as usize;
+                    let mut kept = rng.range(0, unsynced as u64) as usize;
+                    if !partial_header_then_zeros {
+                        kept = self.outside_frame_headers(kept);
+                    }
                     self.bytes.truncate(self.synced_len + kept);
                     let zeros = rng.range(1, 4096) as usize;
                     self.bytes.resize(self.bytes.len() + zeros, 0);
@@ -125,6 +130,19 @@ impl Disk {
         self.synced_len = self.bytes.len();
         self.unsynced_frame_ends.clear();
         damage
+    }
+
+    /// `kept` moved back to the start of its frame if it falls inside the frame header.
+    fn outside_frame_headers(&self, kept: usize) -> usize {
+        let cut = self.synced_len + kept;
+        let mut start = self.synced_len;
+        for &end in &self.unsynced_frame_ends {
+            if cut > start && cut < start + FRAME_HEADER_LEN {
+                return start - self.synced_len;
+            }
+            start = end;
+        }
+        kept
     }
 
     fn half_written_frame(&mut self, rng: &mut Rng) -> CrashDamage {

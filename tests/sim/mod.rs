@@ -34,6 +34,12 @@ impl Failure {
         if p.kills {
             env.push_str(" SIM_KILLS=1");
         }
+        if p.campaign_non_voters {
+            env.push_str(" SIM_CAMPAIGN_ANY=1");
+        }
+        if p.partial_header_then_zeros {
+            env.push_str(" SIM_TORN_HEADERS=1");
+        }
         format!("{env} cargo test --test simulation replay -- --nocapture")
     }
 }

@@ -44,6 +44,12 @@ pub struct Params {
     pub bootstrap: Bootstrap,
     /// Also crash processes without losing the page cache (see disk.rs).
     pub kills: bool,
+    /// RAFT.TIMEOUT_NOW may reach any node, voters or not. Off: only voters campaign
+    /// (what `RaftNode::campaign` should enforce; see docs/SIMULATION.md, bug 1).
+    pub campaign_non_voters: bool,
+    /// Power loss may leave part of a frame header followed by a zero-filled extension
+    /// (docs/SIMULATION.md, bug 2).
+    pub partial_header_then_zeros: bool,
     /// Print every traced event as it happens.
     pub trace: bool,
 }
@@ -57,6 +63,8 @@ impl Params {
             liveness_steps: 3_000,
             bootstrap: Bootstrap::InitAddsSelf,
             kills: false,
+            campaign_non_voters: false,
+            partial_header_then_zeros: false,
             trace: false,
         }
     }
@@ -87,11 +95,11 @@ impl Faults {
             dup_p: *rng.pick(&[0.0, 0.01, 0.05]),
             max_delay: *rng.pick(&[1, 3, 6, 15]),
             long_delay_p: *rng.pick(&[0.0, 0.005, 0.02]),
-            crash_p: *rng.pick(&[0.002, 0.005, 0.01]),
+            crash_p: *rng.pick(&[0.001, 0.003, 0.006]),
             midcycle_crash_p: *rng.pick(&[0.0005, 0.002, 0.005]),
             partition_p: *rng.pick(&[0.002, 0.005, 0.01]),
             write_p: *rng.pick(&[0.1, 0.3, 0.6]),
-            member_p: *rng.pick(&[0.005, 0.01, 0.03]),
+            member_p: *rng.pick(&[0.01, 0.02, 0.04]),
             transfer_p: 0.002,
             campaign_p: 0.002,
             pause_p: 0.003,
@@ -472,16 +480,26 @@ impl World {
         } else if next(f.transfer_p) {
             self.transfer_leader()
         } else if next(f.campaign_p) {
-            match self.random_running() {
-                Some(id) => {
-                    self.event(format!("node {id}: RAFT.TIMEOUT_NOW (campaign)"));
-                    self.input(id, |raft| {
-                        let _ = raft.campaign();
-                    })
-                    .map(|_| ())
-                }
-                None => Ok(()),
+            let candidates: Vec<u64> = self
+                .running_ids()
+                .into_iter()
+                .filter(|id| {
+                    self.p.campaign_non_voters
+                        || self.nodes[id]
+                            .proc
+                            .as_ref()
+                            .is_some_and(|p| p.raft.conf_state().voters.contains(id))
+                })
+                .collect();
+            if candidates.is_empty() {
+                return Ok(());
             }
+            let id = *self.rng.pick(&candidates);
+            self.event(format!("node {id}: RAFT.TIMEOUT_NOW (campaign)"));
+            self.input(id, |raft| {
+                let _ = raft.campaign();
+            })
+            .map(|_| ())
         } else if next(f.pause_p) {
             if let Some(id) = self.random_running() {
                 let pause = self.rng.range(5, 60);
@@ -849,6 +867,17 @@ impl World {
             }
             Some(_) => {}
             None => {
+                // Elected: it must have been a voter (a leader may later apply its own
+                // removal and lead on until it steps down, as raft-rs allows).
+                let state = proc.raft.conf_state();
+                if !state.voters.contains(&id) && !state.voters_outgoing.contains(&id) {
+                    return Err(format!(
+                        "node {id} became leader in term {} but is not a voter in its own \
+                         configuration ({})",
+                        status.term,
+                        Conf::from_raft(&state)
+                    ));
+                }
                 self.leaders.insert(status.term, id);
                 self.stats.elections += 1;
                 self.stats.max_term = self.stats.max_term.max(status.term);
@@ -1013,13 +1042,14 @@ impl World {
     /// The process is gone (its `Proc` dropped by the caller); the disk decides what stays.
     fn crash_mid_cycle(&mut self, id: u64, why: &str) {
         let kill = self.p.kills && self.rng.chance(0.4);
-        let downtime = self.rng.range(5, 250);
+        let downtime = self.rng.range(5, 150);
         let node = self.nodes.get_mut(&id).expect("exists");
         let had_unsynced = node.disk.has_unsynced();
         let damage = if kill {
             node.disk.kill()
         } else {
-            node.disk.power_loss(&mut self.rng)
+            node.disk
+                .power_loss(&mut self.rng, self.p.partial_header_then_zeros)
         };
         node.last_damage = damage;
         node.proc = None;
@@ -1329,10 +1359,12 @@ impl World {
             Conf::from_raft(&proc.raft.conf_state())
         };
         let members = conf.members();
+        // Weighted: grow towards `nodes` members, promote learners, sometimes shrink.
         let mut options: Vec<(ConfChangeType, u64)> = Vec::new();
         for &learner in &conf.learners {
-            options.push((ConfChangeType::AddNode, learner));
-            options.push((ConfChangeType::AddNode, learner));
+            for _ in 0..3 {
+                options.push((ConfChangeType::AddNode, learner));
+            }
         }
         if (members.len() as u64) < self.p.nodes {
             // A node that asked to join and was never added, or a brand-new one.
@@ -1341,12 +1373,15 @@ impl World {
                 .values()
                 .find(|n| !self.ever_member.contains(&n.id) && n.life != Life::Removed)
                 .map(|n| n.id);
-            match orphan {
-                Some(id) => options.push((ConfChangeType::AddLearnerNode, id)),
-                None if self.next_id <= self.max_ids => {
-                    options.push((ConfChangeType::AddLearnerNode, 0));
+            let add = match orphan {
+                Some(id) => Some(id),
+                None if self.next_id <= self.max_ids => Some(0),
+                None => None,
+            };
+            if let Some(id) = add {
+                for _ in 0..3 {
+                    options.push((ConfChangeType::AddLearnerNode, id));
                 }
-                None => {}
             }
         }
         for &member in &members {

@@ -1,0 +1,60 @@
+//! `follower-proxy yes`: a follower forwards a client's command to the leader over a
+//! peer connection and relays the reply, instead of answering `MOVED`.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use crate::adapters::apply::run_on_main;
+use crate::adapters::configs::config;
+use crate::adapters::ffi::{self, Answer, RawCtx};
+use crate::adapters::info::{PROXY_FAILED_REQS, PROXY_OUTSTANDING_REQS, PROXY_REQS};
+use crate::adapters::state::with_state;
+use crate::core::entry::Argv;
+use crate::core::resp::RespValue;
+
+/// Forwards `argv` to the leader at `leader_addr`; the client stays blocked until the
+/// leader answers or `proxy-response-timeout` passes. Returns false when there is no
+/// transport to forward with (the caller then answers itself).
+pub fn forward(ctx: RawCtx, leader_addr: String, argv: Argv) -> bool {
+    let Some(transport) = with_state(|state| state.transport.clone()) else {
+        return false;
+    };
+    let timeout = Duration::from_millis(config().proxy_response_timeout_ms);
+    let client = ffi::block_client(ctx);
+    PROXY_REQS.fetch_add(1, Ordering::Relaxed);
+    PROXY_OUTSTANDING_REQS.fetch_add(1, Ordering::Relaxed);
+    transport.request(
+        leader_addr,
+        argv,
+        timeout,
+        Box::new(move |result| {
+            let answer = match result {
+                Ok(value) => to_answer(value),
+                Err(e) => {
+                    PROXY_FAILED_REQS.fetch_add(1, Ordering::Relaxed);
+                    // The leader may have applied it: the outcome is unknown, not failed.
+                    Answer::Error(format!("TIMEOUT proxy to leader failed: {e}"))
+                }
+            };
+            let delivered = run_on_main(Box::new(move || {
+                PROXY_OUTSTANDING_REQS.fetch_sub(1, Ordering::Relaxed);
+                ffi::unblock(client, answer);
+            }));
+            if !delivered {
+                log::warn!("raft: proxy reply could not be handed to the main thread");
+            }
+        }),
+    );
+    true
+}
+
+fn to_answer(value: RespValue) -> Answer {
+    match value {
+        RespValue::Simple(text) => Answer::Simple(text),
+        RespValue::Error(text) => Answer::Error(text),
+        RespValue::Integer(value) => Answer::Integer(value),
+        RespValue::Bulk(Some(bytes)) => Answer::Bulk(bytes),
+        RespValue::Bulk(None) | RespValue::Array(None) => Answer::Null,
+        RespValue::Array(Some(items)) => Answer::Array(items.into_iter().map(to_answer).collect()),
+    }
+}
