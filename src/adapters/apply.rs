@@ -48,7 +48,7 @@ pub fn wake_main_thread() {
 /// Bound on tasks handled per callback so clients are not starved during a long replay.
 const MAX_TASKS_PER_WAKE: usize = 256;
 
-unsafe extern "C" fn on_wake(_: *mut c_void) {
+extern "C" fn on_wake(_: *mut c_void) {
     WAKE_PENDING.store(false, Ordering::SeqCst);
     let jobs: Vec<Job> = JOBS
         .lock()

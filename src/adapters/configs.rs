@@ -119,7 +119,7 @@ pub fn register(ctx: &Context, module_args: &[RedisString]) -> Result<(), String
         .map(|arg| arg.try_as_str().map(str::to_string))
         .collect::<Result<_, _>>()
         .map_err(|_| "module arguments must be UTF-8".to_string())?;
-    if args.len() % 2 != 0 {
+    if !args.len().is_multiple_of(2) {
         return Err("module arguments must be key value pairs".into());
     }
     for pair in args.chunks(2) {

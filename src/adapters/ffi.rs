@@ -1,7 +1,13 @@
 //! Every `unsafe` call into the Redis module API lives here, behind small safe functions.
 //!
+//! Pointers passed in (contexts, filter contexts, strings) are the ones Redis handed to
+//! the module for the current callback; that is this module's contract with its callers,
+//! hence the crate-level allowance of raw-pointer arguments in safe functions here.
+//!
 //! All functions must be called on the Redis main thread (the thread that runs command
 //! handlers, filters and event-loop callbacks) unless their doc says otherwise.
+
+#![allow(clippy::not_unsafe_ptr_arg_deref)]
 
 use std::ffi::{c_char, c_int, c_void, CString};
 use std::ptr::NonNull;

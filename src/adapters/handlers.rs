@@ -25,7 +25,7 @@ const ERR_NO_LEADER: &str = "CLUSTERDOWN No raft leader";
 
 /// Every client command passes here first. Commands raft must see are rewritten to
 /// `RAFT <command...>` so that our handler, which can block the client, receives them.
-pub unsafe extern "C" fn command_filter(fctx: FilterCtx) {
+pub extern "C" fn command_filter(fctx: FilterCtx) {
     if state::is_applying() {
         return;
     }

@@ -70,7 +70,7 @@ fn try_init(ctx: &Context, args: &[RedisString]) -> Result<(), String> {
 
 /// Rebuilds the node from its log. Whatever the server loaded from RDB/AOF is discarded:
 /// the raft log is this node's source of truth.
-unsafe extern "C" fn boot_after_server_load(_: *mut c_void) {
+extern "C" fn boot_after_server_load(_: *mut c_void) {
     let ctx = with_state(|state| state.apply_ctx);
     let stale_keys = call_locally(ctx, &[b"DBSIZE".to_vec()], false).map_or(0, |r| r.integer());
     if stale_keys > 0 {
@@ -97,7 +97,7 @@ unsafe extern "C" fn boot_after_server_load(_: *mut c_void) {
     }
 }
 
-unsafe extern "C" fn on_module_change(
+extern "C" fn on_module_change(
     ctx: ffi::RawCtx,
     _event: redis_module::raw::RedisModuleEvent,
     _subevent: u64,
