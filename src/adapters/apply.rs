@@ -82,6 +82,17 @@ fn run_task(task: MainTask) {
             serve_confirmed_reads();
             finish_loading_if_caught_up();
         }
+        MainTask::TakeSnapshot => {
+            if let Err(e) =
+                crate::adapters::snapshots::start(&crate::adapters::handlers::log_path())
+            {
+                log::info!("raft: snapshot not started: {e}");
+                let _ = with_state(|state| {
+                    state.send_to_driver(crate::adapters::driver::DriverInput::SnapshotFailed)
+                });
+            }
+        }
+        MainTask::InstallSnapshot { index } => install_snapshot(index),
         MainTask::Fail { request_ids, error } => {
             for request_id in request_ids {
                 answer(request_id, Answer::Error(error.to_string()));
@@ -146,7 +157,42 @@ fn apply_entry(entry: &Entry) {
     if entry.get_entry_type() == EntryType::EntryConfChangeV2 {
         apply_membership_change(entry, me, incarnation);
     }
-    with_state(|state| state.applied_index = entry.index);
+    with_state(|state| {
+        state.applied_index = entry.index;
+        state.applied_term = entry.term;
+    });
+}
+
+/// Loads the snapshot raft just installed, replacing the whole dataset.
+fn install_snapshot(index: u64) {
+    let files =
+        crate::adapters::snapshots::SnapshotFiles::for_log(&crate::adapters::handlers::log_path());
+    let (ctx, dbid) = with_state(|state| {
+        (
+            state.apply_ctx,
+            state
+                .meta
+                .as_ref()
+                .map(|m| m.dbid.clone())
+                .unwrap_or_default(),
+        )
+    });
+    let snapshot = crate::adapters::snapshots::load_into_server(ctx, &files.current, &dbid)
+        .unwrap_or_else(|e| {
+            log::error!("raft: FATAL: cannot load the installed snapshot: {e}");
+            std::process::abort();
+        });
+    assert_eq!(
+        snapshot.index, index,
+        "the installed snapshot file changed under us"
+    );
+    with_state(|state| {
+        state.applied_index = snapshot.index;
+        state.applied_term = snapshot.term;
+        state.membership = crate::adapters::snapshots::members_of(&snapshot);
+    });
+    serve_confirmed_reads();
+    finish_loading_if_caught_up();
 }
 
 fn apply_membership_change(entry: &Entry, me: u64, incarnation: u64) {

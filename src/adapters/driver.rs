@@ -7,10 +7,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use protobuf::Message as _;
-use raft::eraftpb::{ConfChangeType, ConfChangeV2, Entry, EntryType, Message};
+use raft::eraftpb::{ConfChangeType, ConfChangeV2, Entry, EntryType, Message, MessageType};
 
 use crate::adapters::logio::LogFile;
+use crate::adapters::snapshot_transfer::SendJob;
+use crate::adapters::snapshots::SnapshotFiles;
 use crate::adapters::transport::Transport;
+use crate::core::logfile::LogPosition;
 use crate::core::membership::{single_change, ChangeContext, Membership};
 use crate::core::node::{RaftNode, Role};
 use crate::core::pending::{ProposalTable, ReadBatches, RequestId};
@@ -42,6 +45,18 @@ pub enum DriverInput {
         target: Option<u64>,
     },
     Peer(Box<Message>),
+    /// The fork child wrote a snapshot at `index`: the log up to it can go.
+    SnapshotTaken {
+        index: u64,
+        term: u64,
+        conf_state: raft::eraftpb::ConfState,
+    },
+    SnapshotFailed,
+    /// A snapshot transfer to `to` ended.
+    SnapshotSent {
+        to: u64,
+        delivered: bool,
+    },
     /// Where a peer the membership does not know yet can be reached.
     PeerAddress {
         id: u64,
@@ -51,6 +66,12 @@ pub enum DriverInput {
 
 pub enum MainTask {
     Apply(Vec<Entry>),
+    /// The log outgrew log-max-file-size: take a snapshot of the applied state.
+    TakeSnapshot,
+    /// Raft installed the leader's snapshot at `index`: load `<log>.snapshot`.
+    InstallSnapshot {
+        index: u64,
+    },
     Fail {
         request_ids: Vec<RequestId>,
         error: &'static str,
@@ -105,7 +126,16 @@ pub struct DriverParams {
     pub tick: Duration,
     pub fsync: bool,
     pub read_timeout_ticks: u64,
+    pub log_max_file_size: u64,
+    pub snapshot_files: SnapshotFiles,
+    /// Template for snapshot transfers (address, file and message filled per transfer).
+    pub transfer: SendJob,
+    /// For transfer threads to report back.
+    pub inbox_sender: SyncSender<DriverInput>,
 }
+
+/// After a failed snapshot, wait this many ticks before asking for another.
+const SNAPSHOT_RETRY_TICKS: u64 = 20;
 
 pub struct Driver {
     node: RaftNode,
@@ -125,6 +155,10 @@ pub struct Driver {
     params: DriverParams,
     ticks: u64,
     was_leader: bool,
+    /// Tick of the last snapshot request; None when none is outstanding.
+    snapshot_requested_at: Option<u64>,
+    /// Peers a snapshot is being streamed to.
+    sending_snapshot_to: std::collections::BTreeSet<u64>,
 }
 
 impl Driver {
@@ -133,6 +167,7 @@ impl Driver {
         node: RaftNode,
         log: LogFile,
         transport: Transport,
+        membership: Membership,
         inbox: Receiver<DriverInput>,
         outbox: SyncSender<MainTask>,
         wake_main: fn(),
@@ -143,7 +178,7 @@ impl Driver {
             node,
             log,
             transport,
-            membership: Membership::default(),
+            membership,
             address_hints: std::collections::BTreeMap::new(),
             inbox,
             outbox,
@@ -154,6 +189,8 @@ impl Driver {
             params,
             ticks: 0,
             was_leader: false,
+            snapshot_requested_at: None,
+            sending_snapshot_to: std::collections::BTreeSet::new(),
         }
     }
 
@@ -166,6 +203,8 @@ impl Driver {
 
     fn run(mut self) {
         let mut next_tick = Instant::now() + self.params.tick;
+        // Peers known from a snapshot; the log replay below adds the rest.
+        self.update_peers();
         // Replay what is already committed first: conf changes in it decide who votes.
         self.pump_ready();
         self.campaign_if_alone();
@@ -202,6 +241,7 @@ impl Driver {
                     self.node.report_unreachable(peer);
                 }
                 self.promote_caught_up_learner();
+                self.maybe_request_snapshot();
             }
             self.pump_ready();
         }
@@ -241,6 +281,21 @@ impl Driver {
                 if let Err(e) = self.node.force_election() {
                     log::warn!("raft: could not start an election: {e}");
                 }
+            }
+            DriverInput::SnapshotTaken {
+                index,
+                term,
+                conf_state,
+            } => {
+                self.snapshot_requested_at = None;
+                self.compact_to(index, term, conf_state);
+            }
+            DriverInput::SnapshotFailed => {
+                // Keep the request time: the next try waits SNAPSHOT_RETRY_TICKS.
+            }
+            DriverInput::SnapshotSent { to, delivered } => {
+                self.sending_snapshot_to.remove(&to);
+                self.node.report_snapshot_sent(to, delivered);
             }
             DriverInput::PeerAddress { id, addr } => {
                 const MAX_HINTS: usize = 64;
@@ -284,7 +339,11 @@ impl Driver {
             let must_persist = ready.must_persist();
             // 1. Messages that need no durability go out first.
             self.send(ready.send_now);
-            // 2. Persist entries and hard state: one write and one sync per cycle.
+            // 2. Persist: a snapshot from the leader first, then entries and hard state,
+            // one write and one sync per cycle.
+            if let Some(metadata) = &ready.snapshot {
+                self.install_received_snapshot(metadata);
+            }
             if must_persist {
                 self.log.append(&ready.entries, ready.hard_state.as_ref());
                 if self.params.fsync {
@@ -337,6 +396,10 @@ impl Driver {
     fn send(&mut self, messages: Vec<Message>) {
         for message in messages {
             let to = message.to;
+            if message.get_msg_type() == MessageType::MsgSnapshot {
+                self.start_snapshot_transfer(message);
+                continue;
+            }
             if self.transport.send(to, message).is_err() {
                 self.node.report_unreachable(to);
             }
@@ -360,6 +423,129 @@ impl Driver {
             self.membership.apply(&change, &context);
         }
         self.update_peers();
+    }
+
+    /// Raft accepted the leader's snapshot: make the verified received file our snapshot,
+    /// restart the log file at it, and have the main thread load it.
+    fn install_received_snapshot(&mut self, metadata: &raft::eraftpb::SnapshotMetadata) {
+        let files = &self.params.snapshot_files;
+        match crate::adapters::snapshots::publish(files, &files.received, metadata.index) {
+            Ok(_) => {}
+            Err(e) => {
+                log::error!("raft: FATAL: cannot install the received snapshot: {e}");
+                std::process::abort();
+            }
+        }
+        let meta = crate::adapters::snapshots::read_meta(&files.current).unwrap_or_else(|e| {
+            log::error!("raft: FATAL: installed snapshot unreadable: {e}");
+            std::process::abort();
+        });
+        let point = LogPosition {
+            index: metadata.index,
+            term: metadata.term,
+        };
+        let hard_state = self.node.store().hard_state().clone();
+        self.log.rewrite(point, &hard_state, &[]);
+        self.membership = crate::adapters::snapshots::members_of(&meta);
+        self.update_peers();
+        log::info!(
+            "raft: installed snapshot at index {} from the leader",
+            metadata.index
+        );
+        self.push_main(MainTask::InstallSnapshot {
+            index: metadata.index,
+        });
+    }
+
+    /// The main thread holds a durable snapshot at `index`: drop the log up to it.
+    fn compact_to(&mut self, index: u64, term: u64, conf_state: raft::eraftpb::ConfState) {
+        let store = self.node.store();
+        if index <= store.snapshot_point().index || index > store.last_index() {
+            return;
+        }
+        self.node.compact_log(index, term, conf_state);
+        let store = self.node.store();
+        let entries = if store.last_index() > index {
+            raft::Storage::entries(
+                store,
+                index + 1,
+                store.last_index() + 1,
+                None,
+                raft::GetEntriesContext::empty(false),
+            )
+            .unwrap_or_else(|e| {
+                log::error!("raft: FATAL: cannot read the log after compaction: {e}");
+                std::process::abort();
+            })
+        } else {
+            Vec::new()
+        };
+        let hard_state = store.hard_state().clone();
+        self.log
+            .rewrite(LogPosition { index, term }, &hard_state, &entries);
+        crate::adapters::info::SNAPSHOTS_CREATED.fetch_add(1, Ordering::Relaxed);
+        log::info!(
+            "raft: log compacted up to index {index}; {} entries kept",
+            entries.len()
+        );
+    }
+
+    fn maybe_request_snapshot(&mut self) {
+        let wanted_by_raft = self.node.store().take_snapshot_wanted();
+        if !wanted_by_raft && self.log.size_bytes() <= self.params.log_max_file_size {
+            return;
+        }
+        if let Some(at) = self.snapshot_requested_at {
+            if self.ticks.saturating_sub(at) < SNAPSHOT_RETRY_TICKS {
+                return;
+            }
+        }
+        self.snapshot_requested_at = Some(self.ticks);
+        self.push_main(MainTask::TakeSnapshot);
+    }
+
+    /// Streams our snapshot file to a follower on its own thread; raft waits for the report.
+    fn start_snapshot_transfer(&mut self, message: Message) {
+        let to = message.to;
+        if self.sending_snapshot_to.contains(&to) {
+            return;
+        }
+        let addr = self
+            .membership
+            .addr_of(to)
+            .map(str::to_string)
+            .or_else(|| self.address_hints.get(&to).cloned());
+        let Some(addr) = addr else {
+            self.node.report_snapshot_sent(to, false);
+            return;
+        };
+        let template = &self.params.transfer;
+        let job = SendJob {
+            addr,
+            file: self.params.snapshot_files.current.clone(),
+            message,
+            dbid: template.dbid.clone(),
+            my_id: template.my_id,
+            chunk_bytes: template.chunk_bytes,
+            window: template.window,
+            connect_timeout: template.connect_timeout,
+            response_timeout: template.response_timeout,
+            cluster_user: template.cluster_user.clone(),
+            cluster_password: template.cluster_password.clone(),
+        };
+        let reply_to = self.params.inbox_sender.clone();
+        self.sending_snapshot_to.insert(to);
+        log::info!("raft: sending snapshot to node {to} at {}", job.addr);
+        let started = std::thread::Builder::new()
+            .name("raft-snapshot-send".into())
+            .spawn(move || {
+                let delivered = crate::adapters::snapshot_transfer::send(&job);
+                let _ = reply_to.send(DriverInput::SnapshotSent { to, delivered });
+            });
+        if started.is_err() {
+            self.sending_snapshot_to.remove(&to);
+            self.node.report_snapshot_sent(to, false);
+        }
     }
 
     fn update_peers(&mut self) {

@@ -473,7 +473,16 @@ macro_rules! command_trampolines {
     };
 }
 
-command_trampolines!(command_0 => 0, command_1 => 1, command_2 => 2, command_3 => 3, command_4 => 4, command_5 => 5, command_6 => 6, command_7 => 7);
+command_trampolines!(
+    command_0 => 0, command_1 => 1, command_2 => 2, command_3 => 3, command_4 => 4, command_5 => 5,
+    command_6 => 6, command_7 => 7, command_8 => 8, command_9 => 9, command_10 => 10,
+    command_11 => 11, command_12 => 12, command_13 => 13, command_14 => 14, command_15 => 15,
+);
+
+const _: () = assert!(
+    crate::adapters::module::COMMANDS.len() <= TRAMPOLINES.len(),
+    "add command trampolines"
+);
 
 unsafe extern "C" fn info_callback(ctx: *mut raw::RedisModuleInfoCtx, for_crash_report: c_int) {
     crate::adapters::module::info_handler(
@@ -495,6 +504,7 @@ pub unsafe extern "C" fn RedisModule_OnLoad(
     argc: c_int,
 ) -> c_int {
     let commands = crate::adapters::module::COMMANDS;
+    // Checked at compile time too (see below); a panic here could not even allocate.
     assert!(
         commands.len() <= TRAMPOLINES.len(),
         "add command trampolines"
@@ -538,4 +548,37 @@ pub unsafe extern "C" fn RedisModule_OnLoad(
     }
     raw::register_info_function(ctx, Some(info_callback));
     crate::adapters::module::init(&context, &args) as c_int
+}
+
+// ----- fork -----
+
+pub enum ForkSide {
+    Parent { child_pid: i32 },
+    Child,
+}
+
+/// Forks the server (copy-on-write view of the dataset) with Redis' own bookkeeping;
+/// `on_done(exit_code, by_signal)` runs on the parent's main thread when the child exits.
+pub fn fork(on_done: extern "C" fn(c_int, c_int, *mut c_void)) -> Result<ForkSide, String> {
+    // SAFETY: main thread; the callback is 'static and takes no user data.
+    let pid = unsafe {
+        api(raw::RedisModule_Fork, "Fork")(
+            Some(on_done as unsafe extern "C" fn(c_int, c_int, *mut c_void)),
+            std::ptr::null_mut(),
+        )
+    };
+    match pid {
+        -1 => Err(format!("fork refused: {}", std::io::Error::last_os_error())),
+        0 => Ok(ForkSide::Child),
+        child_pid => Ok(ForkSide::Parent { child_pid }),
+    }
+}
+
+/// Ends a forked child the way Redis expects (no atexit handlers of the parent).
+pub fn exit_from_child(code: i32) -> ! {
+    // SAFETY: only called in a child created by `fork`.
+    unsafe {
+        api(raw::RedisModule_ExitFromChild, "ExitFromChild")(code);
+    }
+    std::process::exit(code)
 }

@@ -209,7 +209,7 @@ fn cluster_init(ctx: &Context, args: &[RedisString]) -> RedisResult {
     let log = LogFile::create(&log_path(), &meta).map_err(RedisError::String)?;
     with_state(|state| {
         state.removed = false;
-        state::start_node(state, log, None, meta)?;
+        state::start_node(state, log, None, meta, None)?;
         // The first entry of every cluster names its first member and its address, so
         // nodes that replay the log later know where everyone is.
         let context = ChangeContext {
@@ -254,7 +254,8 @@ pub fn raft_debug(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
                 .map(|id| RedisValue::Integer(id as i64))
                 .collect()
         }))),
-        _ => reply_error("ERR RAFT.DEBUG supports EXEC / USED_NODE_IDS only"),
+        Some("compact") => crate::adapters::snapshots::compact_now(ctx),
+        _ => reply_error("ERR RAFT.DEBUG supports EXEC / USED_NODE_IDS / COMPACT"),
     }
 }
 

@@ -22,6 +22,9 @@ pub static PEER_TRAFFIC: PeerTrafficStats = PeerTrafficStats {
     snapshotreq_received: AtomicU64::new(0),
 };
 
+pub static SNAPSHOTS_CREATED: AtomicU64 = AtomicU64::new(0);
+pub static SNAPSHOTS_RECEIVED: AtomicU64 = AtomicU64::new(0);
+
 /// Proxied-command counters (follower-proxy).
 pub static PROXY_REQS: AtomicU64 = AtomicU64::new(0);
 pub static PROXY_FAILED_REQS: AtomicU64 = AtomicU64::new(0);
@@ -119,6 +122,7 @@ fn build(ctx: &InfoContext) -> RedisResult<()> {
             ),
         )?;
     }
+    let snapshot = crate::adapters::snapshots::current_info();
     let fsync_count = load(&shared.fsync_count);
     let fsync_avg_us = load(&shared.fsync_total_us)
         .checked_div(fsync_count)
@@ -138,16 +142,20 @@ fn build(ctx: &InfoContext) -> RedisResult<()> {
         .field("fsync_avg_microseconds", fsync_avg_us)?
         .build_section()?
         .add_section("snapshot")
+        .field("snapshot_last_idx", snapshot.index)?
+        .field("snapshot_last_term", snapshot.term)?
+        .field("snapshot_size", snapshot.size_bytes)?
+        .field("snapshot_time_secs", snapshot.age_secs)?
+        .field("snapshots_created", load(&SNAPSHOTS_CREATED))?
+        .field("snapshots_received", load(&SNAPSHOTS_RECEIVED))?
         .field(
-            "snapshot_last_idx",
-            load(&shared.first_index).saturating_sub(1),
+            "snapshot_in_progress",
+            if crate::adapters::snapshots::in_progress() {
+                "yes"
+            } else {
+                "no"
+            },
         )?
-        .field("snapshot_last_term", 0u64)?
-        .field("snapshot_size", 0u64)?
-        .field("snapshot_time_secs", 0u64)?
-        .field("snapshots_created", 0u64)?
-        .field("snapshots_received", 0u64)?
-        .field("snapshot_in_progress", "no")?
         .build_section()?
         .add_section("clients")
         .field("proxy_reqs", load(&PROXY_REQS))?

@@ -13,11 +13,13 @@ use std::time::Instant;
 use raft::eraftpb::{Entry, HardState};
 
 use crate::adapters::driver::SharedStatus;
-use crate::core::logfile::{self, NodeMeta, Record, Recovered};
+use crate::core::logfile::{self, LogPosition, NodeMeta, Record, Recovered};
 
 pub struct LogFile {
     file: File,
     path: PathBuf,
+    /// Written first in every rewrite of the file.
+    meta: NodeMeta,
     size_bytes: u64,
     buffer: Vec<u8>,
     fsync_count: u64,
@@ -72,41 +74,117 @@ impl LogFile {
                 .and_then(|()| file.sync_all())
                 .map_err(|e| format!("cannot truncate {}: {e}", path.display()))?;
         }
-        let log = LogFile::from_file(file, path, recovered.valid_len as u64);
+        let meta = recovered.meta.clone().expect("checked above");
+        let log = LogFile::from_file(file, path, meta, recovered.valid_len as u64);
         Ok(Some((log, recovered)))
     }
 
     /// Creates a new log holding only the node's identity, durably (file and directory).
     pub fn create(path: &Path, meta: &NodeMeta) -> Result<LogFile, String> {
-        let mut bytes = logfile::encode_file_header();
-        let record = Record::Meta {
-            dbid: meta.dbid.clone(),
-            node_id: meta.node_id,
-            bootstrap_voters: meta.bootstrap_voters.clone(),
-        };
-        logfile::encode_record(&record, &mut bytes).map_err(|e| e.to_string())?;
-        let temp_path = path.with_extension("creating");
-        let write = || -> std::io::Result<File> {
-            let mut file = File::create(&temp_path)?;
-            file.write_all(&bytes)?;
-            file.sync_all()?;
-            std::fs::rename(&temp_path, path)?;
-            if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-                File::open(dir)?.sync_all()?;
-            } else {
-                File::open(".")?.sync_all()?;
-            }
-            OpenOptions::new().append(true).open(path)
-        };
-        let file =
-            write().map_err(|e| format!("cannot create log file {}: {e}", path.display()))?;
-        Ok(LogFile::from_file(file, path, bytes.len() as u64))
+        let bytes = encode_beginning(meta, None, None)?;
+        let file = write_durably(path, &bytes)
+            .map_err(|e| format!("cannot create log file {}: {e}", path.display()))?;
+        Ok(LogFile::from_file(
+            file,
+            path,
+            meta.clone(),
+            bytes.len() as u64,
+        ))
     }
 
-    fn from_file(file: File, path: &Path, size_bytes: u64) -> LogFile {
+    /// Replaces the file with one that starts at a snapshot: identity, compaction point,
+    /// hard state, then the entries after the snapshot. Atomic: a crash leaves either the
+    /// old file or the new one.
+    pub fn rewrite(&mut self, compacted: LogPosition, hard_state: &HardState, entries: &[Entry]) {
+        let result = encode_beginning(&self.meta, Some(compacted), Some(hard_state)).and_then(
+            |mut bytes| {
+                for entry in entries {
+                    logfile::encode_entry(entry, &mut bytes).map_err(|e| e.to_string())?;
+                }
+                let file = write_durably(&self.path, &bytes).map_err(|e| e.to_string())?;
+                Ok((file, bytes.len() as u64))
+            },
+        );
+        match result {
+            Ok((file, size_bytes)) => {
+                self.file = file;
+                self.size_bytes = size_bytes;
+            }
+            Err(e) => {
+                log::error!(
+                    "raft: FATAL: cannot rewrite log file {}: {e}",
+                    self.path.display()
+                );
+                std::process::abort();
+            }
+        }
+    }
+
+    pub fn size_bytes(&self) -> u64 {
+        self.size_bytes
+    }
+}
+
+fn encode_beginning(
+    meta: &NodeMeta,
+    compacted: Option<LogPosition>,
+    hard_state: Option<&HardState>,
+) -> Result<Vec<u8>, String> {
+    let mut bytes = logfile::encode_file_header();
+    let identity = Record::Meta {
+        dbid: meta.dbid.clone(),
+        node_id: meta.node_id,
+        bootstrap_voters: meta.bootstrap_voters.clone(),
+    };
+    logfile::encode_record(&identity, &mut bytes).map_err(|e| e.to_string())?;
+    if let Some(point) = compacted {
+        logfile::encode_record(
+            &Record::Compacted {
+                index: point.index,
+                term: point.term,
+            },
+            &mut bytes,
+        )
+        .map_err(|e| e.to_string())?;
+    }
+    if let Some(hs) = hard_state {
+        let record = Record::HardState {
+            term: hs.term,
+            vote: hs.vote,
+            commit: hs.commit,
+        };
+        logfile::encode_record(&record, &mut bytes).map_err(|e| e.to_string())?;
+    }
+    Ok(bytes)
+}
+
+/// Writes `bytes` to a temp file, syncs it, renames it over `path`, syncs the directory,
+/// and returns the new file opened for appending.
+pub fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<File> {
+    {
+        let temp_path = path.with_extension("rewriting");
+        let mut file = File::create(&temp_path)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&temp_path, path)?;
+    }
+    sync_directory_of(path)?;
+    OpenOptions::new().append(true).open(path)
+}
+
+pub fn sync_directory_of(path: &Path) -> std::io::Result<()> {
+    match path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        Some(dir) => File::open(dir)?.sync_all(),
+        None => File::open(".")?.sync_all(),
+    }
+}
+
+impl LogFile {
+    fn from_file(file: File, path: &Path, meta: NodeMeta, size_bytes: u64) -> LogFile {
         LogFile {
             file,
             path: path.to_path_buf(),
+            meta,
             size_bytes,
             buffer: Vec::with_capacity(64 * 1024),
             fsync_count: 0,

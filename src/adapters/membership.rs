@@ -195,7 +195,7 @@ fn finish_join(client: BlockedClient, node_id: u64, outcome: Result<String, Stri
             bootstrap_voters: Vec::new(),
         };
         let log = LogFile::create(&log_path(), &meta)?;
-        with_state(|state| state::start_node(state, log, None, meta))
+        with_state(|state| state::start_node(state, log, None, meta, None))
     });
     match result {
         Ok(()) => ffi::unblock(client, Answer::Simple("OK".into())),

@@ -9,6 +9,8 @@ pub mod logio;
 pub mod membership;
 pub mod module;
 pub mod proxy;
+pub mod snapshot_transfer;
+pub mod snapshots;
 pub mod state;
 pub mod topology;
 pub mod transport;

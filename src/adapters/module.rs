@@ -5,7 +5,10 @@ use std::ffi::c_void;
 use redis_module::{Context, InfoContext, RedisString, Status};
 
 use crate::adapters::state::{self, call_locally, with_state, NodeState};
-use crate::adapters::{configs, ffi, handlers, info, logio::LogFile, membership, topology};
+use crate::adapters::{
+    configs, ffi, handlers, info, logio::LogFile, membership, snapshot_transfer, snapshots,
+    topology,
+};
 
 #[cfg(feature = "redis-alloc")]
 #[global_allocator]
@@ -23,6 +26,16 @@ pub const COMMANDS: &[ffi::CommandSpec] = &[
     ("raft.timeout_now", membership::timeout_now, "admin"),
     ("raft.msg", membership::raft_msg, "admin"),
     ("raft._cluster", topology::cluster_command, ""),
+    (
+        "raft.snapshot.chunk",
+        snapshot_transfer::receive_chunk,
+        "admin",
+    ),
+    (
+        "raft.snapshot.done",
+        snapshot_transfer::receive_done,
+        "admin",
+    ),
 ];
 
 /// Called by `ffi::RedisModule_OnLoad` once the API is initialised and commands exist.
@@ -55,7 +68,40 @@ fn try_init(ctx: &Context, args: &[RedisString]) -> Result<(), String> {
             "raft: cannot watch module loads; commands of modules loaded later are not classified"
         );
     }
+    let files = snapshots::SnapshotFiles::for_log(&handlers::log_path());
+    files.remove_leftovers();
     if let Some((log, recovered)) = LogFile::open(&handlers::log_path())? {
+        if files.current.exists() {
+            // Check the snapshot belongs with this log before the server starts serving.
+            let snapshot = snapshots::read_meta(&files.current)?;
+            let dbid = recovered
+                .meta
+                .as_ref()
+                .map(|m| m.dbid.clone())
+                .unwrap_or_default();
+            if snapshot.dbid != dbid {
+                return Err(format!(
+                    "snapshot {} belongs to cluster {} but the log to {dbid}: refusing to start",
+                    files.current.display(),
+                    snapshot.dbid
+                ));
+            }
+            if let Some(point) = recovered.compacted.filter(|p| p.index > snapshot.index) {
+                return Err(format!(
+                    "the log is compacted up to index {} but snapshot {} only reaches {}: refusing to start",
+                    point.index,
+                    files.current.display(),
+                    snapshot.index
+                ));
+            }
+            snapshots::set_current_index(snapshot.index);
+        } else if let Some(point) = recovered.compacted {
+            return Err(format!(
+                "the log is compacted up to index {} but its snapshot {} is missing: refusing to start",
+                point.index,
+                files.current.display()
+            ));
+        }
         with_state(|state| {
             state.node_state = NodeState::Loading;
             state.boot = Some((log, recovered));
@@ -82,10 +128,23 @@ extern "C" fn boot_after_server_load(_: *mut c_void) {
             std::process::abort();
         }
     }
-    let started = with_state(|state| {
-        let (log, recovered) = state.boot.take()?;
+    let files = snapshots::SnapshotFiles::for_log(&handlers::log_path());
+    let started = with_state(|state| state.boot.take()).and_then(|(log, recovered)| {
         let meta = recovered.meta.clone()?;
-        Some(state::start_node(state, log, Some(recovered), meta))
+        let snapshot = if files.current.exists() {
+            match snapshots::load_into_server(ctx, &files.current, &meta.dbid) {
+                Ok(snapshot) => Some(snapshot),
+                Err(e) => return Some(Err(e)),
+            }
+        } else {
+            None
+        };
+        Some(with_state(|state| {
+            if let Some(snapshot) = &snapshot {
+                state.membership = snapshots::members_of(snapshot);
+            }
+            state::start_node(state, log, Some(recovered), meta, snapshot.as_ref())
+        }))
     });
     match started {
         Some(Ok(())) => log::info!("raft: node restarted from its log"),

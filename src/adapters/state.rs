@@ -17,6 +17,8 @@ use crate::adapters::driver::{Driver, DriverInput, DriverParams, MainTask, Share
 use crate::adapters::driver::{INBOX_BOUND, MAIN_QUEUE_BOUND};
 use crate::adapters::ffi::{self, Answer, BlockedClient, RawCtx};
 use crate::adapters::logio::LogFile;
+use crate::adapters::snapshot_transfer::SendJob;
+use crate::adapters::snapshots::SnapshotFiles;
 use crate::adapters::transport::{Transport, TransportConfig};
 use crate::core::commands::CommandTable;
 use crate::core::entry::Argv;
@@ -24,6 +26,7 @@ use crate::core::logfile::{NodeMeta, Recovered};
 use crate::core::membership::Membership;
 use crate::core::node::{NodeParams, RaftNode};
 use crate::core::pending::RequestId;
+use crate::core::snapshot::SnapshotMeta;
 use crate::core::storage::LogStore;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,6 +70,8 @@ pub struct MainState {
     /// Reads confirmed by a quorum, waiting for `applied_index` to reach their index.
     pub confirmed_reads: BTreeMap<u64, Vec<RequestId>>,
     pub applied_index: u64,
+    /// Term of the entry at `applied_index` (a snapshot records both).
+    pub applied_term: u64,
     /// While loading: the commit index found on disk; `Up` once applied reaches it.
     pub loading_until: u64,
     pub to_driver: Option<SyncSender<DriverInput>>,
@@ -101,6 +106,7 @@ pub fn init_state(apply_ctx: RawCtx, incarnation: u64) {
             waiters: HashMap::new(),
             confirmed_reads: BTreeMap::new(),
             applied_index: 0,
+            applied_term: 0,
             loading_until: 0,
             to_driver: None,
             from_driver: None,
@@ -213,30 +219,53 @@ pub fn my_addr(ctx: RawCtx) -> String {
 }
 
 /// Builds the raft node from what is on disk (or a fresh INIT) and starts the driver.
+/// Starts the node. `snapshot`: the snapshot already loaded into the server, if any;
+/// the log then continues after it.
 pub fn start_node(
     state: &mut MainState,
     log: LogFile,
     recovered: Option<Recovered>,
     meta: NodeMeta,
+    snapshot: Option<&SnapshotMeta>,
 ) -> Result<(), String> {
     let settings = config().clone();
     let tick_ms = settings.periodic_interval_ms.max(1);
-    let conf_state = ConfState::from((meta.bootstrap_voters.clone(), Vec::<u64>::new()));
+    let conf_state = match snapshot {
+        Some(snapshot) => ConfState::from((snapshot.voters.clone(), snapshot.learners.clone())),
+        None => ConfState::from((meta.bootstrap_voters.clone(), Vec::<u64>::new())),
+    };
     let commit_on_disk = recovered
         .as_ref()
         .and_then(|r| r.hard_state)
         .map_or(0, |hs| hs.commit);
-    let (store, applied) = match recovered {
+    let (mut store, mut applied) = match recovered {
         Some(recovered) => {
             let applied = recovered.compacted.map_or(0, |point| point.index);
-            (LogStore::from_recovered(recovered, conf_state), applied)
+            (
+                LogStore::from_recovered(recovered, conf_state.clone()),
+                applied,
+            )
         }
         None => {
             let mut store = LogStore::new();
-            store.set_conf_state(conf_state);
+            store.set_conf_state(conf_state.clone());
             (store, 0)
         }
     };
+    if let Some(snapshot) = snapshot {
+        if store.snapshot_point().index > snapshot.index {
+            return Err(format!(
+                "the log was compacted up to index {} but the snapshot only reaches {}: refusing to start",
+                store.snapshot_point().index,
+                snapshot.index
+            ));
+        }
+        store.compact_to_snapshot(snapshot.index, snapshot.term, conf_state.clone());
+        if store.hard_state().commit < snapshot.index {
+            store.set_commit(snapshot.index);
+        }
+        applied = snapshot.index;
+    }
     let params = NodeParams {
         id: meta.node_id,
         election_ticks: (settings.election_timeout_ms / tick_ms).max(2) as usize,
@@ -269,20 +298,38 @@ pub fn start_node(
         tick: Duration::from_millis(tick_ms),
         fsync: settings.log_fsync,
         read_timeout_ticks: params.election_ticks as u64,
+        log_max_file_size: settings.log_max_file_size,
+        snapshot_files: SnapshotFiles::for_log(&crate::adapters::handlers::log_path()),
+        transfer: SendJob {
+            addr: String::new(),
+            file: Default::default(),
+            message: Default::default(),
+            dbid: meta.dbid.clone(),
+            my_id: meta.node_id,
+            chunk_bytes: settings.snapshot_req_max_size as usize,
+            window: settings.snapshot_req_max_count as usize,
+            connect_timeout: Duration::from_millis(settings.connection_timeout_ms),
+            response_timeout: Duration::from_millis(settings.response_timeout_ms),
+            cluster_user: settings.cluster_user.clone(),
+            cluster_password: settings.cluster_password.clone(),
+        },
+        inbox_sender: to_driver.clone(),
     };
     state.transport = Some(transport.clone());
     let driver = Driver::new(
         node,
         log,
         transport,
+        state.membership.clone(),
         inbox,
         outbox,
         crate::adapters::apply::wake_main_thread,
         state.shared.clone(),
         driver_params,
     );
-    state.loading_until = commit_on_disk;
+    state.loading_until = commit_on_disk.max(applied);
     state.applied_index = applied;
+    state.applied_term = snapshot.map_or(0, |s| s.term);
     state.node_state = if state.loading_until > applied {
         NodeState::Loading
     } else {

@@ -343,7 +343,7 @@ impl Serialize for AsByteString<'_> {
 }
 
 /// Lets bincode write straight into the output buffer.
-struct VecWriter<'a>(&'a mut Vec<u8>);
+pub(crate) struct VecWriter<'a>(&'a mut Vec<u8>);
 
 impl bincode::enc::write::Writer for VecWriter<'_> {
     fn write(&mut self, bytes: &[u8]) -> Result<(), bincode::error::EncodeError> {
@@ -352,13 +352,13 @@ impl bincode::enc::write::Writer for VecWriter<'_> {
     }
 }
 
-fn header_check(len_bytes: [u8; 4]) -> u32 {
+pub(crate) fn header_check(len_bytes: [u8; 4]) -> u32 {
     crc32fast::hash(&len_bytes) ^ HEADER_CHECK_SALT
 }
 
 /// Reserves room for the frame header, lets `write_payload` append the
 /// payload in place, then fills the header in.
-fn encode_frame(
+pub(crate) fn encode_frame(
     out: &mut Vec<u8>,
     payload_hint: usize,
     max_payload_len: usize,

@@ -98,6 +98,31 @@ impl Membership {
         }
     }
 
+    /// The membership a snapshot recorded.
+    pub fn restore(members: Vec<Member>, used_ids: impl IntoIterator<Item = u64>) -> Membership {
+        let mut used_ids: BTreeSet<u64> = used_ids.into_iter().collect();
+        used_ids.extend(members.iter().map(|m| m.id));
+        let members = members.into_iter().map(|m| (m.id, m)).collect();
+        Membership { members, used_ids }
+    }
+
+    /// Raft's view of this membership.
+    pub fn conf_state(&self) -> raft::eraftpb::ConfState {
+        let voters = self
+            .members
+            .values()
+            .filter(|m| m.voting)
+            .map(|m| m.id)
+            .collect::<Vec<_>>();
+        let learners = self
+            .members
+            .values()
+            .filter(|m| !m.voting)
+            .map(|m| m.id)
+            .collect::<Vec<_>>();
+        raft::eraftpb::ConfState::from((voters, learners))
+    }
+
     pub fn get(&self, id: u64) -> Option<&Member> {
         self.members.get(&id)
     }

@@ -7,4 +7,5 @@ pub mod membership;
 pub mod node;
 pub mod pending;
 pub mod resp;
+pub mod snapshot;
 pub mod storage;

@@ -61,13 +61,16 @@ pub struct ReadyOutput {
     pub send_after_persist: Vec<Message>,
     pub committed: Vec<Entry>,
     pub read_states: Vec<ReadState>,
+    /// A snapshot from the leader that replaces the log up to its index: before the
+    /// entries, the caller makes it the node's snapshot and restores the state machine.
+    pub snapshot: Option<raft::eraftpb::SnapshotMetadata>,
     /// Set when role or leader changed during this cycle.
     pub role_change: Option<(Role, u64)>,
 }
 
 impl ReadyOutput {
     pub fn must_persist(&self) -> bool {
-        !self.entries.is_empty() || self.hard_state.is_some()
+        !self.entries.is_empty() || self.hard_state.is_some() || self.snapshot.is_some()
     }
 }
 
@@ -200,6 +203,25 @@ impl RaftNode {
 
     pub fn report_unreachable(&mut self, peer: u64) {
         self.raw.report_unreachable(peer);
+        // A lost snapshot transfer must not leave the leader waiting for it forever.
+        self.raw
+            .report_snapshot(peer, raft::SnapshotStatus::Failure);
+    }
+
+    pub fn report_snapshot_sent(&mut self, peer: u64, delivered: bool) {
+        let status = if delivered {
+            raft::SnapshotStatus::Finish
+        } else {
+            raft::SnapshotStatus::Failure
+        };
+        self.raw.report_snapshot(peer, status);
+    }
+
+    /// The state machine holds a durable snapshot at `index`: drop the log up to it.
+    pub fn compact_log(&mut self, index: u64, term: u64, conf_state: ConfState) {
+        self.raw
+            .mut_store()
+            .compact_to_snapshot(index, term, conf_state);
     }
 
     pub fn status(&self) -> NodeStatus {
@@ -268,10 +290,11 @@ impl RaftNode {
         }
         // Step 1: messages that need no durability (leader appends, heartbeats).
         out.send_now = ready.take_messages();
-        assert!(
-            ready.snapshot().get_metadata().index == 0,
-            "snapshots are not supported yet, but raft asked to install one"
-        );
+        if ready.snapshot().get_metadata().index != 0 {
+            let metadata = ready.snapshot().get_metadata().clone();
+            self.raw.mut_store().apply_snapshot(&metadata);
+            out.snapshot = Some(metadata);
+        }
         // Step 4 input: entries already durable on a majority.
         out.committed = ready.take_committed_entries();
         // Step 2: new entries and hard state go to the in-memory store now (raft reads them

@@ -18,12 +18,20 @@ use raft::{GetEntriesContext, RaftState, Storage, StorageError, NO_LIMIT};
 use super::logfile::{self, LogPosition};
 
 /// The raft log, hard state and configuration held in memory.
-#[derive(Debug, Default)]
+/// The `data` of every raft Snapshot we hand out: the real bytes travel as a file.
+pub const SNAPSHOT_DATA_MARKER: &[u8] = b"redisraft-snapshot-file";
+
+#[derive(Default, Debug)]
 pub struct LogStore {
     hard_state: HardState,
     conf_state: ConfState,
     /// Last compacted entry; (0, 0) when nothing was ever compacted.
     snapshot_point: LogPosition,
+    /// Membership as of `snapshot_point`, sent with snapshots.
+    snapshot_conf_state: ConfState,
+    /// Raft asked for a snapshot we cannot give (none yet, or one that predates the
+    /// follower's membership): the caller should take a new one.
+    snapshot_wanted: std::cell::Cell<bool>,
     /// `entries[i].index == snapshot_point.index + 1 + i`.
     entries: VecDeque<Entry>,
     /// Sum of data and context sizes over `entries`.
@@ -186,6 +194,35 @@ impl LogStore {
     }
 
     /// The last compacted position; (0, 0) if nothing was compacted.
+    /// Compacts up to a snapshot that covers `index` and records the membership the
+    /// snapshot holds, so raft can send it to followers that need compacted entries.
+    pub fn compact_to_snapshot(&mut self, index: u64, term: u64, conf_state: ConfState) {
+        self.compact(index, term);
+        self.snapshot_conf_state = conf_state;
+    }
+
+    /// Installs a snapshot received from the leader: everything at or below its index is
+    /// replaced by it; entries after it are kept only if they agree (raft decides that
+    /// and only calls this when the log must be discarded).
+    pub fn apply_snapshot(&mut self, metadata: &raft::eraftpb::SnapshotMetadata) {
+        let index = metadata.index;
+        self.entries.clear();
+        self.cached_bytes = 0;
+        self.snapshot_point = LogPosition {
+            index,
+            term: metadata.term,
+        };
+        self.conf_state = metadata.get_conf_state().clone();
+        self.snapshot_conf_state = metadata.get_conf_state().clone();
+        self.hard_state.commit = self.hard_state.commit.max(index);
+        self.hard_state.term = self.hard_state.term.max(metadata.term);
+    }
+
+    /// Whether raft asked for a newer snapshot since the last call.
+    pub fn take_snapshot_wanted(&self) -> bool {
+        self.snapshot_wanted.replace(false)
+    }
+
     pub fn snapshot_point(&self) -> LogPosition {
         self.snapshot_point
     }
@@ -277,12 +314,26 @@ impl Storage for LogStore {
         Ok(LogStore::last_index(self))
     }
 
-    /// Snapshots are not built by this version: the answer is always
-    /// `SnapshotTemporarilyUnavailable`, which raft treats as "try again
-    /// later". Raft only asks for a snapshot when a follower needs entries
-    /// that were compacted, and nothing compacts the log yet.
-    fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        Err(store_error(StorageError::SnapshotTemporarilyUnavailable))
+    /// The latest snapshot's metadata. Its data is only a marker: the snapshot file is
+    /// streamed to the follower in chunks by the transport, never held in memory.
+    fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
+        let conf = &self.snapshot_conf_state;
+        let knows_follower = conf.voters.contains(&to) || conf.learners.contains(&to);
+        if self.snapshot_point.index == 0
+            || self.snapshot_point.index < request_index
+            || !knows_follower
+        {
+            // A follower refuses a snapshot whose membership does not include it.
+            self.snapshot_wanted.set(true);
+            return Err(store_error(StorageError::SnapshotTemporarilyUnavailable));
+        }
+        let mut snapshot = Snapshot::default();
+        let metadata = snapshot.mut_metadata();
+        metadata.index = self.snapshot_point.index;
+        metadata.term = self.snapshot_point.term;
+        metadata.set_conf_state(self.snapshot_conf_state.clone());
+        snapshot.data = SNAPSHOT_DATA_MARKER.to_vec().into();
+        Ok(snapshot)
     }
 }
 

@@ -1,0 +1,287 @@
+//! Sending a snapshot file to a follower in chunks, and receiving one.
+//!
+//! Wire: `RAFT.SNAPSHOT.CHUNK <dbid> <from> <transfer id> <offset> <bytes>` for each
+//! chunk (at most `snapshot-req-max-count` unanswered), then
+//! `RAFT.SNAPSHOT.DONE <dbid> <from> <transfer id> <total bytes> <raft MsgSnapshot>`.
+//! The receiver writes chunks to `<log>.snapshot.incoming`, verifies the whole file on
+//! DONE, renames it to `.received` and only then hands the MsgSnapshot to raft. Memory on
+//! both sides is bounded by the chunk window, not the snapshot size.
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufReader, Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use protobuf::Message as _;
+use raft::eraftpb::Message;
+use redis_module::{Context, RedisError, RedisResult, RedisString, RedisValue};
+
+use crate::adapters::driver::DriverInput;
+use crate::adapters::handlers::log_path;
+use crate::adapters::snapshots::{verify, SnapshotFiles};
+use crate::adapters::state::{with_state, NodeState};
+use crate::core::resp::{encode_command, parse_value, RespLimits, RespValue};
+
+pub struct SendJob {
+    pub addr: String,
+    pub file: PathBuf,
+    pub message: Message,
+    pub dbid: String,
+    pub my_id: u64,
+    pub chunk_bytes: usize,
+    pub window: usize,
+    pub connect_timeout: Duration,
+    pub response_timeout: Duration,
+    pub cluster_user: String,
+    pub cluster_password: String,
+}
+
+/// Sends the whole file; true when the follower accepted the final message.
+pub fn send(job: &SendJob) -> bool {
+    match try_send(job) {
+        Ok(()) => true,
+        Err(e) => {
+            log::warn!("raft: snapshot transfer to {} failed: {e}", job.addr);
+            false
+        }
+    }
+}
+
+struct Link {
+    stream: TcpStream,
+    buffer: Vec<u8>,
+    limits: RespLimits,
+}
+
+impl Link {
+    fn send(&mut self, argv: &[&[u8]]) -> Result<(), String> {
+        let mut frame = Vec::new();
+        encode_command(argv, &mut frame);
+        self.stream.write_all(&frame).map_err(|e| e.to_string())
+    }
+
+    fn reply(&mut self) -> Result<RespValue, String> {
+        let mut chunk = [0u8; 4096];
+        loop {
+            if let Some((value, used)) =
+                parse_value(&self.buffer, &self.limits).map_err(|e| e.to_string())?
+            {
+                self.buffer.drain(..used);
+                return Ok(value);
+            }
+            let read = self.stream.read(&mut chunk).map_err(|e| e.to_string())?;
+            if read == 0 {
+                return Err("connection closed".into());
+            }
+            self.buffer.extend_from_slice(&chunk[..read]);
+        }
+    }
+
+    fn expect_ok(&mut self) -> Result<(), String> {
+        match self.reply()? {
+            RespValue::Error(e) => Err(e),
+            _ => Ok(()),
+        }
+    }
+}
+
+fn try_send(job: &SendJob) -> Result<(), String> {
+    let address = job
+        .addr
+        .to_socket_addrs()
+        .map_err(|e| e.to_string())?
+        .next()
+        .ok_or("address did not resolve")?;
+    let stream =
+        TcpStream::connect_timeout(&address, job.connect_timeout).map_err(|e| e.to_string())?;
+    // A chunk may wait behind a busy main thread; allow generously more than for raft traffic.
+    stream
+        .set_read_timeout(Some(job.response_timeout * 10))
+        .map_err(|e| e.to_string())?;
+    stream.set_nodelay(true).map_err(|e| e.to_string())?;
+    let mut link = Link {
+        stream,
+        buffer: Vec::new(),
+        limits: RespLimits::default(),
+    };
+    if !job.cluster_password.is_empty() {
+        link.send(&[
+            b"AUTH",
+            job.cluster_user.as_bytes(),
+            job.cluster_password.as_bytes(),
+        ])?;
+        link.expect_ok()?;
+    }
+    let transfer_id = format!(
+        "{}-{}-{}",
+        job.my_id,
+        job.message.get_snapshot().get_metadata().index,
+        std::process::id()
+    );
+    let my_id = job.my_id.to_string();
+    let mut file = BufReader::new(File::open(&job.file).map_err(|e| e.to_string())?);
+    let mut chunk = vec![0u8; job.chunk_bytes.max(1)];
+    let mut offset: u64 = 0;
+    let mut unanswered = 0usize;
+    loop {
+        let read = read_full(&mut file, &mut chunk)?;
+        if read == 0 {
+            break;
+        }
+        let offset_text = offset.to_string();
+        link.send(&[
+            b"RAFT.SNAPSHOT.CHUNK",
+            job.dbid.as_bytes(),
+            my_id.as_bytes(),
+            transfer_id.as_bytes(),
+            offset_text.as_bytes(),
+            &chunk[..read],
+        ])?;
+        offset += read as u64;
+        unanswered += 1;
+        while unanswered >= job.window.max(1) {
+            link.expect_ok()?;
+            unanswered -= 1;
+        }
+    }
+    while unanswered > 0 {
+        link.expect_ok()?;
+        unanswered -= 1;
+    }
+    let message = job.message.write_to_bytes().map_err(|e| e.to_string())?;
+    let total = offset.to_string();
+    link.send(&[
+        b"RAFT.SNAPSHOT.DONE",
+        job.dbid.as_bytes(),
+        my_id.as_bytes(),
+        transfer_id.as_bytes(),
+        total.as_bytes(),
+        &message,
+    ])?;
+    link.expect_ok()
+}
+
+fn read_full(file: &mut impl Read, buffer: &mut [u8]) -> Result<usize, String> {
+    let mut filled = 0;
+    while filled < buffer.len() {
+        let read = file
+            .read(&mut buffer[filled..])
+            .map_err(|e| e.to_string())?;
+        if read == 0 {
+            break;
+        }
+        filled += read;
+    }
+    Ok(filled)
+}
+
+/// The transfer being received: one at a time.
+struct Incoming {
+    transfer_id: Vec<u8>,
+    file: File,
+    written: u64,
+}
+
+static INCOMING: Mutex<Option<Incoming>> = Mutex::new(None);
+
+fn check_peer(args: &[RedisString]) -> Result<(), RedisError> {
+    with_state(|state| {
+        if !matches!(state.node_state, NodeState::Up | NodeState::Loading) {
+            return Err(RedisError::Str("NOCLUSTER No Raft Cluster"));
+        }
+        let dbid = state
+            .meta
+            .as_ref()
+            .map(|m| m.dbid.as_bytes())
+            .unwrap_or_default();
+        if args[1].as_slice() != dbid {
+            return Err(RedisError::Str(
+                "ERR snapshot for another cluster (dbid mismatch)",
+            ));
+        }
+        Ok(())
+    })
+}
+
+/// `RAFT.SNAPSHOT.CHUNK <dbid> <from> <transfer id> <offset> <bytes>`
+pub fn receive_chunk(_ctx: &Context, args: Vec<RedisString>) -> RedisResult {
+    if args.len() != 6 {
+        return Err(RedisError::WrongArity);
+    }
+    check_peer(&args)?;
+    let offset = args[4]
+        .parse_unsigned_integer()
+        .map_err(|_| RedisError::Str("ERR invalid offset"))?;
+    let transfer_id = args[3].as_slice().to_vec();
+    let files = SnapshotFiles::for_log(&log_path());
+    let mut incoming = INCOMING.lock().unwrap_or_else(|p| p.into_inner());
+    let restart = incoming
+        .as_ref()
+        .is_none_or(|i| i.transfer_id != transfer_id);
+    if restart {
+        if offset != 0 {
+            return Err(RedisError::Str("ERR snapshot chunk of an unknown transfer"));
+        }
+        let file = OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(true)
+            .open(&files.incoming)
+            .map_err(|e| RedisError::String(format!("ERR cannot store snapshot: {e}")))?;
+        *incoming = Some(Incoming {
+            transfer_id,
+            file,
+            written: 0,
+        });
+    }
+    let current = incoming.as_mut().expect("set above");
+    if offset != current.written {
+        return Err(RedisError::Str("ERR snapshot chunk out of order"));
+    }
+    current
+        .file
+        .write_all(args[5].as_slice())
+        .map_err(|e| RedisError::String(format!("ERR cannot store snapshot: {e}")))?;
+    current.written += args[5].as_slice().len() as u64;
+    Ok(RedisValue::SimpleStringStatic("OK"))
+}
+
+/// `RAFT.SNAPSHOT.DONE <dbid> <from> <transfer id> <total bytes> <MsgSnapshot>`
+pub fn receive_done(_ctx: &Context, args: Vec<RedisString>) -> RedisResult {
+    if args.len() != 6 {
+        return Err(RedisError::WrongArity);
+    }
+    check_peer(&args)?;
+    let total = args[4]
+        .parse_unsigned_integer()
+        .map_err(|_| RedisError::Str("ERR invalid size"))?;
+    let message = Message::parse_from_bytes(args[5].as_slice())
+        .map_err(|_| RedisError::Str("ERR malformed raft message"))?;
+    let Some(done) = INCOMING.lock().unwrap_or_else(|p| p.into_inner()).take() else {
+        return Err(RedisError::Str("ERR no snapshot transfer in progress"));
+    };
+    if done.transfer_id != args[3].as_slice() || done.written != total {
+        return Err(RedisError::Str("ERR snapshot transfer incomplete"));
+    }
+    done.file
+        .sync_all()
+        .map_err(|e| RedisError::String(format!("ERR cannot sync snapshot: {e}")))?;
+    drop(done);
+    let files = SnapshotFiles::for_log(&log_path());
+    let meta = verify(&files.incoming)
+        .map_err(|e| RedisError::String(format!("ERR received snapshot is invalid: {e}")))?;
+    let expected = message.get_snapshot().get_metadata();
+    if meta.index != expected.index || meta.term != expected.term {
+        return Err(RedisError::Str(
+            "ERR received snapshot does not match its message",
+        ));
+    }
+    std::fs::rename(&files.incoming, &files.received)
+        .map_err(|e| RedisError::String(format!("ERR cannot keep snapshot: {e}")))?;
+    crate::adapters::info::SNAPSHOTS_RECEIVED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    with_state(|state| state.send_to_driver(DriverInput::Peer(Box::new(message))))
+        .map_err(|e| RedisError::String(e.to_string()))?;
+    Ok(RedisValue::SimpleStringStatic("OK"))
+}
