@@ -34,6 +34,11 @@ pub extern "C" fn command_filter(fctx: FilterCtx) {
         return;
     }
     let argv: Vec<&[u8]> = (0..count).map(|i| ffi::filter_arg(fctx, i)).collect();
+    if argv[0].eq_ignore_ascii_case(b"info") {
+        // Cluster-mode clients look for cluster_enabled:1 in INFO.
+        ffi::filter_prepend(fctx, b"RAFT._INFO");
+        return;
+    }
     if argv[0].eq_ignore_ascii_case(b"cluster") {
         // Cluster-aware clients ask CLUSTER SLOTS & co: answered from the raft membership.
         ffi::filter_prepend(fctx, b"RAFT._CLUSTER");
@@ -334,4 +339,20 @@ fn command_info(element: ffi::ReplyRef<'_>) -> CommandInfo {
         flags,
         subcommands,
     }
+}
+
+/// `INFO [sections]` as the server answers it, with `cluster_enabled:1` while this node is
+/// a cluster member, so cluster-aware clients treat the raft cluster as a Redis Cluster.
+pub fn info_command(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
+    let argv = args_to_argv(&args[1..]);
+    let reply = call_locally(ctx.ctx, &argv, false).map_err(RedisError::String)?;
+    if reply.is_error() {
+        ffi::reply_answer(ctx.ctx, &Answer::Reply(reply));
+        return Ok(RedisValue::NoReply);
+    }
+    let mut text = String::from_utf8_lossy(reply.bytes()).into_owned();
+    if with_state(|state| matches!(state.node_state, NodeState::Up | NodeState::Loading)) {
+        text = text.replace("cluster_enabled:0", "cluster_enabled:1");
+    }
+    Ok(RedisValue::BulkString(text))
 }

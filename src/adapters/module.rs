@@ -26,6 +26,7 @@ pub const COMMANDS: &[ffi::CommandSpec] = &[
     ("raft.timeout_now", membership::timeout_now, "admin"),
     ("raft.msg", membership::raft_msg, "admin"),
     ("raft._cluster", topology::cluster_command, ""),
+    ("raft._info", handlers::info_command, ""),
     (
         "raft.snapshot.chunk",
         snapshot_transfer::receive_chunk,
