@@ -3,6 +3,7 @@
 
 use std::collections::VecDeque;
 use std::ffi::c_void;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
@@ -81,6 +82,12 @@ fn run_task(task: MainTask) {
             }
             serve_confirmed_reads();
             finish_loading_if_caught_up();
+        }
+        MainTask::LeaveCluster => {
+            if with_state(|state| state.node_state == crate::adapters::state::NodeState::Up) {
+                with_state(|state| state.removed = true);
+                leave_after_removal();
+            }
         }
         MainTask::TakeSnapshot => {
             if let Err(e) =
@@ -238,12 +245,21 @@ fn leave_after_removal() {
         );
     }
     let path = crate::adapters::handlers::log_path();
-    let aside = path.with_extension(format!("removed-{}", std::process::id()));
-    if let Err(e) = std::fs::rename(&path, &aside) {
-        log::warn!("raft: could not move the log of the removed node aside: {e}");
-    } else {
-        log::warn!("raft: log of the removed node kept as {}", aside.display());
+    let snapshot = crate::adapters::snapshots::SnapshotFiles::for_log(&path).current;
+    for file in [path, snapshot] {
+        if !file.exists() {
+            continue;
+        }
+        let aside = PathBuf::from(format!("{}.removed-{}", file.display(), std::process::id()));
+        match std::fs::rename(&file, &aside) {
+            Ok(()) => log::warn!(
+                "raft: files of the removed node kept as {}",
+                aside.display()
+            ),
+            Err(e) => log::warn!("raft: could not move {} aside: {e}", file.display()),
+        }
     }
+    crate::adapters::snapshots::set_current_index(0);
 }
 
 /// Runs every confirmed read whose read index has been applied.

@@ -66,6 +66,8 @@ pub enum DriverInput {
 
 pub enum MainTask {
     Apply(Vec<Entry>),
+    /// A member told us our removal is committed: stop serving.
+    LeaveCluster,
     /// The log outgrew log-max-file-size: take a snapshot of the applied state.
     TakeSnapshot,
     /// Raft installed the leader's snapshot at `index`: load `<log>.snapshot`.
@@ -242,6 +244,9 @@ impl Driver {
                 }
                 self.promote_caught_up_learner();
                 self.maybe_request_snapshot();
+                if crate::adapters::transport::TOLD_REMOVED.swap(false, Ordering::SeqCst) {
+                    self.push_main(MainTask::LeaveCluster);
+                }
             }
             self.pump_ready();
         }

@@ -15,7 +15,9 @@ use crate::adapters::ffi::{self, Answer, BlockedClient};
 use crate::adapters::handlers::{log_path, pick_node_id};
 use crate::adapters::logio::LogFile;
 use crate::adapters::state::{self, with_state, NodeState, Waiter};
-use crate::adapters::transport::{decode_raft_msg, Transport, TransportConfig};
+use crate::adapters::transport::{
+    decode_raft_msg, Transport, TransportConfig, REMOVED_ERROR_PREFIX,
+};
 use crate::core::config::parse_addr;
 use crate::core::entry::Origin;
 use crate::core::logfile::NodeMeta;
@@ -387,6 +389,14 @@ pub fn raft_msg(_ctx: &Context, args: Vec<RedisString>) -> RedisResult {
             .unwrap_or_default();
         if decoded.dbid != dbid {
             return error("ERR raft message for another cluster (dbid mismatch)");
+        }
+        let sender = decoded.sender_id;
+        if state.membership.is_used(sender) && state.membership.get(sender).is_none() {
+            // Ids are never reused: this node's removal is committed. Telling it lets it
+            // stop instead of campaigning forever.
+            return Err(RedisError::String(format!(
+                "{REMOVED_ERROR_PREFIX} node {sender} was removed from the cluster"
+            )));
         }
         if let Some(addr) = decoded
             .sender_addr

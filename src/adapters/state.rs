@@ -339,6 +339,7 @@ pub fn start_node(
     state.from_driver = Some(from_driver);
     state.meta = Some(meta);
     crate::adapters::configs::fix_identity();
+    crate::adapters::transport::TOLD_REMOVED.store(false, Ordering::SeqCst);
     driver.spawn();
     Ok(())
 }

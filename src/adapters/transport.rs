@@ -27,6 +27,10 @@ use tokio::sync::{mpsc, Notify};
 use crate::core::resp::{encode_command, parse_value, RespLimits, RespValue};
 
 pub const RAFT_MSG_COMMAND: &str = "RAFT.MSG";
+/// A member answers `REMOVED ...` to messages from a node whose removal it applied.
+pub const REMOVED_ERROR_PREFIX: &str = "REMOVED";
+/// Set when a peer told us we were removed from the cluster; the driver acts on it.
+pub static TOLD_REMOVED: AtomicBool = AtomicBool::new(false);
 
 /// Batches written but not yet answered, per peer; beyond this the writer waits.
 const MAX_BATCHES_IN_FLIGHT: usize = 64;
@@ -706,6 +710,9 @@ async fn read_replies(
                 }
                 (InFlightKind::Batch, Some(error)) => {
                     link.counters.error_replies.fetch_add(1, Ordering::Relaxed);
+                    if error.starts_with(REMOVED_ERROR_PREFIX) {
+                        TOLD_REMOVED.store(true, Ordering::SeqCst);
+                    }
                     log.line(
                         log::Level::Warn,
                         format_args!(
