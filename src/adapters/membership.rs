@@ -107,21 +107,23 @@ pub fn cluster_join(ctx: &Context, args: &[RedisString]) -> RedisResult {
                 request_timeout,
             );
             transport.shutdown();
-            run_on_main(Box::new(move || finish_join(client, node_id, outcome)));
+            run_on_main(Box::new(move || finish_join(client, outcome)));
         })
         .map_err(|e| RedisError::String(format!("ERR cannot start join: {e}")))?;
     Ok(RedisValue::NoReply)
 }
 
 /// Asks the listed nodes, following MOVED to the leader, until one adds us or time is up.
+/// Returns the id the cluster accepted and the cluster's dbid.
 fn ask_to_join(
     transport: &Transport,
     mut targets: VecDeque<String>,
-    node_id: u64,
+    mut node_id: u64,
     my_addr: &str,
     deadline: Instant,
     request_timeout: Duration,
-) -> Result<String, String> {
+) -> Result<(u64, String), String> {
+    let id_is_random = config().id == 0;
     let seeds: Vec<String> = targets.iter().cloned().collect();
     let mut moves = 0;
     while Instant::now() < deadline {
@@ -150,9 +152,12 @@ fn ask_to_join(
             .unwrap_or_else(|_| Err("no answer".into()));
         match reply {
             Ok(RespValue::Array(Some(items))) if items.len() == 2 => {
-                if let RespValue::Simple(dbid) = to_text(&items[1]) {
-                    log::info!("raft: joined cluster {dbid} through {target} as node {node_id}");
-                    return Ok(dbid);
+                if let (RespValue::Integer(id), RespValue::Simple(dbid)) =
+                    (&items[0], to_text(&items[1]))
+                {
+                    let id = *id as u64;
+                    log::info!("raft: joined cluster {dbid} through {target} as node {id}");
+                    return Ok((id, dbid));
                 }
                 log::warn!("raft: join: unexpected reply from {target}: {items:?}");
             }
@@ -165,7 +170,13 @@ fn ask_to_join(
                     }
                 }
                 if message.contains("already been used") {
-                    return Err(format!("{target} refused node id {node_id}: {message}"));
+                    if !id_is_random {
+                        return Err(format!("{target} refused node id {node_id}: {message}"));
+                    }
+                    // Our random id collided with one used before: draw another.
+                    node_id = crate::adapters::handlers::random_node_id();
+                    targets.push_front(target);
+                    continue;
                 }
                 log::info!("raft: join: {target} answered {message}; retrying");
             }
@@ -189,8 +200,8 @@ fn to_text(value: &RespValue) -> RespValue {
     }
 }
 
-fn finish_join(client: BlockedClient, node_id: u64, outcome: Result<String, String>) {
-    let result = outcome.and_then(|dbid| {
+fn finish_join(client: BlockedClient, outcome: Result<(u64, String), String>) {
+    let result = outcome.and_then(|(node_id, dbid)| {
         let meta = NodeMeta {
             dbid,
             node_id,
