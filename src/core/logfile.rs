@@ -103,7 +103,7 @@ const ENTRY_VARIANT_INDEX: u32 = 1;
 pub enum Record {
     /// First record of every file: who this node is and how it was bootstrapped.
     Meta {
-        #[serde(deserialize_with = "serde_bounded::string")]
+        #[serde(deserialize_with = "crate::core::bounded_serde::string")]
         dbid: String,
         node_id: u64,
         bootstrap_voters: Vec<u64>,
@@ -131,9 +131,9 @@ pub struct LogEntry {
     pub term: u64,
     /// `raft::eraftpb::EntryType` as its protobuf value.
     pub entry_type: i32,
-    #[serde(with = "serde_bounded::bytes")]
+    #[serde(with = "crate::core::bounded_serde::bytes")]
     pub data: Vec<u8>,
-    #[serde(with = "serde_bounded::bytes")]
+    #[serde(with = "crate::core::bounded_serde::bytes")]
     pub context: Vec<u8>,
 }
 
@@ -177,70 +177,6 @@ impl LogEntry {
         entry.data = self.data.into();
         entry.context = self.context.into();
         entry
-    }
-}
-
-/// Serde helpers that keep decoding bounded by the input.
-///
-/// bincode's owned decoding of `Vec<u8>` and `String` allocates the claimed
-/// length before reading; these go through borrowed slices instead, which are
-/// bounds-checked against the payload first. Encoding `bytes` as a byte string
-/// (instead of a sequence of u8) produces the same bincode bytes, just faster.
-mod serde_bounded {
-    pub mod bytes {
-        use serde::de::{Deserializer, Error, Visitor};
-        use serde::Serializer;
-        use std::fmt;
-
-        pub fn serialize<S: Serializer>(bytes: &[u8], serializer: S) -> Result<S::Ok, S::Error> {
-            serializer.serialize_bytes(bytes)
-        }
-
-        pub fn deserialize<'de, D: Deserializer<'de>>(
-            deserializer: D,
-        ) -> Result<Vec<u8>, D::Error> {
-            deserializer.deserialize_bytes(ByteVecVisitor)
-        }
-
-        struct ByteVecVisitor;
-
-        impl Visitor<'_> for ByteVecVisitor {
-            type Value = Vec<u8>;
-
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a byte string")
-            }
-
-            fn visit_bytes<E: Error>(self, bytes: &[u8]) -> Result<Vec<u8>, E> {
-                Ok(bytes.to_vec())
-            }
-
-            fn visit_byte_buf<E: Error>(self, bytes: Vec<u8>) -> Result<Vec<u8>, E> {
-                Ok(bytes)
-            }
-        }
-    }
-
-    pub fn string<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
-        struct StringVisitor;
-
-        impl serde::de::Visitor<'_> for StringVisitor {
-            type Value = String;
-
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a string")
-            }
-
-            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<String, E> {
-                Ok(text.to_owned())
-            }
-
-            fn visit_string<E: serde::de::Error>(self, text: String) -> Result<String, E> {
-                Ok(text)
-            }
-        }
-
-        deserializer.deserialize_str(StringVisitor)
     }
 }
 

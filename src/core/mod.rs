@@ -1,4 +1,5 @@
 //! The pure, deterministic core: no Redis, no threads, no clock, no I/O.
+pub mod bounded_serde;
 pub mod commands;
 pub mod config;
 pub mod entry;

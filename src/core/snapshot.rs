@@ -70,22 +70,22 @@ const KEY_VARIANT_INDEX: u32 = 1;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SnapshotMeta {
     /// The cluster this snapshot belongs to.
-    #[serde(deserialize_with = "bounded::string")]
+    #[serde(deserialize_with = "crate::core::bounded_serde::string")]
     pub dbid: String,
     /// Last raft index applied to the keyspace in this snapshot (>= 1).
     pub index: u64,
     /// Term of the entry at `index` (>= 1).
     pub term: u64,
     /// Raft's `ConfState` at `index`: voters (at least one) and learners.
-    #[serde(deserialize_with = "bounded::vec")]
+    #[serde(deserialize_with = "crate::core::bounded_serde::vec")]
     pub voters: Vec<u64>,
-    #[serde(deserialize_with = "bounded::vec")]
+    #[serde(deserialize_with = "crate::core::bounded_serde::vec")]
     pub learners: Vec<u64>,
     /// The replicated membership (addresses) at `index`.
-    #[serde(deserialize_with = "bounded::vec")]
+    #[serde(deserialize_with = "crate::core::bounded_serde::vec")]
     pub members: Vec<SnapshotMember>,
     /// Every node id ever used in the cluster (ids are never reused).
-    #[serde(deserialize_with = "bounded::vec")]
+    #[serde(deserialize_with = "crate::core::bounded_serde::vec")]
     pub used_ids: Vec<u64>,
 }
 
@@ -100,7 +100,7 @@ impl SnapshotMeta {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SnapshotMember {
     pub id: u64,
-    #[serde(deserialize_with = "bounded::string")]
+    #[serde(deserialize_with = "crate::core::bounded_serde::string")]
     pub addr: String,
     pub voting: bool,
 }
@@ -134,109 +134,14 @@ pub enum SnapshotRecord {
     /// One key: its `DUMP` payload and absolute expiry in unix ms
     /// ([`NO_EXPIRY`] = none; any other value is >= 0).
     Key {
-        #[serde(with = "bounded::bytes")]
+        #[serde(with = "crate::core::bounded_serde::bytes")]
         key: Vec<u8>,
-        #[serde(with = "bounded::bytes")]
+        #[serde(with = "crate::core::bounded_serde::bytes")]
         dump: Vec<u8>,
         expire_at_ms: i64,
     },
     /// Always last: the number of `Key` records before it.
     End { key_count: u64 },
-}
-
-/// Serde helpers that keep decoding bounded by the input, the approach of
-/// `logfile`: bincode's owned decoding of `Vec<u8>` and `String` allocates the
-/// claimed length before reading, so these go through borrowed slices, which
-/// are bounds-checked against the payload first. Sequences grow only as their
-/// elements actually decode, so a forged count allocates nothing up front.
-mod bounded {
-    use std::fmt;
-    use std::marker::PhantomData;
-
-    use serde::de::{Deserialize, Deserializer, Error, SeqAccess, Visitor};
-
-    pub mod bytes {
-        use serde::de::{Deserializer, Error, Visitor};
-        use serde::Serializer;
-        use std::fmt;
-
-        pub fn serialize<S: Serializer>(bytes: &[u8], serializer: S) -> Result<S::Ok, S::Error> {
-            serializer.serialize_bytes(bytes)
-        }
-
-        pub fn deserialize<'de, D: Deserializer<'de>>(
-            deserializer: D,
-        ) -> Result<Vec<u8>, D::Error> {
-            struct ByteVecVisitor;
-
-            impl Visitor<'_> for ByteVecVisitor {
-                type Value = Vec<u8>;
-
-                fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                    f.write_str("a byte string")
-                }
-
-                fn visit_bytes<E: Error>(self, bytes: &[u8]) -> Result<Vec<u8>, E> {
-                    Ok(bytes.to_vec())
-                }
-
-                fn visit_byte_buf<E: Error>(self, bytes: Vec<u8>) -> Result<Vec<u8>, E> {
-                    Ok(bytes)
-                }
-            }
-
-            deserializer.deserialize_bytes(ByteVecVisitor)
-        }
-    }
-
-    pub fn string<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
-        struct StringVisitor;
-
-        impl Visitor<'_> for StringVisitor {
-            type Value = String;
-
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a string")
-            }
-
-            fn visit_str<E: Error>(self, text: &str) -> Result<String, E> {
-                Ok(text.to_owned())
-            }
-
-            fn visit_string<E: Error>(self, text: String) -> Result<String, E> {
-                Ok(text)
-            }
-        }
-
-        deserializer.deserialize_str(StringVisitor)
-    }
-
-    pub fn vec<'de, D, T>(deserializer: D) -> Result<Vec<T>, D::Error>
-    where
-        D: Deserializer<'de>,
-        T: Deserialize<'de>,
-    {
-        struct VecVisitor<T>(PhantomData<T>);
-
-        impl<'de, T: Deserialize<'de>> Visitor<'de> for VecVisitor<T> {
-            type Value = Vec<T>;
-
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a sequence")
-            }
-
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
-                // The claimed length (seq.size_hint()) is not trusted.
-                let mut items = Vec::new();
-                while let Some(item) = seq.next_element()? {
-                    items.push(item);
-                }
-                Ok(items)
-            }
-        }
-
-        deserializer.deserialize_seq(VecVisitor(PhantomData))
-    }
 }
 
 fn bincode_config() -> bincode::config::Configuration {
