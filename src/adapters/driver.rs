@@ -129,6 +129,8 @@ pub struct DriverParams {
     pub fsync: bool,
     pub read_timeout_ticks: u64,
     pub log_max_file_size: u64,
+    /// This node's `host:port`, for naming itself in the membership.
+    pub my_addr: String,
     pub snapshot_files: SnapshotFiles,
     /// Template for snapshot transfers (address, file and message filled per transfer).
     pub transfer: SendJob,
@@ -570,6 +572,21 @@ impl Driver {
     /// A learner that has caught up becomes a voter, one change at a time.
     fn promote_caught_up_learner(&mut self) {
         if self.node.has_pending_conf_change() {
+            return;
+        }
+        let status = self.node.status();
+        if status.leader_ready && self.membership.get(status.id).is_none() {
+            // INIT's AddNode(itself) was lost in a crash before it was durable: every
+            // cluster's log must name its first member, or joiners miscount the voters.
+            let context = ChangeContext {
+                origin: None,
+                node_id: status.id,
+                addr: self.params.my_addr.clone(),
+            };
+            let change = single_change(ConfChangeType::AddNode, status.id);
+            if let Err(e) = self.node.propose_conf_change(context.encode(), change) {
+                log::debug!("raft: could not name this node in the membership: {e:?}");
+            }
             return;
         }
         let Some(learner) = self.node.caught_up_learners().into_iter().next() else {

@@ -63,6 +63,10 @@ impl LogFile {
                 .map_err(|e| format!("cannot move aside {}: {e}", path.display()))?;
             return Ok(None);
         }
+        // What we recovered may still be only in the page cache (after a process kill):
+        // make it durable before acting on it (acking, applying).
+        file.sync_all()
+            .map_err(|e| format!("cannot sync log file {}: {e}", path.display()))?;
         if recovered.torn_tail_bytes > 0 {
             log::warn!(
                 "raft: log file {}: truncating a torn tail of {} bytes at offset {}",

@@ -114,8 +114,11 @@ fn try_send(job: &SendJob) -> Result<(), String> {
         ])?;
         link.expect_ok()?;
     }
+    // Unique per attempt, so a receiver never mixes chunks of two attempts.
+    static ATTEMPTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let attempt = ATTEMPTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let transfer_id = format!(
-        "{}-{}-{}",
+        "{}-{}-{}-{attempt}",
         job.my_id,
         job.message.get_snapshot().get_metadata().index,
         std::process::id()

@@ -260,7 +260,19 @@ pub fn start_node(
                 snapshot.index
             ));
         }
-        store.compact_to_snapshot(snapshot.index, snapshot.term, conf_state.clone());
+        let log_agrees =
+            raft::Storage::term(&store, snapshot.index).is_ok_and(|term| term == snapshot.term);
+        if log_agrees || store.last_index() < snapshot.index {
+            store.compact_to_snapshot(snapshot.index, snapshot.term, conf_state.clone());
+        } else {
+            // A crash between installing the leader's snapshot and rewriting the log: the
+            // log's entry there is an uncommitted one the snapshot overrides.
+            let mut metadata = raft::eraftpb::SnapshotMetadata::default();
+            metadata.index = snapshot.index;
+            metadata.term = snapshot.term;
+            metadata.set_conf_state(conf_state.clone());
+            store.apply_snapshot(&metadata);
+        }
         if store.hard_state().commit < snapshot.index {
             store.set_commit(snapshot.index);
         }
@@ -299,6 +311,7 @@ pub fn start_node(
         fsync: settings.log_fsync,
         read_timeout_ticks: params.election_ticks as u64,
         log_max_file_size: settings.log_max_file_size,
+        my_addr: my_addr.clone(),
         snapshot_files: SnapshotFiles::for_log(&crate::adapters::handlers::log_path()),
         transfer: SendJob {
             addr: String::new(),

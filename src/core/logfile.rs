@@ -622,7 +622,9 @@ fn read_frame(bytes: &[u8], position: usize) -> Result<FrameRead<'_>, RecoveryEr
     }
     let len_bytes: [u8; 4] = rest[..4].try_into().expect("4 bytes");
     if read_u32_le(rest, 4) != header_check(len_bytes) {
-        if is_all_zero(rest) {
+        // A torn tail may end in a few bytes of a header and then zeros (the file grew
+        // but the data never reached the disk).
+        if is_all_zero(&rest[FRAME_HEADER_LEN..]) {
             return Ok(FrameRead::Stop);
         }
         return Err(RecoveryError::FrameHeaderChecksum { offset: position });

@@ -127,7 +127,14 @@ impl RaftNode {
         self.raw.tick();
     }
 
+    /// Starts an election. Refused on a node that is not a voter: raft-rs 0.7 does not
+    /// check, and a learner (or a node with an empty configuration) would win.
     pub fn campaign(&mut self) -> Result<(), raft::Error> {
+        if !self.raw.raft.promotable() {
+            return Err(raft::Error::ConfigInvalid(
+                "this node is not a voter".into(),
+            ));
+        }
         self.raw.campaign()
     }
 

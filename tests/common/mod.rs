@@ -303,6 +303,15 @@ impl Server {
         }
     }
 
+    /// Keeps the server's directory when the guard is dropped (for diagnosis after a failed
+    /// check); returns its path.
+    pub fn keep_dir(&mut self) -> PathBuf {
+        if let Some(t) = self.tempdir.take() {
+            let _ = t.keep();
+        }
+        self.dir.clone()
+    }
+
     /// Path of the module's raft log file (`<dir>/<log-filename>`, default `redisraft.db`).
     pub fn raft_log_path(&self) -> PathBuf {
         let name = self

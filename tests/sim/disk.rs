@@ -170,8 +170,8 @@ impl Disk {
         }
     }
 
-    /// What `LogFile::open` does with a torn tail: cut it and sync.
-    pub fn truncate_torn_tail(&mut self, valid_len: usize) {
+    /// What `LogFile::open` does with a torn tail: cut the file there and sync it.
+    pub fn truncate_and_sync(&mut self, valid_len: usize) {
         self.bytes.truncate(valid_len);
         self.synced_len = valid_len;
         self.unsynced_frame_ends.clear();

@@ -140,10 +140,8 @@ pub struct Durable {
 pub struct Committed {
     pub term: u64,
     pub hash: u64,
-    pub entry_type: EntryType,
     /// Client data as text, or the conf change.
     pub what: String,
-    pub change: Option<ConfChangeV2>,
     /// The leader that was first seen committing it, and its term.
     pub leader: u64,
     pub leader_term: u64,
@@ -195,10 +193,6 @@ impl Conf {
             voters: state.voters.iter().copied().collect(),
             learners: state.learners.iter().copied().collect(),
         }
-    }
-
-    pub fn contains(&self, id: u64) -> bool {
-        self.voters.contains(&id) || self.learners.contains(&id)
     }
 
     pub fn members(&self) -> Vec<u64> {

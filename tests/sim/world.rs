@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt::Write as _;
 
 use raft::eraftpb::{
-    ConfChangeSingle, ConfChangeType, ConfChangeV2, ConfState, Entry, EntryType, Message,
+    ConfChangeSingle, ConfChangeType, ConfChangeV2, ConfState, Entry, EntryType, HardState, Message,
 };
 use raft::{GetEntriesContext, Storage};
 use redisraft::core::logfile;
@@ -23,13 +23,29 @@ pub type SimResult<T> = Result<T, String>;
 /// How the cluster is formed. See docs/SIMULATION.md.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Bootstrap {
-    /// What the adapters do today: the first node starts with voters [1] taken from its
-    /// Meta record; joining nodes start with an empty configuration and learn it from the
-    /// conf changes in the log. Node 1 is never in the log.
-    AsDriver,
-    /// As above, but the first node's first conf change is AddNode(itself), so the log
-    /// alone describes the whole configuration.
+    /// What the adapters do: INIT starts node 1 with voters [1] from its Meta record and
+    /// proposes AddNode(1) once; joining nodes start with an empty configuration and
+    /// learn it from the conf changes in the log.
+    InitAddsSelfOnce,
+    /// As above, but node 1 proposes AddNode(1) again, as leader, until it is committed
+    /// (the proposed fix for bug 3b).
     InitAddsSelf,
+    /// The adapters before they proposed AddNode(1): node 1 is never named in the log
+    /// (bug 3).
+    EmptyJoiners,
+}
+
+/// Deliberately broken drivers, to show the checks catch them (tests/simulation.rs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mutation {
+    /// Sends votes and append acks before the fsync.
+    AckBeforeFsync,
+    /// Never syncs the log.
+    NoFsync,
+    /// Writes hard states without the vote.
+    ForgetVote,
+    /// The driver as it is.
+    None,
 }
 
 #[derive(Clone, Debug)]
@@ -42,14 +58,21 @@ pub struct Params {
     /// Time units allowed for the liveness phase.
     pub liveness_steps: u64,
     pub bootstrap: Bootstrap,
-    /// Also crash processes without losing the page cache (see disk.rs).
+    /// Crashes are also process kills that keep the page cache (see disk.rs).
     pub kills: bool,
-    /// RAFT.TIMEOUT_NOW may reach any node, voters or not. Off: only voters campaign
-    /// (what `RaftNode::campaign` should enforce; see docs/SIMULATION.md, bug 1).
+    /// RAFT.TIMEOUT_NOW calls `RaftNode::campaign` (as the driver did before it used
+    /// `force_election`) on any node, voter or not (docs/SIMULATION.md, bug 1).
     pub campaign_non_voters: bool,
     /// Power loss may leave part of a frame header followed by a zero-filled extension
     /// (docs/SIMULATION.md, bug 2).
     pub partial_header_then_zeros: bool,
+    /// `LogFile::open` syncs the file before the node uses what it read (the proposed fix
+    /// for docs/SIMULATION.md bug 4). Off: it syncs only after cutting a torn tail.
+    pub open_syncs: bool,
+    /// Check that every node's raft configuration is the one the committed log describes.
+    /// Off: see what a disagreement leads to (docs/SIMULATION.md, bug 3).
+    pub check_conf: bool,
+    pub mutation: Mutation,
     /// Print every traced event as it happens.
     pub trace: bool,
 }
@@ -62,9 +85,12 @@ impl Params {
             nodes,
             liveness_steps: 3_000,
             bootstrap: Bootstrap::InitAddsSelf,
-            kills: false,
+            kills: true,
             campaign_non_voters: false,
             partial_header_then_zeros: false,
+            open_syncs: true,
+            check_conf: true,
+            mutation: Mutation::None,
             trace: false,
         }
     }
@@ -81,6 +107,7 @@ pub struct Faults {
     pub midcycle_crash_p: f64,
     pub partition_p: f64,
     pub write_p: f64,
+    pub read_p: f64,
     pub member_p: f64,
     pub transfer_p: f64,
     pub campaign_p: f64,
@@ -96,9 +123,10 @@ impl Faults {
             max_delay: *rng.pick(&[1, 3, 6, 15]),
             long_delay_p: *rng.pick(&[0.0, 0.005, 0.02]),
             crash_p: *rng.pick(&[0.001, 0.003, 0.006]),
-            midcycle_crash_p: *rng.pick(&[0.0005, 0.002, 0.005]),
+            midcycle_crash_p: *rng.pick(&[0.001, 0.003, 0.008]),
             partition_p: *rng.pick(&[0.002, 0.005, 0.01]),
             write_p: *rng.pick(&[0.1, 0.3, 0.6]),
+            read_p: *rng.pick(&[0.02, 0.1]),
             member_p: *rng.pick(&[0.01, 0.02, 0.04]),
             transfer_p: 0.002,
             campaign_p: 0.002,
@@ -118,6 +146,7 @@ impl Faults {
             midcycle_crash_p: 0.0,
             partition_p: 0.0,
             write_p: 0.2,
+            read_p: 0.05,
             member_p: 0.0,
             transfer_p: 0.0,
             campaign_p: 0.0,
@@ -131,6 +160,8 @@ impl Faults {
 #[derive(Clone, Debug, Default)]
 pub struct Stats {
     pub elections: u64,
+    pub reads: u64,
+    pub reads_confirmed: u64,
     pub max_term: u64,
     pub committed: u64,
     pub applied: u64,
@@ -154,6 +185,8 @@ pub struct Stats {
 impl Stats {
     pub fn add(&mut self, other: &Stats) {
         self.elections += other.elections;
+        self.reads += other.reads;
+        self.reads_confirmed += other.reads_confirmed;
         self.max_term = self.max_term.max(other.max_term);
         self.committed += other.committed;
         self.applied += other.applied;
@@ -180,6 +213,7 @@ impl std::fmt::Display for Stats {
         write!(
             f,
             "elections {} (max term {}), committed {}, applied {}, proposals {}, \
+             reads {} ({} confirmed), \
              crashes {} ({} mid-cycle, {} power losses and {} kills with unsynced bytes, \
              {} torn tails cut), restarts {}, partitions {}, conf changes committed {}, \
              nodes removed {}, messages sent {} delivered {} dropped {} duplicated {}, \
@@ -189,6 +223,8 @@ impl std::fmt::Display for Stats {
             self.committed,
             self.applied,
             self.proposals,
+            self.reads,
+            self.reads_confirmed,
             self.crashes,
             self.midcycle_crashes,
             self.power_losses_with_unsynced,
@@ -222,6 +258,8 @@ struct Proc {
     commit_seen: u64,
     /// Term in which leader completeness was last checked for this process.
     leader_checked_term: u64,
+    /// A peer answered REMOVED: the driver leaves the cluster at its next tick.
+    told_removed: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -236,8 +274,13 @@ enum Life {
 
 struct SimNode {
     id: u64,
+    /// From its Meta record: [1] for the node that ran INIT, [] for joiners.
+    bootstrap_voters: Vec<u64>,
     disk: Disk,
     durable: Durable,
+    /// Batches written but not yet synced, oldest first: the next fsync makes them durable.
+    /// Only a process kill carries them across a restart.
+    unsynced: Vec<(Vec<Entry>, Option<HardState>)>,
     proc: Option<Proc>,
     life: Life,
     /// Highest index applied by any incarnation.
@@ -280,9 +323,14 @@ pub struct World {
     confs: Vec<(u64, Conf)>,
     /// Every id that was ever in the committed configuration.
     ever_member: BTreeSet<u64>,
+    /// Id -> first committed index that added it (`Membership::is_used` from then on).
+    added_at: BTreeMap<u64, u64>,
     leaders: BTreeMap<u64, u64>,
     writes: u64,
-    self_added: bool,
+    /// ReadIndex requests in flight: context -> (node, committed prefix when it started).
+    reads: BTreeMap<Vec<u8>, (u64, u64)>,
+    /// Index of the committed AddNode(1) (InitAddsSelf).
+    self_added_at: Option<u64>,
     pub stats: Stats,
     trace: VecDeque<String>,
     chaos: bool,
@@ -300,7 +348,7 @@ impl World {
         let f = Faults::draw(&mut rng);
         let max_append_bytes = *rng.pick(&[300u64, 4096, 2 * 1024 * 1024]);
         let inflight = *rng.pick(&[1usize, 2, 4]);
-        let max_ids = p.nodes + 3;
+        let max_ids = p.nodes * 3;
         World {
             p,
             f,
@@ -316,9 +364,11 @@ impl World {
             committed: Vec::new(),
             confs: vec![(0, Conf::of(&[1]))],
             ever_member: [1].into_iter().collect(),
+            added_at: BTreeMap::new(),
             leaders: BTreeMap::new(),
             writes: 0,
-            self_added: false,
+            reads: BTreeMap::new(),
+            self_added_at: None,
             stats: Stats::default(),
             trace: VecDeque::new(),
             chaos: true,
@@ -369,12 +419,12 @@ impl World {
     }
 
     /// RAFT.CLUSTER INIT on node 1: a new log with Meta{bootstrap_voters: [1]}, the node
-    /// started on it, then (InitAddsSelf) AddNode(1) proposed as the first change.
+    /// started on it, then AddNode(1) proposed as the first change.
     fn bootstrap(&mut self) -> SimResult<()> {
         self.event(format!("faults: {}", self.describe_faults()));
         let id = self.create_node(vec![1]);
         self.start(id)?;
-        if self.p.bootstrap == Bootstrap::InitAddsSelf {
+        if self.p.bootstrap != Bootstrap::EmptyJoiners {
             self.propose_change(1, ConfChangeType::AddNode, 1)?;
         }
         Ok(())
@@ -383,14 +433,16 @@ impl World {
     fn create_node(&mut self, bootstrap_voters: Vec<u64>) -> u64 {
         let id = self.next_id;
         self.next_id += 1;
-        let disk = Disk::create(id, bootstrap_voters);
+        let disk = Disk::create(id, bootstrap_voters.clone());
         let tick_period = self.rng.range(3, 5);
         self.nodes.insert(
             id,
             SimNode {
                 id,
+                bootstrap_voters,
                 disk,
                 durable: Durable::default(),
+                unsynced: Vec::new(),
                 proc: None,
                 life: Life::Crashed { restart_at: 0 },
                 max_applied: 0,
@@ -436,6 +488,12 @@ impl World {
         for flight in due {
             self.deliver(flight)?;
         }
+        // End of the inbox batch: every node runs its Ready loop.
+        for id in self.running_ids() {
+            if let Some(proc) = self.nodes.get_mut(&id).and_then(|n| n.proc.take()) {
+                self.pump_and_keep(id, proc)?;
+            }
+        }
 
         let ticking: Vec<u64> = self
             .nodes
@@ -446,7 +504,19 @@ impl World {
         for id in ticking {
             let node = self.nodes.get_mut(&id).expect("node exists");
             node.next_tick_at = now + node.tick_period;
+            if node.proc.as_ref().is_some_and(|p| p.told_removed) {
+                // MainTask::LeaveCluster: stop and move the log aside.
+                node.proc = None;
+                node.life = Life::Removed;
+                self.flights.retain(|f| f.to != id);
+                self.stats.removed += 1;
+                self.event(format!(
+                    "node {id} was told it is removed and left the cluster"
+                ));
+                continue;
+            }
             self.input(id, |raft| raft.tick())?;
+            self.promote_caught_up_learner(id)?;
         }
 
         self.random_event()?;
@@ -467,6 +537,8 @@ impl World {
         };
         if next(f.write_p) {
             self.client_write()
+        } else if next(f.read_p) {
+            self.client_read()
         } else if next(f.crash_p) {
             if let Some(id) = self.random_running() {
                 self.crash(id, "crash");
@@ -480,25 +552,20 @@ impl World {
         } else if next(f.transfer_p) {
             self.transfer_leader()
         } else if next(f.campaign_p) {
-            let candidates: Vec<u64> = self
-                .running_ids()
-                .into_iter()
-                .filter(|id| {
-                    self.p.campaign_non_voters
-                        || self.nodes[id]
-                            .proc
-                            .as_ref()
-                            .is_some_and(|p| p.raft.conf_state().voters.contains(id))
-                })
-                .collect();
-            if candidates.is_empty() {
+            // RAFT.TIMEOUT_NOW, on any node.
+            let Some(id) = self.random_running() else {
                 return Ok(());
+            };
+            self.event(format!("node {id}: RAFT.TIMEOUT_NOW"));
+            if self.p.campaign_non_voters {
+                self.input(id, |raft| {
+                    let _ = raft.campaign();
+                })
+            } else {
+                self.input(id, |raft| {
+                    let _ = raft.force_election();
+                })
             }
-            let id = *self.rng.pick(&candidates);
-            self.event(format!("node {id}: RAFT.TIMEOUT_NOW (campaign)"));
-            self.input(id, |raft| {
-                let _ = raft.campaign();
-            })
             .map(|_| ())
         } else if next(f.pause_p) {
             if let Some(id) = self.random_running() {
@@ -571,6 +638,8 @@ impl World {
         Ok(())
     }
 
+    /// Steps a message into its target. Like the driver, which drains its inbox before
+    /// one Ready cycle, the target may take more messages before it pumps.
     fn deliver(&mut self, flight: Flight) -> SimResult<()> {
         let target_up = self
             .nodes
@@ -586,11 +655,36 @@ impl World {
             return Ok(());
         }
         self.stats.delivered += 1;
-        self.input(flight.to, |raft| {
-            // The driver logs and drops messages raft refuses.
-            let _ = raft.step(flight.msg);
-        })?;
-        Ok(())
+        let id = flight.to;
+        let receiver = self.nodes[&id].proc.as_ref().expect("runs");
+        if self.refuses_as_removed(receiver, flight.from) {
+            // RAFT.MSG answers REMOVED; the sender's transport tells its driver.
+            if let Some(sender) = self
+                .nodes
+                .get_mut(&flight.from)
+                .and_then(|n| n.proc.as_mut())
+            {
+                if !sender.told_removed {
+                    sender.told_removed = true;
+                    self.event(format!("node {id} refuses node {}: REMOVED", flight.from));
+                }
+            }
+            return Ok(());
+        }
+        let mut proc = self
+            .nodes
+            .get_mut(&id)
+            .and_then(|n| n.proc.take())
+            .expect("runs");
+        // The driver logs and drops messages raft refuses.
+        let _ = proc.raft.step(flight.msg);
+        self.observe_commit(id, &mut proc)?;
+        if self.rng.chance(0.5) {
+            self.pump_and_keep(id, proc)
+        } else {
+            self.nodes.get_mut(&id).expect("exists").proc = Some(proc);
+            Ok(())
+        }
     }
 
     fn send(&mut self, from: u64, messages: Vec<Message>) {
@@ -625,8 +719,10 @@ impl World {
     fn pump(&mut self, id: u64, proc: &mut Proc) -> SimResult<PumpEnd> {
         let mut removed = false;
         while let Some(out) = proc.raft.poll_ready() {
+            // Crash points: 0 after sending, 1 after writing (half the time: the window
+            // where unsynced bytes exist), 2 after the fsync, 3 after the acks.
             let crash_at = if self.chaos && self.rng.chance(self.f.midcycle_crash_p) {
-                Some(self.rng.below(4))
+                Some(*self.rng.pick(&[0, 1, 1, 1, 2, 3]))
             } else {
                 None
             };
@@ -640,6 +736,16 @@ impl World {
                 }
             }
             let must_persist = out.must_persist();
+            let mut acks = out.send_after_persist;
+            let mut hard_state = out.hard_state;
+            if self.p.mutation == Mutation::AckBeforeFsync {
+                self.send(id, std::mem::take(&mut acks));
+            }
+            if self.p.mutation == Mutation::ForgetVote {
+                if let Some(hs) = &mut hard_state {
+                    hs.vote = 0;
+                }
+            }
             // 1. Messages that need no durability go out first.
             self.send(id, out.send_now);
             if crash_at == Some(0) {
@@ -649,7 +755,9 @@ impl World {
             // 2. Persist entries and hard state: one write and one sync per cycle.
             if must_persist {
                 let node = self.nodes.get_mut(&id).expect("exists");
-                node.disk.append(&out.entries, out.hard_state.as_ref());
+                node.disk.append(&out.entries, hard_state.as_ref());
+                node.unsynced
+                    .push((out.entries.clone(), hard_state.clone()));
                 proc.log
                     .append_raft(&out.entries)
                     .map_err(|e| format!("node {id}: raft handed out a bad batch: {e}"))?;
@@ -657,18 +765,29 @@ impl World {
                     self.crash_mid_cycle(id, "after writing, before fsync");
                     return Ok(PumpEnd::Crashed);
                 }
-                node.disk.sync();
-                let replaced = node
-                    .durable
-                    .log
-                    .append_raft(&out.entries)
-                    .map_err(|e| format!("node {id}: {e}"))?;
-                if let Some(hs) = &out.hard_state {
-                    node.durable.hard_state = logfile::SavedHardState {
-                        term: hs.term,
-                        vote: hs.vote,
-                        commit: hs.commit,
-                    };
+                let synced = if self.p.mutation == Mutation::NoFsync {
+                    Vec::new()
+                } else {
+                    node.disk.sync();
+                    std::mem::take(&mut node.unsynced)
+                };
+                let mut replaced = None;
+                for (entries, hard_state) in synced {
+                    let from = node
+                        .durable
+                        .log
+                        .append_raft(&entries)
+                        .map_err(|e| format!("node {id}: {e}"))?;
+                    if let Some(from) = from {
+                        replaced = Some(replaced.map_or(from, |r: u64| r.min(from)));
+                    }
+                    if let Some(hs) = hard_state {
+                        node.durable.hard_state = logfile::SavedHardState {
+                            term: hs.term,
+                            vote: hs.vote,
+                            commit: hs.commit,
+                        };
+                    }
                 }
                 if let Some(from) = replaced {
                     self.check_durable_quorums(from)?;
@@ -696,7 +815,7 @@ impl World {
                 }
             }
             // 3. Messages that promise durability (votes, append acks).
-            self.send(id, out.send_after_persist);
+            self.send(id, acks);
             if crash_at == Some(3) {
                 self.crash_mid_cycle(id, "after the acks, before applying");
                 return Ok(PumpEnd::Crashed);
@@ -708,6 +827,7 @@ impl World {
             if !out.committed.is_empty() {
                 self.check_conf(id, proc)?;
             }
+            self.check_reads(id, &out.read_states)?;
             self.observe_leadership(id, proc)?;
         }
         Ok(if removed {
@@ -822,15 +942,14 @@ impl World {
         self.committed.push(Committed {
             term: mine.term,
             hash: mine.hash,
-            entry_type: entry.get_entry_type(),
             what: what.clone(),
-            change: change.clone(),
             leader: id,
             leader_term,
             quorum: Some((voters, outgoing)),
         });
         if let Some(change) = change {
             self.stats.conf_changes_committed += 1;
+            self.note_added(index, &change);
             let next = self.conf_at(index).apply(&change);
             self.ever_member.extend(next.members());
             if change
@@ -838,7 +957,7 @@ impl World {
                 .iter()
                 .any(|s| s.get_change_type() == ConfChangeType::AddNode && s.node_id == 1)
             {
-                self.self_added = true;
+                self.self_added_at.get_or_insert(index);
             }
             self.event(format!(
                 "index {index} committed by leader {id} (term {leader_term}): {what} -> {next}"
@@ -846,6 +965,23 @@ impl World {
             self.confs.push((index, next));
         }
         self.check_durable_quorum(index)
+    }
+
+    fn note_added(&mut self, index: u64, change: &ConfChangeV2) {
+        for step in change.get_changes() {
+            if step.get_change_type() != ConfChangeType::RemoveNode {
+                self.added_at.entry(step.node_id).or_insert(index);
+            }
+        }
+    }
+
+    /// `RAFT.MSG` on `receiver`: a sender that was added and then removed, as of what the
+    /// receiver applied, is refused with REMOVED.
+    fn refuses_as_removed(&self, receiver: &Proc, sender: u64) -> bool {
+        self.added_at
+            .get(&sender)
+            .is_some_and(|&at| at <= receiver.applied)
+            && !self.conf_at(receiver.applied).members().contains(&sender)
     }
 
     fn conf_at(&self, index: u64) -> &Conf {
@@ -953,6 +1089,16 @@ impl World {
     /// After applying a batch: the node's raft configuration is the one the committed log
     /// describes at its applied index.
     fn check_conf(&self, id: u64, proc: &Proc) -> SimResult<()> {
+        if !self.p.check_conf {
+            return Ok(());
+        }
+        // A joiner learns the configuration from the log; before the log names the first
+        // node (AddNode(1)) its configuration is empty, which is harmless as it is
+        // nobody's voter yet. If the log never names node 1, joiners disagree (bug 3).
+        let joiner = self.nodes[&id].bootstrap_voters.is_empty();
+        if joiner && self.self_added_at.is_some_and(|at| proc.applied < at) {
+            return Ok(());
+        }
         let state = proc.raft.conf_state();
         let actual = Conf::from_raft(&state);
         let expected = self.conf_at(proc.applied);
@@ -1042,7 +1188,12 @@ impl World {
     /// The process is gone (its `Proc` dropped by the caller); the disk decides what stays.
     fn crash_mid_cycle(&mut self, id: u64, why: &str) {
         let kill = self.p.kills && self.rng.chance(0.4);
-        let downtime = self.rng.range(5, 150);
+        // Quick restarts (a supervisor) land inside elections; long ones let others move on.
+        let downtime = if self.rng.chance(0.3) {
+            self.rng.range(1, 8)
+        } else {
+            self.rng.range(5, 150)
+        };
         let node = self.nodes.get_mut(&id).expect("exists");
         let had_unsynced = node.disk.has_unsynced();
         let damage = if kill {
@@ -1151,8 +1302,6 @@ impl World {
                  (a crash can only tear the tail, so this is a logfile.rs bug)"
             )
         })?;
-        let durable_now = logfile::recover(&node.disk.bytes[..node.disk.synced_len])
-            .map_err(|e| format!("node {id}: recovery refused the synced prefix: {e}"))?;
         let meta = recovered
             .meta
             .clone()
@@ -1160,12 +1309,19 @@ impl World {
         if meta.node_id != id {
             return Err(format!("node {id}: Meta says node {}", meta.node_id));
         }
-        // `LogFile::open`: cut a torn tail and sync; otherwise leave the file alone.
+        // `LogFile::open`: a torn tail is cut and the file synced; otherwise the file is
+        // left as it is, so bytes a killed process wrote stay unsynced (bug 4). With
+        // `open_syncs` (the proposed fix) the file is always synced.
         let torn = recovered.torn_tail_bytes > 0;
-        if torn {
-            node.disk.truncate_torn_tail(recovered.valid_len);
+        if torn || self.p.open_syncs {
+            node.disk.truncate_and_sync(recovered.valid_len);
+            node.unsynced.clear();
         }
-        // The durable model must agree with what the synced bytes recover to.
+        let durable_now = logfile::recover(&node.disk.bytes[..node.disk.synced_len])
+            .map_err(|e| format!("node {id}: recovery refused the synced prefix: {e}"))?;
+        // What the synced bytes recover to is the new durable state (a power loss may have
+        // added or replaced uncommitted entries); the durable committed prefix must not
+        // have changed.
         let durable_log = LogMirror::from_recovered(&durable_now)?;
         let durable_hs = durable_now.hard_state.unwrap_or_default();
         let old = std::mem::take(&mut node.durable);
@@ -1230,6 +1386,7 @@ impl World {
             log,
             commit_seen: 0,
             leader_checked_term: 0,
+            told_removed: false,
         };
         // Replay what is already committed first: conf changes in it decide who votes.
         self.pump_and_keep(id, proc)?;
@@ -1270,6 +1427,7 @@ impl World {
                 "node {id}: index {index} ({what}) is committed only in its page cache"
             ));
             if let Some(change) = &change {
+                self.note_added(index, change);
                 let next = self.conf_at(index).apply(change);
                 self.ever_member.extend(next.members());
                 self.confs.push((index, next));
@@ -1278,9 +1436,7 @@ impl World {
             self.committed.push(Committed {
                 term: mine.term,
                 hash: mine.hash,
-                entry_type: entry.get_entry_type(),
                 what,
-                change,
                 leader: id,
                 leader_term: raft.status().term,
                 quorum: None,
@@ -1329,7 +1485,72 @@ impl World {
         Ok(())
     }
 
+    /// A linearizable read: the driver starts a ReadIndex round on a node that believes
+    /// it leads; the read is served once the node has applied the returned index.
+    fn client_read(&mut self) -> SimResult<()> {
+        let leaders = self.leader_ids();
+        if leaders.is_empty() {
+            return Ok(());
+        }
+        let id = *self.rng.pick(&leaders);
+        self.writes += 1;
+        let context = format!("read-{}", self.writes).into_bytes();
+        self.reads
+            .insert(context.clone(), (id, self.committed.len() as u64));
+        self.stats.reads += 1;
+        self.input(id, |raft| raft.read_index(context)).map(|_| ())
+    }
+
+    /// Reads confirmed in a Ready: the index must cover everything committed before the
+    /// read started, or the read could miss an acknowledged write.
+    fn check_reads(&mut self, id: u64, read_states: &[raft::ReadState]) -> SimResult<()> {
+        for read in read_states {
+            let Some((node, committed_before)) = self.reads.remove(&read.request_ctx) else {
+                continue;
+            };
+            if node != id {
+                return Err(format!(
+                    "read {:?} started on node {node} was confirmed on node {id}",
+                    String::from_utf8_lossy(&read.request_ctx)
+                ));
+            }
+            self.stats.reads_confirmed += 1;
+            if read.index < committed_before {
+                return Err(format!(
+                    "linearizability: node {id} confirmed read {:?} at index {}, but index \
+                     {committed_before} was already committed when the read started",
+                    String::from_utf8_lossy(&read.request_ctx),
+                    read.index
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// `Driver::promote_caught_up_learner`, run on every tick.
+    fn promote_caught_up_learner(&mut self, id: u64) -> SimResult<()> {
+        let learner = self.nodes[&id].proc.as_ref().and_then(|p| {
+            if p.raft.has_pending_conf_change() {
+                None
+            } else {
+                p.raft.caught_up_learners().into_iter().next()
+            }
+        });
+        match learner {
+            Some(learner) => self.propose_change(id, ConfChangeType::AddNode, learner),
+            None => Ok(()),
+        }
+    }
+
     fn propose_change(&mut self, leader: u64, kind: ConfChangeType, target: u64) -> SimResult<()> {
+        let pending = self.nodes[&leader]
+            .proc
+            .as_ref()
+            .is_none_or(|p| p.raft.has_pending_conf_change());
+        if pending {
+            // ERR_ONE_CHANGE: one membership change at a time.
+            return Ok(());
+        }
         let mut step = ConfChangeSingle::default();
         step.set_change_type(kind);
         step.node_id = target;
@@ -1348,7 +1569,8 @@ impl World {
             return Ok(());
         }
         let leader = *self.rng.pick(&leaders);
-        if self.p.bootstrap == Bootstrap::InitAddsSelf && !self.self_added {
+        if self.p.bootstrap == Bootstrap::InitAddsSelf && self.self_added_at.is_none() {
+            // The proposed fix: node 1 re-proposes AddNode(1) until it is committed.
             if leader == 1 {
                 self.propose_change(1, ConfChangeType::AddNode, 1)?;
             }
@@ -1359,13 +1581,9 @@ impl World {
             Conf::from_raft(&proc.raft.conf_state())
         };
         let members = conf.members();
-        // Weighted: grow towards `nodes` members, promote learners, sometimes shrink.
+        // RAFT.NODE ADD (a learner, promoted by the leader once caught up) towards
+        // `nodes` members, and sometimes RAFT.NODE REMOVE.
         let mut options: Vec<(ConfChangeType, u64)> = Vec::new();
-        for &learner in &conf.learners {
-            for _ in 0..3 {
-                options.push((ConfChangeType::AddNode, learner));
-            }
-        }
         if (members.len() as u64) < self.p.nodes {
             // A node that asked to join and was never added, or a brand-new one.
             let orphan = self
