@@ -262,23 +262,41 @@ pub fn raft_node(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
                     "ERR cannot remove the leader; move leadership first with RAFT.TRANSFER_LEADER",
                 );
             }
-            return Ok((node_id, Answer::Simple("OK".into())));
+            return Ok((node_id, Answer::Simple("OK".into()), false));
         }
         let id = if node_id == 0 {
             unused_random_id(state)
         } else {
             node_id
         };
+        if state
+            .membership
+            .get(id)
+            .is_some_and(|member| member.addr == addr)
+        {
+            // A retried JOIN whose first NODE ADD committed but whose reply was lost: the
+            // node is already in, so tell it so instead of refusing its id.
+            return Ok((
+                id,
+                Answer::Array(vec![Answer::Integer(id as i64), Answer::Simple(dbid)]),
+                true,
+            ));
+        }
         if state.membership.is_used(id) {
             return Err("ERR node id has already been used in this cluster");
         }
         Ok((
             id,
             Answer::Array(vec![Answer::Integer(id as i64), Answer::Simple(dbid)]),
+            false,
         ))
     });
     let (node_id, conf_reply) = match checked {
-        Ok(checked) => checked,
+        Ok((_, reply, true)) => {
+            ffi::reply_answer(ctx.ctx, &reply);
+            return Ok(RedisValue::NoReply);
+        }
+        Ok((id, reply, false)) => (id, reply),
         Err(message) => return error(message),
     };
     let client = ffi::block_client(ctx.ctx);
