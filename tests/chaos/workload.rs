@@ -1,0 +1,409 @@
+//! Clients of a chaos run: each is a thread with its own connection that routes to the
+//! leader by following `MOVED`, runs list-append (RPUSH / LRANGE) and register
+//! (SET / GET / INCR) operations and records each one in the `History`.
+//!
+//! Outcome rules (see docs/CHAOS.md):
+//! - a reply → `ok`;
+//! - `MOVED` is followed (up to `MAX_HOPS` hops) inside the same operation: it is answered
+//!   before anything is proposed, so the earlier hops had no effect;
+//! - `CLUSTERDOWN`, `NOCLUSTER`, `LOADING`, `BUSY`, a connection that could not be opened →
+//!   `fail` (the request never entered a log);
+//! - `TIMEOUT ...`, a lost connection, a client-side timeout, any other error → `unknown`
+//!   for writes. Reads have no effect, so every read error is a `fail`.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::thread::{self, sleep, JoinHandle};
+use std::time::Duration;
+
+use redis::{Connection, RedisError, Value};
+
+use super::history::{Call, History, Op, Outcome, Reply, Rng, VALUE_STRIDE};
+
+/// Redirect / reconnect hops one operation may take before it gives up (as `fail`).
+const MAX_HOPS: usize = 4;
+/// Connecting to a node must not take longer than this.
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// The addresses (`host:port`) of the nodes the clients may talk to; the nemesis updates it
+/// when membership changes.
+#[derive(Default)]
+pub struct Topology {
+    addrs: RwLock<Vec<String>>,
+}
+
+impl Topology {
+    pub fn set(&self, addrs: Vec<String>) {
+        *self.addrs.write().unwrap() = addrs;
+    }
+    pub fn get(&self) -> Vec<String> {
+        self.addrs.read().unwrap().clone()
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct WorkloadConfig {
+    pub clients: usize,
+    /// Client-side timeout of one request; expiry makes a write `unknown`.
+    pub op_timeout: Duration,
+    /// Upper bound of the random pause between two operations of one client.
+    pub think_max: Duration,
+    /// Register keys live for this many register operations (all clients together), then
+    /// the workload moves to fresh keys: keeps each key's history small enough for the
+    /// linearizability search.
+    pub register_ops_per_generation: u64,
+    /// Register keys used at the same time.
+    pub register_keys: u64,
+    /// Same for lists: appends per generation and keys at the same time.
+    pub appends_per_generation: u64,
+    pub list_keys: u64,
+}
+
+impl Default for WorkloadConfig {
+    fn default() -> Self {
+        WorkloadConfig {
+            clients: 6,
+            op_timeout: Duration::from_millis(2000),
+            think_max: Duration::from_millis(4),
+            register_ops_per_generation: 240,
+            register_keys: 3,
+            appends_per_generation: 600,
+            list_keys: 3,
+        }
+    }
+}
+
+/// State shared by the clients.
+pub struct Shared {
+    pub history: History,
+    pub topology: Arc<Topology>,
+    pub stop: AtomicBool,
+    next_value: AtomicU64,
+    register_ops: AtomicU64,
+    appends: AtomicU64,
+}
+
+impl Shared {
+    pub fn new(history: History, topology: Arc<Topology>) -> Arc<Shared> {
+        Arc::new(Shared {
+            history,
+            topology,
+            stop: AtomicBool::new(false),
+            next_value: AtomicU64::new(1),
+            register_ops: AtomicU64::new(0),
+            appends: AtomicU64::new(0),
+        })
+    }
+
+    fn unique(&self) -> u64 {
+        self.next_value.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+/// Starts `config.clients` client threads; they run until `shared.stop` is set.
+pub fn spawn_clients(
+    config: &WorkloadConfig,
+    seed: u64,
+    shared: &Arc<Shared>,
+) -> Vec<JoinHandle<()>> {
+    (0..config.clients)
+        .map(|n| {
+            let shared = Arc::clone(shared);
+            let config = config.clone();
+            thread::Builder::new()
+                .name(format!("chaos-client-{n}"))
+                .spawn(move || run_client(n as u64, seed, &config, &shared))
+                .expect("spawn client")
+        })
+        .collect()
+}
+
+fn run_client(n: u64, seed: u64, config: &WorkloadConfig, shared: &Shared) {
+    let mut rng = Rng::fork(seed, 1000 + n);
+    let mut router = Router::new(Rng::fork(seed, 2000 + n), config.op_timeout);
+    let mut process = n;
+    while !shared.stop.load(Ordering::Relaxed) {
+        let call = choose_call(&mut rng, config, shared);
+        let invoke_ns = shared.history.now_ns();
+        let result = router.run(&call, &shared.topology);
+        let complete_ns = shared.history.now_ns();
+        let outcome = result.outcome;
+        shared.history.record(Op {
+            id: 0,
+            process,
+            call,
+            outcome,
+            reply: result.reply,
+            error: result.error,
+            node: result.node,
+            invoke_ns,
+            complete_ns,
+        });
+        match outcome {
+            Outcome::Ok => {}
+            Outcome::Unknown => {
+                // The operation may still be in flight: this "process" is crashed, the
+                // thread continues as a new one (Jepsen's convention).
+                process += config.clients as u64;
+                sleep(Duration::from_millis(rng.range(10, 60)));
+            }
+            Outcome::Fail => sleep(Duration::from_millis(rng.range(10, 60))),
+        }
+        let think = config.think_max.as_micros() as u64;
+        if think > 0 {
+            sleep(Duration::from_micros(rng.below(think + 1)));
+        }
+    }
+}
+
+fn choose_call(rng: &mut Rng, config: &WorkloadConfig, shared: &Shared) -> Call {
+    if rng.chance(0.5) {
+        // List-append workload.
+        let generation = shared.appends.load(Ordering::Relaxed) / config.appends_per_generation;
+        let key = format!("list-{generation}-{}", rng.below(config.list_keys));
+        if rng.chance(0.6) {
+            shared.appends.fetch_add(1, Ordering::Relaxed);
+            Call::Append {
+                key,
+                value: shared.unique(),
+            }
+        } else {
+            Call::Read { key }
+        }
+    } else {
+        // Register workload.
+        let generation = shared.register_ops.fetch_add(1, Ordering::Relaxed)
+            / config.register_ops_per_generation;
+        let key = format!("reg-{generation}-{}", rng.below(config.register_keys));
+        match rng.below(10) {
+            0..=2 => Call::Set {
+                key,
+                value: shared.unique() as i64 * VALUE_STRIDE,
+            },
+            3..=6 => Call::Get { key },
+            _ => Call::Incr { key },
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Routing
+
+/// What one operation came to.
+pub struct CallResult {
+    pub outcome: Outcome,
+    pub reply: Option<Reply>,
+    pub error: Option<String>,
+    pub node: Option<String>,
+}
+
+/// One client's connection and its guess of the leader.
+pub struct Router {
+    rng: Rng,
+    op_timeout: Duration,
+    leader_guess: Option<String>,
+    con: Option<(String, Connection)>,
+}
+
+impl Router {
+    pub fn new(rng: Rng, op_timeout: Duration) -> Router {
+        Router {
+            rng,
+            op_timeout,
+            leader_guess: None,
+            con: None,
+        }
+    }
+
+    fn target(&mut self, topology: &Topology) -> Option<String> {
+        if let Some(addr) = &self.leader_guess {
+            return Some(addr.clone());
+        }
+        let addrs = topology.get();
+        if addrs.is_empty() {
+            return None;
+        }
+        let addr = self.rng.pick(&addrs).clone();
+        self.leader_guess = Some(addr.clone());
+        Some(addr)
+    }
+
+    fn connection(&mut self, addr: &str) -> Result<&mut Connection, String> {
+        if self.con.as_ref().is_some_and(|(a, _)| a != addr) {
+            self.con = None;
+        }
+        if self.con.is_none() {
+            let client =
+                redis::Client::open(format!("redis://{addr}/")).map_err(|e| e.to_string())?;
+            let con = client
+                .get_connection_with_timeout(CONNECT_TIMEOUT)
+                .map_err(|e| format!("connect: {e}"))?;
+            con.set_read_timeout(Some(self.op_timeout))
+                .map_err(|e| e.to_string())?;
+            con.set_write_timeout(Some(self.op_timeout))
+                .map_err(|e| e.to_string())?;
+            self.con = Some((addr.to_string(), con));
+        }
+        Ok(&mut self.con.as_mut().unwrap().1)
+    }
+
+    /// Runs one operation, following redirects; see the module doc for the outcome rules.
+    pub fn run(&mut self, call: &Call, topology: &Topology) -> CallResult {
+        let mut args = call.args();
+        let local_reads = !call.is_write() && mutant() == Some("local-reads");
+        if local_reads {
+            // Self-test: read one random node's local state, bypassing Raft.
+            args.splice(0..0, ["RAFT.DEBUG".to_string(), "EXEC".to_string()]);
+            self.leader_guess = None;
+        }
+        let mut last_error = String::from("no node to talk to");
+        let mut node = None;
+        for _ in 0..MAX_HOPS {
+            let Some(addr) = self.target(topology) else {
+                break;
+            };
+            if local_reads {
+                self.leader_guess = None;
+            }
+            node = Some(addr.clone());
+            let con = match self.connection(&addr) {
+                Ok(con) => con,
+                Err(e) => {
+                    // Never sent: try another node.
+                    last_error = e;
+                    self.leader_guess = None;
+                    continue;
+                }
+            };
+            let mut cmd = redis::cmd(&args[0]);
+            for a in &args[1..] {
+                cmd.arg(a);
+            }
+            match cmd.query::<Value>(con) {
+                Ok(value) => {
+                    return match parse_reply(call, value) {
+                        Ok(reply) => CallResult {
+                            outcome: Outcome::Ok,
+                            reply: Some(reply),
+                            error: None,
+                            node,
+                        },
+                        Err(e) => self.indefinite(call, format!("unexpected reply: {e}"), node),
+                    };
+                }
+                Err(e) => {
+                    let text = error_text(&e);
+                    if e.code().is_none() {
+                        // I/O error or client-side timeout after the request was written:
+                        // the connection's state is unknown, drop it.
+                        self.con = None;
+                        self.leader_guess = None;
+                        return self.indefinite(call, text, node);
+                    }
+                    if let Some((leader, _)) = e.redirect_node() {
+                        self.leader_guess = Some(leader.to_string());
+                        last_error = text;
+                        continue;
+                    }
+                    match e.code().unwrap_or("") {
+                        "NOCLUSTER" | "LOADING" => {
+                            // This node cannot serve; another may.
+                            self.leader_guess = None;
+                            last_error = text;
+                            continue;
+                        }
+                        "CLUSTERDOWN" | "BUSY" => {
+                            self.leader_guess = None;
+                            return CallResult {
+                                outcome: Outcome::Fail,
+                                reply: None,
+                                error: Some(text),
+                                node,
+                            };
+                        }
+                        _ => return self.indefinite(call, text, node),
+                    }
+                }
+            }
+        }
+        CallResult {
+            outcome: Outcome::Fail,
+            reply: None,
+            error: Some(last_error),
+            node,
+        }
+    }
+
+    /// An error after the request may have reached a leader: `unknown` for writes, `fail`
+    /// for reads (which have no effect either way).
+    fn indefinite(&mut self, call: &Call, error: String, node: Option<String>) -> CallResult {
+        CallResult {
+            outcome: if call.is_write() && !mutant_unknown_is_fail() {
+                Outcome::Unknown
+            } else {
+                Outcome::Fail
+            },
+            reply: None,
+            error: Some(error),
+            node,
+        }
+    }
+}
+
+/// Self-tests of the checker, `CHAOS_MUTANT=<name>`: the clients misbehave on purpose, so
+/// the run must report violations (a run that does not proves the checker blind).
+/// - `unknown-is-fail`: writes of unknown outcome are recorded as failed; some of them do
+///   take effect → `failed write took effect`.
+/// - `local-reads`: reads run with `RAFT.DEBUG EXEC` on a random node (no Raft, no
+///   leader) → stale reads, non-linearizable registers.
+pub fn mutant() -> Option<&'static str> {
+    static MUTANT: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    MUTANT
+        .get_or_init(|| std::env::var("CHAOS_MUTANT").ok().filter(|m| !m.is_empty()))
+        .as_deref()
+}
+
+fn mutant_unknown_is_fail() -> bool {
+    mutant() == Some("unknown-is-fail")
+}
+
+/// The error as the server sent it (`TIMEOUT not committed yet`), or the client error.
+pub fn error_text(e: &RedisError) -> String {
+    match (e.code(), e.detail()) {
+        (Some(code), Some(detail)) => format!("{code} {detail}"),
+        (Some(code), None) => code.to_string(),
+        _ => e.to_string(),
+    }
+}
+
+fn parse_reply(call: &Call, value: Value) -> Result<Reply, String> {
+    match (call, value) {
+        (Call::Append { .. } | Call::Incr { .. }, Value::Int(n)) => Ok(Reply::Int(n)),
+        (Call::Set { .. }, Value::Okay) => Ok(Reply::Done),
+        (Call::Set { .. }, Value::SimpleString(s)) if s == "OK" => Ok(Reply::Done),
+        (Call::Get { .. }, Value::Nil) => Ok(Reply::Value(None)),
+        (Call::Get { .. }, Value::BulkString(bytes)) => {
+            let text = String::from_utf8_lossy(&bytes);
+            text.parse::<i64>()
+                .map(|v| Reply::Value(Some(v)))
+                .map_err(|_| format!("GET returned {text:?}"))
+        }
+        (Call::Read { .. }, Value::Array(items)) => {
+            let mut list = Vec::with_capacity(items.len());
+            for item in items {
+                match item {
+                    Value::BulkString(bytes) => {
+                        let text = String::from_utf8_lossy(&bytes);
+                        list.push(
+                            text.parse::<u64>()
+                                .map_err(|_| format!("LRANGE element {text:?}"))?,
+                        );
+                    }
+                    other => return Err(format!("LRANGE element {other:?}")),
+                }
+            }
+            Ok(Reply::List(list))
+        }
+        (_, other) => Err(format!("{other:?}")),
+    }
+}
