@@ -267,9 +267,11 @@ pub fn start_node(
         } else {
             // A crash between installing the leader's snapshot and rewriting the log: the
             // log's entry there is an uncommitted one the snapshot overrides.
-            let mut metadata = raft::eraftpb::SnapshotMetadata::default();
-            metadata.index = snapshot.index;
-            metadata.term = snapshot.term;
+            let mut metadata = raft::eraftpb::SnapshotMetadata {
+                index: snapshot.index,
+                term: snapshot.term,
+                ..Default::default()
+            };
             metadata.set_conf_state(conf_state.clone());
             store.apply_snapshot(&metadata);
         }

@@ -521,7 +521,7 @@ impl World {
 
         self.random_event()?;
         self.check_log_matching()?;
-        if now % 97 == 0 {
+        if now.is_multiple_of(97) {
             self.check_mirrors()?;
         }
         Ok(())
@@ -1680,11 +1680,10 @@ impl World {
                             .members()
                             .into_iter()
                             .filter(|id| {
-                                !self
-                                    .nodes
+                                self.nodes
                                     .get(id)
                                     .and_then(|n| n.proc.as_ref())
-                                    .is_some_and(|p| p.applied >= index)
+                                    .is_none_or(|p| p.applied < index)
                             })
                             .collect();
                         if behind.is_empty() {
