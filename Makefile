@@ -40,6 +40,8 @@ cluster: build
 stop:
 	@scripts/cluster-stop
 
+# Server tests run one at a time (--test-threads=1): several clusters at once on 2 cores
+# would turn timing into luck.
 # One release build of the test binaries (without redis-alloc: test processes must not use
 # Redis' allocator) serves both passes. Pass 1: unit tests, doc tests and every integration
 # test against redis-server. Pass 2: the server tests again, against Valkey 9. Both passes
@@ -48,7 +50,7 @@ test: build
 	@valkey="$$(scripts/install-valkey 9)" || exit 1; \
 	export REDISRAFT_MODULE=$(MODULE); rc=0; \
 	echo "== unit + integration tests, server: redis-server $$(redis-server --version | cut -d' ' -f3)"; \
-	$(CARGO) test --release --no-fail-fast || rc=1; \
+	$(CARGO) test --release --no-fail-fast -- --test-threads=1 || rc=1; \
 	echo "== server tests, server: $$valkey"; \
 	REDISRAFT_SERVER="$$valkey" $(CARGO) test --release --no-fail-fast $(VALKEY_TESTS) || rc=1; \
 	[ $$rc -eq 0 ] || echo "== make test: FAILED (see above)"; \
