@@ -55,6 +55,9 @@ struct RunConfig {
     hold_ms: (u64, u64),
     /// `raft.*` configs of every node (`CHAOS_RAFT="k=v,k=v"` adds to / overrides them).
     raft: Vec<(String, String)>,
+    /// Write history.jsonl also when the run is valid (long runs; short runs only with
+    /// `CHAOS_KEEP_HISTORY=1`, so `make test` does not pile up files).
+    always_keep_history: bool,
     out_dir: PathBuf,
 }
 
@@ -91,6 +94,7 @@ impl RunConfig {
             quiet_ms: (500, 2000),
             hold_ms: (1000, 4000),
             raft: raft_configs(),
+            always_keep_history: std::env::var_os("CHAOS_KEEP_HISTORY").is_some(),
             out_dir: default_out_dir(name, seed),
         }
     }
@@ -118,6 +122,7 @@ impl RunConfig {
             quiet_ms: (1000, 4000),
             hold_ms: (1000, 6000),
             raft: raft_configs(),
+            always_keep_history: true,
             out_dir: std::env::var_os("CHAOS_OUT")
                 .map(PathBuf::from)
                 .unwrap_or_else(|| default_out_dir(&name, seed)),
@@ -424,17 +429,24 @@ fn run(mut config: RunConfig) -> RunResult {
     }
     let _ = fs::create_dir_all(&config.out_dir);
     let history_path = config.out_dir.join("history.jsonl");
-    if let Err(e) = history.write_jsonl(&history_path) {
-        writeln!(w, "cannot write {}: {e}", history_path.display()).unwrap();
+    if config.always_keep_history || !violations.is_empty() {
+        if let Err(e) = history.write_jsonl(&history_path) {
+            writeln!(w, "cannot write {}: {e}", history_path.display()).unwrap();
+        }
+    } else {
+        writeln!(
+            w,
+            "history not written (valid short run; CHAOS_KEEP_HISTORY=1 keeps it)"
+        )
+        .unwrap();
     }
     let summary_path = config.out_dir.join("summary.txt");
     let _ = fs::write(&summary_path, &summary);
     eprintln!("{summary}");
-    eprintln!(
-        "chaos: history {} ; summary {}",
-        history_path.display(),
-        summary_path.display()
-    );
+    if history_path.exists() {
+        eprintln!("chaos: history {}", history_path.display());
+    }
+    eprintln!("chaos: summary {}", summary_path.display());
     RunResult {
         violations,
         summary,
