@@ -35,11 +35,6 @@ impl CallReply {
         reply_type == raw::REDISMODULE_REPLY_ERROR as c_int
     }
 
-    pub fn reply_type(&self) -> c_int {
-        // SAFETY: the pointer is a live reply owned by self.
-        unsafe { api(raw::RedisModule_CallReplyType, "CallReplyType")(self.0.as_ptr()) }
-    }
-
     /// String content of a string, error or verbatim reply; empty for other types.
     pub fn bytes(&self) -> &[u8] {
         reply_bytes(self.0.as_ptr())

@@ -21,7 +21,6 @@ const ERR_NO_CLUSTER: &str = "NOCLUSTER No Raft Cluster";
 const ERR_JOINING: &str = "NOCLUSTER No Raft Cluster (joining now)";
 pub const ERR_REMOVED: &str = "NOCLUSTER No Raft Cluster (this node was removed from the cluster)";
 const ERR_LOADING: &str = "LOADING Raft module is loading data";
-const ERR_NO_LEADER: &str = "CLUSTERDOWN No raft leader";
 
 /// Every client command passes here first. Commands raft must see are rewritten to
 /// `RAFT <command...>` so that our handler, which can block the client, receives them.
@@ -147,13 +146,7 @@ fn check_can_serve() -> Result<(), String> {
         NodeState::Joining => Err(ERR_JOINING.to_string()),
         NodeState::Loading => Err(ERR_LOADING.to_string()),
         NodeState::Up if state.is_leader_ready() => Ok(()),
-        NodeState::Up => {
-            let leader = state.leader_id();
-            match state.membership.addr_of(leader) {
-                Some(addr) if leader != state.my_id() => Err(format!("MOVED 0 {addr}")),
-                _ => Err(ERR_NO_LEADER.to_string()),
-            }
-        }
+        NodeState::Up => Err(state.not_leader_error()),
     })
 }
 

@@ -41,11 +41,7 @@ fn leader_check() -> Result<(), String> {
         if state.is_leader_ready() {
             return Ok(());
         }
-        let leader = state.leader_id();
-        match state.membership.addr_of(leader) {
-            Some(addr) if leader != state.my_id() => Err(format!("MOVED 0 {addr}")),
-            _ => Err("CLUSTERDOWN No raft leader".to_string()),
-        }
+        Err(state.not_leader_error())
     })
 }
 

@@ -170,6 +170,16 @@ impl MainState {
         self.shared.leader_ready.load(Ordering::Acquire)
     }
 
+    /// The error for a node that is up but cannot serve: `MOVED` to the leader it knows
+    /// (like a Redis Cluster replica), else `CLUSTERDOWN`.
+    pub fn not_leader_error(&self) -> String {
+        let leader = self.leader_id();
+        match self.membership.addr_of(leader) {
+            Some(addr) if leader != self.my_id() => format!("MOVED 0 {addr}"),
+            _ => "CLUSTERDOWN No raft leader".to_string(),
+        }
+    }
+
     pub fn my_id(&self) -> u64 {
         self.meta.as_ref().map_or(0, |meta| meta.node_id)
     }
