@@ -11,8 +11,9 @@ use protobuf::Message as _;
 use raft::eraftpb::{ConfChangeV2, Entry, EntryType};
 
 use crate::adapters::driver::MainTask;
+use crate::adapters::execute;
 use crate::adapters::ffi::{self, Answer};
-use crate::adapters::state::{call_locally, with_state, NodeState};
+use crate::adapters::state::{with_state, NodeState};
 use crate::core::entry::Payload;
 use crate::core::membership::{Applied, ChangeContext};
 use crate::core::pending::RequestId;
@@ -142,24 +143,7 @@ fn apply_entry(entry: &Entry) {
             log::error!("raft: FATAL: entry {} cannot be decoded: {e}", entry.index);
             std::process::abort();
         });
-        let Payload::Commands { origin, commands } = payload;
-        let waiter_id = origin
-            .filter(|o| o.node_id == me && o.incarnation == incarnation)
-            .map(|o| o.request_id);
-        let resp3 = waiter_id
-            .and_then(|id| with_state(|state| state.waiters.get(&id).map(|w| w.resp3)))
-            .unwrap_or(false);
-        let mut last_reply = None;
-        for command in &commands {
-            last_reply = Some(call_locally(apply_ctx, command, resp3));
-        }
-        if let (Some(id), Some(reply)) = (waiter_id, last_reply) {
-            let answer = match reply {
-                Ok(reply) => Answer::Reply(reply),
-                Err(message) => Answer::Error(message),
-            };
-            self::answer(id, answer);
-        }
+        apply_payload(apply_ctx, payload, me, incarnation);
     }
     if entry.get_entry_type() == EntryType::EntryConfChangeV2 {
         apply_membership_change(entry, me, incarnation);
@@ -167,6 +151,48 @@ fn apply_entry(entry: &Entry) {
     with_state(|state| {
         state.applied_index = entry.index;
         state.applied_term = entry.term;
+    });
+}
+
+fn apply_payload(ctx: ffi::RawCtx, payload: Payload, me: u64, incarnation: u64) {
+    match payload {
+        Payload::Commands {
+            origin,
+            time_ms,
+            user,
+            transaction,
+            commands,
+        } => {
+            note_entry_time(time_ms);
+            let waiter_id = origin
+                .filter(|o| o.node_id == me && o.incarnation == incarnation)
+                .map(|o| o.request_id);
+            let resp3 = waiter_id
+                .and_then(|id| with_state(|state| state.waiters.get(&id).map(|w| w.resp3)))
+                .unwrap_or(false);
+            let mut answers =
+                execute::apply_commands(ctx, time_ms, user.as_deref(), &commands, resp3);
+            if let Some(id) = waiter_id {
+                let reply = if transaction {
+                    Answer::Array(answers)
+                } else {
+                    answers.pop().unwrap_or(Answer::Null)
+                };
+                answer(id, reply);
+            }
+        }
+        Payload::ExpireKeys { time_ms, keys } => {
+            note_entry_time(time_ms);
+            execute::apply_expired_keys(ctx, time_ms, &keys);
+            with_state(|state| state.expire_in_flight_until_ms = 0);
+        }
+    }
+}
+
+/// Keeps entry times increasing across leader changes (see `next_entry_time_ms`).
+fn note_entry_time(time_ms: i64) {
+    with_state(|state| {
+        state.last_entry_time_ms = state.last_entry_time_ms.max(time_ms);
     });
 }
 
@@ -278,18 +304,20 @@ fn serve_confirmed_reads() {
             Some((state.apply_ctx, reads))
         });
         let Some((ctx, reads)) = ready else { return };
-        for waiter in reads {
-            let Some(argv) = &waiter.read else {
+        for mut waiter in reads {
+            let Some(argv) = waiter.read.take() else {
                 ffi::unblock(
                     waiter.client,
                     Answer::Error("ERR internal: read without command".into()),
                 );
                 continue;
             };
-            let answer = match call_locally(ctx, argv, waiter.resp3) {
-                Ok(reply) => Answer::Reply(reply),
-                Err(message) => Answer::Error(message),
-            };
+            if execute::reads_expired_key(ctx, &argv) {
+                // Only the log may delete an expired key on every node alike.
+                crate::adapters::handlers::propose_commands(waiter, vec![argv], false);
+                continue;
+            }
+            let answer = execute::run_read(ctx, &argv, waiter.user.as_deref(), waiter.resp3);
             ffi::unblock(waiter.client, answer);
         }
     }

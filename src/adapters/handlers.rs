@@ -10,10 +10,12 @@ use crate::adapters::driver::DriverInput;
 use crate::adapters::ffi::{self, Answer, FilterCtx, RawCtx};
 use crate::adapters::logio::LogFile;
 use crate::adapters::state::{self, call_locally, with_state, with_table, NodeState, Waiter};
-use crate::core::commands::{Class, CommandInfo, CommandTable};
+use crate::adapters::{execute, transactions};
+use crate::core::commands::{arity_error, unknown_command_error, Class, CommandInfo, CommandTable};
 use crate::core::entry::{Argv, Origin, Payload};
 use crate::core::logfile::NodeMeta;
 use crate::core::membership::{single_change, ChangeContext};
+use crate::core::pending::RequestId;
 use raft::eraftpb::ConfChangeType;
 
 pub const ERR_NOT_SUPPORTED: &str = "ERR not supported by RedisRaft";
@@ -25,14 +27,15 @@ const ERR_LOADING: &str = "LOADING Raft module is loading data";
 /// Every client command passes here first. Commands raft must see are rewritten to
 /// `RAFT <command...>` so that our handler, which can block the client, receives them.
 pub extern "C" fn command_filter(fctx: FilterCtx) {
-    if state::is_applying() {
-        return;
-    }
     let count = ffi::filter_arg_count(fctx);
     if count == 0 {
         return;
     }
     let argv: Vec<&[u8]> = (0..count).map(|i| ffi::filter_arg(fctx, i)).collect();
+    if state::is_applying() {
+        crate::adapters::execute::filter_own_command(fctx, &argv);
+        return;
+    }
     if argv[0].eq_ignore_ascii_case(b"info") {
         // Cluster-mode clients look for cluster_enabled:1 in INFO.
         ffi::filter_prepend(fctx, b"RAFT._INFO");
@@ -43,7 +46,13 @@ pub extern "C" fn command_filter(fctx: FilterCtx) {
         ffi::filter_prepend(fctx, b"RAFT._CLUSTER");
         return;
     }
-    if with_table(|table| table.classify(&argv)) != Class::PassThrough {
+    let intercept = with_table(|table| {
+        table.classify(&argv) != Class::PassThrough
+            // Inside MULTI an unknown command must abort the transaction, so the module
+            // has to see it; only while some transaction is open, to keep this cheap.
+            || (transactions::any_open() && !table.knows(&argv))
+    });
+    if intercept {
         ffi::filter_prepend(fctx, b"RAFT");
     }
 }
@@ -74,67 +83,157 @@ pub fn raft_command(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
         let slices: Vec<&[u8]> = argv.iter().map(Vec::as_slice).collect();
         with_table(|table| table.classify(&slices))
     };
+    let client = ffi::data::client_id(ctx.ctx);
+    if class == Class::Transaction {
+        return transactions::command(ctx.ctx, client, argv, resp3);
+    }
+    if transactions::in_multi(client) {
+        return transactions::queue(ctx.ctx, client, argv, class);
+    }
     match class {
         Class::Refused => return reply_error(ERR_NOT_SUPPORTED),
-        Class::PassThrough => return run_here(ctx.ctx, &argv, resp3),
-        Class::Read | Class::Write => {}
+        Class::PassThrough => {
+            let slices: Vec<&[u8]> = argv.iter().map(Vec::as_slice).collect();
+            return match with_table(|table| (table.knows(&slices), table.has(&argv[0]))) {
+                (true, _) => run_here(ctx.ctx, &argv, resp3),
+                (false, true) => reply_error(&arity_error(&argv[0])),
+                (false, false) => reply_error(&unknown_command_error(&slices)),
+            };
+        }
+        Class::Read | Class::Write | Class::Transaction => {}
     }
+    if let Err(message) = acl_check(ctx.ctx, &argv) {
+        return reply_error(&message);
+    }
+    submit(ctx.ctx, class, vec![argv], false, resp3)
+}
+
+/// Checks a command against the caller's ACL user before it can enter the log, with
+/// Redis' own wording when it is refused.
+pub fn acl_check(ctx: RawCtx, argv: &[Vec<u8>]) -> Result<(), String> {
+    let Some(name) = ffi::data::current_user_name(ctx) else {
+        return Ok(());
+    };
+    let Some(user) = ffi::data::ModuleUser::find(&name) else {
+        return Err(format!("NOPERM user '{name}' does not exist"));
+    };
+    if user.may_run(&mut ffi::data::Args::new(argv)) {
+        return Ok(());
+    }
+    let mut dry_run = vec![b"ACL".to_vec(), b"DRYRUN".to_vec(), name.into_bytes()];
+    dry_run.extend(argv.iter().cloned());
+    let reason = call_locally(ctx, &dry_run, false)
+        .ok()
+        .map(|reply| String::from_utf8_lossy(reply.bytes()).into_owned())
+        .filter(|text| !text.is_empty() && text != "OK");
+    Err(match reason {
+        Some(text) => {
+            let mut chars = text.chars();
+            let first = chars.next().map(|c| c.to_ascii_lowercase());
+            format!("NOPERM {}{}", first.unwrap_or_default(), chars.as_str())
+        }
+        None => format!(
+            "NOPERM this user has no permissions to run the '{}' command",
+            String::from_utf8_lossy(&argv[0]).to_ascii_lowercase()
+        ),
+    })
+}
+
+/// Sends commands through raft for the client of `ctx` (a write, or one read), which stays
+/// blocked until they are applied (or the read is confirmed). `transaction`: EXEC of a
+/// MULTI block, answered with the array of replies.
+pub fn submit(
+    ctx: RawCtx,
+    class: Class,
+    commands: Vec<Argv>,
+    transaction: bool,
+    resp3: bool,
+) -> RedisResult {
     if let Err(message) = check_can_serve() {
         if let Some(leader) = message.strip_prefix("MOVED 0 ") {
-            if config().follower_proxy
-                && crate::adapters::proxy::forward(ctx.ctx, leader.to_string(), argv)
-            {
-                return Ok(RedisValue::NoReply);
+            if config().follower_proxy && !transaction {
+                let argv = commands.into_iter().next().unwrap_or_default();
+                if crate::adapters::proxy::forward(ctx, leader.to_string(), argv) {
+                    return Ok(RedisValue::NoReply);
+                }
             }
         }
         return reply_error(&message);
     }
-    let quorum_reads = config().quorum_reads;
-    if class == Class::Read && !quorum_reads {
-        return run_here(ctx.ctx, &argv, resp3);
+    let user = ffi::data::current_user_name(ctx);
+    let mut class = class;
+    if class == Class::Read && execute::reads_expired_key(ctx, &commands[0]) {
+        // Only the log may delete an expired key on every node alike.
+        class = Class::Write;
     }
-    let client = ffi::block_client(ctx.ctx);
+    if class == Class::Read && !config().quorum_reads {
+        let argv = &commands[0];
+        ffi::reply_answer(ctx, &execute::run_read(ctx, argv, user.as_deref(), resp3));
+        return Ok(RedisValue::NoReply);
+    }
+    let waiter = Waiter {
+        client: ffi::block_client(ctx),
+        resp3,
+        read: None,
+        conf_reply: None,
+        user,
+    };
+    if class == Class::Read {
+        let argv = commands.into_iter().next().unwrap_or_default();
+        wait_for_read(waiter, argv);
+    } else {
+        propose_commands(waiter, commands, transaction);
+    }
+    Ok(RedisValue::NoReply)
+}
+
+/// Proposes commands as one entry; the waiter is answered when it is applied.
+pub fn propose_commands(waiter: Waiter, commands: Vec<Argv>, transaction: bool) {
     let sent = with_state(|state| {
         let request_id = state.new_request_id();
-        let (input, read) = if class == Class::Read {
-            (DriverInput::Read { request_id }, Some(argv))
-        } else {
-            let origin = state.meta.as_ref().map(|meta| Origin {
-                node_id: meta.node_id,
-                incarnation: state.incarnation,
-                request_id,
-            });
-            let payload = Payload::Commands {
-                origin,
-                commands: vec![argv],
-            };
-            (
-                DriverInput::Propose {
-                    request_id,
-                    data: payload.encode(),
-                },
-                None,
-            )
-        };
-        state.waiters.insert(
+        let origin = state.meta.as_ref().map(|meta| Origin {
+            node_id: meta.node_id,
+            incarnation: state.incarnation,
             request_id,
-            Waiter {
-                client,
-                resp3,
-                read,
-                conf_reply: None,
-            },
-        );
+        });
+        let payload = Payload::Commands {
+            origin,
+            time_ms: state.next_entry_time_ms(),
+            user: waiter.user.clone(),
+            transaction,
+            commands,
+        };
+        state.waiters.insert(request_id, waiter);
         state
-            .send_to_driver(input)
+            .send_to_driver(DriverInput::Propose {
+                request_id,
+                data: payload.encode(),
+            })
             .map_err(|error| (request_id, error))
     });
+    fail_unsent(sent);
+}
+
+/// Registers a read that runs once a quorum confirmed leadership and the read index is
+/// applied.
+fn wait_for_read(mut waiter: Waiter, argv: Argv) {
+    waiter.read = Some(argv);
+    let sent = with_state(|state| {
+        let request_id = state.new_request_id();
+        state.waiters.insert(request_id, waiter);
+        state
+            .send_to_driver(DriverInput::Read { request_id })
+            .map_err(|error| (request_id, error))
+    });
+    fail_unsent(sent);
+}
+
+fn fail_unsent(sent: Result<(), (RequestId, &'static str)>) {
     if let Err((request_id, error)) = sent {
         if let Some(waiter) = with_state(|state| state.waiters.remove(&request_id)) {
             ffi::unblock(waiter.client, Answer::Error(error.to_string()));
         }
     }
-    Ok(RedisValue::NoReply)
 }
 
 /// Whether this node may take reads and writes now, or the error a client gets:
@@ -150,7 +249,7 @@ fn check_can_serve() -> Result<(), String> {
     })
 }
 
-fn run_here(ctx: RawCtx, argv: &[Vec<u8>], resp3: bool) -> RedisResult {
+pub fn run_here(ctx: RawCtx, argv: &[Vec<u8>], resp3: bool) -> RedisResult {
     match call_locally(ctx, argv, resp3) {
         Ok(reply) => {
             ffi::reply_answer(ctx, &Answer::Reply(reply));
@@ -313,10 +412,15 @@ fn command_info(element: ffi::ReplyRef<'_>) -> CommandInfo {
     };
     let name = text(element.element(0));
     let arity = element.element(1).map_or(0, |r| r.integer());
-    let flags = element
-        .element(2)
-        .map(|list| (0..list.len()).map(|i| text(list.element(i))).collect())
-        .unwrap_or_default();
+    let words = |index: usize| -> Vec<String> {
+        element
+            .element(index)
+            .map(|list| (0..list.len()).map(|i| text(list.element(i))).collect())
+            .unwrap_or_default()
+    };
+    let flags = words(2);
+    // Redis 7 adds tips at 7 (older servers stop at 6).
+    let tips = words(7);
     let subcommands = element
         .element(9)
         .map(|list| {
@@ -330,6 +434,7 @@ fn command_info(element: ffi::ReplyRef<'_>) -> CommandInfo {
         name,
         arity,
         flags,
+        tips,
         subcommands,
     }
 }
@@ -346,6 +451,12 @@ pub fn info_command(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     let mut text = String::from_utf8_lossy(reply.bytes()).into_owned();
     if with_state(|state| matches!(state.node_state, NodeState::Up | NodeState::Loading)) {
         text = text.replace("cluster_enabled:0", "cluster_enabled:1");
+    }
+    let resp3 = ffi::context_flags(ctx.ctx) & redis_module::raw::REDISMODULE_CTX_FLAGS_RESP3 != 0;
+    if resp3 {
+        // RESP3 clients get INFO as a verbatim string, as from the server itself.
+        ffi::reply_answer(ctx.ctx, &Answer::Verbatim(text));
+        return Ok(RedisValue::NoReply);
     }
     Ok(RedisValue::BulkString(text))
 }

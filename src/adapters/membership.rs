@@ -320,6 +320,7 @@ pub fn raft_node(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
                 resp3: false,
                 read: None,
                 conf_reply: Some(conf_reply),
+                user: None,
             },
         );
         state.send_to_driver(input).map_err(|e| (request_id, e))

@@ -1,7 +1,9 @@
 //! The thin adapters between the pure core and the outside world: Redis, threads, disk.
+pub mod active_expiry;
 pub mod apply;
 pub mod configs;
 pub mod driver;
+pub mod execute;
 pub mod ffi;
 pub mod handlers;
 pub mod info;
@@ -13,4 +15,5 @@ pub mod snapshot_transfer;
 pub mod snapshots;
 pub mod state;
 pub mod topology;
+pub mod transactions;
 pub mod transport;

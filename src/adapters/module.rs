@@ -6,8 +6,8 @@ use redis_module::{Context, InfoContext, RedisString, Status};
 
 use crate::adapters::state::{self, call_locally, with_state, NodeState};
 use crate::adapters::{
-    configs, ffi, handlers, info, logio::LogFile, membership, snapshot_transfer, snapshots,
-    topology,
+    active_expiry, configs, execute, ffi, handlers, info, logio::LogFile, membership,
+    snapshot_transfer, snapshots, topology, transactions,
 };
 
 #[cfg(feature = "redis-alloc")]
@@ -27,6 +27,8 @@ pub const COMMANDS: &[ffi::CommandSpec] = &[
     ("raft.msg", membership::raft_msg, "admin"),
     ("raft._cluster", topology::cluster_command, ""),
     ("raft._info", handlers::info_command, ""),
+    ("raft._ttl", execute::ttl_command, "readonly fast"),
+    ("raft._refused", execute::refused_command, "readonly fast"),
     (
         "raft.snapshot.chunk",
         snapshot_transfer::receive_chunk,
@@ -69,6 +71,14 @@ fn try_init(ctx: &Context, args: &[RedisString]) -> Result<(), String> {
             "raft: cannot watch module loads; commands of modules loaded later are not classified"
         );
     }
+    if !ffi::subscribe_server_event(
+        ctx.ctx,
+        redis_module::raw::REDISMODULE_EVENT_CLIENT_CHANGE,
+        on_client_change,
+    ) {
+        return Err("cannot watch client disconnections".into());
+    }
+    active_expiry::start(ctx.ctx);
     let files = snapshots::SnapshotFiles::for_log(&handlers::log_path());
     files.remove_leftovers();
     if let Some((log, recovered)) = LogFile::open(&handlers::log_path())? {
@@ -166,6 +176,17 @@ extern "C" fn on_module_change(
     match handlers::build_command_table(ctx) {
         Ok(table) => state::set_table(table),
         Err(e) => log::warn!("raft: cannot rebuild the command table: {e}"),
+    }
+}
+
+extern "C" fn on_client_change(
+    _ctx: ffi::RawCtx,
+    _event: redis_module::raw::RedisModuleEvent,
+    subevent: u64,
+    data: *mut c_void,
+) {
+    if subevent == redis_module::raw::REDISMODULE_SUBEVENT_CLIENT_CHANGE_DISCONNECTED {
+        transactions::forget(ffi::data::client_change_id(data));
     }
 }
 

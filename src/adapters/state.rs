@@ -59,6 +59,8 @@ pub struct Waiter {
     pub read: Option<Argv>,
     /// For membership changes: the reply once the change is applied.
     pub conf_reply: Option<Answer>,
+    /// ACL user of the client: scripts run with its rights.
+    pub user: Option<String>,
 }
 
 pub struct MainState {
@@ -86,6 +88,11 @@ pub struct MainState {
     pub transport: Option<Transport>,
     /// Set when this node applied its own removal: clients are told why it stopped.
     pub removed: bool,
+    /// Latest entry time proposed or applied (see `next_entry_time_ms`).
+    pub last_entry_time_ms: i64,
+    /// The leader's expired-keys entry in flight, by wall-clock deadline (ms): no new
+    /// scan is proposed until it is applied or this passes.
+    pub expire_in_flight_until_ms: i64,
 }
 
 thread_local! {
@@ -116,6 +123,8 @@ pub fn init_state(apply_ctx: RawCtx, incarnation: u64) {
             membership: Membership::default(),
             transport: None,
             removed: false,
+            last_entry_time_ms: 0,
+            expire_in_flight_until_ms: 0,
         })
     });
 }
@@ -148,7 +157,27 @@ pub fn call_locally(ctx: RawCtx, argv: &[Vec<u8>], resp3: bool) -> Result<ffi::C
     reply
 }
 
+/// Runs a command on this node as the ACL user attached to `ctx` (scripts at apply).
+pub fn call_locally_as_user(
+    ctx: RawCtx,
+    argv: &[Vec<u8>],
+    resp3: bool,
+) -> Result<ffi::CallReply, String> {
+    let was = APPLYING.with(|flag| flag.replace(true));
+    let reply = ffi::call_checked(ctx, argv, resp3);
+    APPLYING.with(|flag| flag.set(was));
+    reply
+}
+
 impl MainState {
+    /// The time a new entry carries: the local clock, but never before an earlier
+    /// entry's, so time only moves forward along the log even across leaders.
+    pub fn next_entry_time_ms(&mut self) -> i64 {
+        let now = crate::adapters::execute::wall_clock_ms().max(self.last_entry_time_ms);
+        self.last_entry_time_ms = now;
+        now
+    }
+
     pub fn new_request_id(&mut self) -> RequestId {
         self.next_request_id += 1;
         self.next_request_id

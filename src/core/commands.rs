@@ -25,6 +25,8 @@ pub struct CommandInfo {
     pub arity: i64,
     /// Lowercase flags, e.g. `write`, `readonly`, `admin`, `noscript`.
     pub flags: Vec<String>,
+    /// Lowercase command tips (Redis 7+), e.g. `nondeterministic_output`.
+    pub tips: Vec<String>,
     pub subcommands: Vec<CommandInfo>,
 }
 
@@ -39,6 +41,8 @@ pub enum Class {
     Read,
     /// Becomes a log entry; the client gets the reply of the applied command.
     Write,
+    /// MULTI, EXEC, DISCARD, WATCH, UNWATCH: the module keeps the transaction.
+    Transaction,
 }
 
 /// Connection and admin commands the interface contract says are never intercepted.
@@ -88,8 +92,45 @@ pub const OTHER_DATABASES: &[&str] = &["swapdb", "move"];
 /// They wait on Redis replication or talk to other servers: the effect differs per node.
 pub const OUTSIDE_THE_LOG: &[&str] = &["wait", "waitaof", "migrate"];
 
-/// Until MULTI ... EXEC becomes one log entry, refuse so no transaction is half replicated.
+/// The module queues transactions itself and logs MULTI ... EXEC as one entry.
 pub const TRANSACTIONS: &[&str] = &["multi", "exec", "discard", "watch", "unwatch"];
+
+/// Blocking forms: a client would wait inside one node for data another entry brings,
+/// and the wait's outcome would depend on that node's timing.
+pub const BLOCKING: &[&str] = &[
+    "blpop",
+    "brpop",
+    "brpoplpush",
+    "blmove",
+    "blmpop",
+    "bzpopmin",
+    "bzpopmax",
+    "bzmpop",
+];
+
+/// XREAD/XREADGROUP are only blocking with the BLOCK option, which is refused.
+pub const BLOCK_OPTION: &[&str] = &["xread", "xreadgroup"];
+
+/// Claims of idle stream entries: the idle time comes from each node's own clock.
+/// Refused unless min-idle-time is 0 (argument 4).
+pub const MIN_IDLE_TIME: &[&str] = &["xclaim", "xautoclaim"];
+
+/// Hash-field expiry (Redis 7.4+, Valkey 9): the server expires fields on its own clock.
+pub const FIELD_EXPIRY: &[&str] = &[
+    "hexpire",
+    "hpexpire",
+    "hexpireat",
+    "hpexpireat",
+    "hsetex",
+    "hgetex",
+];
+
+/// Command tips marking output that differs between nodes (random picks, hash order).
+const NONDETERMINISTIC_TIPS: &[&str] =
+    &["nondeterministic_output", "nondeterministic_output_order"];
+
+/// Nondeterministic by tip, yet safe in scripts: XADD's `*` id is fixed from the entry time.
+const DETERMINISTIC_HERE: &[&str] = &["xadd"];
 
 /// They must reach a server busy running a script, which could never apply a log
 /// entry until the script ends; FUNCTION STATS describes that running script.
@@ -120,11 +161,17 @@ pub struct CommandTable {
 struct Entry {
     arity: i64,
     rule: Rule,
+    /// Output differs between nodes (refused inside scripts).
+    nondeterministic: bool,
 }
 
 #[derive(Debug, Clone)]
 enum Rule {
     Fixed(Class),
+    /// Refused when any argument is `BLOCK`, else the class.
+    RefuseBlockOption(Class),
+    /// Refused unless argument 4 (min-idle-time) is `0`, else the class.
+    RefuseMinIdle(Class),
     /// `SELECT 0` passes through; any other db is refused.
     SelectDb,
     /// Keyed by the lowercase subcommand name alone (`encoding`, not `object|encoding`).
@@ -182,6 +229,20 @@ impl CommandTable {
         }
         match &entry.rule {
             Rule::Fixed(class) => *class,
+            Rule::RefuseBlockOption(class) => {
+                if argv[1..]
+                    .iter()
+                    .any(|arg| arg.eq_ignore_ascii_case(b"block"))
+                {
+                    Class::Refused
+                } else {
+                    *class
+                }
+            }
+            Rule::RefuseMinIdle(class) => match argv.get(4) {
+                Some(idle) if *idle != b"0" => Class::Refused,
+                _ => *class,
+            },
             Rule::SelectDb => match argv.get(1) {
                 Some(db) if *db == b"0" => Class::PassThrough,
                 Some(_) => Class::Refused,
@@ -203,6 +264,34 @@ impl CommandTable {
                 }
             }
         }
+    }
+
+    /// Whether the server has a command of this name.
+    pub fn has(&self, name: &[u8]) -> bool {
+        name.len() <= self.longest_name_bytes
+            && with_lowercase(name, |lower| self.commands.contains_key(lower))
+    }
+
+    /// Whether the server knows this command and its argument count fits.
+    pub fn knows(&self, argv: &[&[u8]]) -> bool {
+        let Some(name) = argv.first() else {
+            return false;
+        };
+        name.len() <= self.longest_name_bytes
+            && with_lowercase(name, |lower| self.commands.get(lower))
+                .is_some_and(|entry| arity_accepts(entry.arity, argv.len()))
+    }
+
+    /// Whether a script calling this command could make nodes diverge: its output is
+    /// random or in hash order. Unknown commands are not (Redis rejects them).
+    pub fn is_nondeterministic(&self, argv: &[&[u8]]) -> bool {
+        let Some(name) = argv.first() else {
+            return false;
+        };
+        if name.len() > self.longest_name_bytes {
+            return false;
+        }
+        with_lowercase(name, |lower| self.commands.get(lower)).is_some_and(|e| e.nondeterministic)
     }
 
     /// Number of top-level commands (containers count once).
@@ -236,8 +325,20 @@ fn build_entry(
     };
     let rule = if ignored.contains(name) || is_never_intercepted(name) {
         fixed(Class::PassThrough, listing)
+    } else if TRANSACTIONS.contains(&name) {
+        fixed(Class::Transaction, listing)
     } else if is_refused(name) {
         fixed(Class::Refused, listing)
+    } else if BLOCK_OPTION.contains(&name) {
+        let class = class_from_flags(&info.flags);
+        listing.push((name.to_string(), class));
+        listing.push((format!("{name} (with BLOCK)"), Class::Refused));
+        Rule::RefuseBlockOption(class)
+    } else if MIN_IDLE_TIME.contains(&name) {
+        let class = class_from_flags(&info.flags);
+        listing.push((format!("{name} (min-idle-time 0)"), class));
+        listing.push((format!("{name} (min-idle-time > 0)"), Class::Refused));
+        Rule::RefuseMinIdle(class)
     } else if name == "select" {
         listing.push((name.to_string(), Class::Refused));
         Rule::SelectDb
@@ -246,9 +347,15 @@ fn build_entry(
     } else {
         fixed(class_from_flags(&info.flags), listing)
     };
+    let nondeterministic = !DETERMINISTIC_HERE.contains(&name)
+        && info
+            .tips
+            .iter()
+            .any(|tip| NONDETERMINISTIC_TIPS.contains(&tip.as_str()));
     Entry {
         arity: info.arity,
         rule,
+        nondeterministic,
     }
 }
 
@@ -307,7 +414,8 @@ fn is_refused(name: &str) -> bool {
         REPLICATION_AND_PERSISTENCE,
         OTHER_DATABASES,
         OUTSIDE_THE_LOG,
-        TRANSACTIONS,
+        BLOCKING,
+        FIELD_EXPIRY,
     ]
     .iter()
     .any(|list| list.contains(&name))
@@ -336,6 +444,34 @@ fn arity_accepts(arity: i64, argc: usize) -> bool {
     }
 }
 
+/// Redis' reply to a command name it does not know (newlines become spaces).
+pub fn unknown_command_error(argv: &[&[u8]]) -> String {
+    let mut args = String::new();
+    for arg in argv.iter().skip(1) {
+        if args.len() >= 128 {
+            break;
+        }
+        let room = 128 - args.len();
+        let text = String::from_utf8_lossy(arg);
+        let shown: String = text.chars().take(room).collect();
+        args.push_str(&format!("'{shown}' "));
+    }
+    let name: String = argv
+        .first()
+        .map(|name| String::from_utf8_lossy(name).chars().take(128).collect())
+        .unwrap_or_default();
+    format!("ERR unknown command '{name}', with args beginning with: {args}")
+        .replace(['\r', '\n'], " ")
+}
+
+/// Redis' reply to a known command with the wrong number of arguments.
+pub fn arity_error(name: &[u8]) -> String {
+    format!(
+        "ERR wrong number of arguments for '{}' command",
+        String::from_utf8_lossy(name).to_ascii_lowercase()
+    )
+}
+
 /// Calls `f` with an ASCII-lowercased copy of `bytes`, on the stack when it fits.
 fn with_lowercase<R>(bytes: &[u8], f: impl FnOnce(&[u8]) -> R) -> R {
     if bytes.len() <= STACK_NAME_BYTES {
@@ -358,6 +494,7 @@ mod tests {
             name: name.to_string(),
             arity,
             flags: flags.iter().map(|flag| flag.to_string()).collect(),
+            tips: Vec::new(),
             subcommands,
         }
     }
@@ -553,7 +690,7 @@ mod tests {
         let table = table();
         assert_eq!(classify(&table, "SET k v"), Class::Write);
         assert_eq!(classify(&table, "gEt k"), Class::Read);
-        assert_eq!(classify(&table, "MULTI"), Class::Refused);
+        assert_eq!(classify(&table, "MULTI"), Class::Transaction);
         assert_eq!(classify(&table, "OBJECT ENCODING k"), Class::Read);
         assert_eq!(classify(&table, "Raft.Cluster INIT"), Class::PassThrough);
     }
@@ -626,11 +763,66 @@ mod tests {
     }
 
     #[test]
-    fn transactions_are_refused() {
+    fn transactions_are_kept_by_the_module() {
         let table = table();
-        assert_eq!(classify(&table, "multi"), Class::Refused);
-        assert_eq!(classify(&table, "exec"), Class::Refused);
-        assert_eq!(classify(&table, "watch k"), Class::Refused);
+        assert_eq!(classify(&table, "multi"), Class::Transaction);
+        assert_eq!(classify(&table, "exec"), Class::Transaction);
+        assert_eq!(classify(&table, "watch k"), Class::Transaction);
+    }
+
+    #[test]
+    fn blocking_forms_are_refused() {
+        let mut infos = redis_7_0_commands();
+        infos.push(info("blpop", -3, &["write", "blocking"], vec![]));
+        infos.push(info("xread", -4, &["readonly", "blocking"], vec![]));
+        infos.push(info("xautoclaim", -6, &["write"], vec![]));
+        let table = CommandTable::new(infos, &[]);
+        assert_eq!(classify(&table, "blpop k 0"), Class::Refused);
+        assert_eq!(classify(&table, "xread STREAMS s 0"), Class::Read);
+        assert_eq!(
+            classify(&table, "xread block 10 STREAMS s 0"),
+            Class::Refused
+        );
+        assert_eq!(classify(&table, "xautoclaim s g c 0 0"), Class::Write);
+        assert_eq!(classify(&table, "xautoclaim s g c 100 0"), Class::Refused);
+    }
+
+    #[test]
+    fn errors_for_unknown_commands_and_arity_match_redis() {
+        assert_eq!(
+            unknown_command_error(&[b"foo", b"a", b"b"]),
+            "ERR unknown command 'foo', with args beginning with: 'a' 'b' "
+        );
+        assert_eq!(
+            unknown_command_error(&[b"foo"]),
+            "ERR unknown command 'foo', with args beginning with: "
+        );
+        assert_eq!(
+            arity_error(b"GET"),
+            "ERR wrong number of arguments for 'get' command"
+        );
+        let table = table();
+        assert!(table.knows(&[b"GET", b"k"]));
+        assert!(!table.knows(&[b"GET"]));
+        assert!(!table.knows(&[b"nosuch"]));
+    }
+
+    #[test]
+    fn nondeterministic_tips_mark_commands_except_xadd() {
+        let mut spop = info("spop", -2, &["write"], vec![]);
+        spop.tips = vec!["nondeterministic_output".into()];
+        let mut smembers = info("smembers", 2, &["readonly"], vec![]);
+        smembers.tips = vec!["nondeterministic_output_order".into()];
+        let mut xadd = info("xadd", -5, &["write"], vec![]);
+        xadd.tips = vec!["nondeterministic_output".into()];
+        let mut infos = redis_7_0_commands();
+        infos.extend([spop, smembers, xadd]);
+        let table = CommandTable::new(infos, &[]);
+        assert!(table.is_nondeterministic(&[b"SPOP", b"k"]));
+        assert!(table.is_nondeterministic(&[b"smembers", b"k"]));
+        assert!(!table.is_nondeterministic(&[b"xadd", b"s", b"*", b"f", b"v"]));
+        assert!(!table.is_nondeterministic(&[b"get", b"k"]));
+        assert!(!table.is_nondeterministic(&[b"nosuch"]));
     }
 
     #[test]

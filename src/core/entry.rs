@@ -23,8 +23,18 @@ pub enum Payload {
     /// Commands applied in order as one unit (a single command, or a MULTI/EXEC body).
     Commands {
         origin: Option<Origin>,
+        /// The leader's clock when it proposed the entry (ms since the epoch, never
+        /// decreasing along the log): the only "now" expiry and stream ids may use.
+        time_ms: i64,
+        /// ACL user the commands run as; `None` runs them unrestricted.
+        user: Option<String>,
+        /// MULTI/EXEC: the reply is the array of every command's reply.
+        transaction: bool,
         commands: Vec<Argv>,
     },
+    /// Keys the leader found expired by `time_ms`; each node deletes those still
+    /// expired at that time (one may have been given a new TTL meanwhile).
+    ExpireKeys { time_ms: i64, keys: Vec<Vec<u8>> },
 }
 
 /// Upper bound on an encoded payload, so a hostile or corrupt entry can't make us allocate
@@ -77,17 +87,25 @@ mod tests {
                 incarnation: 99,
                 request_id: 7,
             }),
+            time_ms: 1_700_000_000_000,
+            user: Some("alice".into()),
+            transaction: true,
             commands: vec![vec![b"SET".to_vec(), b"k".to_vec(), vec![0, 255, 10]]],
         };
         assert_eq!(Payload::decode(&payload.encode()).unwrap(), payload);
+        let expire = Payload::ExpireKeys {
+            time_ms: 5,
+            keys: vec![b"a".to_vec()],
+        };
+        assert_eq!(Payload::decode(&expire.encode()).unwrap(), expire);
     }
 
     #[test]
     fn rejects_garbage_and_trailing_bytes() {
         assert!(Payload::decode(&[0xff, 0xff, 0xff, 0xff, 0xff]).is_err());
-        let mut bytes = Payload::Commands {
-            origin: None,
-            commands: vec![],
+        let mut bytes = Payload::ExpireKeys {
+            time_ms: 0,
+            keys: vec![],
         }
         .encode();
         bytes.push(0);
@@ -96,8 +114,8 @@ mod tests {
 
     #[test]
     fn huge_declared_length_does_not_allocate() {
-        // variant 0, origin None, then a vec length of u64::MAX
-        let bytes = [0u8, 0, 0xfd, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff];
+        // variant 1 (ExpireKeys), time 0, then a vec length of u64::MAX
+        let bytes = [1u8, 0, 0xfd, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff];
         assert!(Payload::decode(&bytes).is_err());
     }
 }

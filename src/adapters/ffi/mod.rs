@@ -14,6 +14,8 @@ use std::ptr::NonNull;
 
 use redis_module::raw;
 
+pub mod data;
+
 pub type RawCtx = *mut raw::RedisModuleCtx;
 
 fn api<T>(function: Option<T>, name: &str) -> T {
@@ -127,6 +129,21 @@ fn element_of<'a>(pointer: *mut raw::RedisModuleCallReply, index: usize) -> Opti
 /// Runs one command through `RedisModule_Call` with errors returned as replies.
 /// `resp3` picks the protocol of the reply (the waiting client's protocol).
 pub fn call(ctx: RawCtx, argv: &[Vec<u8>], resp3: bool) -> Result<CallReply, String> {
+    call_with(ctx, argv, resp3, false)
+}
+
+/// Like `call`, but checked against the ACL user attached to `ctx`
+/// (see `data::ModuleUser::attach`).
+pub fn call_checked(ctx: RawCtx, argv: &[Vec<u8>], resp3: bool) -> Result<CallReply, String> {
+    call_with(ctx, argv, resp3, true)
+}
+
+fn call_with(
+    ctx: RawCtx,
+    argv: &[Vec<u8>],
+    resp3: bool,
+    check_acl: bool,
+) -> Result<CallReply, String> {
     let Some((name, args)) = argv.split_first() else {
         return Err("ERR empty command".to_string());
     };
@@ -150,7 +167,12 @@ pub fn call(ctx: RawCtx, argv: &[Vec<u8>], resp3: bool) -> Result<CallReply, Str
         })
         .collect();
     // No "E" flag: Redis 7.0 rejects it. Failures before execution come back as NULL + errno.
-    let format: &[u8] = if resp3 { b"v3\0" } else { b"v\0" };
+    let format: &[u8] = match (resp3, check_acl) {
+        (false, false) => b"v\0",
+        (true, false) => b"v3\0",
+        (false, true) => b"Cv\0",
+        (true, true) => b"Cv3\0",
+    };
     // SAFETY: "v" takes (RedisModuleString **, size_t); ctx is a live context on the main
     // thread; the strings stay alive for the whole call.
     let reply = unsafe {
@@ -225,11 +247,7 @@ pub fn register_command_filter(ctx: RawCtx, callback: unsafe extern "C" fn(Filte
         api(
             raw::RedisModule_RegisterCommandFilter,
             "RegisterCommandFilter",
-        )(
-            ctx,
-            Some(callback),
-            raw::REDISMODULE_CMDFILTER_NOSELF as c_int,
-        )
+        )(ctx, Some(callback), 0)
     };
     !filter.is_null()
 }
@@ -291,7 +309,11 @@ pub enum Answer {
     Integer(i64),
     Bulk(Vec<u8>),
     Null,
+    /// EXEC of a transaction whose watched keys changed.
+    NullArray,
     Array(Vec<Answer>),
+    /// Text that RESP3 clients get as a verbatim string (INFO).
+    Verbatim(String),
 }
 
 pub struct BlockedClient(NonNull<raw::RedisModuleBlockedClient>);
@@ -382,6 +404,15 @@ pub fn reply_answer(ctx: RawCtx, answer: &Answer) {
             }
             Answer::Null => {
                 api(raw::RedisModule_ReplyWithNull, "ReplyWithNull")(ctx);
+            }
+            Answer::NullArray => {
+                api(raw::RedisModule_ReplyWithNullArray, "ReplyWithNullArray")(ctx);
+            }
+            Answer::Verbatim(text) => {
+                api(
+                    raw::RedisModule_ReplyWithVerbatimString,
+                    "ReplyWithVerbatimString",
+                )(ctx, text.as_ptr().cast::<c_char>(), text.len());
             }
             Answer::Array(items) => {
                 api(raw::RedisModule_ReplyWithArray, "ReplyWithArray")(ctx, items.len() as _);

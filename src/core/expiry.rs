@@ -1,0 +1,471 @@
+//! Deterministic key expiry.
+//!
+//! Redis expires a key when *its own* clock passes the key's expiry time, lazily on access
+//! or in its background cycle. Nodes apply the same entry at different moments, so a key
+//! close to its expiry could be alive on the leader and gone on a follower when an `INCR`
+//! is applied: the nodes would diverge. So Redis never expires anything itself here:
+//!
+//! - Every expiry time is stored shifted by [`NATIVE_OFFSET_MS`] (thousands of years), so
+//!   no server clock ever reaches it. Relative TTLs become absolute ones computed from the
+//!   entry's `time_ms`, the leader's clock when it proposed the entry ([`rewrite`]).
+//! - "Now" is the entry's `time_ms` while applying, the local clock while serving a read.
+//!   A key is logically expired when now is past its logical expiry ([`is_expired`]).
+//! - Before a write runs, each node deletes the logically expired keys it names; the
+//!   leader also proposes deletions of expired keys it finds while scanning. Reads that
+//!   touch a logically expired key go through the log, which deletes it first.
+//! - `TTL`, `PTTL`, `EXPIRETIME` and `PEXPIRETIME` are answered from the logical time
+//!   ([`ttl_reply`]).
+
+/// Shift between the logical expiry time (ms since the epoch) and what Redis stores:
+/// 2^46 ms is about 2230 years.
+pub const NATIVE_OFFSET_MS: i64 = 1 << 46;
+
+/// The native (stored) expiry for a logical one, clamped so a far-future TTL stays
+/// far in the future instead of overflowing.
+pub fn to_native(logical_ms: i64) -> i64 {
+    logical_ms.saturating_add(NATIVE_OFFSET_MS)
+}
+
+pub fn to_logical(native_ms: i64) -> i64 {
+    native_ms - NATIVE_OFFSET_MS
+}
+
+/// Whether a key whose stored expiry is `native_ms` (`None`: no expiry) is expired at
+/// `now_ms`, with Redis' rule: expired once now is past the expiry time.
+pub fn is_expired(native_ms: Option<i64>, now_ms: i64) -> bool {
+    native_ms.is_some_and(|native| now_ms > to_logical(native))
+}
+
+/// Arguments to replace in a command so its expiry is absolute and shifted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rewrite {
+    /// Replace the argument at `position`.
+    Replace { position: usize, value: Vec<u8> },
+    /// Append an argument (RESTORE's ABSTTL).
+    Append(Vec<u8>),
+}
+
+fn eq(arg: &[u8], word: &str) -> bool {
+    arg.eq_ignore_ascii_case(word.as_bytes())
+}
+
+/// Redis' strict integer syntax (no spaces, no `+`, no leading zeros).
+fn parse_i64(arg: &[u8]) -> Option<i64> {
+    let text = std::str::from_utf8(arg).ok()?;
+    let valid_shape = match text.as_bytes() {
+        [b'0'] => true,
+        [b'-', b'1'..=b'9', ..] | [b'1'..=b'9', ..] => true,
+        _ => false,
+    };
+    if !valid_shape {
+        return None;
+    }
+    text.parse().ok()
+}
+
+fn native_arg(logical_ms: i64) -> Vec<u8> {
+    to_native(logical_ms).to_string().into_bytes()
+}
+
+/// Logical absolute expiry from a TTL argument, or `None` when Redis itself must reply
+/// the error (bad number, overflow): those arguments are left untouched.
+fn absolute(value: i64, unit_ms: i64, relative: bool, now_ms: i64) -> Option<i64> {
+    let ms = value.checked_mul(unit_ms)?;
+    if relative {
+        ms.checked_add(now_ms)
+    } else {
+        Some(ms)
+    }
+}
+
+/// The changes that make `argv` store an absolute shifted expiry, for every command that
+/// sets one. `now_ms` is the entry's time. Commands without expiry arguments, and
+/// arguments Redis will reject anyway, give no changes.
+pub fn rewrite(argv: &[&[u8]], now_ms: i64) -> Vec<Rewrite> {
+    let Some(name) = argv.first() else {
+        return Vec::new();
+    };
+    let lower = name.to_ascii_lowercase();
+    match lower.as_slice() {
+        b"expire" | b"pexpire" | b"expireat" | b"pexpireat" => {
+            let (unit_ms, relative) = match lower.as_slice() {
+                b"expire" => (1000, true),
+                b"pexpire" => (1, true),
+                b"expireat" => (1000, false),
+                _ => (1, false),
+            };
+            let Some(logical) = argv
+                .get(2)
+                .and_then(|arg| parse_i64(arg))
+                .and_then(|value| absolute(value, unit_ms, relative, now_ms))
+            else {
+                return Vec::new();
+            };
+            vec![
+                Rewrite::Replace {
+                    position: 0,
+                    value: b"PEXPIREAT".to_vec(),
+                },
+                Rewrite::Replace {
+                    position: 2,
+                    value: native_arg(logical),
+                },
+            ]
+        }
+        b"set" => option_rewrite(argv, 3, now_ms),
+        b"getex" => option_rewrite(argv, 2, now_ms),
+        b"setex" | b"psetex" => {
+            // SETEX key seconds value → SET key value PXAT <native>
+            let unit_ms = if lower == b"setex" { 1000 } else { 1 };
+            if argv.len() != 4 {
+                return Vec::new();
+            }
+            let Some(logical) = parse_i64(argv[2])
+                .filter(|value| *value > 0)
+                .and_then(|value| absolute(value, unit_ms, true, now_ms))
+            else {
+                return Vec::new();
+            };
+            vec![
+                Rewrite::Replace {
+                    position: 0,
+                    value: b"SET".to_vec(),
+                },
+                Rewrite::Replace {
+                    position: 2,
+                    value: argv[3].to_vec(),
+                },
+                Rewrite::Replace {
+                    position: 3,
+                    value: b"PXAT".to_vec(),
+                },
+                Rewrite::Append(native_arg(logical)),
+            ]
+        }
+        b"restore" | b"restore-asking" => {
+            let Some(ttl) = argv.get(2).and_then(|arg| parse_i64(arg)) else {
+                return Vec::new();
+            };
+            if ttl <= 0 || argv.len() < 4 {
+                return Vec::new();
+            }
+            let absolute_given = argv[4..].iter().any(|arg| eq(arg, "absttl"));
+            let Some(logical) = absolute(ttl, 1, !absolute_given, now_ms) else {
+                return Vec::new();
+            };
+            let mut changes = vec![Rewrite::Replace {
+                position: 2,
+                value: native_arg(logical),
+            }];
+            if !absolute_given {
+                changes.push(Rewrite::Append(b"ABSTTL".to_vec()));
+            }
+            changes
+        }
+        _ => Vec::new(),
+    }
+}
+
+/// `SET`/`GETEX`: the first `EX|PX|EXAT|PXAT <n>` pair from `first_option` on becomes
+/// `PXAT <native>`. Redis rejects a non-positive value, so those stay untouched.
+fn option_rewrite(argv: &[&[u8]], first_option: usize, now_ms: i64) -> Vec<Rewrite> {
+    for position in first_option..argv.len() {
+        let option = argv[position];
+        let (unit_ms, relative) = if eq(option, "ex") {
+            (1000, true)
+        } else if eq(option, "px") {
+            (1, true)
+        } else if eq(option, "exat") {
+            (1000, false)
+        } else if eq(option, "pxat") {
+            (1, false)
+        } else {
+            continue;
+        };
+        let Some(logical) = argv
+            .get(position + 1)
+            .and_then(|arg| parse_i64(arg))
+            .filter(|value| *value > 0)
+            .and_then(|value| absolute(value, unit_ms, relative, now_ms))
+        else {
+            return Vec::new();
+        };
+        return vec![
+            Rewrite::Replace {
+                position,
+                value: b"PXAT".to_vec(),
+            },
+            Rewrite::Replace {
+                position: position + 1,
+                value: native_arg(logical),
+            },
+        ];
+    }
+    Vec::new()
+}
+
+/// Applies `rewrite`'s changes to an owned argv.
+pub fn rewritten(argv: &[Vec<u8>], now_ms: i64) -> Option<Vec<Vec<u8>>> {
+    let slices: Vec<&[u8]> = argv.iter().map(Vec::as_slice).collect();
+    let changes = rewrite(&slices, now_ms);
+    if changes.is_empty() {
+        return None;
+    }
+    let mut result = argv.to_vec();
+    for change in changes {
+        match change {
+            Rewrite::Replace { position, value } => result[position] = value,
+            Rewrite::Append(value) => result.push(value),
+        }
+    }
+    Some(result)
+}
+
+/// `XADD ... * ...` → `XADD ... <time_ms>-* ...`: the id's time part comes from the entry,
+/// not from each node's clock (Redis picks the sequence). Returns the position and value.
+pub fn stream_id_rewrite(argv: &[&[u8]], now_ms: i64) -> Option<(usize, Vec<u8>)> {
+    if !argv.first()?.eq_ignore_ascii_case(b"xadd") {
+        return None;
+    }
+    // XADD key [NOMKSTREAM] [MAXLEN|MINID [=|~] threshold [LIMIT count]] id field value ...
+    let mut position = 2;
+    loop {
+        let arg = argv.get(position)?;
+        if eq(arg, "nomkstream") {
+            position += 1;
+        } else if eq(arg, "maxlen") || eq(arg, "minid") {
+            position += 1;
+            if argv.get(position).is_some_and(|a| *a == b"=" || *a == b"~") {
+                position += 1;
+            }
+            position += 1;
+            if argv.get(position).is_some_and(|a| eq(a, "limit")) {
+                position += 2;
+            }
+        } else {
+            break;
+        }
+    }
+    (*argv.get(position)? == b"*").then(|| (position, format!("{}-*", now_ms.max(0)).into_bytes()))
+}
+
+/// The four commands that report a key's expiry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TtlQuery {
+    Ttl,
+    Pttl,
+    ExpireTime,
+    PexpireTime,
+}
+
+impl TtlQuery {
+    pub fn parse(name: &[u8]) -> Option<TtlQuery> {
+        let lower = name.to_ascii_lowercase();
+        match lower.as_slice() {
+            b"ttl" => Some(TtlQuery::Ttl),
+            b"pttl" => Some(TtlQuery::Pttl),
+            b"expiretime" => Some(TtlQuery::ExpireTime),
+            b"pexpiretime" => Some(TtlQuery::PexpireTime),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            TtlQuery::Ttl => "TTL",
+            TtlQuery::Pttl => "PTTL",
+            TtlQuery::ExpireTime => "EXPIRETIME",
+            TtlQuery::PexpireTime => "PEXPIRETIME",
+        }
+    }
+}
+
+/// What Redis would answer for a key that `exists` with stored expiry `native_ms`, at
+/// logical time `now_ms` (same rounding as Redis' `ttlGenericCommand`).
+pub fn ttl_reply(query: TtlQuery, exists: bool, native_ms: Option<i64>, now_ms: i64) -> i64 {
+    if !exists || is_expired(native_ms, now_ms) {
+        return -2;
+    }
+    let Some(native) = native_ms else {
+        return -1;
+    };
+    let logical = to_logical(native);
+    let value = match query {
+        TtlQuery::Ttl | TtlQuery::Pttl => (logical - now_ms).max(0),
+        TtlQuery::ExpireTime | TtlQuery::PexpireTime => logical.max(0),
+    };
+    match query {
+        TtlQuery::Pttl | TtlQuery::PexpireTime => value,
+        TtlQuery::Ttl | TtlQuery::ExpireTime => (value + 500) / 1000,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: i64 = 1_700_000_000_000;
+
+    fn args(words: &[&str]) -> Vec<Vec<u8>> {
+        words.iter().map(|w| w.as_bytes().to_vec()).collect()
+    }
+
+    fn text(argv: &[Vec<u8>]) -> Vec<String> {
+        argv.iter()
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect()
+    }
+
+    fn native(logical: i64) -> String {
+        (logical + NATIVE_OFFSET_MS).to_string()
+    }
+
+    #[test]
+    fn xadd_star_takes_the_entry_time() {
+        let id = |words: &[&str]| {
+            let argv: Vec<&[u8]> = words.iter().map(|w| w.as_bytes()).collect();
+            stream_id_rewrite(&argv, 42)
+        };
+        assert_eq!(
+            id(&["XADD", "s", "*", "f", "v"]),
+            Some((2, b"42-*".to_vec()))
+        );
+        assert_eq!(
+            id(&[
+                "xadd",
+                "s",
+                "NOMKSTREAM",
+                "MAXLEN",
+                "~",
+                "10",
+                "LIMIT",
+                "5",
+                "*",
+                "f",
+                "v"
+            ]),
+            Some((8, b"42-*".to_vec()))
+        );
+        assert_eq!(
+            id(&["XADD", "s", "MINID", "0", "*", "f", "v"]),
+            Some((4, b"42-*".to_vec()))
+        );
+        assert_eq!(id(&["XADD", "s", "1-1", "f", "v"]), None);
+        assert_eq!(id(&["XADD", "s"]), None);
+        assert_eq!(id(&["SET", "s", "*"]), None);
+    }
+
+    #[test]
+    fn expire_family_becomes_shifted_pexpireat() {
+        let cases = [
+            (vec!["EXPIRE", "k", "10"], NOW + 10_000),
+            (vec!["pexpire", "k", "10"], NOW + 10),
+            (vec!["EXPIREAT", "k", "1800000000"], 1_800_000_000_000),
+            (vec!["PEXPIREAT", "k", "5"], 5),
+            (vec!["expire", "k", "-5"], NOW - 5000),
+        ];
+        for (argv, logical) in cases {
+            let result = rewritten(&args(&argv), NOW).unwrap();
+            assert_eq!(text(&result), ["PEXPIREAT", "k", &native(logical)]);
+        }
+        let with_flag = rewritten(&args(&["EXPIRE", "k", "10", "GT"]), NOW).unwrap();
+        assert_eq!(text(&with_flag)[3], "GT");
+    }
+
+    #[test]
+    fn invalid_numbers_are_left_for_redis_to_reject() {
+        for argv in [
+            vec!["EXPIRE", "k", "abc"],
+            vec!["EXPIRE", "k", "+5"],
+            vec!["EXPIRE", "k", "05"],
+            vec!["EXPIRE", "k", " 5"],
+            vec!["EXPIRE", "k", "9223372036854775807"],
+            vec!["SET", "k", "v", "EX", "0"],
+            vec!["SET", "k", "v", "PX", "-1"],
+            vec!["SETEX", "k", "0", "v"],
+            vec!["RESTORE", "k", "-1", "payload"],
+            vec!["GETEX", "k", "EX", "x"],
+        ] {
+            assert_eq!(rewritten(&args(&argv), NOW), None, "{argv:?}");
+        }
+    }
+
+    #[test]
+    fn set_and_getex_options() {
+        let set = rewritten(&args(&["set", "k", "v", "NX", "ex", "2", "GET"]), NOW).unwrap();
+        assert_eq!(
+            text(&set),
+            ["set", "k", "v", "NX", "PXAT", &native(NOW + 2000), "GET"]
+        );
+        let exat = rewritten(&args(&["SET", "k", "v", "EXAT", "100"]), NOW).unwrap();
+        assert_eq!(text(&exat)[3..], ["PXAT".to_string(), native(100_000)]);
+        assert_eq!(rewritten(&args(&["SET", "k", "v", "KEEPTTL"]), NOW), None);
+        assert_eq!(rewritten(&args(&["SET", "k", "ex"]), NOW), None);
+        let getex = rewritten(&args(&["GETEX", "k", "PX", "7"]), NOW).unwrap();
+        assert_eq!(text(&getex), ["GETEX", "k", "PXAT", &native(NOW + 7)]);
+        assert_eq!(rewritten(&args(&["GETEX", "k", "PERSIST"]), NOW), None);
+    }
+
+    #[test]
+    fn setex_becomes_set_pxat() {
+        let result = rewritten(&args(&["SETEX", "k", "3", "v"]), NOW).unwrap();
+        assert_eq!(
+            text(&result),
+            ["SET", "k", "v", "PXAT", &native(NOW + 3000)]
+        );
+        let result = rewritten(&args(&["psetex", "k", "3", "v"]), NOW).unwrap();
+        assert_eq!(text(&result), ["SET", "k", "v", "PXAT", &native(NOW + 3)]);
+    }
+
+    #[test]
+    fn restore_gets_an_absolute_ttl() {
+        let result = rewritten(&args(&["RESTORE", "k", "100", "p", "REPLACE"]), NOW).unwrap();
+        assert_eq!(
+            text(&result),
+            ["RESTORE", "k", &native(NOW + 100), "p", "REPLACE", "ABSTTL"]
+        );
+        let result = rewritten(&args(&["RESTORE", "k", "100", "p", "absttl"]), NOW).unwrap();
+        assert_eq!(text(&result), ["RESTORE", "k", &native(100), "p", "absttl"]);
+        assert_eq!(rewritten(&args(&["RESTORE", "k", "0", "p"]), NOW), None);
+    }
+
+    #[test]
+    fn far_future_expiry_is_clamped_not_overflowed() {
+        let result = rewritten(&args(&["PEXPIREAT", "k", "9223372036854775000"]), NOW).unwrap();
+        assert_eq!(text(&result)[2], i64::MAX.to_string());
+        assert!(!is_expired(Some(i64::MAX), NOW));
+    }
+
+    #[test]
+    fn expiry_follows_redis_rule() {
+        let at = to_native(NOW);
+        assert!(!is_expired(Some(at), NOW));
+        assert!(is_expired(Some(at), NOW + 1));
+        assert!(!is_expired(None, i64::MAX));
+    }
+
+    #[test]
+    fn ttl_replies() {
+        let native = Some(to_native(NOW + 1499));
+        assert_eq!(ttl_reply(TtlQuery::Ttl, true, native, NOW), 1);
+        assert_eq!(ttl_reply(TtlQuery::Pttl, true, native, NOW), 1499);
+        assert_eq!(
+            ttl_reply(TtlQuery::Ttl, true, Some(to_native(NOW + 1500)), NOW),
+            2
+        );
+        assert_eq!(
+            ttl_reply(TtlQuery::PexpireTime, true, native, NOW),
+            NOW + 1499
+        );
+        assert_eq!(
+            ttl_reply(TtlQuery::ExpireTime, true, native, NOW),
+            (NOW + 1499 + 500) / 1000
+        );
+        assert_eq!(ttl_reply(TtlQuery::Ttl, true, None, NOW), -1);
+        assert_eq!(ttl_reply(TtlQuery::Ttl, false, None, NOW), -2);
+        assert_eq!(ttl_reply(TtlQuery::Pttl, true, native, NOW + 1500), -2);
+        assert_eq!(ttl_reply(TtlQuery::Pttl, true, native, NOW + 1499), 0);
+        assert_eq!(TtlQuery::parse(b"pTTl"), Some(TtlQuery::Pttl));
+        assert_eq!(TtlQuery::parse(b"get"), None);
+    }
+}
