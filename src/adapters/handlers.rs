@@ -341,7 +341,10 @@ pub fn raft_debug(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
         Some("exec") if args.len() >= 3 => {
             let flags = ffi::context_flags(ctx.ctx);
             let resp3 = flags & redis_module::raw::REDISMODULE_CTX_FLAGS_RESP3 != 0;
-            run_here(ctx.ctx, &args_to_argv(&args[2..]), resp3)
+            // At the local clock, so TTLs read as anywhere else (not the shifted values).
+            let answer = execute::run_read(ctx.ctx, &args_to_argv(&args[2..]), None, resp3);
+            ffi::reply_answer(ctx.ctx, &answer);
+            Ok(RedisValue::NoReply)
         }
         Some("exec") => Err(RedisError::WrongArity),
         Some("used_node_ids") => Ok(RedisValue::Array(with_state(|state| {
