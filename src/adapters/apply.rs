@@ -193,6 +193,7 @@ fn apply_payload(ctx: ffi::RawCtx, payload: Payload, me: u64, incarnation: u64) 
 fn note_entry_time(time_ms: i64) {
     with_state(|state| {
         state.last_entry_time_ms = state.last_entry_time_ms.max(time_ms);
+        state.applied_time_ms = time_ms;
     });
 }
 

@@ -142,6 +142,15 @@ pub fn run_read(ctx: RawCtx, argv: &[Vec<u8>], user: Option<&str>, resp3: bool) 
     })
 }
 
+/// `RAFT.DEBUG EXEC`: at the time of the last applied entry, so nodes at the same applied
+/// index answer alike (TTLs included), with no script restriction (diagnosis may use KEYS
+/// in a script; nothing it does is replicated).
+pub fn run_debug(ctx: RawCtx, argv: &[Vec<u8>], resp3: bool) -> Answer {
+    let applied_time_ms = crate::adapters::state::with_state(|state| state.applied_time_ms);
+    let now_ms = if applied_time_ms > 0 { applied_time_ms } else { wall_clock_ms() };
+    with_logical_time(now_ms, || to_answer(call_locally(ctx, argv, resp3)))
+}
+
 fn to_answer(reply: Result<ffi::CallReply, String>) -> Answer {
     match reply {
         Ok(reply) => Answer::Reply(reply),

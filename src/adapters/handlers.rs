@@ -120,22 +120,22 @@ pub fn acl_check(ctx: RawCtx, argv: &[Vec<u8>]) -> Result<(), String> {
     if user.may_run(&mut ffi::data::Args::new(argv)) {
         return Ok(());
     }
+    // Redis 7.0's wording; ACL DRYRUN tells which rule refused.
     let mut dry_run = vec![b"ACL".to_vec(), b"DRYRUN".to_vec(), name.into_bytes()];
     dry_run.extend(argv.iter().cloned());
     let reason = call_locally(ctx, &dry_run, false)
-        .ok()
         .map(|reply| String::from_utf8_lossy(reply.bytes()).into_owned())
-        .filter(|text| !text.is_empty() && text != "OK");
-    Err(match reason {
-        Some(text) => {
-            let mut chars = text.chars();
-            let first = chars.next().map(|c| c.to_ascii_lowercase());
-            format!("NOPERM {}{}", first.unwrap_or_default(), chars.as_str())
-        }
-        None => format!(
+        .unwrap_or_default();
+    Err(if reason.contains(" key") {
+        "NOPERM this user has no permissions to access one of the keys used as arguments".into()
+    } else if reason.contains(" channel") {
+        "NOPERM this user has no permissions to access one of the channels used as arguments"
+            .into()
+    } else {
+        format!(
             "NOPERM this user has no permissions to run the '{}' command",
             String::from_utf8_lossy(&argv[0]).to_ascii_lowercase()
-        ),
+        )
     })
 }
 
@@ -342,7 +342,7 @@ pub fn raft_debug(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
             let flags = ffi::context_flags(ctx.ctx);
             let resp3 = flags & redis_module::raw::REDISMODULE_CTX_FLAGS_RESP3 != 0;
             // At the local clock, so TTLs read as anywhere else (not the shifted values).
-            let answer = execute::run_read(ctx.ctx, &args_to_argv(&args[2..]), None, resp3);
+            let answer = execute::run_debug(ctx.ctx, &args_to_argv(&args[2..]), resp3);
             ffi::reply_answer(ctx.ctx, &answer);
             Ok(RedisValue::NoReply)
         }
@@ -355,7 +355,18 @@ pub fn raft_debug(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
                 .collect()
         }))),
         Some("compact") => crate::adapters::snapshots::compact_now(ctx),
-        _ => reply_error("ERR RAFT.DEBUG supports EXEC / USED_NODE_IDS / COMPACT"),
+        Some("commands") => Ok(RedisValue::Array(with_table(|table| {
+            table
+                .entries()
+                .map(|(name, class)| {
+                    RedisValue::Array(vec![
+                        RedisValue::BulkString(name.to_string()),
+                        RedisValue::SimpleStringStatic(class.as_str()),
+                    ])
+                })
+                .collect()
+        }))),
+        _ => reply_error("ERR RAFT.DEBUG supports EXEC / USED_NODE_IDS / COMPACT / COMMANDS"),
     }
 }
 

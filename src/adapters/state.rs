@@ -90,6 +90,8 @@ pub struct MainState {
     pub removed: bool,
     /// Latest entry time proposed or applied (see `next_entry_time_ms`).
     pub last_entry_time_ms: i64,
+    /// Time of the last applied entry that carried one.
+    pub applied_time_ms: i64,
     /// The leader's expired-keys entry in flight, by wall-clock deadline (ms): no new
     /// scan is proposed until it is applied or this passes.
     pub expire_in_flight_until_ms: i64,
@@ -124,6 +126,7 @@ pub fn init_state(apply_ctx: RawCtx, incarnation: u64) {
             transport: None,
             removed: false,
             last_entry_time_ms: 0,
+            applied_time_ms: 0,
             expire_in_flight_until_ms: 0,
         })
     });

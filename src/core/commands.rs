@@ -45,6 +45,19 @@ pub enum Class {
     Transaction,
 }
 
+impl Class {
+    /// How docs/COMMANDS.md names the class.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Class::PassThrough => "passed through",
+            Class::Refused => "refused",
+            Class::Read => "read",
+            Class::Write => "write",
+            Class::Transaction => "transaction",
+        }
+    }
+}
+
 /// Connection and admin commands the interface contract says are never intercepted.
 pub const CONTRACT_PASS_THROUGH: &[&str] = &[
     "auth", "hello", "ping", "client", "config", "command", "info", "module", "monitor",

@@ -12,6 +12,8 @@
 //! never sleep-and-hope; every process is owned by a `Server` guard.
 #![allow(dead_code)]
 
+pub mod cluster;
+
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom};
