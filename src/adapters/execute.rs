@@ -93,7 +93,7 @@ pub fn ttl_command(
         return Err(redis_module::RedisError::WrongArity);
     }
     let query = TtlQuery::parse(args[1].as_slice())
-        .ok_or_else(|| redis_module::RedisError::Str("ERR unknown TTL query"))?;
+        .ok_or(redis_module::RedisError::Str("ERR unknown TTL query"))?;
     let found = data::key_expiry(ctx.ctx, args[2].as_slice());
     let reply = expiry::ttl_reply(query, found.is_some(), found.flatten(), logical_now());
     Ok(redis_module::RedisValue::Integer(reply))
@@ -147,7 +147,11 @@ pub fn run_read(ctx: RawCtx, argv: &[Vec<u8>], user: Option<&str>, resp3: bool) 
 /// in a script; nothing it does is replicated).
 pub fn run_debug(ctx: RawCtx, argv: &[Vec<u8>], resp3: bool) -> Answer {
     let applied_time_ms = crate::adapters::state::with_state(|state| state.applied_time_ms);
-    let now_ms = if applied_time_ms > 0 { applied_time_ms } else { wall_clock_ms() };
+    let now_ms = if applied_time_ms > 0 {
+        applied_time_ms
+    } else {
+        wall_clock_ms()
+    };
     with_logical_time(now_ms, || to_answer(call_locally(ctx, argv, resp3)))
 }
 

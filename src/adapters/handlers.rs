@@ -129,8 +129,7 @@ pub fn acl_check(ctx: RawCtx, argv: &[Vec<u8>]) -> Result<(), String> {
     Err(if reason.contains(" key") {
         "NOPERM this user has no permissions to access one of the keys used as arguments".into()
     } else if reason.contains(" channel") {
-        "NOPERM this user has no permissions to access one of the channels used as arguments"
-            .into()
+        "NOPERM this user has no permissions to access one of the channels used as arguments".into()
     } else {
         format!(
             "NOPERM this user has no permissions to run the '{}' command",

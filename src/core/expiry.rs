@@ -52,11 +52,10 @@ fn eq(arg: &[u8], word: &str) -> bool {
 /// Redis' strict integer syntax (no spaces, no `+`, no leading zeros).
 fn parse_i64(arg: &[u8]) -> Option<i64> {
     let text = std::str::from_utf8(arg).ok()?;
-    let valid_shape = match text.as_bytes() {
-        [b'0'] => true,
-        [b'-', b'1'..=b'9', ..] | [b'1'..=b'9', ..] => true,
-        _ => false,
-    };
+    let valid_shape = matches!(
+        text.as_bytes(),
+        [b'0'] | [b'-', b'1'..=b'9', ..] | [b'1'..=b'9', ..]
+    );
     if !valid_shape {
         return None;
     }

@@ -427,4 +427,3 @@ pub fn same_everywhere(cluster: &Cluster, ids: &[u64], args: &[&str]) -> Value {
     }
     first
 }
-
