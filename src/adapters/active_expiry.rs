@@ -10,7 +10,7 @@ use crate::adapters::driver::DriverInput;
 use crate::adapters::execute::wall_clock_ms;
 use crate::adapters::ffi::data::{self, ScanCursor};
 use crate::adapters::ffi::RawCtx;
-use crate::adapters::state::{with_state, NodeState};
+use crate::adapters::state::{call_locally, with_state, NodeState};
 use crate::core::entry::Payload;
 use crate::core::expiry;
 
@@ -35,6 +35,24 @@ unsafe extern "C" fn on_timer(ctx: RawCtx, _data: *mut c_void) {
     data::create_timer(ctx, PERIOD_MS, on_timer);
 }
 
+/// Redis counts keys with an expiry (`INFO keyspace`: `db0:keys=..,expires=N`); with
+/// none there is nothing to scan for.
+fn any_key_has_a_ttl(ctx: RawCtx) -> bool {
+    let Ok(reply) = call_locally(ctx, &[b"INFO".to_vec(), b"keyspace".to_vec()], false) else {
+        return true;
+    };
+    let text = String::from_utf8_lossy(reply.bytes());
+    let expires = text
+        .lines()
+        .find(|line| line.starts_with("db0:"))
+        .and_then(|line| {
+            line.split(',')
+                .find_map(|part| part.strip_prefix("expires="))
+        })
+        .and_then(|count| count.trim().parse::<u64>().ok());
+    expires.unwrap_or(0) > 0
+}
+
 fn run_cycle(ctx: RawCtx) {
     let now_ms = wall_clock_ms();
     let due = with_state(|state| {
@@ -42,7 +60,7 @@ fn run_cycle(ctx: RawCtx) {
             && state.is_leader_ready()
             && state.expire_in_flight_until_ms < now_ms
     });
-    if !due {
+    if !due || !any_key_has_a_ttl(ctx) {
         return;
     }
     let expired = CURSOR.with(|cursor| {

@@ -156,6 +156,8 @@ pub struct Driver {
     shared: Arc<SharedStatus>,
     proposals: ProposalTable,
     reads: ReadBatches,
+    /// Reads waiting for the ReadIndex round in flight to finish (see start_queued_reads).
+    queued_reads: Vec<RequestId>,
     params: DriverParams,
     ticks: u64,
     was_leader: bool,
@@ -190,6 +192,7 @@ impl Driver {
             shared,
             proposals: ProposalTable::default(),
             reads: ReadBatches::default(),
+            queued_reads: Vec::new(),
             params,
             ticks: 0,
             was_leader: false,
@@ -226,9 +229,8 @@ impl Driver {
                     Err(_) => break,
                 }
             }
-            if !new_reads.is_empty() {
-                self.start_read_batch(new_reads);
-            }
+            self.queued_reads.extend(new_reads);
+            let _started = self.start_queued_reads();
             if Instant::now() >= next_tick {
                 self.node.tick();
                 self.ticks += 1;
@@ -330,7 +332,19 @@ impl Driver {
         }
     }
 
-    /// Many concurrent reads share one ReadIndex round.
+    /// Many concurrent reads share one ReadIndex round, and only one round is in flight:
+    /// reads arriving meanwhile wait for the next one, so a read-heavy load costs one
+    /// heartbeat round per batch instead of one per driver iteration.
+    /// True if a round was started (its heartbeats wait in the next Ready).
+    fn start_queued_reads(&mut self) -> bool {
+        if self.queued_reads.is_empty() || !self.reads.is_empty() {
+            return false;
+        }
+        let request_ids = std::mem::take(&mut self.queued_reads);
+        self.start_read_batch(request_ids);
+        true
+    }
+
     fn start_read_batch(&mut self, request_ids: Vec<RequestId>) {
         if self.node.status().role != Role::Leader {
             self.fail(request_ids, ERR_NO_LEADER);
@@ -342,6 +356,17 @@ impl Driver {
 
     /// The Ready loop, steps named as in raft-rs' documentation.
     fn pump_ready(&mut self) {
+        loop {
+            self.pump_ready_once();
+            // A confirmed round lets the reads queued behind it start theirs now.
+            if !self.start_queued_reads() {
+                break;
+            }
+        }
+        self.publish_status();
+    }
+
+    fn pump_ready_once(&mut self) {
         while let Some(ready) = self.node.poll_ready() {
             let must_persist = ready.must_persist();
             // 1. Messages that need no durability go out first.
@@ -386,7 +411,6 @@ impl Driver {
                 self.on_role_change();
             }
         }
-        self.publish_status();
     }
 
     fn on_role_change(&mut self) {
@@ -396,6 +420,8 @@ impl Driver {
             self.fail(proposals, ERR_NOT_COMMITTED);
             let reads = self.reads.drain_all();
             self.fail(reads, ERR_NO_QUORUM_READ);
+            let queued = std::mem::take(&mut self.queued_reads);
+            self.fail(queued, ERR_NO_QUORUM_READ);
         }
         self.was_leader = is_leader;
     }

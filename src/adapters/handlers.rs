@@ -41,6 +41,10 @@ pub extern "C" fn command_filter(fctx: FilterCtx) {
         ffi::filter_prepend(fctx, b"RAFT._INFO");
         return;
     }
+    if argv[0].eq_ignore_ascii_case(b"acl") {
+        // ACL rules may change: forget which users were unrestricted.
+        UNRESTRICTED_USERS.with(|users| users.borrow_mut().clear());
+    }
     if argv[0].eq_ignore_ascii_case(b"cluster") {
         // Cluster-aware clients ask CLUSTER SLOTS & co: answered from the raft membership.
         ffi::filter_prepend(fctx, b"RAFT._CLUSTER");
@@ -102,23 +106,65 @@ pub fn raft_command(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
         }
         Class::Read | Class::Write | Class::Transaction => {}
     }
-    if let Err(message) = acl_check(ctx.ctx, &argv) {
-        return reply_error(&message);
+    let user = match acl_check(ctx.ctx, &argv) {
+        Ok(user) => user,
+        Err(message) => return reply_error(&message),
+    };
+    submit(ctx.ctx, class, vec![argv], false, resp3, user)
+}
+
+thread_local! {
+    /// Users found to have every permission (`+@all ~* &*`, no selectors): their commands
+    /// need no check. Cleared whenever an ACL command passes the filter.
+    static UNRESTRICTED_USERS: std::cell::RefCell<std::collections::HashMap<String, bool>> =
+        std::cell::RefCell::new(std::collections::HashMap::new());
+}
+
+fn is_unrestricted(ctx: RawCtx, name: &str) -> bool {
+    if let Some(known) = UNRESTRICTED_USERS.with(|users| users.borrow().get(name).copied()) {
+        return known;
     }
-    submit(ctx.ctx, class, vec![argv], false, resp3)
+    let rules = call_locally(
+        ctx,
+        &[
+            b"ACL".to_vec(),
+            b"GETUSER".to_vec(),
+            name.as_bytes().to_vec(),
+        ],
+        false,
+    );
+    let unrestricted = rules.is_ok_and(|reply| {
+        let field = |wanted: &[u8]| {
+            (0..reply.len()).step_by(2).find_map(|i| {
+                let key = reply.element(i)?;
+                (key.bytes() == wanted).then(|| reply.element(i + 1))?
+            })
+        };
+        let text = |wanted: &[u8]| field(wanted).map(|value| value.bytes().to_vec());
+        text(b"commands").as_deref() == Some(b"+@all".as_slice())
+            && text(b"keys").as_deref() == Some(b"~*".as_slice())
+            && text(b"channels").as_deref() == Some(b"&*".as_slice())
+            && field(b"selectors").is_none_or(|selectors| selectors.is_empty())
+    });
+    UNRESTRICTED_USERS.with(|users| users.borrow_mut().insert(name.to_string(), unrestricted));
+    unrestricted
 }
 
 /// Checks a command against the caller's ACL user before it can enter the log, with
 /// Redis' own wording when it is refused.
-pub fn acl_check(ctx: RawCtx, argv: &[Vec<u8>]) -> Result<(), String> {
+/// Returns the caller's user name.
+pub fn acl_check(ctx: RawCtx, argv: &[Vec<u8>]) -> Result<Option<String>, String> {
     let Some(name) = ffi::data::current_user_name(ctx) else {
-        return Ok(());
+        return Ok(None);
     };
+    if is_unrestricted(ctx, &name) {
+        return Ok(Some(name));
+    }
     let Some(user) = ffi::data::ModuleUser::find(&name) else {
         return Err(format!("NOPERM user '{name}' does not exist"));
     };
     if user.may_run(&mut ffi::data::Args::new(argv)) {
-        return Ok(());
+        return Ok(Some(name));
     }
     // Redis 7.0's wording; ACL DRYRUN tells which rule refused.
     let mut dry_run = vec![b"ACL".to_vec(), b"DRYRUN".to_vec(), name.into_bytes()];
@@ -147,6 +193,7 @@ pub fn submit(
     commands: Vec<Argv>,
     transaction: bool,
     resp3: bool,
+    user: Option<String>,
 ) -> RedisResult {
     if let Err(message) = check_can_serve() {
         if let Some(leader) = message.strip_prefix("MOVED 0 ") {
@@ -159,7 +206,6 @@ pub fn submit(
         }
         return reply_error(&message);
     }
-    let user = ffi::data::current_user_name(ctx);
     let mut class = class;
     if class == Class::Read && execute::reads_expired_key(ctx, &commands[0]) {
         // Only the log may delete an expired key on every node alike.

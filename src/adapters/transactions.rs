@@ -82,7 +82,8 @@ pub fn command(ctx: RawCtx, client: u64, argv: Argv, resp3: bool) -> RedisResult
             if queued.commands.is_empty() {
                 return Ok(RedisValue::Array(Vec::new()));
             }
-            handlers::submit(ctx, Class::Write, queued.commands, true, resp3)
+            let user = crate::adapters::ffi::data::current_user_name(ctx);
+            handlers::submit(ctx, Class::Write, queued.commands, true, resp3, user)
         }
         b"watch" if in_multi(client) => error("ERR WATCH inside MULTI is not allowed"),
         // Nothing is ever watched, so there is nothing to forget.
