@@ -2,7 +2,7 @@
 //! (errors, one entry, atomic across a leader kill), scripts and functions (replicated,
 //! after a failover, nondeterministic commands refused), SPOP and XADD `*` agreeing on
 //! every node, expiry decided by the log (1,000 short-TTL keys under INCR traffic, then a
-//! byte-for-byte comparison), blocking commands refused, pub/sub on every node, ACL
+//! byte-for-byte comparison), blocking commands waiting for the log, pub/sub, ACL
 //! checked before the log, RESP3, SELECT and argument errors, and docs/COMMANDS.md.
 //!
 //! Each test ends by checking that every node holds the same data (`DEBUG DIGEST` at the
@@ -595,31 +595,104 @@ fn expiry_is_decided_by_the_log() {
     assert_identical(&cluster);
 }
 
+/// Runs a blocking command on its own connection in a thread.
+fn blocked(
+    addr: String,
+    args: &'static [&'static str],
+) -> thread::JoinHandle<Result<Value, String>> {
+    thread::spawn(move || {
+        let mut con = try_connect(&addr, Duration::from_secs(30)).map_err(|e| err_text(&e))?;
+        exec::<Value>(&mut con, args).map_err(|e| err_text(&e))
+    })
+}
+
 #[test]
-fn blocking_commands_are_refused_and_nothing_is_logged() {
+fn blocking_commands_wait_for_the_log() {
     let cluster = Cluster::start(3, ET_MS);
     let (leader, mut con) = leader_client(&cluster);
-    let before = current_index(&cluster, leader);
-    for args in [
-        &["BLPOP", "l", "0"][..],
-        &["BRPOP", "l", "1"],
-        &["BLMOVE", "l", "m", "LEFT", "RIGHT", "0"],
-        &["BZPOPMIN", "z", "0"],
-        &["XREAD", "BLOCK", "0", "STREAMS", "s", "$"],
-    ] {
-        assert_eq!(
-            expect_err(&mut con, args),
-            "ERR not supported by RedisRaft",
-            "{args:?}"
-        );
+    let addr = cluster.addr(leader);
+
+    // Nothing to pop: Redis' null reply once the timeout passes.
+    let started = std::time::Instant::now();
+    assert_eq!(
+        exec::<Value>(&mut con, &["BLPOP", "empty", "0.3"]).unwrap(),
+        Value::Nil
+    );
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(300) && waited < Duration::from_secs(10),
+        "BLPOP with a 0.3 s timeout answered after {waited:?}"
+    );
+
+    // Clients waiting on a key are served, one element each, by later pushes.
+    let first = blocked(addr.clone(), &["BLPOP", "q", "0"]);
+    let second = blocked(addr.clone(), &["BRPOP", "q", "0"]);
+    let mover = blocked(
+        addr.clone(),
+        &["BLMOVE", "src", "dst", "LEFT", "RIGHT", "10"],
+    );
+    let zset = blocked(addr.clone(), &["BZPOPMIN", "z", "0"]);
+    exec::<i64>(&mut con, &["RPUSH", "q", "a"]).unwrap();
+    exec::<i64>(&mut con, &["RPUSH", "q", "b"]).unwrap();
+    exec::<i64>(&mut con, &["RPUSH", "src", "moved"]).unwrap();
+    exec::<i64>(&mut con, &["ZADD", "z", "1", "m"]).unwrap();
+    let mut popped = BTreeSet::new();
+    for handle in [first, second] {
+        let Value::Array(pair) = handle.join().unwrap().unwrap() else {
+            panic!("blocking pop did not return a pair")
+        };
+        assert_eq!(text(&pair[0]), "q");
+        popped.insert(text(&pair[1]));
     }
-    assert_eq!(current_index(&cluster, leader), before);
+    assert_eq!(popped, BTreeSet::from(["a".to_string(), "b".to_string()]));
+    assert_eq!(text(&mover.join().unwrap().unwrap()), "moved");
+    let Value::Array(z) = zset.join().unwrap().unwrap() else {
+        panic!("BZPOPMIN")
+    };
+    assert_eq!(text(&z[1]), "m");
+
+    // Inside MULTI a blocking command does not wait (as in Redis).
+    exec::<String>(&mut con, &["MULTI"]).unwrap();
+    exec::<String>(&mut con, &["BLPOP", "empty", "0"]).unwrap();
+    let reply = con
+        .req_packed_command(&redis::cmd("EXEC").get_packed_command())
+        .unwrap();
+    assert_eq!(reply, Value::Array(vec![Value::Nil]));
+
+    // A client waiting on a node that stops leading is redirected, not left hanging.
+    let waiting = blocked(addr.clone(), &["BLPOP", "never", "0"]);
+    thread::sleep(Duration::from_millis(200));
+    let new_leader = transfer_leadership(&cluster, leader);
+    let redirected = waiting.join().unwrap();
+    assert_eq!(
+        redirected,
+        Err(format!("MOVED 0 {}", cluster.addr(new_leader))),
+        "blocked client after the leader changed"
+    );
+
+    // XREAD BLOCK stays refused; without BLOCK it is a read.
+    let mut con = cluster.node(new_leader).client();
+    let before = current_index(&cluster, new_leader);
+    assert_eq!(
+        expect_err(&mut con, &["XREAD", "BLOCK", "0", "STREAMS", "s", "$"]),
+        "ERR not supported by RedisRaft"
+    );
+    assert_eq!(current_index(&cluster, new_leader), before);
     exec::<String>(&mut con, &["XADD", "s", "1-1", "f", "v"]).unwrap();
     let read: Value = exec(&mut con, &["XREAD", "STREAMS", "s", "0"]).unwrap();
     assert!(
         matches!(read, Value::Array(ref a) if a.len() == 1),
         "{read:?}"
     );
+    for id in cluster.ids() {
+        assert_eq!(int(&cluster.local(id, &["LLEN", "q"])), 0, "node {id}");
+        assert_eq!(
+            text(&cluster.local(id, &["LINDEX", "dst", "0"])),
+            "moved",
+            "node {id}"
+        );
+    }
+    assert_identical(&cluster);
 }
 
 #[test]

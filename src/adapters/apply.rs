@@ -11,9 +11,9 @@ use protobuf::Message as _;
 use raft::eraftpb::{ConfChangeV2, Entry, EntryType};
 
 use crate::adapters::driver::MainTask;
-use crate::adapters::execute;
 use crate::adapters::ffi::{self, Answer};
 use crate::adapters::state::{with_state, NodeState};
+use crate::adapters::{blocking, execute};
 use crate::core::entry::Payload;
 use crate::core::membership::{Applied, ChangeContext};
 use crate::core::pending::RequestId;
@@ -83,6 +83,7 @@ fn run_task(task: MainTask) {
             }
             serve_confirmed_reads();
             finish_loading_if_caught_up();
+            blocking::retry_touched();
         }
         MainTask::LeaveCluster => {
             if with_state(|state| state.node_state == crate::adapters::state::NodeState::Up) {
@@ -178,7 +179,14 @@ fn apply_payload(ctx: ffi::RawCtx, payload: Payload, me: u64, incarnation: u64) 
                 } else {
                     answers.pop().unwrap_or(Answer::Null)
                 };
-                answer(id, reply);
+                match with_state(|state| state.waiters.remove(&id)) {
+                    Some(mut waiter) if blocking::should_park(&waiter, &reply) => {
+                        let wait = waiter.blocking.take().expect("checked by should_park");
+                        blocking::park(waiter, wait);
+                    }
+                    Some(waiter) => ffi::unblock(waiter.client, reply),
+                    None => {}
+                }
             }
         }
         Payload::ExpireKeys { time_ms, keys } => {

@@ -216,12 +216,17 @@ pub fn submit(
         ffi::reply_answer(ctx, &execute::run_read(ctx, argv, user.as_deref(), resp3));
         return Ok(RedisValue::NoReply);
     }
+    let blocking = match (class, transaction) {
+        (Class::Write, false) => crate::adapters::blocking::describe(ctx, &commands[0]),
+        _ => None,
+    };
     let waiter = Waiter {
         client: ffi::block_client(ctx),
         resp3,
         read: None,
         conf_reply: None,
         user,
+        blocking,
     };
     if class == Class::Read {
         let argv = commands.into_iter().next().unwrap_or_default();
@@ -283,7 +288,7 @@ fn fail_unsent(sent: Result<(), (RequestId, &'static str)>) {
 
 /// Whether this node may take reads and writes now, or the error a client gets:
 /// followers redirect to the leader they know, like a Redis Cluster replica would.
-fn check_can_serve() -> Result<(), String> {
+pub fn check_can_serve() -> Result<(), String> {
     with_state(|state| match state.node_state {
         NodeState::Uninitialized if state.removed => Err(ERR_REMOVED.to_string()),
         NodeState::Uninitialized => Err(ERR_NO_CLUSTER.to_string()),

@@ -321,6 +321,7 @@ pub fn raft_node(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
                 read: None,
                 conf_reply: Some(conf_reply),
                 user: None,
+                blocking: None,
             },
         );
         state.send_to_driver(input).map_err(|e| (request_id, e))

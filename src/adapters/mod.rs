@@ -1,6 +1,7 @@
 //! The thin adapters between the pure core and the outside world: Redis, threads, disk.
 pub mod active_expiry;
 pub mod apply;
+pub mod blocking;
 pub mod configs;
 pub mod driver;
 pub mod execute;

@@ -6,7 +6,7 @@ use redis_module::{Context, InfoContext, RedisString, Status};
 
 use crate::adapters::state::{self, call_locally, with_state, NodeState};
 use crate::adapters::{
-    active_expiry, configs, execute, ffi, handlers, info, logio::LogFile, membership,
+    active_expiry, blocking, configs, execute, ffi, handlers, info, logio::LogFile, membership,
     snapshot_transfer, snapshots, topology, transactions,
 };
 
@@ -79,6 +79,14 @@ fn try_init(ctx: &Context, args: &[RedisString]) -> Result<(), String> {
         return Err("cannot watch client disconnections".into());
     }
     active_expiry::start(ctx.ctx);
+    blocking::start(ctx.ctx);
+    if !ffi::data::subscribe_keyspace_events(
+        ctx.ctx,
+        redis_module::raw::REDISMODULE_NOTIFY_ALL,
+        blocking::on_keyspace_event,
+    ) {
+        return Err("cannot watch keyspace events (needed by blocking commands)".into());
+    }
     let files = snapshots::SnapshotFiles::for_log(&handlers::log_path());
     files.remove_leftovers();
     if let Some((log, recovered)) = LogFile::open(&handlers::log_path())? {

@@ -61,6 +61,8 @@ pub struct Waiter {
     pub conf_reply: Option<Answer>,
     /// ACL user of the client: scripts run with its rights.
     pub user: Option<String>,
+    /// A blocking command (BLPOP & co): waits instead of taking a null reply.
+    pub blocking: Option<crate::adapters::blocking::Blocking>,
 }
 
 pub struct MainState {

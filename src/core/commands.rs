@@ -108,20 +108,8 @@ pub const OUTSIDE_THE_LOG: &[&str] = &["wait", "waitaof", "migrate"];
 /// The module queues transactions itself and logs MULTI ... EXEC as one entry.
 pub const TRANSACTIONS: &[&str] = &["multi", "exec", "discard", "watch", "unwatch"];
 
-/// Blocking forms: a client would wait inside one node for data another entry brings,
-/// and the wait's outcome would depend on that node's timing.
-pub const BLOCKING: &[&str] = &[
-    "blpop",
-    "brpop",
-    "brpoplpush",
-    "blmove",
-    "blmpop",
-    "bzpopmin",
-    "bzpopmax",
-    "bzmpop",
-];
-
-/// XREAD/XREADGROUP are only blocking with the BLOCK option, which is refused.
+/// XREAD/XREADGROUP are only blocking with the BLOCK option, which is refused (list and
+/// sorted-set blocking commands are writes whose waits the module keeps).
 pub const BLOCK_OPTION: &[&str] = &["xread", "xreadgroup"];
 
 /// Claims of idle stream entries: the idle time comes from each node's own clock.
@@ -427,7 +415,6 @@ fn is_refused(name: &str) -> bool {
         REPLICATION_AND_PERSISTENCE,
         OTHER_DATABASES,
         OUTSIDE_THE_LOG,
-        BLOCKING,
         FIELD_EXPIRY,
     ]
     .iter()
@@ -784,13 +771,13 @@ mod tests {
     }
 
     #[test]
-    fn blocking_forms_are_refused() {
+    fn stream_block_option_is_refused() {
         let mut infos = redis_7_0_commands();
         infos.push(info("blpop", -3, &["write", "blocking"], vec![]));
         infos.push(info("xread", -4, &["readonly", "blocking"], vec![]));
         infos.push(info("xautoclaim", -6, &["write"], vec![]));
         let table = CommandTable::new(infos, &[]);
-        assert_eq!(classify(&table, "blpop k 0"), Class::Refused);
+        assert_eq!(classify(&table, "blpop k 0"), Class::Write);
         assert_eq!(classify(&table, "xread STREAMS s 0"), Class::Read);
         assert_eq!(
             classify(&table, "xread block 10 STREAMS s 0"),

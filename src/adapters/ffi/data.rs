@@ -286,3 +286,29 @@ pub fn client_change_id(data: *mut c_void) -> u64 {
     // SAFETY: for REDISMODULE_EVENT_CLIENT_CHANGE, data points at a RedisModuleClientInfo.
     unsafe { (*data.cast::<raw::RedisModuleClientInfo>()).id }
 }
+
+/// Calls `callback` for every keyspace event of these types (e.g. `REDISMODULE_NOTIFY_ALL`).
+pub fn subscribe_keyspace_events(
+    ctx: RawCtx,
+    types: c_int,
+    callback: unsafe extern "C" fn(
+        RawCtx,
+        c_int,
+        *const c_char,
+        *mut raw::RedisModuleString,
+    ) -> c_int,
+) -> bool {
+    // SAFETY: ctx is the load context; the callback is 'static.
+    let status = unsafe {
+        api(
+            raw::RedisModule_SubscribeToKeyspaceEvents,
+            "SubscribeToKeyspaceEvents",
+        )(ctx, types, Some(callback))
+    };
+    status == raw::REDISMODULE_OK as c_int
+}
+
+/// The key of a keyspace event callback.
+pub fn event_key<'a>(key: *mut raw::RedisModuleString) -> &'a [u8] {
+    super::string_bytes(key)
+}

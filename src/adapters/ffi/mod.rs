@@ -30,11 +30,18 @@ pub struct CallReply(NonNull<raw::RedisModuleCallReply>);
 unsafe impl Send for CallReply {}
 
 impl CallReply {
-    pub fn is_error(&self) -> bool {
+    fn reply_type(&self) -> c_int {
         // SAFETY: the pointer is a live reply owned by self.
-        let reply_type =
-            unsafe { api(raw::RedisModule_CallReplyType, "CallReplyType")(self.0.as_ptr()) };
-        reply_type == raw::REDISMODULE_REPLY_ERROR as c_int
+        unsafe { api(raw::RedisModule_CallReplyType, "CallReplyType")(self.0.as_ptr()) }
+    }
+
+    pub fn is_error(&self) -> bool {
+        self.reply_type() == raw::REDISMODULE_REPLY_ERROR as c_int
+    }
+
+    /// A null bulk or null array reply.
+    pub fn is_null(&self) -> bool {
+        self.reply_type() == raw::REDISMODULE_REPLY_NULL as c_int
     }
 
     /// String content of a string, error or verbatim reply; empty for other types.

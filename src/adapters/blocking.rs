@@ -1,0 +1,228 @@
+//! Blocking list and sorted-set commands (BLPOP, BRPOP, BRPOPLPUSH, BLMOVE, BLMPOP,
+//! BZPOPMIN, BZPOPMAX, BZMPOP).
+//!
+//! The log decides every pop: each attempt is an ordinary entry, and applied through the
+//! module API a blocking command never blocks (it answers null when there is nothing to
+//! pop), so every node applies the same thing. Only the client's *wait* lives on the node
+//! it talks to (the leader): when an attempt found nothing, the client stays blocked
+//! there; when an applied entry touches one of its keys the attempt is proposed again,
+//! and when its timeout passes the client gets Redis' null reply. If the node stops
+//! leading, waiting clients get the redirect (`MOVED`/`CLUSTERDOWN`) and retry there.
+
+use std::cell::RefCell;
+use std::collections::HashSet;
+use std::ffi::{c_char, c_int};
+
+use redis_module::raw;
+
+use crate::adapters::execute::wall_clock_ms;
+use crate::adapters::ffi::data::{self, Args};
+use crate::adapters::ffi::{self, Answer, RawCtx};
+use crate::adapters::state::Waiter;
+use crate::core::entry::Argv;
+
+/// What a waiting client needs besides its `Waiter`.
+pub struct Blocking {
+    pub argv: Argv,
+    pub keys: Vec<Vec<u8>>,
+    /// Wall-clock ms after which the client gets the null reply; `None`: no timeout.
+    pub deadline_ms: Option<i64>,
+}
+
+struct Parked {
+    waiter: Waiter,
+    blocking: Blocking,
+}
+
+/// Bound on parked clients: more are answered with an error instead of waiting.
+const MAX_PARKED: usize = 100_000;
+
+thread_local! {
+    /// Parked clients, oldest first (Redis serves the longest-waiting client first).
+    static PARKED: RefCell<Vec<Parked>> = const { RefCell::new(Vec::new()) };
+    /// Keys written since the last retry, only collected while someone is parked.
+    static TOUCHED: RefCell<HashSet<Vec<u8>>> = RefCell::new(HashSet::new());
+}
+
+fn lower(name: &[u8]) -> Vec<u8> {
+    name.to_ascii_lowercase()
+}
+
+/// For a blocking command: its keys and deadline. `None` for other commands.
+pub fn describe(ctx: RawCtx, argv: &[Vec<u8>]) -> Option<Blocking> {
+    let name = lower(argv.first()?);
+    let timeout_position = match name.as_slice() {
+        b"blpop" | b"brpop" | b"bzpopmin" | b"bzpopmax" | b"brpoplpush" | b"blmove" => {
+            argv.len().checked_sub(1)?
+        }
+        b"blmpop" | b"bzmpop" => 1,
+        _ => return None,
+    };
+    // Redis rejects a bad timeout when the command is applied; then nobody waits.
+    let timeout_s = std::str::from_utf8(argv.get(timeout_position)?)
+        .ok()
+        .and_then(|text| text.parse::<f64>().ok())
+        .filter(|t| t.is_finite() && *t >= 0.0)
+        .unwrap_or(0.0);
+    let deadline_ms = if timeout_s == 0.0 {
+        None
+    } else {
+        Some(wall_clock_ms().saturating_add((timeout_s * 1000.0) as i64))
+    };
+    let mut args = Args::new(argv);
+    let keys = data::command_keys(ctx, &mut args)
+        .into_iter()
+        .filter_map(|position| argv.get(position).cloned())
+        .collect();
+    Some(Blocking {
+        argv: argv.to_vec(),
+        keys,
+        deadline_ms,
+    })
+}
+
+/// Redis' reply when the timeout passes.
+fn null_reply(argv: &[Vec<u8>]) -> Answer {
+    match lower(&argv[0]).as_slice() {
+        b"brpoplpush" | b"blmove" => Answer::Null,
+        _ => Answer::NullArray,
+    }
+}
+
+/// An attempt found nothing: the client waits for its keys to change (unless its time
+/// is already up).
+pub fn park(waiter: Waiter, blocking: Blocking) {
+    if blocking
+        .deadline_ms
+        .is_some_and(|deadline| deadline <= wall_clock_ms())
+    {
+        ffi::unblock(waiter.client, null_reply(&blocking.argv));
+        return;
+    }
+    let full = PARKED.with(|parked| parked.borrow().len() >= MAX_PARKED);
+    if full {
+        ffi::unblock(
+            waiter.client,
+            Answer::Error("BUSY too many blocked clients, retry later".into()),
+        );
+        return;
+    }
+    PARKED.with(|parked| parked.borrow_mut().push(Parked { waiter, blocking }));
+}
+
+/// Keyspace events: remember which keys changed while clients are parked.
+pub unsafe extern "C" fn on_keyspace_event(
+    _ctx: RawCtx,
+    _type: c_int,
+    _event: *const c_char,
+    key: *mut raw::RedisModuleString,
+) -> c_int {
+    if PARKED.with(|parked| !parked.borrow().is_empty()) {
+        let key = data::event_key(key).to_vec();
+        TOUCHED.with(|touched| touched.borrow_mut().insert(key));
+    }
+    0
+}
+
+/// After applying entries: for each touched key, the longest-waiting client on it tries
+/// again (through the log). A failed try parks it again at the back.
+pub fn retry_touched() {
+    let touched: HashSet<Vec<u8>> =
+        TOUCHED.with(|touched| std::mem::take(&mut *touched.borrow_mut()));
+    if touched.is_empty() {
+        return;
+    }
+    let mut served_keys = HashSet::new();
+    let ready: Vec<Parked> = PARKED.with(|parked| {
+        let mut parked = parked.borrow_mut();
+        let mut ready = Vec::new();
+        let mut index = 0;
+        while index < parked.len() {
+            let wanted = parked[index]
+                .blocking
+                .keys
+                .iter()
+                .find(|key| touched.contains(*key) && !served_keys.contains(*key))
+                .cloned();
+            match wanted {
+                Some(key) => {
+                    served_keys.insert(key);
+                    ready.push(parked.remove(index));
+                }
+                None => index += 1,
+            }
+        }
+        ready
+    });
+    for Parked {
+        mut waiter,
+        blocking,
+    } in ready
+    {
+        match crate::adapters::handlers::check_can_serve() {
+            Ok(()) => {
+                let argv = blocking.argv.clone();
+                waiter.blocking = Some(blocking);
+                crate::adapters::handlers::propose_commands(waiter, vec![argv], false);
+            }
+            Err(message) => ffi::unblock(waiter.client, Answer::Error(message)),
+        }
+    }
+}
+
+/// Periodic: answers clients whose timeout passed, and redirects every waiting client
+/// once this node cannot serve (it stopped leading).
+pub fn expire_waits() {
+    let now_ms = wall_clock_ms();
+    let serving = crate::adapters::handlers::check_can_serve();
+    let done: Vec<(Parked, Answer)> = PARKED.with(|parked| {
+        let mut parked = parked.borrow_mut();
+        let mut done = Vec::new();
+        let mut index = 0;
+        while index < parked.len() {
+            let answer = match &serving {
+                Err(message) => Some(Answer::Error(message.clone())),
+                Ok(())
+                    if parked[index]
+                        .blocking
+                        .deadline_ms
+                        .is_some_and(|deadline| deadline <= now_ms) =>
+                {
+                    Some(null_reply(&parked[index].blocking.argv))
+                }
+                Ok(()) => None,
+            };
+            match answer {
+                Some(answer) => done.push((parked.remove(index), answer)),
+                None => index += 1,
+            }
+        }
+        done
+    });
+    for (parked, answer) in done {
+        ffi::unblock(parked.waiter.client, answer);
+    }
+}
+
+/// Starts the periodic timeout check.
+pub fn start(ctx: RawCtx) {
+    data::create_timer(ctx, CHECK_PERIOD_MS, on_timer);
+}
+
+/// How often waits are checked for their timeout: Redis' own granularity is similar.
+const CHECK_PERIOD_MS: i64 = 20;
+
+unsafe extern "C" fn on_timer(ctx: RawCtx, _data: *mut std::ffi::c_void) {
+    expire_waits();
+    data::create_timer(ctx, CHECK_PERIOD_MS, on_timer);
+}
+
+/// How many clients wait (INFO and tests).
+pub fn parked_count() -> usize {
+    PARKED.with(|parked| parked.borrow().len())
+}
+
+/// Whether `waiter` should wait rather than get this applied reply.
+pub fn should_park(waiter: &Waiter, reply: &Answer) -> bool {
+    waiter.blocking.is_some() && matches!(reply, Answer::Reply(r) if r.is_null())
+}
