@@ -889,7 +889,8 @@ fn commands_doc_matches_the_command_table() {
         ("get", "read"),
         ("set", "write"),
         ("multi", "transaction"),
-        ("blpop", "refused"),
+        ("blpop", "write"),
+        ("xread (with BLOCK)", "refused"),
         ("ping", "passed through"),
     ] {
         assert!(

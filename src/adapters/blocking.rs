@@ -111,6 +111,9 @@ pub fn park(waiter: Waiter, blocking: Blocking) {
 }
 
 /// Keyspace events: remember which keys changed while clients are parked.
+///
+/// # Safety
+/// Called by Redis on the main thread with a valid key string.
 pub unsafe extern "C" fn on_keyspace_event(
     _ctx: RawCtx,
     _type: c_int,
