@@ -60,7 +60,7 @@ fn run_cycle(ctx: RawCtx) {
             && state.is_leader_ready()
             && state.expire_in_flight_until_ms < now_ms
     });
-    if !due || !any_key_has_a_ttl(ctx) {
+    if !due || crate::adapters::watch::barrier_up() || !any_key_has_a_ttl(ctx) {
         return;
     }
     let expired = CURSOR.with(|cursor| {

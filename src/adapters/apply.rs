@@ -13,7 +13,7 @@ use raft::eraftpb::{ConfChangeV2, Entry, EntryType};
 use crate::adapters::driver::MainTask;
 use crate::adapters::ffi::{self, Answer};
 use crate::adapters::state::{with_state, NodeState};
-use crate::adapters::{blocking, execute};
+use crate::adapters::{blocking, execute, watch};
 use crate::core::entry::Payload;
 use crate::core::membership::{Applied, ChangeContext};
 use crate::core::pending::RequestId;
@@ -84,6 +84,7 @@ fn run_task(task: MainTask) {
             serve_confirmed_reads();
             finish_loading_if_caught_up();
             blocking::retry_touched();
+            watch::progress();
         }
         MainTask::LeaveCluster => {
             if with_state(|state| state.node_state == crate::adapters::state::NodeState::Up) {
@@ -104,8 +105,10 @@ fn run_task(task: MainTask) {
         MainTask::InstallSnapshot { index } => install_snapshot(index),
         MainTask::Fail { request_ids, error } => {
             for request_id in request_ids {
+                watch::settled(request_id);
                 answer(request_id, Answer::Error(error.to_string()));
             }
+            watch::progress();
         }
         MainTask::ReadReady { request_ids, index } => {
             with_state(|state| {
@@ -168,6 +171,9 @@ fn apply_payload(ctx: ffi::RawCtx, payload: Payload, me: u64, incarnation: u64) 
             let waiter_id = origin
                 .filter(|o| o.node_id == me && o.incarnation == incarnation)
                 .map(|o| o.request_id);
+            if let Some(id) = waiter_id {
+                watch::settled(id);
+            }
             let resp3 = waiter_id
                 .and_then(|id| with_state(|state| state.waiters.get(&id).map(|w| w.resp3)))
                 .unwrap_or(false);
@@ -219,6 +225,7 @@ fn install_snapshot(index: u64) {
                 .unwrap_or_default(),
         )
     });
+    watch::everything_modified();
     let snapshot = crate::adapters::snapshots::load_into_server(ctx, &files.current, &dbid)
         .unwrap_or_else(|e| {
             log::error!("raft: FATAL: cannot load the installed snapshot: {e}");

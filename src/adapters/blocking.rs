@@ -120,6 +120,7 @@ pub unsafe extern "C" fn on_keyspace_event(
     _event: *const c_char,
     key: *mut raw::RedisModuleString,
 ) -> c_int {
+    crate::adapters::watch::key_modified(data::event_key(key));
     if PARKED.with(|parked| !parked.borrow().is_empty()) {
         let key = data::event_key(key).to_vec();
         TOUCHED.with(|touched| touched.borrow_mut().insert(key));
@@ -217,6 +218,7 @@ const CHECK_PERIOD_MS: i64 = 20;
 
 unsafe extern "C" fn on_timer(ctx: RawCtx, _data: *mut std::ffi::c_void) {
     expire_waits();
+    crate::adapters::watch::progress();
     data::create_timer(ctx, CHECK_PERIOD_MS, on_timer);
 }
 

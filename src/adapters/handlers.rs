@@ -237,8 +237,18 @@ pub fn submit(
     Ok(RedisValue::NoReply)
 }
 
-/// Proposes commands as one entry; the waiter is answered when it is applied.
+/// Proposes commands as one entry; the waiter is answered when it is applied. Held back
+/// while an EXEC with WATCH waits for its quiet point (see `watch`).
 pub fn propose_commands(waiter: Waiter, commands: Vec<Argv>, transaction: bool) {
+    if let Some((waiter, commands, transaction)) =
+        crate::adapters::watch::hold_if_barrier(waiter, commands, transaction)
+    {
+        send_proposal(waiter, commands, transaction);
+    }
+}
+
+/// Sends a proposal to the driver now.
+pub fn send_proposal(waiter: Waiter, commands: Vec<Argv>, transaction: bool) {
     let sent = with_state(|state| {
         let request_id = state.new_request_id();
         let origin = state.meta.as_ref().map(|meta| Origin {
@@ -254,6 +264,7 @@ pub fn propose_commands(waiter: Waiter, commands: Vec<Argv>, transaction: bool) 
             commands,
         };
         state.waiters.insert(request_id, waiter);
+        crate::adapters::watch::proposed(request_id);
         state
             .send_to_driver(DriverInput::Propose {
                 request_id,
@@ -261,6 +272,9 @@ pub fn propose_commands(waiter: Waiter, commands: Vec<Argv>, transaction: bool) 
             })
             .map_err(|error| (request_id, error))
     });
+    if let Err((request_id, _)) = &sent {
+        crate::adapters::watch::settled(*request_id);
+    }
     fail_unsent(sent);
 }
 

@@ -18,3 +18,4 @@ pub mod state;
 pub mod topology;
 pub mod transactions;
 pub mod transport;
+pub mod watch;

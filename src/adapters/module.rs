@@ -78,6 +78,13 @@ fn try_init(ctx: &Context, args: &[RedisString]) -> Result<(), String> {
     ) {
         return Err("cannot watch client disconnections".into());
     }
+    if !ffi::subscribe_server_event(
+        ctx.ctx,
+        redis_module::raw::REDISMODULE_EVENT_FLUSHDB,
+        on_flush,
+    ) {
+        return Err("cannot watch FLUSHALL/FLUSHDB (needed by WATCH)".into());
+    }
     active_expiry::start(ctx.ctx);
     blocking::start(ctx.ctx);
     if !ffi::data::subscribe_keyspace_events(
@@ -185,6 +192,15 @@ extern "C" fn on_module_change(
         Ok(table) => state::set_table(table),
         Err(e) => log::warn!("raft: cannot rebuild the command table: {e}"),
     }
+}
+
+extern "C" fn on_flush(
+    _ctx: ffi::RawCtx,
+    _event: redis_module::raw::RedisModuleEvent,
+    _subevent: u64,
+    _data: *mut c_void,
+) {
+    crate::adapters::watch::everything_modified();
 }
 
 extern "C" fn on_client_change(

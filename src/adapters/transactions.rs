@@ -1,6 +1,6 @@
 //! MULTI / EXEC / DISCARD kept by the module: commands are queued per client and EXEC
 //! proposes them as one log entry, so every node applies the whole transaction at once.
-//! WATCH is refused (see docs/COMMANDS.md for why).
+//! WATCH is kept by `watch` on the leader.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -9,6 +9,7 @@ use redis_module::{RedisError, RedisResult, RedisValue};
 
 use crate::adapters::ffi::RawCtx;
 use crate::adapters::handlers::{self, ERR_NOT_SUPPORTED};
+use crate::adapters::watch;
 use crate::core::commands::{arity_error, unknown_command_error, Class};
 use crate::core::entry::Argv;
 
@@ -40,9 +41,10 @@ pub fn any_open() -> bool {
     OPEN.with(|open| !open.borrow().is_empty())
 }
 
-/// A client disconnected: its transaction is gone.
+/// A client disconnected: its transaction and watches are gone.
 pub fn forget(client: u64) {
     OPEN.with(|open| open.borrow_mut().remove(&client));
+    watch::unwatch(client);
 }
 
 fn error(message: &str) -> RedisResult {
@@ -69,7 +71,10 @@ pub fn command(ctx: RawCtx, client: u64, argv: Argv, resp3: bool) -> RedisResult
             }
         }
         b"discard" => match OPEN.with(|open| open.borrow_mut().remove(&client)) {
-            Some(_) => Ok(RedisValue::SimpleStringStatic("OK")),
+            Some(_) => {
+                watch::unwatch(client);
+                Ok(RedisValue::SimpleStringStatic("OK"))
+            }
             None => error("ERR DISCARD without MULTI"),
         },
         b"exec" => {
@@ -77,17 +82,28 @@ pub fn command(ctx: RawCtx, client: u64, argv: Argv, resp3: bool) -> RedisResult
                 return error("ERR EXEC without MULTI");
             };
             if queued.failed {
+                watch::unwatch(client);
                 return error("EXECABORT Transaction discarded because of previous errors.");
+            }
+            let user = crate::adapters::ffi::data::current_user_name(ctx);
+            if watch::is_watching(client) {
+                return watch::exec(ctx, client, queued.commands, resp3, user);
             }
             if queued.commands.is_empty() {
                 return Ok(RedisValue::Array(Vec::new()));
             }
-            let user = crate::adapters::ffi::data::current_user_name(ctx);
             handlers::submit(ctx, Class::Write, queued.commands, true, resp3, user)
         }
         b"watch" if in_multi(client) => error("ERR WATCH inside MULTI is not allowed"),
-        // Nothing is ever watched, so there is nothing to forget.
-        b"unwatch" => Ok(RedisValue::SimpleStringStatic("OK")),
+        b"watch" if argv.len() < 2 => error("ERR wrong number of arguments for 'watch' command"),
+        b"watch" => match watch::watch(client, &argv[1..]) {
+            Ok(()) => Ok(RedisValue::SimpleStringStatic("OK")),
+            Err(message) => error(&message),
+        },
+        b"unwatch" => {
+            watch::unwatch(client);
+            Ok(RedisValue::SimpleStringStatic("OK"))
+        }
         _ => error(ERR_NOT_SUPPORTED),
     }
 }
