@@ -50,7 +50,12 @@ fn lower(name: &[u8]) -> Vec<u8> {
 
 /// For a blocking command: its keys and deadline. `None` for other commands.
 pub fn describe(ctx: RawCtx, argv: &[Vec<u8>]) -> Option<Blocking> {
-    let name = lower(argv.first()?);
+    let first = argv.first()?;
+    // Runs for every write: every blocking command starts with B.
+    if !first.first()?.eq_ignore_ascii_case(&b'b') {
+        return None;
+    }
+    let name = lower(first);
     let timeout_position = match name.as_slice() {
         b"blpop" | b"brpop" | b"bzpopmin" | b"bzpopmax" | b"brpoplpush" | b"blmove" => {
             argv.len().checked_sub(1)?

@@ -7,7 +7,7 @@ use std::cell::Cell;
 
 use crate::adapters::ffi::data::{self, Args, ModuleUser};
 use crate::adapters::ffi::{self, Answer, FilterCtx, RawCtx};
-use crate::adapters::state::{call_locally, with_table};
+use crate::adapters::state::{call_locally, call_locally_prepared, with_table};
 use crate::core::commands::Class;
 use crate::core::entry::Argv;
 use crate::core::expiry::{self, Rewrite, TtlQuery};
@@ -127,8 +127,9 @@ pub fn reads_expired_key(ctx: RawCtx, argv: &[Vec<u8>]) -> bool {
     let mut args = Args::new(argv);
     data::command_keys(ctx, &mut args)
         .into_iter()
-        .filter_map(|position| argv.get(position))
-        .any(|key| expiry::is_expired(data::key_expiry(ctx, key).flatten(), now_ms))
+        .any(|position| {
+            expiry::is_expired(data::key_expiry_at(ctx, &args, position).flatten(), now_ms)
+        })
 }
 
 /// Serves a read at the local clock (read-only scripts as the caller's user).
@@ -174,14 +175,15 @@ pub fn apply_commands(
         commands
             .iter()
             .map(|argv| {
-                delete_expired_keys_of(ctx, argv, time_ms);
+                let mut args = Args::new(argv);
+                delete_expired_keys_of(ctx, argv, &mut args, time_ms);
                 if let Some(answer) = deterministic_spop(ctx, argv, time_ms) {
                     return answer;
                 }
                 if is_script(argv) {
                     return run_script(ctx, argv, user, resp3);
                 }
-                to_answer(call_locally(ctx, argv, resp3))
+                to_answer(call_locally_prepared(ctx, argv, &mut args, resp3))
             })
             .collect()
     })
@@ -212,10 +214,11 @@ fn run_script(ctx: RawCtx, argv: &[Vec<u8>], user: Option<&str>, resp3: bool) ->
 
 /// Deletes the keys a command names that are expired at the entry's time, so the command
 /// sees them missing on every node.
-fn delete_expired_keys_of(ctx: RawCtx, argv: &[Vec<u8>], time_ms: i64) {
-    let mut args = Args::new(argv);
-    for position in data::command_keys(ctx, &mut args) {
-        if let Some(key) = argv.get(position) {
+fn delete_expired_keys_of(ctx: RawCtx, argv: &[Vec<u8>], args: &mut Args, time_ms: i64) {
+    for position in data::command_keys(ctx, args) {
+        let expired =
+            expiry::is_expired(data::key_expiry_at(ctx, args, position).flatten(), time_ms);
+        if let (true, Some(key)) = (expired, argv.get(position)) {
             delete_if_expired(ctx, key, time_ms);
         }
     }
@@ -236,7 +239,7 @@ pub fn delete_if_expired(ctx: RawCtx, key: &[u8], time_ms: i64) -> bool {
 /// every node. Here the pick is seeded by the entry: sort the members, pick, SREM.
 /// `None` leaves the command to Redis (errors, empty sets, count 0: no randomness).
 fn deterministic_spop(ctx: RawCtx, argv: &[Vec<u8>], time_ms: i64) -> Option<Answer> {
-    if !argv.first()?.eq_ignore_ascii_case(b"spop") || !(2..=3).contains(&argv.len()) {
+    if !(2..=3).contains(&argv.len()) || !argv.first()?.eq_ignore_ascii_case(b"spop") {
         return None;
     }
     let count = match argv.get(2) {

@@ -207,11 +207,13 @@ pub fn submit(
         return reply_error(&message);
     }
     let mut class = class;
-    if class == Class::Read && execute::reads_expired_key(ctx, &commands[0]) {
+    let local_read = class == Class::Read && !config().quorum_reads;
+    // Quorum reads check this when they run (see apply::serve_confirmed_reads).
+    if local_read && execute::reads_expired_key(ctx, &commands[0]) {
         // Only the log may delete an expired key on every node alike.
         class = Class::Write;
     }
-    if class == Class::Read && !config().quorum_reads {
+    if class == Class::Read && local_read {
         let argv = &commands[0];
         ffi::reply_answer(ctx, &execute::run_read(ctx, argv, user.as_deref(), resp3));
         return Ok(RedisValue::NoReply);

@@ -162,6 +162,19 @@ pub fn call_locally(ctx: RawCtx, argv: &[Vec<u8>], resp3: bool) -> Result<ffi::C
     reply
 }
 
+/// `call_locally` with the command's Redis strings already made.
+pub fn call_locally_prepared(
+    ctx: RawCtx,
+    argv: &[Vec<u8>],
+    args: &mut ffi::data::Args,
+    resp3: bool,
+) -> Result<ffi::CallReply, String> {
+    let was = APPLYING.with(|flag| flag.replace(true));
+    let reply = ffi::call_prepared(ctx, argv, args, resp3, false);
+    APPLYING.with(|flag| flag.set(was));
+    reply
+}
+
 /// Runs a command on this node as the ACL user attached to `ctx` (scripts at apply).
 pub fn call_locally_as_user(
     ctx: RawCtx,

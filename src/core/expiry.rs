@@ -84,10 +84,17 @@ pub fn rewrite(argv: &[&[u8]], now_ms: i64) -> Vec<Rewrite> {
     let Some(name) = argv.first() else {
         return Vec::new();
     };
-    let lower = name.to_ascii_lowercase();
-    match lower.as_slice() {
+    // Runs for every command the module applies: compare without allocating.
+    let mut buffer = [0u8; 16];
+    let Some(lower) = buffer.get_mut(..name.len()) else {
+        return Vec::new();
+    };
+    lower.copy_from_slice(name);
+    lower.make_ascii_lowercase();
+    let lower: &[u8] = lower;
+    match lower {
         b"expire" | b"pexpire" | b"expireat" | b"pexpireat" => {
-            let (unit_ms, relative) = match lower.as_slice() {
+            let (unit_ms, relative) = match lower {
                 b"expire" => (1000, true),
                 b"pexpire" => (1, true),
                 b"expireat" => (1000, false),
@@ -259,14 +266,15 @@ pub enum TtlQuery {
 
 impl TtlQuery {
     pub fn parse(name: &[u8]) -> Option<TtlQuery> {
-        let lower = name.to_ascii_lowercase();
-        match lower.as_slice() {
-            b"ttl" => Some(TtlQuery::Ttl),
-            b"pttl" => Some(TtlQuery::Pttl),
-            b"expiretime" => Some(TtlQuery::ExpireTime),
-            b"pexpiretime" => Some(TtlQuery::PexpireTime),
-            _ => None,
-        }
+        [
+            (TtlQuery::Ttl, "ttl"),
+            (TtlQuery::Pttl, "pttl"),
+            (TtlQuery::ExpireTime, "expiretime"),
+            (TtlQuery::PexpireTime, "pexpiretime"),
+        ]
+        .into_iter()
+        .find(|(_, word)| name.eq_ignore_ascii_case(word.as_bytes()))
+        .map(|(query, _)| query)
     }
 
     pub fn name(self) -> &'static str {

@@ -8,7 +8,7 @@ use redis_module::raw;
 
 use super::{api, FilterCtx, RawCtx};
 
-/// Redis strings for one command, freed on drop.
+/// Redis strings for one command (`argv[0]` is the name), freed on drop.
 pub struct Args(Vec<*mut raw::RedisModuleString>);
 
 impl Args {
@@ -18,6 +18,14 @@ impl Args {
 
     pub(super) fn as_mut_ptr(&mut self) -> *mut *mut raw::RedisModuleString {
         self.0.as_mut_ptr()
+    }
+
+    /// The arguments after the name, as RedisModule_Call's "v" format takes them.
+    pub(super) fn after_name(&mut self) -> (*mut *mut raw::RedisModuleString, usize) {
+        match self.0.split_first_mut() {
+            Some((_, rest)) => (rest.as_mut_ptr(), rest.len()),
+            None => (self.0.as_mut_ptr(), 0),
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -81,8 +89,20 @@ pub fn command_keys(ctx: RawCtx, args: &mut Args) -> Vec<usize> {
 /// `None` when the key does not exist, else its stored absolute expiry (if any).
 pub fn key_expiry(ctx: RawCtx, key: &[u8]) -> Option<Option<i64>> {
     let name = new_string(key);
-    // SAFETY: ctx is live on the main thread; the key handle is closed before return.
-    let result = unsafe {
+    let result = expiry_of(ctx, name);
+    free_string(name);
+    result
+}
+
+/// `key_expiry` of the argument at `position` of a prepared command.
+pub fn key_expiry_at(ctx: RawCtx, args: &Args, position: usize) -> Option<Option<i64>> {
+    expiry_of(ctx, *args.0.get(position)?)
+}
+
+fn expiry_of(ctx: RawCtx, name: *mut raw::RedisModuleString) -> Option<Option<i64>> {
+    // SAFETY: ctx is live on the main thread; name is a valid string; the key handle is
+    // closed before return.
+    unsafe {
         let handle =
             api(raw::RedisModule_OpenKey, "OpenKey")(ctx, name, raw::REDISMODULE_READ as c_int)
                 .cast::<raw::RedisModuleKey>();
@@ -99,9 +119,7 @@ pub fn key_expiry(ctx: RawCtx, key: &[u8]) -> Option<Option<i64>> {
             api(raw::RedisModule_CloseKey, "CloseKey")(handle);
             result
         }
-    };
-    free_string(name);
-    result
+    }
 }
 
 /// Replaces argument `position` of the filtered command.

@@ -151,28 +151,22 @@ fn call_with(
     resp3: bool,
     check_acl: bool,
 ) -> Result<CallReply, String> {
-    let Some((name, args)) = argv.split_first() else {
+    call_prepared(ctx, argv, &mut data::Args::new(argv), resp3, check_acl)
+}
+
+/// Runs `argv` whose Redis strings the caller already made (`args`, same order), so a
+/// command whose keys were looked up is not converted twice.
+pub fn call_prepared(
+    ctx: RawCtx,
+    argv: &[Vec<u8>],
+    args: &mut data::Args,
+    resp3: bool,
+    check_acl: bool,
+) -> Result<CallReply, String> {
+    let Some(name) = argv.first() else {
         return Err("ERR empty command".to_string());
     };
     let name = CString::new(name.as_slice()).map_err(|_| "ERR invalid command name".to_string())?;
-    // SAFETY: API pointers are written once by RedisModule_Init, before any call here.
-    let (create, free) = unsafe {
-        (
-            api(raw::RedisModule_CreateString, "CreateString"),
-            api(raw::RedisModule_FreeString, "FreeString"),
-        )
-    };
-    // SAFETY: strings created with a NULL ctx are owned by us and freed below.
-    let mut strings: Vec<*mut raw::RedisModuleString> = args
-        .iter()
-        .map(|arg| unsafe {
-            create(
-                std::ptr::null_mut(),
-                arg.as_ptr().cast::<c_char>(),
-                arg.len(),
-            )
-        })
-        .collect();
     // No "E" flag: Redis 7.0 rejects it. Failures before execution come back as NULL + errno.
     let format: &[u8] = match (resp3, check_acl) {
         (false, false) => b"v\0",
@@ -180,21 +174,18 @@ fn call_with(
         (false, true) => b"Cv\0",
         (true, true) => b"Cv3\0",
     };
+    let (strings, count) = args.after_name();
     // SAFETY: "v" takes (RedisModuleString **, size_t); ctx is a live context on the main
-    // thread; the strings stay alive for the whole call.
+    // thread; the strings stay alive (owned by args) for the whole call.
     let reply = unsafe {
         api(raw::RedisModule_Call, "Call")(
             ctx,
             name.as_ptr(),
             format.as_ptr().cast::<c_char>(),
-            strings.as_mut_ptr(),
-            strings.len(),
+            strings,
+            count,
         )
     };
-    for string in strings {
-        // SAFETY: each string was created above with a NULL ctx and is no longer used.
-        unsafe { free(std::ptr::null_mut(), string) };
-    }
     let errno = std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
     NonNull::new(reply)
         .map(CallReply)
