@@ -1188,6 +1188,117 @@ fn lagging_follower_catches_up_by_snapshot() {
     );
 }
 
+/// 3b. With a tiny `log-max-cache-size` and no snapshots (large log-max-file-size), a
+///     follower frozen during many writes catches up from the leader's log: the entries
+///     it misses left the leader's memory long ago, so they are read back from the log
+///     file. The cache stays within its limit the whole time, no snapshot is taken or
+///     sent, and every node ends with the same data.
+#[test]
+fn lagging_follower_catches_up_from_the_log_with_a_small_cache() {
+    const CACHE_MAX: i64 = 64_000;
+    let started = Instant::now();
+    let cache_max = CACHE_MAX.to_string();
+    let cluster = Cluster::start(
+        3,
+        &[
+            ("log-max-cache-size", &cache_max),
+            ("log-max-file-size", "1000000000"),
+        ],
+    );
+    let ids = cluster.ids();
+    let mut work = Workload::new(24);
+    let seqs = work.create(2_000);
+    write_now(&cluster, &seqs);
+    let leader = cluster.wait_caught_up(&ids, CONVERGE_TIMEOUT);
+    let follower = *ids.iter().find(|&&id| id != leader).unwrap();
+    let others: Vec<u64> = ids.iter().copied().filter(|&id| id != follower).collect();
+
+    // Sample the cache of every running node while the writes go on.
+    let stop = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let stop = stop.clone();
+        let addrs = cluster.addrs(&ids);
+        thread::spawn(move || {
+            let mut max_cache = 0i64;
+            let mut samples = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                for addr in &addrs {
+                    if let Some(info) = try_info(addr) {
+                        max_cache = max_cache.max(num(&info, "raft_cache_memory_size"));
+                        samples += 1;
+                    }
+                }
+                sleep(Duration::from_millis(20));
+            }
+            (max_cache, samples)
+        })
+    };
+
+    let mut seqs = work.update(2);
+    seqs.extend(work.create(6_000));
+    let total = count_cmds(&seqs) as u64;
+    let (progress, writer) = write_in_background(cluster.addrs(&others), seqs);
+    assert!(
+        wait_until(WRITE_TIMEOUT, || progress.done.load(Ordering::Relaxed)
+            >= total / 10),
+        "writes make no progress;{}",
+        cluster.describe(&ids)
+    );
+    cluster.node(follower).sigstop();
+    let frozen_at = others
+        .iter()
+        .map(|&id| num(&cluster.must_info(id), "raft_current_index"))
+        .max()
+        .unwrap();
+    writer.join().expect("writer failed");
+    let leader_info = cluster.must_info(leader);
+    let behind = num(&leader_info, "raft_current_index") - frozen_at;
+    let cache_entries = num(&leader_info, "raft_cache_entries");
+    assert!(
+        cache_entries < behind / 4,
+        "the leader caches {cache_entries} entries; the follower misses {behind}: \
+         the catch-up would not need the log file"
+    );
+    assert!(
+        num(&leader_info, "raft_log_entries") > behind,
+        "{leader_info:?}"
+    );
+
+    cluster.node(follower).sigcont();
+    cluster.wait_caught_up(&ids, CONVERGE_TIMEOUT);
+    stop.store(true, Ordering::Relaxed);
+    let (max_cache, samples) = sampler.join().expect("sampler panicked");
+    assert!(samples > 0);
+    assert!(
+        max_cache <= CACHE_MAX,
+        "raft_cache_memory_size reached {max_cache}, above log-max-cache-size {CACHE_MAX}"
+    );
+    for &id in &ids {
+        let info = cluster.must_info(id);
+        assert_eq!(
+            num(&info, "raft_snapshots_received"),
+            0,
+            "node {id}: {info:?}"
+        );
+        assert_eq!(
+            num(&info, "raft_snapshots_created"),
+            0,
+            "node {id}: {info:?}"
+        );
+        assert!(
+            num(&info, "raft_cache_memory_size") <= CACHE_MAX,
+            "node {id}: {info:?}"
+        );
+    }
+    cluster.check_data(&ids, &work);
+    eprintln!(
+        "lagging_follower_catches_up_from_the_log_with_a_small_cache: frozen at {frozen_at}, \
+         {behind} entries behind, leader cache {cache_entries} entries, largest cache seen \
+         {max_cache} bytes, {:?}",
+        started.elapsed()
+    );
+}
+
 /// 4. Every node killed (-9) and restarted on its directory comes back from its snapshot
 ///    plus the log after it, with all data; a leader is elected and writes work.
 #[test]
