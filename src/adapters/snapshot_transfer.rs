@@ -40,8 +40,16 @@ pub struct SendJob {
 
 /// Sends the whole file; true when the follower accepted the final message.
 pub fn send(job: &SendJob) -> bool {
+    let started = std::time::Instant::now();
     match try_send(job) {
-        Ok(()) => true,
+        Ok(bytes) => {
+            log::info!(
+                "raft: snapshot sent to {}: {bytes} bytes in {} ms",
+                job.addr,
+                started.elapsed().as_millis()
+            );
+            true
+        }
         Err(e) => {
             log::warn!("raft: snapshot transfer to {} failed: {e}", job.addr);
             false
@@ -87,7 +95,8 @@ impl Link {
     }
 }
 
-fn try_send(job: &SendJob) -> Result<(), String> {
+/// Returns the bytes sent.
+fn try_send(job: &SendJob) -> Result<u64, String> {
     let address = job
         .addr
         .to_socket_addrs()
@@ -163,7 +172,8 @@ fn try_send(job: &SendJob) -> Result<(), String> {
         total.as_bytes(),
         &message,
     ])?;
-    link.expect_ok()
+    link.expect_ok()?;
+    Ok(offset)
 }
 
 fn read_full(file: &mut impl Read, buffer: &mut [u8]) -> Result<usize, String> {
