@@ -450,3 +450,59 @@ fn one_million_small_keys() {
         mib(joiner_rss)
     );
 }
+
+/// RSS of a one-node cluster after many small SETs (the log grows, the data set does
+/// not), with the default entry cache (64 MB), a 1 MB one, and plain Redis for reference.
+#[test]
+#[ignore = "measurement for docs/PERFORMANCE.md; slow"]
+fn entry_cache_bounds_memory() {
+    const REQUESTS: &str = "1000000";
+    eprintln!("\n## memory after {REQUESTS} SETs of 64 B on 100,000 keys\n");
+    eprintln!(
+        "| server | log-max-cache-size | RSS MiB | VmHWM MiB | log_entries | cache_entries | \
+         cache_memory_size | file_size |"
+    );
+    eprintln!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    for cache in [None, Some("64000000"), Some("1000000")] {
+        let server = match cache {
+            None => Server::start(ServerOpts::new().without_module()),
+            Some(size) => {
+                let port = free_port("127.0.0.1");
+                let server = Server::start(
+                    ServerOpts::new()
+                        .port(port)
+                        .raft("id", "1")
+                        .raft("addr", &format!("127.0.0.1:{port}"))
+                        .raft("log-max-cache-size", size)
+                        .raft("log-max-file-size", "4000000000"),
+                );
+                let reply: String = server.cmd(&["RAFT.CLUSTER", "INIT"]).unwrap();
+                assert!(reply.starts_with("OK"));
+                server.expect_serving(Duration::from_secs(60));
+                server
+            }
+        };
+        let out = server.redis_benchmark(&[
+            "-t", "set", "-n", REQUESTS, "-d", "64", "-r", "100000", "-c", "50", "-P", "16", "-q",
+        ]);
+        assert!(out.status.success(), "{out:?}");
+        let (hwm, rss) = memory_kib(server.pid().unwrap());
+        let info = try_info(&server.addr()).unwrap_or_default();
+        let f = |name: &str| info.get(name).cloned().unwrap_or_else(|| "-".into());
+        eprintln!(
+            "| {} | {} | {:.1} | {:.1} | {} | {} | {} | {} |",
+            if cache.is_some() {
+                "1-node cluster"
+            } else {
+                "plain redis-server (no persistence)"
+            },
+            cache.unwrap_or("-"),
+            mib(rss),
+            mib(hwm),
+            f("raft_log_entries"),
+            f("raft_cache_entries"),
+            f("raft_cache_memory_size"),
+            f("raft_file_size"),
+        );
+    }
+}
