@@ -1318,6 +1318,51 @@ fn lagging_follower_catches_up_from_the_log_with_a_small_cache() {
     );
 }
 
+/// 3c. The snapshot stream leaves from the sender's own address (`raft.addr`'s host), like
+///     raft traffic, so firewall rules between node addresses cut it too. Nodes on
+///     127.0.0.21 and 127.0.0.22: the leader's log names the local address it sent from.
+#[test]
+fn snapshot_transfer_leaves_from_the_node_address() {
+    let start = |id: u64, host: &str| {
+        let port = free_port(host);
+        Server::start(
+            ServerOpts::new()
+                .host(host)
+                .port(port)
+                .raft("id", &id.to_string())
+                .raft("addr", &format!("{host}:{port}")),
+        )
+    };
+    let leader = start(1, "127.0.0.21");
+    let reply: String = leader.cmd(&["RAFT.CLUSTER", "INIT"]).unwrap();
+    assert!(reply.starts_with("OK "), "{reply}");
+    leader.expect_serving(FORM_TIMEOUT);
+    let mut con = leader.client();
+    for i in 0..100 {
+        let _: () = exec(&mut con, &["SET", &format!("k{i}"), "v"]).unwrap();
+    }
+    let reply: String = exec(&mut con, &["RAFT.DEBUG", "COMPACT"]).unwrap();
+    assert_eq!(reply, "OK");
+
+    let joiner = start(2, "127.0.0.22");
+    let mut con = joiner.client_with_timeout(Duration::from_secs(120));
+    let reply: String = exec(&mut con, &["RAFT.CLUSTER", "JOIN", &leader.addr()])
+        .unwrap_or_else(|e| panic!("JOIN: {}", err_text(&e)));
+    assert_eq!(reply, "OK");
+    let needle = format!("snapshot sent to {} from 127.0.0.21:", joiner.addr());
+    assert!(
+        leader.wait_for_log(&needle, CONVERGE_TIMEOUT),
+        "no '{needle}' in the leader's log:\n{}",
+        leader.log()
+    );
+    let ok = wait_until(CONVERGE_TIMEOUT, || {
+        joiner
+            .cmd::<i64>(&["RAFT.DEBUG", "EXEC", "DBSIZE"])
+            .is_ok_and(|n| n == 100)
+    });
+    assert!(ok, "the joiner did not load the snapshot");
+}
+
 /// 4. Every node killed (-9) and restarted on its directory comes back from its snapshot
 ///    plus the log after it, with all data; a leader is elected and writes work.
 #[test]

@@ -550,6 +550,7 @@ impl Driver {
         let template = &self.params.transfer;
         let job = SendJob {
             addr,
+            source_host: template.source_host.clone(),
             file: self.params.snapshot_files.current.clone(),
             message,
             dbid: template.dbid.clone(),

@@ -9,7 +9,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufReader, Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
+use std::net::TcpStream;
 use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -26,6 +26,8 @@ use crate::core::resp::{encode_command, parse_value, RespLimits, RespValue};
 
 pub struct SendJob {
     pub addr: String,
+    /// This node's host (from `raft.addr`): the connection is made from it.
+    pub source_host: Option<String>,
     pub file: PathBuf,
     pub message: Message,
     pub dbid: String,
@@ -42,9 +44,9 @@ pub struct SendJob {
 pub fn send(job: &SendJob) -> bool {
     let started = std::time::Instant::now();
     match try_send(job) {
-        Ok(bytes) => {
+        Ok((bytes, local)) => {
             log::info!(
-                "raft: snapshot sent to {}: {bytes} bytes in {} ms",
+                "raft: snapshot sent to {} from {local}: {bytes} bytes in {} ms",
                 job.addr,
                 started.elapsed().as_millis()
             );
@@ -95,16 +97,19 @@ impl Link {
     }
 }
 
-/// Returns the bytes sent.
-fn try_send(job: &SendJob) -> Result<u64, String> {
-    let address = job
-        .addr
-        .to_socket_addrs()
-        .map_err(|e| e.to_string())?
-        .next()
-        .ok_or("address did not resolve")?;
-    let stream =
-        TcpStream::connect_timeout(&address, job.connect_timeout).map_err(|e| e.to_string())?;
+/// Returns the bytes sent and the local address they left from.
+fn try_send(job: &SendJob) -> Result<(u64, String), String> {
+    // From this node's own address, like raft traffic, so that firewall rules between node
+    // addresses cut snapshot transfers too.
+    let stream = crate::adapters::transport::connect_blocking(
+        &job.addr,
+        job.source_host.as_deref(),
+        job.connect_timeout,
+    )
+    .map_err(|e| e.to_string())?;
+    let local = stream
+        .local_addr()
+        .map_or_else(|_| "?".to_string(), |a| a.to_string());
     // A chunk may wait behind a busy main thread; allow generously more than for raft traffic.
     stream
         .set_read_timeout(Some(job.response_timeout * 10))
@@ -173,7 +178,7 @@ fn try_send(job: &SendJob) -> Result<u64, String> {
         &message,
     ])?;
     link.expect_ok()?;
-    Ok(offset)
+    Ok((offset, local))
 }
 
 fn read_full(file: &mut impl Read, buffer: &mut [u8]) -> Result<usize, String> {

@@ -313,7 +313,7 @@ pub fn start_node(
         my_id: meta.node_id,
         my_addr: my_addr.clone(),
         dbid: meta.dbid.clone(),
-        source_host,
+        source_host: source_host.clone(),
         connection_timeout: Duration::from_millis(settings.connection_timeout_ms),
         response_timeout: Duration::from_millis(settings.response_timeout_ms),
         reconnect_interval: Duration::from_millis(settings.reconnect_interval_ms),
@@ -333,6 +333,7 @@ pub fn start_node(
         snapshot_files: SnapshotFiles::for_log(&crate::adapters::handlers::log_path()),
         transfer: SendJob {
             addr: String::new(),
+            source_host,
             file: Default::default(),
             message: Default::default(),
             dbid: meta.dbid.clone(),
