@@ -515,13 +515,13 @@ impl LogStore {
                 let entry = match logfile::decode_entry_frame(frame) {
                     Ok(entry) => entry,
                     Err(e) => reader.fatal(&format!(
-                        "log file corrupt at byte {offset}: entry {at} read back from disk: {e}"
+                        "corrupt at byte {offset}: entry {at} read back from disk: {e}"
                     )),
                 };
                 let expected_term = self.term_of_held(at);
                 if entry.index != at || entry.term != expected_term {
                     reader.fatal(&format!(
-                        "log file corrupt at byte {offset}: expected entry {at} of term \
+                        "corrupt at byte {offset}: expected entry {at} of term \
                          {expected_term}, found entry {} of term {}",
                         entry.index, entry.term
                     ));
@@ -1327,7 +1327,7 @@ mod tests {
         .unwrap_err();
         let message = panic.downcast_ref::<String>().unwrap();
         assert!(
-            message.contains(&format!("log file corrupt at byte {offset}: entry 4")),
+            message.contains(&format!("corrupt at byte {offset}: entry 4")),
             "{message}"
         );
         assert!(message.contains("checksum"), "{message}");
