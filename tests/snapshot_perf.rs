@@ -371,7 +371,10 @@ fn transfer_of_a_100mb_snapshot_under_writes() {
         "| joiner loads it and catches up | {}",
         &phase(&samples, received, caught_up)[2..]
     );
-    eprintln!("| after | {}", &phase(&samples, after_at, end_at)[2..]);
+    eprintln!(
+        "| after (two voters now: a write waits for both fsyncs) | {}",
+        &phase(&samples, after_at, end_at)[2..]
+    );
     eprintln!(
         "\nleader (sender): RSS before the join {:.1} MiB (VmHWM reset to {:.1}), peak during \
          the join {:.1} MiB, RSS after {:.1} MiB; the fork child is a separate process",
