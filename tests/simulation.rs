@@ -139,6 +139,10 @@ fn seed_sweep() {
             stats.duplicated > 0 && stats.dropped > 0,
             "no message faults: {stats}"
         );
+        assert!(
+            stats.file_reads > 0,
+            "no entry was ever read back from a log file: {stats}"
+        );
     }
 }
 

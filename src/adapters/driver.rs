@@ -100,6 +100,7 @@ pub struct SharedStatus {
     pub last_index: AtomicU64,
     pub leader_ready: AtomicBool,
     pub log_entries: AtomicU64,
+    pub cache_entries: AtomicU64,
     pub cache_bytes: AtomicU64,
     pub file_size: AtomicU64,
     pub fsync_count: AtomicU64,
@@ -165,6 +166,8 @@ pub struct Driver {
     snapshot_requested_at: Option<u64>,
     /// Peers a snapshot is being streamed to.
     sending_snapshot_to: std::collections::BTreeSet<u64>,
+    /// The entry cache limit last given to the store.
+    cache_limit_bytes: u64,
 }
 
 impl Driver {
@@ -198,6 +201,7 @@ impl Driver {
             was_leader: false,
             snapshot_requested_at: None,
             sending_snapshot_to: std::collections::BTreeSet::new(),
+            cache_limit_bytes: u64::MAX,
         }
     }
 
@@ -248,6 +252,7 @@ impl Driver {
                 }
                 self.promote_caught_up_learner();
                 self.maybe_request_snapshot();
+                self.follow_cache_limit();
                 if crate::adapters::transport::TOLD_REMOVED.swap(false, Ordering::SeqCst) {
                     self.push_main(MainTask::LeaveCluster);
                 }
@@ -377,7 +382,10 @@ impl Driver {
                 self.install_received_snapshot(metadata);
             }
             if must_persist {
-                self.log.append(&ready.entries, ready.hard_state.as_ref());
+                let frames = self.log.append(&ready.entries, ready.hard_state.as_ref());
+                if let Some(first) = ready.entries.first() {
+                    self.node.record_frames(first.index, &frames);
+                }
                 if self.params.fsync {
                     self.log.sync();
                 }
@@ -478,7 +486,8 @@ impl Driver {
             term: metadata.term,
         };
         let hard_state = self.node.store().hard_state().clone();
-        self.log.rewrite(point, &hard_state, &[]);
+        let frames = self.log.rewrite(point, &hard_state, &[]);
+        self.node.replace_frames(&frames);
         self.membership = crate::adapters::snapshots::members_of(&meta);
         self.update_peers();
         log::info!(
@@ -514,13 +523,25 @@ impl Driver {
             Vec::new()
         };
         let hard_state = store.hard_state().clone();
-        self.log
+        let frames = self
+            .log
             .rewrite(LogPosition { index, term }, &hard_state, &entries);
+        self.node.replace_frames(&frames);
         crate::adapters::info::SNAPSHOTS_CREATED.fetch_add(1, Ordering::Relaxed);
         log::info!(
             "raft: log compacted up to index {index}; {} entries kept",
             entries.len()
         );
+    }
+
+    /// `log-max-cache-size` may change at run time (CONFIG SET).
+    fn follow_cache_limit(&mut self) {
+        let limit = crate::adapters::configs::config().log_max_cache_size;
+        if limit != self.cache_limit_bytes {
+            self.cache_limit_bytes = limit;
+            self.node
+                .set_cache_limit(Some(usize::try_from(limit).unwrap_or(usize::MAX)));
+        }
     }
 
     fn maybe_request_snapshot(&mut self) {
@@ -555,6 +576,7 @@ impl Driver {
         let template = &self.params.transfer;
         let job = SendJob {
             addr,
+            source_host: template.source_host.clone(),
             file: self.params.snapshot_files.current.clone(),
             message,
             dbid: template.dbid.clone(),
@@ -671,6 +693,10 @@ impl Driver {
         shared
             .log_entries
             .store(self.node.store().entry_count() as u64, Ordering::Relaxed);
+        shared.cache_entries.store(
+            self.node.store().cached_entry_count() as u64,
+            Ordering::Relaxed,
+        );
         shared
             .cache_bytes
             .store(self.node.store().cached_bytes() as u64, Ordering::Relaxed);

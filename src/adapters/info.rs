@@ -136,7 +136,7 @@ fn build(ctx: &InfoContext) -> RedisResult<()> {
         .field("last_applied_index", applied)?
         .field("file_size", load(&shared.file_size))?
         .field("cache_memory_size", load(&shared.cache_bytes))?
-        .field("cache_entries", load(&shared.log_entries))?
+        .field("cache_entries", load(&shared.cache_entries))?
         .field("fsync_count", fsync_count)?
         .field("fsync_max_microseconds", load(&shared.fsync_max_us))?
         .field("fsync_avg_microseconds", fsync_avg_us)?

@@ -6,17 +6,25 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use raft::eraftpb::{Entry, HardState};
 
 use crate::adapters::driver::SharedStatus;
-use crate::core::logfile::{self, LogPosition, NodeMeta, Record, Recovered};
+use crate::core::logfile::{self, FrameLocation, LogPosition, NodeMeta, Record, Recovered};
+use crate::core::storage::LogReader;
+
+/// The log file currently in use, shared with the [`FileReader`] (a rewrite replaces it).
+type CurrentFile = Arc<Mutex<Arc<File>>>;
 
 pub struct LogFile {
-    file: File,
+    file: Arc<File>,
+    /// What the reader reads: always the same file as `file`.
+    current: CurrentFile,
     path: PathBuf,
     /// Written first in every rewrite of the file.
     meta: NodeMeta,
@@ -98,12 +106,20 @@ impl LogFile {
 
     /// Replaces the file with one that starts at a snapshot: identity, compaction point,
     /// hard state, then the entries after the snapshot. Atomic: a crash leaves either the
-    /// old file or the new one.
-    pub fn rewrite(&mut self, compacted: LogPosition, hard_state: &HardState, entries: &[Entry]) {
+    /// old file or the new one. Returns where each entry sits in the new file.
+    pub fn rewrite(
+        &mut self,
+        compacted: LogPosition,
+        hard_state: &HardState,
+        entries: &[Entry],
+    ) -> Vec<FrameLocation> {
+        let mut frames = Vec::with_capacity(entries.len());
         let result = encode_beginning(&self.meta, Some(compacted), Some(hard_state)).and_then(
             |mut bytes| {
                 for entry in entries {
+                    let offset = bytes.len();
                     logfile::encode_entry(entry, &mut bytes).map_err(|e| e.to_string())?;
+                    frames.push(frame_at(offset as u64, bytes.len() - offset));
                 }
                 let file = write_durably(&self.path, &bytes).map_err(|e| e.to_string())?;
                 Ok((file, bytes.len() as u64))
@@ -111,8 +127,9 @@ impl LogFile {
         );
         match result {
             Ok((file, size_bytes)) => {
-                self.file = file;
+                self.set_file(file);
                 self.size_bytes = size_bytes;
+                frames
             }
             Err(e) => {
                 log::error!(
@@ -126,6 +143,56 @@ impl LogFile {
 
     pub fn size_bytes(&self) -> u64 {
         self.size_bytes
+    }
+
+    fn set_file(&mut self, file: File) {
+        self.file = Arc::new(file);
+        *self
+            .current
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::clone(&self.file);
+    }
+
+    /// A reader of this log file for the entry cache; it follows rewrites.
+    pub fn reader(&self) -> FileReader {
+        FileReader {
+            current: Arc::clone(&self.current),
+            path: self.path.clone(),
+        }
+    }
+}
+
+fn frame_at(offset: u64, len: usize) -> FrameLocation {
+    FrameLocation {
+        offset,
+        len: u32::try_from(len).expect("a frame is below 4 GiB"),
+    }
+}
+
+/// Positioned reads of the current log file, for entries that left the cache.
+pub struct FileReader {
+    current: CurrentFile,
+    path: PathBuf,
+}
+
+impl LogReader for FileReader {
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), String> {
+        let file = Arc::clone(
+            &self
+                .current
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        );
+        file.read_exact_at(buf, offset).map_err(|e| e.to_string())
+    }
+
+    fn fatal(&self, message: &str) -> ! {
+        log::error!(
+            "raft: FATAL: log file {}: {message}; stopping: the log on disk can no longer be \
+             trusted",
+            self.path.display()
+        );
+        std::process::abort();
     }
 }
 
@@ -173,7 +240,7 @@ pub fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<File> {
         std::fs::rename(&temp_path, path)?;
     }
     sync_directory_of(path)?;
-    OpenOptions::new().append(true).open(path)
+    OpenOptions::new().read(true).append(true).open(path)
 }
 
 pub fn sync_directory_of(path: &Path) -> std::io::Result<()> {
@@ -185,7 +252,9 @@ pub fn sync_directory_of(path: &Path) -> std::io::Result<()> {
 
 impl LogFile {
     fn from_file(file: File, path: &Path, meta: NodeMeta, size_bytes: u64) -> LogFile {
+        let file = Arc::new(file);
         LogFile {
+            current: Arc::new(Mutex::new(Arc::clone(&file))),
             file,
             path: path.to_path_buf(),
             meta,
@@ -197,12 +266,22 @@ impl LogFile {
         }
     }
 
-    /// Writes one Ready cycle's entries, then its hard state, in a single write.
-    pub fn append(&mut self, entries: &[Entry], hard_state: Option<&HardState>) {
+    /// Writes one Ready cycle's entries, then its hard state, in a single write. Returns
+    /// where each entry went.
+    pub fn append(
+        &mut self,
+        entries: &[Entry],
+        hard_state: Option<&HardState>,
+    ) -> Vec<FrameLocation> {
         self.buffer.clear();
-        let mut encoded = entries
-            .iter()
-            .try_for_each(|entry| logfile::encode_entry(entry, &mut self.buffer));
+        let mut frames = Vec::with_capacity(entries.len());
+        let base = self.size_bytes;
+        let mut encoded = entries.iter().try_for_each(|entry| {
+            let offset = self.buffer.len();
+            logfile::encode_entry(entry, &mut self.buffer)?;
+            frames.push(frame_at(base + offset as u64, self.buffer.len() - offset));
+            Ok(())
+        });
         if let (Ok(()), Some(hs)) = (&encoded, hard_state) {
             let record = Record::HardState {
                 term: hs.term,
@@ -215,10 +294,11 @@ impl LogFile {
             // raft only hands us entries it accepted; an oversized one is a bug upstream.
             panic!("raft: cannot encode a log record: {e}");
         }
-        if let Err(e) = self.file.write_all(&self.buffer) {
+        if let Err(e) = (&*self.file).write_all(&self.buffer) {
             fatal(&self.path, "write", e);
         }
         self.size_bytes += self.buffer.len() as u64;
+        frames
     }
 
     pub fn sync(&mut self) {

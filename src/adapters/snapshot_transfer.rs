@@ -9,7 +9,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufReader, Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
+use std::net::TcpStream;
 use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -26,6 +26,8 @@ use crate::core::resp::{encode_command, parse_value, RespLimits, RespValue};
 
 pub struct SendJob {
     pub addr: String,
+    /// This node's host (from `raft.addr`): the connection is made from it.
+    pub source_host: Option<String>,
     pub file: PathBuf,
     pub message: Message,
     pub dbid: String,
@@ -40,8 +42,16 @@ pub struct SendJob {
 
 /// Sends the whole file; true when the follower accepted the final message.
 pub fn send(job: &SendJob) -> bool {
+    let started = std::time::Instant::now();
     match try_send(job) {
-        Ok(()) => true,
+        Ok((bytes, local)) => {
+            log::info!(
+                "raft: snapshot sent to {} from {local}: {bytes} bytes in {} ms",
+                job.addr,
+                started.elapsed().as_millis()
+            );
+            true
+        }
         Err(e) => {
             log::warn!("raft: snapshot transfer to {} failed: {e}", job.addr);
             false
@@ -87,15 +97,19 @@ impl Link {
     }
 }
 
-fn try_send(job: &SendJob) -> Result<(), String> {
-    let address = job
-        .addr
-        .to_socket_addrs()
-        .map_err(|e| e.to_string())?
-        .next()
-        .ok_or("address did not resolve")?;
-    let stream =
-        TcpStream::connect_timeout(&address, job.connect_timeout).map_err(|e| e.to_string())?;
+/// Returns the bytes sent and the local address they left from.
+fn try_send(job: &SendJob) -> Result<(u64, String), String> {
+    // From this node's own address, like raft traffic, so that firewall rules between node
+    // addresses cut snapshot transfers too.
+    let stream = crate::adapters::transport::connect_blocking(
+        &job.addr,
+        job.source_host.as_deref(),
+        job.connect_timeout,
+    )
+    .map_err(|e| e.to_string())?;
+    let local = stream
+        .local_addr()
+        .map_or_else(|_| "?".to_string(), |a| a.to_string());
     // A chunk may wait behind a busy main thread; allow generously more than for raft traffic.
     stream
         .set_read_timeout(Some(job.response_timeout * 10))
@@ -163,7 +177,8 @@ fn try_send(job: &SendJob) -> Result<(), String> {
         total.as_bytes(),
         &message,
     ])?;
-    link.expect_ok()
+    link.expect_ok()?;
+    Ok((offset, local))
 }
 
 fn read_full(file: &mut impl Read, buffer: &mut [u8]) -> Result<usize, String> {

@@ -191,6 +191,7 @@ pub fn load_into_server(
     path: &Path,
     expected_dbid: &str,
 ) -> Result<SnapshotMeta, String> {
+    let started = std::time::Instant::now();
     call_locally(ctx, &[b"FLUSHALL".to_vec(), b"SYNC".to_vec()], false)?;
     let mut meta = None;
     let mut keys = 0u64;
@@ -234,7 +235,11 @@ pub fn load_into_server(
         }
         SnapshotRecord::End { .. } => Ok(()),
     })?;
-    log::info!("raft: loaded {keys} keys from snapshot {}", path.display());
+    log::info!(
+        "raft: loaded {keys} keys from snapshot {} in {} ms",
+        path.display(),
+        started.elapsed().as_millis()
+    );
     meta.ok_or_else(|| format!("{}: no metadata", path.display()))
 }
 
@@ -243,6 +248,7 @@ struct InProgress {
     index: u64,
     term: u64,
     conf_state: raft::eraftpb::ConfState,
+    started: std::time::Instant,
 }
 
 static IN_PROGRESS: Mutex<Option<InProgress>> = Mutex::new(None);
@@ -295,6 +301,7 @@ pub fn start(log_path: &Path) -> Result<(), String> {
                 index,
                 term,
                 conf_state,
+                started: std::time::Instant::now(),
             });
             Ok(())
         }
@@ -371,7 +378,12 @@ extern "C" fn on_fork_done(exit_code: c_int, by_signal: c_int, _: *mut c_void) {
     let input = if exit_code == 0 && by_signal == 0 {
         match publish(&files, &files.temp, done.index) {
             Ok(true) => {
-                log::info!("raft: snapshot at index {} written", done.index);
+                log::info!(
+                    "raft: snapshot at index {} written in {} ms ({} bytes)",
+                    done.index,
+                    done.started.elapsed().as_millis(),
+                    std::fs::metadata(&files.current).map_or(0, |m| m.len())
+                );
                 Some(crate::adapters::driver::DriverInput::SnapshotTaken {
                     index: done.index,
                     term: done.term,

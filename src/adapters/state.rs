@@ -345,6 +345,12 @@ pub fn start_node(
         max_append_bytes: settings.append_req_max_size,
         max_inflight_appends: settings.append_req_max_count.max(1) as usize,
     };
+    // The entry cache keeps the newest log-max-cache-size bytes; older entries are read
+    // back from the log file.
+    store.set_reader(Box::new(log.reader()));
+    store.set_cache_limit(Some(
+        usize::try_from(settings.log_max_cache_size).unwrap_or(usize::MAX),
+    ));
     let node = RaftNode::new(&params, store).map_err(|e| format!("cannot start raft: {e}"))?;
     let my_addr = my_addr(state.apply_ctx);
     let source_host = my_addr
@@ -354,7 +360,7 @@ pub fn start_node(
         my_id: meta.node_id,
         my_addr: my_addr.clone(),
         dbid: meta.dbid.clone(),
-        source_host,
+        source_host: source_host.clone(),
         connection_timeout: Duration::from_millis(settings.connection_timeout_ms),
         response_timeout: Duration::from_millis(settings.response_timeout_ms),
         reconnect_interval: Duration::from_millis(settings.reconnect_interval_ms),
@@ -374,6 +380,7 @@ pub fn start_node(
         snapshot_files: SnapshotFiles::for_log(&crate::adapters::handlers::log_path()),
         transfer: SendJob {
             addr: String::new(),
+            source_host,
             file: Default::default(),
             message: Default::default(),
             dbid: meta.dbid.clone(),

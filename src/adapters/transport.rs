@@ -886,6 +886,28 @@ async fn connect(
         })
 }
 
+/// [`connect`] for a plain thread (the snapshot sender): the same source binding and
+/// fallback, returning a blocking std stream.
+pub fn connect_blocking(
+    addr: &str,
+    source_host: Option<&str>,
+    timeout: Duration,
+) -> io::Result<std::net::TcpStream> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .enable_time()
+        .build()?;
+    let (stream, bind_error) = runtime.block_on(async {
+        let connection = connect(addr, source_host, timeout).await?;
+        io::Result::Ok((connection.stream.into_std()?, connection.bind_error))
+    })?;
+    if let Some(bind_error) = bind_error {
+        log::warn!("raft: snapshot transfer to {addr}: connecting unbound, {bind_error}");
+    }
+    stream.set_nonblocking(false)?;
+    Ok(stream)
+}
+
 fn new_socket(target: &SocketAddr) -> io::Result<TcpSocket> {
     if target.is_ipv4() {
         TcpSocket::new_v4()

@@ -355,6 +355,9 @@ pub struct Recovered {
     pub compacted: Option<LogPosition>,
     /// Contiguous; the first is at [`Recovered::first_index`].
     pub entries: Vec<LogEntry>,
+    /// Where each of `entries` sits in the file (same length and order), so the entry
+    /// cache can drop entries and read them back later.
+    pub entry_frames: Vec<FrameLocation>,
     /// Bytes of the file that are good; the caller truncates the file to this.
     pub valid_len: usize,
     /// Bytes after `valid_len` that were dropped as a torn tail.
@@ -374,6 +377,53 @@ impl Recovered {
         self.entries
             .last()
             .map_or(self.first_index() - 1, |entry| entry.index)
+    }
+}
+
+/// Where one frame sits in the log file: its first byte and its length, header included.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FrameLocation {
+    pub offset: u64,
+    pub len: u32,
+}
+
+/// Checks and decodes one entry frame read back from the log file (`frame` is exactly
+/// the frame: header and payload). The checks are those of recovery: header check,
+/// payload length, payload checksum, a record that decodes completely, and it must be an
+/// entry of a known type.
+pub fn decode_entry_frame(frame: &[u8]) -> Result<LogEntry, String> {
+    if frame.len() < FRAME_HEADER_LEN {
+        return Err(format!(
+            "frame of {} bytes is shorter than its header",
+            frame.len()
+        ));
+    }
+    let len_bytes: [u8; 4] = frame[..4].try_into().expect("4 bytes");
+    if read_u32_le(frame, 4) != header_check(len_bytes) {
+        return Err("frame header checksum mismatch".into());
+    }
+    let payload_len = u32::from_le_bytes(len_bytes) as usize;
+    if payload_len != frame.len() - FRAME_HEADER_LEN {
+        return Err(format!(
+            "frame header says {payload_len} payload bytes, expected {}",
+            frame.len() - FRAME_HEADER_LEN
+        ));
+    }
+    let payload = &frame[FRAME_HEADER_LEN..];
+    if crc32fast::hash(payload) != read_u32_le(frame, 8) {
+        return Err("record checksum mismatch".into());
+    }
+    match decode_payload(payload)? {
+        Record::Entry(entry) => {
+            if EntryType::from_i32(entry.entry_type).is_none() {
+                return Err(format!(
+                    "entry {} has unknown entry type {}",
+                    entry.index, entry.entry_type
+                ));
+            }
+            Ok(entry)
+        }
+        other => Err(format!("expected an entry record, found {other:?}")),
     }
 }
 
@@ -600,7 +650,11 @@ pub fn recover(bytes: &[u8]) -> Result<Recovered, RecoveryError> {
                 offset: position,
                 reason,
             })?;
-        replay.apply(record, position)?;
+        let location = FrameLocation {
+            offset: position as u64,
+            len: u32::try_from(frame_len).expect("frames are below 4 GiB"),
+        };
+        replay.apply(record, location)?;
         position += frame_len;
     }
     replay.finish(position, bytes.len())
@@ -679,6 +733,8 @@ struct Replay {
     hard_state_offset: usize,
     compacted: Option<LogPosition>,
     entries: Vec<LogEntry>,
+    /// Parallel to `entries`.
+    entry_frames: Vec<FrameLocation>,
     records: usize,
 }
 
@@ -703,7 +759,8 @@ impl Replay {
         }
     }
 
-    fn apply(&mut self, record: Record, offset: usize) -> Result<(), RecoveryError> {
+    fn apply(&mut self, record: Record, location: FrameLocation) -> Result<(), RecoveryError> {
+        let offset = location.offset as usize;
         let index = match &record {
             Record::Entry(entry) => entry.index,
             Record::Compacted { index, .. } => *index,
@@ -731,7 +788,7 @@ impl Replay {
                 });
             }
             _ if self.meta.is_none() => return Err(RecoveryError::MissingMeta { offset }),
-            Record::Entry(entry) => self.apply_entry(entry, offset)?,
+            Record::Entry(entry) => self.apply_entry(entry, location)?,
             Record::HardState { term, vote, commit } => {
                 self.apply_hard_state(SavedHardState { term, vote, commit }, offset)?
             }
@@ -743,7 +800,12 @@ impl Replay {
         Ok(())
     }
 
-    fn apply_entry(&mut self, entry: LogEntry, offset: usize) -> Result<(), RecoveryError> {
+    fn apply_entry(
+        &mut self,
+        entry: LogEntry,
+        location: FrameLocation,
+    ) -> Result<(), RecoveryError> {
+        let offset = location.offset as usize;
         if EntryType::from_i32(entry.entry_type).is_none() {
             return Err(RecoveryError::UnknownEntryType {
                 offset,
@@ -770,6 +832,8 @@ impl Replay {
                 });
             }
             self.entries.truncate((entry.index - first_index) as usize);
+            self.entry_frames
+                .truncate((entry.index - first_index) as usize);
         }
         let previous_term = self.term_at(entry.index - 1);
         if entry.term < previous_term {
@@ -781,6 +845,7 @@ impl Replay {
             });
         }
         self.entries.push(entry);
+        self.entry_frames.push(location);
         Ok(())
     }
 
@@ -838,11 +903,13 @@ impl Replay {
                     log_term,
                 });
             }
-            self.entries
-                .drain(..(point.index + 1 - first_index) as usize);
+            let dropped = (point.index + 1 - first_index) as usize;
+            self.entries.drain(..dropped);
+            self.entry_frames.drain(..dropped);
         } else {
             // A snapshot past our log replaced all of it.
             self.entries.clear();
+            self.entry_frames.clear();
         }
         self.compacted = Some(point);
         Ok(())
@@ -864,6 +931,7 @@ impl Replay {
             hard_state: self.hard_state,
             compacted: self.compacted,
             entries: self.entries,
+            entry_frames: self.entry_frames,
             valid_len,
             torn_tail_bytes: file_len - valid_len,
             records: self.records,
@@ -1658,5 +1726,66 @@ mod tests {
             "log file corrupt at byte 99: hard state commit index 12 is beyond the last log \
              index 10; refusing to start"
         );
+    }
+
+    #[test]
+    fn recovery_reports_where_every_kept_entry_sits() {
+        // 1..=4, then 3 overwritten (drops 3 and 4), then compaction at 1.
+        let records = vec![
+            meta_record(),
+            Record::Entry(entry(1, 1, b"a")),
+            Record::Entry(entry(2, 1, b"bb")),
+            hard_state(1, 0, 1),
+            Record::Entry(entry(3, 1, b"ccc")),
+            Record::Entry(entry(4, 1, b"dddd")),
+            Record::Entry(entry(3, 2, b"new")),
+            Record::Compacted { index: 1, term: 1 },
+            Record::Entry(entry(4, 2, b"four")),
+        ];
+        let file = file_of(&records);
+        let recovered = recover(&file.bytes).unwrap();
+        let indexes: Vec<u64> = recovered.entries.iter().map(|e| e.index).collect();
+        assert_eq!(indexes, vec![2, 3, 4]);
+        assert_eq!(recovered.entry_frames.len(), recovered.entries.len());
+        for (entry, location) in recovered.entries.iter().zip(&recovered.entry_frames) {
+            let start = location.offset as usize;
+            let frame = &file.bytes[start..start + location.len as usize];
+            assert_eq!(&decode_entry_frame(frame).unwrap(), entry);
+        }
+        // Frame i of `records` ends at frame_ends[i]; entry 2 is records[2].
+        assert_eq!(
+            recovered.entry_frames[0].offset as usize,
+            file.frame_ends[1]
+        );
+        assert_eq!(
+            recovered.entry_frames[2].offset as usize + recovered.entry_frames[2].len as usize,
+            file.frame_ends[8]
+        );
+    }
+
+    #[test]
+    fn decode_entry_frame_checks_every_byte() {
+        let mut frame = Vec::new();
+        encode_record(&Record::Entry(entry(9, 3, b"payload")), &mut frame).unwrap();
+        assert_eq!(decode_entry_frame(&frame).unwrap(), entry(9, 3, b"payload"));
+        for at in 0..frame.len() {
+            for flip in [0x01u8, 0xFF] {
+                let mut bad = frame.clone();
+                bad[at] ^= flip;
+                assert!(
+                    decode_entry_frame(&bad).is_err(),
+                    "flip {flip:#x} at byte {at}"
+                );
+            }
+        }
+        assert!(decode_entry_frame(&frame[..frame.len() - 1]).is_err());
+        assert!(decode_entry_frame(&frame[..5]).is_err());
+        let mut longer = frame.clone();
+        longer.push(0);
+        assert!(decode_entry_frame(&longer).is_err());
+        let mut not_an_entry = Vec::new();
+        encode_record(&hard_state(1, 1, 1), &mut not_an_entry).unwrap();
+        let error = decode_entry_frame(&not_an_entry).unwrap_err();
+        assert!(error.contains("expected an entry record"), "{error}");
     }
 }

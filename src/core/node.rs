@@ -281,6 +281,21 @@ impl RaftNode {
         self.raw.store()
     }
 
+    /// Entries from `first` on were written to the log file at `frames`.
+    pub fn record_frames(&mut self, first: u64, frames: &[crate::core::logfile::FrameLocation]) {
+        self.raw.mut_store().record_frames(first, frames);
+    }
+
+    /// The log file was rewritten after a compaction: the entries' new locations.
+    pub fn replace_frames(&mut self, frames: &[crate::core::logfile::FrameLocation]) {
+        self.raw.mut_store().replace_frames(frames);
+    }
+
+    /// `log-max-cache-size`, applied at once.
+    pub fn set_cache_limit(&mut self, limit_bytes: Option<usize>) {
+        self.raw.mut_store().set_cache_limit(limit_bytes);
+    }
+
     pub fn conf_state(&self) -> ConfState {
         self.raw.raft.prs().conf().to_conf_state()
     }

@@ -1,13 +1,29 @@
-//! The in-memory raft log that `raft::RawNode` reads through `raft::Storage`.
+//! The raft log that `raft::RawNode` reads through `raft::Storage`.
 //!
 //! It mirrors what the log file holds: the driver appends to both (the file
 //! for durability, this store for raft), and at start it is rebuilt from
 //! [`logfile::recover`]. Entry payloads are `bytes::Bytes`, so the clones
 //! handed to raft share memory with the store.
 //!
-//! Layout: entries `snapshot_point.index + 1 ..= last_index` are held in order;
+//! Layout: entries `snapshot_point.index + 1 ..= last_index` make up the log;
 //! the term at `snapshot_point.index` is kept so raft can still match it.
 //! Indexes at or below the snapshot point are compacted.
+//!
+//! # The entry cache
+//!
+//! Only the newest entries are held in memory (the *cache*, bounded by
+//! `log-max-cache-size` through [`LogStore::set_cache_limit`]). For every entry
+//! of the log the store keeps its term (as runs of equal terms) and, once the
+//! caller has written it, where its frame sits in the log file
+//! ([`LogStore::record_frames`]): 12 bytes per entry. An entry leaves the cache
+//! only once its frame location is known, so entries raft has not yet seen
+//! written are always served from memory. Older entries (a lagging follower's
+//! catch-up) are read back through a [`LogReader`] and verified like recovery
+//! verifies them: frame header check, payload checksum, decoding, and the
+//! index and term the store expects. A frame that fails is fatal
+//! ([`LogReader::fatal`]): the log on disk can no longer be trusted.
+//!
+//! Without a reader (the default, and the simulation) nothing is evicted.
 
 use std::collections::VecDeque;
 
@@ -15,12 +31,41 @@ use protobuf::Message as _;
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
 use raft::{GetEntriesContext, RaftState, Storage, StorageError, NO_LIMIT};
 
-use super::logfile::{self, LogPosition};
+use super::logfile::{self, FrameLocation, LogPosition};
 
-/// The raft log, hard state and configuration held in memory.
 /// The `data` of every raft Snapshot we hand out: the real bytes travel as a file.
 pub const SNAPSHOT_DATA_MARKER: &[u8] = b"redisraft-snapshot-file";
 
+/// Memory a cached entry takes besides its data and context: the `Entry` itself in the
+/// cache's ring buffer plus the shared-buffer header of its two `Bytes`.
+pub const CACHED_ENTRY_OVERHEAD_BYTES: usize = std::mem::size_of::<Entry>() + 32;
+
+/// Largest single read when entries are read back from the file.
+const READ_SPAN_BYTES: u64 = 1024 * 1024;
+/// Bytes of other frames (hard states, overwritten entries) a read may skip over before
+/// it is split in two.
+const READ_GAP_BYTES: u64 = 64 * 1024;
+
+/// Reads the log file back, for entries no longer in the cache. Implemented by the
+/// adapter over the real file (positioned reads) and by tests over a byte buffer.
+pub trait LogReader: Send {
+    /// Fills `buf` with the bytes of the current log file starting at `offset`.
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), String>;
+
+    /// An entry could not be read back or failed its checks: stop the node. The message
+    /// names the offset, the index and the problem.
+    fn fatal(&self, message: &str) -> !;
+}
+
+struct Reader(Box<dyn LogReader>);
+
+impl std::fmt::Debug for Reader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LogReader")
+    }
+}
+
+/// The raft log, hard state and configuration.
 #[derive(Default, Debug)]
 pub struct LogStore {
     hard_state: HardState,
@@ -32,18 +77,51 @@ pub struct LogStore {
     /// Raft asked for a snapshot we cannot give (none yet, or one that predates the
     /// follower's membership): the caller should take a new one.
     snapshot_wanted: std::cell::Cell<bool>,
-    /// `entries[i].index == snapshot_point.index + 1 + i`.
-    entries: VecDeque<Entry>,
-    /// Sum of data and context sizes over `entries`.
+    /// Index of the last entry; `snapshot_point.index` when the log is empty.
+    last_index: u64,
+    /// `(first index, term)` of each run of entries with one term, in index order. The
+    /// first run may start before the first index (its head was compacted). Empty when
+    /// the log is empty.
+    term_runs: VecDeque<(u64, u64)>,
+    /// The newest entries: `cache[i].index == last_index + 1 - cache.len() + i`.
+    cache: VecDeque<Entry>,
+    /// Sum of data and context sizes plus [`CACHED_ENTRY_OVERHEAD_BYTES`] over `cache`.
     cached_bytes: usize,
+    /// Frame offsets of entries `first_index ..` (a prefix of the log: entries the caller
+    /// has written and reported).
+    frame_offsets: VecDeque<u64>,
+    /// Frame lengths, parallel to `frame_offsets`.
+    frame_lens: VecDeque<u32>,
+    /// Bound on `cached_bytes`; `None` = keep everything.
+    cache_limit_bytes: Option<usize>,
+    reader: Option<Reader>,
 }
 
-fn payload_bytes(entry: &Entry) -> usize {
-    entry.data.len() + entry.context.len()
+fn cached_size(entry: &Entry) -> usize {
+    entry.data.len() + entry.context.len() + CACHED_ENTRY_OVERHEAD_BYTES
 }
 
 fn store_error(error: StorageError) -> raft::Error {
     raft::Error::Store(error)
+}
+
+/// Adds `entry` to `taken` unless the size limit says stop (the rule of
+/// `raft::util::limit_size`: the first entry always, then more while the total encoded
+/// size stays within the limit). Returns false when the limit was reached.
+fn take_within(
+    taken: &mut Vec<Entry>,
+    total_size: &mut u64,
+    entry: Entry,
+    max_size: Option<u64>,
+) -> bool {
+    if let Some(limit) = max_size {
+        *total_size += u64::from(entry.compute_size());
+        if !taken.is_empty() && *total_size > limit {
+            return false;
+        }
+    }
+    taken.push(entry);
+    true
 }
 
 impl LogStore {
@@ -52,7 +130,7 @@ impl LogStore {
         Self::default()
     }
 
-    /// The store as the log file left it.
+    /// The store as the log file left it, with the frame location of every entry.
     ///
     /// The commit index is raised to the compaction point when the file says
     /// less: compacted entries were applied, so they were committed, and raft
@@ -70,20 +148,40 @@ impl LogStore {
         let mut store = LogStore {
             conf_state,
             snapshot_point,
+            last_index: snapshot_point.index,
             ..Self::default()
         };
+        let first_index = store.first_index();
+        let frames = recovered.entry_frames;
         let entries: Vec<Entry> = recovered
             .entries
             .into_iter()
             .map(logfile::LogEntry::into_raft)
             .collect();
         store.append(&entries);
+        if frames.len() == entries.len() {
+            store.record_frames(first_index, &frames);
+        }
         store.set_hard_state(hard_state);
         store
     }
 
+    /// Lets the store drop entries from memory and read them back from the log file.
+    pub fn set_reader(&mut self, reader: Box<dyn LogReader>) {
+        self.reader = Some(Reader(reader));
+        self.evict();
+    }
+
+    /// Bounds the memory of the entry cache (`log-max-cache-size`); `None` keeps every
+    /// entry. Entries not yet written (no frame location) stay regardless.
+    pub fn set_cache_limit(&mut self, limit_bytes: Option<usize>) {
+        self.cache_limit_bytes = limit_bytes;
+        self.evict();
+    }
+
     /// Appends `new_entries`, first dropping any entries at or after the first
-    /// new index (raft overwrote a conflicting suffix).
+    /// new index (raft overwrote a conflicting suffix). New entries are cached until
+    /// [`LogStore::record_frames`] says where they were written.
     ///
     /// # Panics
     /// On a gap after the last index, on an index inside the compacted prefix,
@@ -112,12 +210,103 @@ impl LogStore {
             );
         }
 
-        let kept = (first_new.index - first_index) as usize;
-        let dropped_bytes: usize = self.entries.drain(kept..).map(|e| payload_bytes(&e)).sum();
-        self.cached_bytes -= dropped_bytes;
+        self.truncate_from(first_new.index);
         for entry in new_entries {
-            self.cached_bytes += payload_bytes(entry);
-            self.entries.push_back(entry.clone());
+            if self.term_runs.back().map(|&(_, term)| term) != Some(entry.term) {
+                self.term_runs.push_back((entry.index, entry.term));
+            }
+            self.cached_bytes += cached_size(entry);
+            self.cache.push_back(entry.clone());
+        }
+        self.last_index = new_entries[new_entries.len() - 1].index;
+    }
+
+    /// Drops entries `>= index` (`first_index <= index <= last_index + 1`).
+    fn truncate_from(&mut self, index: u64) {
+        let kept = (index - self.first_index()) as usize;
+        self.frame_offsets.truncate(kept);
+        self.frame_lens.truncate(kept);
+        while self
+            .term_runs
+            .back()
+            .is_some_and(|&(start, _)| start >= index)
+        {
+            self.term_runs.pop_back();
+        }
+        let cache_first = self.cache_first();
+        if index <= cache_first {
+            self.cache.clear();
+            self.cached_bytes = 0;
+        } else {
+            let dropped: usize = self
+                .cache
+                .drain((index - cache_first) as usize..)
+                .map(|e| cached_size(&e))
+                .sum();
+            self.cached_bytes -= dropped;
+        }
+        self.last_index = index - 1;
+    }
+
+    /// The caller wrote entries `first ..` to the log file at `frames`: they may now
+    /// leave the cache. `first` must directly follow the entries already located.
+    ///
+    /// # Panics
+    /// If `first` does not follow the located entries, or `frames` runs past the log.
+    pub fn record_frames(&mut self, first: u64, frames: &[FrameLocation]) {
+        if frames.is_empty() {
+            return;
+        }
+        let located_end = self.located_end();
+        assert_eq!(
+            first, located_end,
+            "frames recorded from index {first}, but entries are located up to {located_end}"
+        );
+        assert!(
+            first + frames.len() as u64 - 1 <= self.last_index(),
+            "frames recorded up to index {} beyond the last index {}",
+            first + frames.len() as u64 - 1,
+            self.last_index()
+        );
+        for frame in frames {
+            self.frame_offsets.push_back(frame.offset);
+            self.frame_lens.push_back(frame.len);
+        }
+        self.evict();
+    }
+
+    /// The log file was rewritten: `frames` are the new locations of entries
+    /// `first_index ..`, replacing every location known before.
+    pub fn replace_frames(&mut self, frames: &[FrameLocation]) {
+        self.frame_offsets.clear();
+        self.frame_lens.clear();
+        let first = self.first_index();
+        self.record_frames(first, frames);
+    }
+
+    /// One past the last entry whose frame location is known.
+    fn located_end(&self) -> u64 {
+        self.first_index() + self.frame_offsets.len() as u64
+    }
+
+    /// Index of the first cached entry (`last_index + 1` when the cache is empty).
+    fn cache_first(&self) -> u64 {
+        self.last_index + 1 - self.cache.len() as u64
+    }
+
+    /// Drops the oldest cached entries while the cache is over its limit, as long as
+    /// they can be read back.
+    fn evict(&mut self) {
+        let Some(limit) = self.cache_limit_bytes else {
+            return;
+        };
+        if self.reader.is_none() {
+            return;
+        }
+        let located_end = self.located_end();
+        while self.cached_bytes > limit && self.cache_first() < located_end {
+            let entry = self.cache.pop_front().expect("cache_first <= last_index");
+            self.cached_bytes -= cached_size(&entry);
         }
     }
 
@@ -171,21 +360,27 @@ impl LogStore {
             return;
         }
         if compact_index <= self.last_index() {
-            let dropped_count = (compact_index - self.snapshot_point.index) as usize;
-            let log_term = self.entries[dropped_count - 1].term;
+            let log_term = self.term_of_held(compact_index);
             assert_eq!(
                 log_term, term,
                 "compacting at index {compact_index} with term {term}, but the entry there has term {log_term}"
             );
-            let dropped_bytes: usize = self
-                .entries
-                .drain(..dropped_count)
-                .map(|e| payload_bytes(&e))
-                .sum();
-            self.cached_bytes -= dropped_bytes;
+            let dropped_count = (compact_index - self.snapshot_point.index) as usize;
+            let located = dropped_count.min(self.frame_offsets.len());
+            self.frame_offsets.drain(..located);
+            self.frame_lens.drain(..located);
+            let cache_first = self.cache_first();
+            if compact_index >= cache_first {
+                let dropped = ((compact_index + 1 - cache_first) as usize).min(self.cache.len());
+                let dropped_bytes: usize =
+                    self.cache.drain(..dropped).map(|e| cached_size(&e)).sum();
+                self.cached_bytes -= dropped_bytes;
+            }
+            while self.term_runs.len() >= 2 && self.term_runs[1].0 <= compact_index + 1 {
+                self.term_runs.pop_front();
+            }
         } else {
-            self.entries.clear();
-            self.cached_bytes = 0;
+            self.clear_log(compact_index);
         }
         self.snapshot_point = LogPosition {
             index: compact_index,
@@ -193,7 +388,15 @@ impl LogStore {
         };
     }
 
-    /// The last compacted position; (0, 0) if nothing was compacted.
+    fn clear_log(&mut self, last_index: u64) {
+        self.cache.clear();
+        self.cached_bytes = 0;
+        self.frame_offsets.clear();
+        self.frame_lens.clear();
+        self.term_runs.clear();
+        self.last_index = last_index;
+    }
+
     /// Compacts up to a snapshot that covers `index` and records the membership the
     /// snapshot holds, so raft can send it to followers that need compacted entries.
     pub fn compact_to_snapshot(&mut self, index: u64, term: u64, conf_state: ConfState) {
@@ -206,8 +409,7 @@ impl LogStore {
     /// and only calls this when the log must be discarded).
     pub fn apply_snapshot(&mut self, metadata: &raft::eraftpb::SnapshotMetadata) {
         let index = metadata.index;
-        self.entries.clear();
-        self.cached_bytes = 0;
+        self.clear_log(index);
         self.snapshot_point = LogPosition {
             index,
             term: metadata.term,
@@ -223,6 +425,7 @@ impl LogStore {
         self.snapshot_wanted.replace(false)
     }
 
+    /// The last compacted position; (0, 0) if nothing was compacted.
     pub fn snapshot_point(&self) -> LogPosition {
         self.snapshot_point
     }
@@ -232,16 +435,104 @@ impl LogStore {
     }
 
     pub fn last_index(&self) -> u64 {
-        self.snapshot_point.index + self.entries.len() as u64
+        self.last_index
     }
 
+    /// Entries in the log (cached or not).
     pub fn entry_count(&self) -> usize {
-        self.entries.len()
+        (self.last_index - self.snapshot_point.index) as usize
     }
 
-    /// Sum of data and context sizes of the entries held, in bytes.
+    /// Entries held in memory.
+    pub fn cached_entry_count(&self) -> usize {
+        self.cache.len()
+    }
+
+    /// Memory of the cached entries, in bytes: data, context and
+    /// [`CACHED_ENTRY_OVERHEAD_BYTES`] each.
     pub fn cached_bytes(&self) -> usize {
         self.cached_bytes
+    }
+
+    /// Term of an entry of the log (`first_index <= index <= last_index`).
+    fn term_of_held(&self, index: u64) -> u64 {
+        let run = self.term_runs.partition_point(|&(start, _)| start <= index);
+        assert!(run > 0, "no term known for index {index}");
+        self.term_runs[run - 1].1
+    }
+
+    /// Reads entries `[low, high)` (all older than the cache, all located) back from the
+    /// log file into `taken`, within the size limit. Returns false when the limit was
+    /// reached.
+    fn read_back(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: Option<u64>,
+        taken: &mut Vec<Entry>,
+        total_size: &mut u64,
+    ) -> bool {
+        let reader = match &self.reader {
+            Some(reader) => &reader.0,
+            None => panic!("entry {low} is not cached and there is no log reader"),
+        };
+        let first_index = self.first_index();
+        let location = |index: u64| {
+            let at = (index - first_index) as usize;
+            (self.frame_offsets[at], u64::from(self.frame_lens[at]))
+        };
+        let mut index = low;
+        while index < high {
+            // One positioned read covers consecutive frames, unless they are far apart or
+            // the read would get large.
+            let (span_start, first_len) = location(index);
+            let mut span_end = span_start + first_len;
+            let mut end = index + 1;
+            let wanted = max_size.map_or(u64::MAX, |limit| limit.saturating_sub(*total_size));
+            while end < high {
+                let (offset, len) = location(end);
+                let fits = offset >= span_end
+                    && offset - span_end <= READ_GAP_BYTES
+                    && offset + len - span_start <= READ_SPAN_BYTES
+                    && span_end - span_start < wanted;
+                if !fits {
+                    break;
+                }
+                span_end = offset + len;
+                end += 1;
+            }
+            let mut buffer = vec![0u8; (span_end - span_start) as usize];
+            if let Err(e) = reader.read_at(span_start, &mut buffer) {
+                reader.fatal(&format!(
+                    "cannot read log entries {index}..{end} back from the log file at byte \
+                     {span_start}: {e}"
+                ));
+            }
+            for at in index..end {
+                let (offset, len) = location(at);
+                let start = (offset - span_start) as usize;
+                let frame = &buffer[start..start + len as usize];
+                let entry = match logfile::decode_entry_frame(frame) {
+                    Ok(entry) => entry,
+                    Err(e) => reader.fatal(&format!(
+                        "corrupt at byte {offset}: entry {at} read back from disk: {e}"
+                    )),
+                };
+                let expected_term = self.term_of_held(at);
+                if entry.index != at || entry.term != expected_term {
+                    reader.fatal(&format!(
+                        "corrupt at byte {offset}: expected entry {at} of term \
+                         {expected_term}, found entry {} of term {}",
+                        entry.index, entry.term
+                    ));
+                }
+                if !take_within(taken, total_size, entry.into_raft(), max_size) {
+                    return false;
+                }
+            }
+            index = end;
+        }
+        true
     }
 }
 
@@ -255,7 +546,8 @@ impl Storage for LogStore {
 
     /// Entries in `[low, high)`, at least one if the range is not empty, then
     /// more while their total encoded size stays within `max_size` (the rule of
-    /// `raft::util::limit_size`, applied before cloning).
+    /// `raft::util::limit_size`, applied before cloning). Entries older than the cache
+    /// are read back from the log file.
     ///
     /// # Panics
     /// If `high > last_index + 1` or `low > high`, as raft's contract says.
@@ -267,8 +559,7 @@ impl Storage for LogStore {
         _context: GetEntriesContext,
     ) -> raft::Result<Vec<Entry>> {
         let max_size = max_size.into().filter(|&limit| limit != NO_LIMIT);
-        let first_index = self.first_index();
-        if low < first_index {
+        if low < self.first_index() {
             return Err(store_error(StorageError::Compacted));
         }
         assert!(
@@ -278,17 +569,23 @@ impl Storage for LogStore {
         );
         assert!(low <= high, "entries [{low}, {high}) is not a range");
 
-        let range = (low - first_index) as usize..(high - first_index) as usize;
-        let mut taken = Vec::with_capacity(range.len().min(1024));
+        let mut taken = Vec::with_capacity(((high - low) as usize).min(1024));
         let mut total_size: u64 = 0;
-        for entry in self.entries.range(range) {
-            if let Some(limit) = max_size {
-                total_size += u64::from(entry.compute_size());
-                if !taken.is_empty() && total_size > limit {
+        let cache_first = self.cache_first();
+        if low < cache_first {
+            let file_high = high.min(cache_first);
+            if !self.read_back(low, file_high, max_size, &mut taken, &mut total_size) {
+                return Ok(taken);
+            }
+        }
+        if high > cache_first {
+            let from = (low.max(cache_first) - cache_first) as usize;
+            let to = (high - cache_first) as usize;
+            for entry in self.cache.range(from..to) {
+                if !take_within(&mut taken, &mut total_size, entry.clone(), max_size) {
                     break;
                 }
             }
-            taken.push(entry.clone());
         }
         Ok(taken)
     }
@@ -303,7 +600,7 @@ impl Storage for LogStore {
         if index > self.last_index() {
             return Err(store_error(StorageError::Unavailable));
         }
-        Ok(self.entries[(index - self.first_index()) as usize].term)
+        Ok(self.term_of_held(index))
     }
 
     fn first_index(&self) -> raft::Result<u64> {
@@ -381,7 +678,13 @@ mod tests {
     }
 
     fn indexes(store: &LogStore) -> Vec<(u64, u64)> {
-        store.entries.iter().map(|e| (e.index, e.term)).collect()
+        let (first, last) = (store.first_index(), store.last_index());
+        store
+            .entries(first, last + 1, None, any_context())
+            .unwrap()
+            .iter()
+            .map(|e| (e.index, e.term))
+            .collect()
     }
 
     #[test]
@@ -566,15 +869,16 @@ mod tests {
 
     #[test]
     fn cached_bytes_track_data_and_context() {
+        const O: usize = CACHED_ENTRY_OVERHEAD_BYTES;
         let mut store = LogStore::new();
         let mut with_context = entry_with_data(2, 1, b"12345");
         with_context.context = b"abc".to_vec().into();
         store.append(&[entry_with_data(1, 1, b"1234567890"), with_context]);
-        assert_eq!(store.cached_bytes(), 18);
+        assert_eq!(store.cached_bytes(), 18 + 2 * O);
         store.append(&[entry_with_data(2, 2, b"xy"), entry_with_data(3, 2, b"z")]);
-        assert_eq!(store.cached_bytes(), 13);
+        assert_eq!(store.cached_bytes(), 13 + 3 * O);
         store.compact(1, 1);
-        assert_eq!(store.cached_bytes(), 3);
+        assert_eq!(store.cached_bytes(), 3 + 2 * O);
         store.compact(3, 2);
         assert_eq!(store.cached_bytes(), 0);
     }
@@ -645,7 +949,7 @@ mod tests {
 
         assert_eq!(store.snapshot_point(), LogPosition { index: 2, term: 1 });
         assert_eq!(indexes(&store), vec![(3, 2)]);
-        assert_eq!(store.cached_bytes(), 3);
+        assert_eq!(store.cached_bytes(), 3 + CACHED_ENTRY_OVERHEAD_BYTES);
         assert_eq!(store.conf_state(), &conf_state);
         // The file's commit (1) is below the compaction point, so it is raised.
         assert_eq!(
@@ -759,5 +1063,360 @@ mod tests {
             applied.last().map(|e| e.data.to_vec()),
             Some(b"SET c 3".to_vec())
         );
+    }
+
+    // ------------------------------------------------------------ the bounded cache
+
+    /// A log file in memory that the store reads back through [`LogReader`].
+    #[derive(Clone, Default)]
+    struct SharedFile(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl LogReader for SharedFile {
+        fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), String> {
+            let bytes = self.0.lock().unwrap();
+            let start = offset as usize;
+            let slice = bytes
+                .get(start..start + buf.len())
+                .ok_or_else(|| format!("short read at {offset}"))?;
+            buf.copy_from_slice(slice);
+            Ok(())
+        }
+
+        fn fatal(&self, message: &str) -> ! {
+            panic!("FATAL: {message}")
+        }
+    }
+
+    impl SharedFile {
+        fn new() -> SharedFile {
+            let file = SharedFile::default();
+            let mut bytes = encode_file_header();
+            let meta = Record::Meta {
+                dbid: "db".into(),
+                node_id: 1,
+                bootstrap_voters: vec![1],
+            };
+            encode_record(&meta, &mut bytes).unwrap();
+            *file.0.lock().unwrap() = bytes;
+            file
+        }
+
+        /// Writes entries (and a hard state after them, as the driver does) and returns
+        /// where each entry went.
+        fn write(&self, entries: &[Entry]) -> Vec<FrameLocation> {
+            let mut bytes = self.0.lock().unwrap();
+            let mut frames = Vec::new();
+            for entry in entries {
+                let offset = bytes.len();
+                encode_entry(entry, &mut bytes).unwrap();
+                frames.push(FrameLocation {
+                    offset: offset as u64,
+                    len: (bytes.len() - offset) as u32,
+                });
+            }
+            let hard_state = Record::HardState {
+                term: 1,
+                vote: 1,
+                commit: 0,
+            };
+            encode_record(&hard_state, &mut bytes).unwrap();
+            frames
+        }
+
+        /// A new file holding only `entries` (a rewrite after compaction).
+        fn rewrite(&self, entries: &[Entry]) -> Vec<FrameLocation> {
+            *self.0.lock().unwrap() = SharedFile::new().0.lock().unwrap().clone();
+            self.write(entries)
+        }
+    }
+
+    fn data_entry(index: u64, term: u64) -> Entry {
+        let len = (index * 37 % 200) as usize;
+        let data: Vec<u8> = (0..len).map(|i| (index as usize + i) as u8).collect();
+        entry_with_data(index, term, &data)
+    }
+
+    fn cost(entries: &[Entry]) -> usize {
+        entries.iter().map(cached_size).sum()
+    }
+
+    /// A store with a reader over `file` and a cache limit, plus an unbounded twin.
+    fn bounded_pair(limit: usize) -> (LogStore, LogStore, SharedFile) {
+        let file = SharedFile::new();
+        let mut store = LogStore::new();
+        store.set_reader(Box::new(file.clone()));
+        store.set_cache_limit(Some(limit));
+        (store, LogStore::new(), file)
+    }
+
+    fn append_written(
+        store: &mut LogStore,
+        twin: &mut LogStore,
+        file: &SharedFile,
+        batch: &[Entry],
+    ) {
+        store.append(batch);
+        twin.append(batch);
+        let frames = file.write(batch);
+        store.record_frames(batch[0].index, &frames);
+    }
+
+    /// Every range and several size limits give the same entries as the unbounded twin.
+    fn assert_same_reads(store: &LogStore, twin: &LogStore) {
+        let (first, last) = (store.first_index(), store.last_index());
+        assert_eq!((first, last), (twin.first_index(), twin.last_index()));
+        for low in first..=last + 1 {
+            for high in low..=last + 1 {
+                for max_size in [None, Some(0), Some(150), Some(700), Some(5000)] {
+                    assert_eq!(
+                        store.entries(low, high, max_size, any_context()),
+                        twin.entries(low, high, max_size, any_context()),
+                        "entries [{low}, {high}) max {max_size:?}"
+                    );
+                }
+            }
+        }
+        for index in first.saturating_sub(1)..=last + 1 {
+            assert_eq!(store.term(index), twin.term(index), "term {index}");
+        }
+    }
+
+    #[test]
+    fn the_cache_keeps_the_newest_entries_within_its_limit() {
+        let batch: Vec<Entry> = (1..=40).map(|index| data_entry(index, 1)).collect();
+        let limit = cost(&batch[30..]); // room for the last 10 exactly
+        let (mut store, mut twin, file) = bounded_pair(limit);
+        for chunk in batch.chunks(7) {
+            append_written(&mut store, &mut twin, &file, chunk);
+            assert!(
+                store.cached_bytes() <= limit,
+                "{} > {limit}",
+                store.cached_bytes()
+            );
+        }
+        assert_eq!(store.cached_entry_count(), 10);
+        assert_eq!(store.cached_bytes(), limit);
+        assert_eq!(store.entry_count(), 40);
+        assert_eq!(store.cache_first(), 31);
+        assert_same_reads(&store, &twin);
+    }
+
+    #[test]
+    fn entries_not_yet_written_are_never_evicted() {
+        let (mut store, mut twin, file) = bounded_pair(0);
+        let batch: Vec<Entry> = (1..=5).map(|index| data_entry(index, 1)).collect();
+        store.append(&batch);
+        twin.append(&batch);
+        // Nothing is written yet: all of it stays, whatever the limit.
+        assert_eq!(store.cached_entry_count(), 5);
+        assert_same_reads(&store, &twin);
+        let frames = file.write(&batch[..3]);
+        store.record_frames(1, &frames);
+        assert_eq!(store.cached_entry_count(), 2);
+        assert_eq!(store.cache_first(), 4);
+        assert_same_reads(&store, &twin);
+        let frames = file.write(&batch[3..]);
+        store.record_frames(4, &frames);
+        assert_eq!(store.cached_entry_count(), 0);
+        assert_same_reads(&store, &twin);
+    }
+
+    #[test]
+    #[should_panic(expected = "frames recorded from index 3, but entries are located up to 1")]
+    fn frames_must_be_recorded_in_order() {
+        let (mut store, _, file) = bounded_pair(0);
+        let batch: Vec<Entry> = (1..=5).map(|index| data_entry(index, 1)).collect();
+        store.append(&batch);
+        let frames = file.write(&batch[2..]);
+        store.record_frames(3, &frames);
+    }
+
+    #[test]
+    fn overwriting_evicted_entries_reads_the_new_ones() {
+        let (mut store, mut twin, file) = bounded_pair(cost(&[data_entry(1, 1)]) * 2);
+        let batch: Vec<Entry> = (1..=20).map(|index| data_entry(index, 1)).collect();
+        append_written(&mut store, &mut twin, &file, &batch);
+        assert!(store.cache_first() > 10);
+        // A new leader replaces 8.. with its own entries; the old frames stay in the file.
+        let newer: Vec<Entry> = (8..=12)
+            .map(|index| data_entry(index + 100, 2))
+            .map(|mut e| {
+                e.index -= 100;
+                e
+            })
+            .collect();
+        append_written(&mut store, &mut twin, &file, &newer);
+        assert_eq!(store.last_index(), 12);
+        assert_same_reads(&store, &twin);
+        assert_eq!(store.term(7), Ok(1));
+        assert_eq!(store.term(8), Ok(2));
+    }
+
+    #[test]
+    fn compaction_and_a_rewritten_file_keep_reads_right() {
+        let (mut store, mut twin, file) = bounded_pair(cost(&[data_entry(1, 1)]) * 3);
+        let batch: Vec<Entry> = (1..=30)
+            .map(|index| data_entry(index, 1 + index / 10))
+            .collect();
+        append_written(&mut store, &mut twin, &file, &batch);
+        store.compact(12, 2);
+        twin.compact(12, 2);
+        assert_same_reads(&store, &twin);
+        // The driver rewrites the file to start at the snapshot, then relocates.
+        let kept = store.entries(13, 31, None, any_context()).unwrap();
+        let frames = file.rewrite(&kept);
+        store.replace_frames(&frames);
+        assert_same_reads(&store, &twin);
+        store.compact(25, 3);
+        twin.compact(25, 3);
+        assert_same_reads(&store, &twin);
+        store.compact(40, 9);
+        twin.compact(40, 9);
+        assert_eq!(store.cached_entry_count(), 0);
+        assert_same_reads(&store, &twin);
+        let next = [data_entry(41, 9)];
+        append_written(&mut store, &mut twin, &file, &next);
+        assert_same_reads(&store, &twin);
+    }
+
+    #[test]
+    fn changing_the_limit_evicts_at_once() {
+        let (mut store, mut twin, file) = bounded_pair(usize::MAX);
+        let batch: Vec<Entry> = (1..=12).map(|index| data_entry(index, 1)).collect();
+        append_written(&mut store, &mut twin, &file, &batch);
+        assert_eq!(store.cached_entry_count(), 12);
+        store.set_cache_limit(Some(cost(&batch[8..])));
+        assert_eq!(store.cached_entry_count(), 4);
+        assert_same_reads(&store, &twin);
+        store.set_cache_limit(None);
+        // Raising the limit does not read anything back; new entries are kept again.
+        append_written(&mut store, &mut twin, &file, &[data_entry(13, 1)]);
+        assert_eq!(store.cached_entry_count(), 5);
+    }
+
+    #[test]
+    fn recovery_gives_the_store_the_frame_locations() {
+        let file = SharedFile::new();
+        let batch: Vec<Entry> = (1..=10).map(|index| data_entry(index, 1)).collect();
+        file.write(&batch);
+        let recovered = recover(&file.0.lock().unwrap()).unwrap();
+        let mut store = LogStore::from_recovered(recovered, voters(&[1]));
+        store.set_reader(Box::new(file.clone()));
+        store.set_cache_limit(Some(0));
+        assert_eq!(store.cached_entry_count(), 0);
+        let mut twin = LogStore::new();
+        twin.append(&batch);
+        twin.set_hard_state(store.hard_state().clone());
+        assert_same_reads(&store, &twin);
+    }
+
+    #[test]
+    fn a_corrupt_frame_read_back_stops_the_node() {
+        let (mut store, mut twin, file) = bounded_pair(0);
+        let batch: Vec<Entry> = (1..=6).map(|index| data_entry(index, 1)).collect();
+        append_written(&mut store, &mut twin, &file, &batch);
+        let offset = {
+            let frames = file.write(&[]); // hard state only; find entry 4's frame
+            drop(frames);
+            store.frame_offsets[3]
+        };
+        file.0.lock().unwrap()[offset as usize + 20] ^= 0x40;
+        let panic = catch_unwind(AssertUnwindSafe(|| {
+            store.entries(4, 5, None, any_context())
+        }))
+        .unwrap_err();
+        let message = panic.downcast_ref::<String>().unwrap();
+        assert!(
+            message.contains(&format!("corrupt at byte {offset}: entry 4")),
+            "{message}"
+        );
+        assert!(message.contains("checksum"), "{message}");
+        // A frame of another entry where entry 2 should be is caught too.
+        store.frame_offsets[1] = store.frame_offsets[0];
+        store.frame_lens[1] = store.frame_lens[0];
+        let panic = catch_unwind(AssertUnwindSafe(|| {
+            store.entries(2, 3, None, any_context())
+        }))
+        .unwrap_err();
+        let message = panic.downcast_ref::<String>().unwrap();
+        assert!(
+            message.contains("expected entry 2 of term 1, found entry 1"),
+            "{message}"
+        );
+    }
+
+    /// Random appends, overwrites, writes, compactions with rewrites and limit changes,
+    /// checked against an unbounded store after every step.
+    #[test]
+    fn random_histories_read_like_an_unbounded_store() {
+        for seed in 0..40u64 {
+            let mut rng = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+            let mut next = move |n: u64| {
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                rng % n
+            };
+            let limit = cost(&[data_entry(1, 1)]) * next(6) as usize;
+            let (mut store, mut twin, file) = bounded_pair(limit);
+            let mut term = 1;
+            let mut unwritten: Vec<Entry> = Vec::new();
+            for _ in 0..60 {
+                match next(10) {
+                    0..=4 => {
+                        // raft appends (maybe overwriting an unapplied suffix)
+                        let (first, last) = (store.first_index(), store.last_index());
+                        let start = if next(4) == 0 && last >= first {
+                            term += 1;
+                            first + next(last - first + 1)
+                        } else {
+                            last + 1
+                        };
+                        let batch: Vec<Entry> = (start..start + 1 + next(5))
+                            .map(|index| data_entry(index, term))
+                            .collect();
+                        store.append(&batch);
+                        twin.append(&batch);
+                        // Not yet written: drop what was overwritten, keep the rest.
+                        unwritten.retain(|e| e.index < start);
+                        unwritten.extend(batch);
+                    }
+                    5..=7 if !unwritten.is_empty() => {
+                        let batch = std::mem::take(&mut unwritten);
+                        let frames = file.write(&batch);
+                        store.record_frames(batch[0].index, &frames);
+                    }
+                    8 if unwritten.is_empty() && store.last_index() >= store.first_index() => {
+                        let (first, last) = (store.first_index(), store.last_index());
+                        let at = first + next(last - first + 1);
+                        let at_term = twin.term(at).unwrap();
+                        store.compact(at, at_term);
+                        twin.compact(at, at_term);
+                        let kept = store
+                            .entries(at + 1, last + 1, None, any_context())
+                            .unwrap();
+                        let frames = file.rewrite(&kept);
+                        store.replace_frames(&frames);
+                    }
+                    _ => store.set_cache_limit(Some(cost(&[data_entry(1, 1)]) * next(8) as usize)),
+                }
+                let located = store.frame_offsets.len() as u64;
+                assert!(store.cache_first() <= store.first_index() + located);
+                let (first, last) = (store.first_index(), store.last_index());
+                for low in first..=last + 1 {
+                    assert_eq!(
+                        store.entries(low, last + 1, None, any_context()),
+                        twin.entries(low, last + 1, None, any_context()),
+                        "seed {seed}: entries from {low}"
+                    );
+                    assert_eq!(
+                        store.entries(low, last + 1, 300, any_context()),
+                        twin.entries(low, last + 1, 300, any_context()),
+                        "seed {seed}: entries from {low}, limited"
+                    );
+                }
+                assert_eq!(store.term(last), twin.term(last), "seed {seed}");
+            }
+        }
     }
 }

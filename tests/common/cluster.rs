@@ -344,7 +344,13 @@ impl Cluster {
                 .map(|(id, _)| id)
                 .collect();
             leader = Some(l);
-            voters == want && num(&info, "raft_num_voting_nodes") == ids.len() as i64
+            // Each node applies its promotion after the leader does: ask them too.
+            voters == want
+                && num(&info, "raft_num_voting_nodes") == ids.len() as i64
+                && ids.iter().all(|&id| {
+                    self.info(id)
+                        .is_some_and(|i| field(&i, "raft_is_voting") == "yes")
+                })
         });
         assert!(
             ok,

@@ -11,8 +11,12 @@
 //! * process kill: the page cache survives, so every written byte is still there, but
 //!   unsynced bytes stay unsynced: a later power loss can still take them.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
 use raft::eraftpb::{Entry, HardState};
-use redisraft::core::logfile::{self, Record, FRAME_HEADER_LEN};
+use redisraft::core::logfile::{self, FrameLocation, Record, FRAME_HEADER_LEN};
+use redisraft::core::storage::LogReader;
 
 use super::rng::Rng;
 
@@ -21,6 +25,30 @@ pub struct Disk {
     pub synced_len: usize,
     /// End offsets of the frames written after `synced_len`.
     unsynced_frame_ends: Vec<usize>,
+    /// What the running process reads back through [`DiskReader`] (the page cache): a copy
+    /// of `bytes` made at start and extended by every append. `None` while no process runs.
+    page_cache: Option<Arc<Mutex<Vec<u8>>>>,
+}
+
+/// The running process's view of its log file, for the `LogStore`'s entry cache; counts
+/// its reads.
+pub struct DiskReader(Arc<Mutex<Vec<u8>>>, Arc<AtomicU64>);
+
+impl LogReader for DiskReader {
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), String> {
+        self.1.fetch_add(1, Ordering::Relaxed);
+        let bytes = self.0.lock().map_err(|e| e.to_string())?;
+        let start = usize::try_from(offset).map_err(|e| e.to_string())?;
+        let slice = bytes
+            .get(start..start + buf.len())
+            .ok_or_else(|| format!("read of {} bytes at {offset} past the end", buf.len()))?;
+        buf.copy_from_slice(slice);
+        Ok(())
+    }
+
+    fn fatal(&self, message: &str) -> ! {
+        panic!("simulated node stops: {message}")
+    }
 }
 
 /// How a crash left the file, for the trace.
@@ -57,14 +85,35 @@ impl Disk {
             bytes,
             synced_len,
             unsynced_frame_ends: Vec::new(),
+            page_cache: None,
         }
     }
 
+    /// A process starts on this file: its reader sees the bytes as they are now and every
+    /// later append.
+    pub fn reader(&mut self, reads: Arc<AtomicU64>) -> DiskReader {
+        let cache = Arc::new(Mutex::new(self.bytes.clone()));
+        self.page_cache = Some(cache.clone());
+        DiskReader(cache, reads)
+    }
+
     /// One Ready cycle's write: the entries, then the hard state (`LogFile::append`).
-    pub fn append(&mut self, entries: &[Entry], hard_state: Option<&HardState>) {
+    /// Returns where each entry went.
+    pub fn append(
+        &mut self,
+        entries: &[Entry],
+        hard_state: Option<&HardState>,
+    ) -> Vec<FrameLocation> {
+        let written_from = self.bytes.len();
+        let mut frames = Vec::with_capacity(entries.len());
         for entry in entries {
+            let offset = self.bytes.len();
             logfile::encode_entry(entry, &mut self.bytes).expect("entry encodes");
             self.unsynced_frame_ends.push(self.bytes.len());
+            frames.push(FrameLocation {
+                offset: offset as u64,
+                len: (self.bytes.len() - offset) as u32,
+            });
         }
         if let Some(hs) = hard_state {
             let record = Record::HardState {
@@ -75,6 +124,13 @@ impl Disk {
             logfile::encode_record(&record, &mut self.bytes).expect("hard state encodes");
             self.unsynced_frame_ends.push(self.bytes.len());
         }
+        if let Some(cache) = &self.page_cache {
+            cache
+                .lock()
+                .expect("page cache lock")
+                .extend_from_slice(&self.bytes[written_from..]);
+        }
+        frames
     }
 
     pub fn sync(&mut self) {

@@ -73,6 +73,10 @@ pub struct Params {
     /// Off: see what a disagreement leads to (docs/SIMULATION.md, bug 3).
     pub check_conf: bool,
     pub mutation: Mutation,
+    /// `log-max-cache-size` of every node's `LogStore`: entries beyond it are read back
+    /// from the simulated file. `None`: keep every entry (no reader). From the seed (no
+    /// random draw, so runs stay what they were): 0 bytes, 2 KB or unbounded in turn.
+    pub cache_limit: Option<usize>,
     /// Print every traced event as it happens.
     pub trace: bool,
 }
@@ -91,6 +95,7 @@ impl Params {
             open_syncs: true,
             check_conf: true,
             mutation: Mutation::None,
+            cache_limit: [Some(0), Some(2_048), None][(seed % 3) as usize],
             trace: false,
         }
     }
@@ -180,6 +185,8 @@ pub struct Stats {
     pub dropped: u64,
     pub duplicated: u64,
     pub liveness_time: u64,
+    /// Positioned reads of entries no longer cached (`Params::cache_limit`).
+    pub file_reads: u64,
 }
 
 impl Stats {
@@ -205,6 +212,7 @@ impl Stats {
         self.dropped += other.dropped;
         self.duplicated += other.duplicated;
         self.liveness_time = self.liveness_time.max(other.liveness_time);
+        self.file_reads += other.file_reads;
     }
 }
 
@@ -217,7 +225,7 @@ impl std::fmt::Display for Stats {
              crashes {} ({} mid-cycle, {} power losses and {} kills with unsynced bytes, \
              {} torn tails cut), restarts {}, partitions {}, conf changes committed {}, \
              nodes removed {}, messages sent {} delivered {} dropped {} duplicated {}, \
-             longest liveness phase {} time units",
+             longest liveness phase {} time units, entry reads from the log file {}",
             self.elections,
             self.max_term,
             self.committed,
@@ -238,7 +246,8 @@ impl std::fmt::Display for Stats {
             self.delivered,
             self.dropped,
             self.duplicated,
-            self.liveness_time
+            self.liveness_time,
+            self.file_reads
         )
     }
 }
@@ -334,6 +343,8 @@ pub struct World {
     pub stats: Stats,
     trace: VecDeque<String>,
     chaos: bool,
+    /// Reads of entries that left a node's cache (`Params::cache_limit`).
+    file_reads: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 pub struct Outcome {
@@ -372,6 +383,7 @@ impl World {
             stats: Stats::default(),
             trace: VecDeque::new(),
             chaos: true,
+            file_reads: Default::default(),
         }
     }
 
@@ -412,6 +424,7 @@ impl World {
         self.liveness()?;
         self.check_mirrors()?;
         self.stats.committed = self.committed.len() as u64;
+        self.stats.file_reads = self.file_reads.load(std::sync::atomic::Ordering::Relaxed);
         Ok(Outcome {
             stats: self.stats.clone(),
             fingerprint: self.fingerprint(),
@@ -755,7 +768,10 @@ impl World {
             // 2. Persist entries and hard state: one write and one sync per cycle.
             if must_persist {
                 let node = self.nodes.get_mut(&id).expect("exists");
-                node.disk.append(&out.entries, hard_state.as_ref());
+                let frames = node.disk.append(&out.entries, hard_state.as_ref());
+                if let Some(first) = out.entries.first() {
+                    proc.raft.record_frames(first.index, &frames);
+                }
                 node.unsynced
                     .push((out.entries.clone(), hard_state.clone()));
                 proc.log
@@ -1349,7 +1365,11 @@ impl World {
         let conf_state = ConfState::from((meta.bootstrap_voters.clone(), Vec::<u64>::new()));
         let applied = recovered.compacted.map_or(0, |point| point.index);
         let commit_on_disk = recovered.hard_state.map_or(0, |hs| hs.commit);
-        let store = LogStore::from_recovered(recovered, conf_state);
+        let mut store = LogStore::from_recovered(recovered, conf_state);
+        if let Some(limit) = self.p.cache_limit {
+            store.set_reader(Box::new(node.disk.reader(self.file_reads.clone())));
+            store.set_cache_limit(Some(limit));
+        }
         let params = NodeParams {
             id,
             election_ticks: ELECTION_TICKS,
