@@ -46,7 +46,12 @@ fn fatal(path: &Path, action: &str, error: std::io::Error) -> ! {
 
 impl LogFile {
     /// Opens an existing log, validates it and cuts a torn tail. `Ok(None)`: no log yet.
-    pub fn open(path: &Path) -> Result<Option<(LogFile, Recovered)>, String> {
+    /// Only the newest `keep_data_bytes` of entry data are kept in memory (the entry cache
+    /// reads the rest back from the file).
+    pub fn open(
+        path: &Path,
+        keep_data_bytes: usize,
+    ) -> Result<Option<(LogFile, Recovered)>, String> {
         let mut file = match OpenOptions::new().read(true).append(true).open(path) {
             Ok(file) => file,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -55,7 +60,7 @@ impl LogFile {
         let mut bytes = Vec::new();
         file.read_to_end(&mut bytes)
             .map_err(|e| format!("cannot read log file {}: {e}", path.display()))?;
-        let recovered = logfile::recover(&bytes).map_err(|e| {
+        let recovered = logfile::recover_keeping(&bytes, keep_data_bytes).map_err(|e| {
             format!(
                 "log file {} is corrupt: {e}; refusing to start",
                 path.display()

@@ -96,7 +96,9 @@ fn try_init(ctx: &Context, args: &[RedisString]) -> Result<(), String> {
     }
     let files = snapshots::SnapshotFiles::for_log(&handlers::log_path());
     files.remove_leftovers();
-    if let Some((log, recovered)) = LogFile::open(&handlers::log_path())? {
+    let cache_bytes = crate::adapters::configs::config().log_max_cache_size;
+    let cache_bytes = usize::try_from(cache_bytes).unwrap_or(usize::MAX);
+    if let Some((log, recovered)) = LogFile::open(&handlers::log_path(), cache_bytes)? {
         if files.current.exists() {
             // Check the snapshot belongs with this log before the server starts serving.
             let snapshot = snapshots::read_meta(&files.current)?;

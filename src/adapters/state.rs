@@ -309,6 +309,12 @@ pub fn start_node(
             (store, 0)
         }
     };
+    // The entry cache keeps the newest log-max-cache-size bytes; older entries (and those
+    // recovered without their data) are read back from the log file.
+    store.set_reader(Box::new(log.reader()));
+    store.set_cache_limit(Some(
+        usize::try_from(settings.log_max_cache_size).unwrap_or(usize::MAX),
+    ));
     if let Some(snapshot) = snapshot {
         if store.snapshot_point().index > snapshot.index {
             return Err(format!(
@@ -345,12 +351,6 @@ pub fn start_node(
         max_append_bytes: settings.append_req_max_size,
         max_inflight_appends: settings.append_req_max_count.max(1) as usize,
     };
-    // The entry cache keeps the newest log-max-cache-size bytes; older entries are read
-    // back from the log file.
-    store.set_reader(Box::new(log.reader()));
-    store.set_cache_limit(Some(
-        usize::try_from(settings.log_max_cache_size).unwrap_or(usize::MAX),
-    ));
     let node = RaftNode::new(&params, store).map_err(|e| format!("cannot start raft: {e}"))?;
     let my_addr = my_addr(state.apply_ctx);
     let source_host = my_addr

@@ -358,6 +358,9 @@ pub struct Recovered {
     /// Where each of `entries` sits in the file (same length and order), so the entry
     /// cache can drop entries and read them back later.
     pub entry_frames: Vec<FrameLocation>,
+    /// `entries[..entries_without_data]` carry no data and no context (see
+    /// [`recover_keeping`]); 0 from [`recover`].
+    pub entries_without_data: usize,
     /// Bytes of the file that are good; the caller truncates the file to this.
     pub valid_len: usize,
     /// Bytes after `valid_len` that were dropped as a torn tail.
@@ -378,6 +381,10 @@ impl Recovered {
             .last()
             .map_or(self.first_index() - 1, |entry| entry.index)
     }
+}
+
+fn data_bytes(entry: &LogEntry) -> usize {
+    entry.data.len() + entry.context.len()
 }
 
 /// Where one frame sits in the log file: its first byte and its length, header included.
@@ -620,6 +627,14 @@ impl std::error::Error for RecoveryError {}
 
 /// Replays a whole log file. See the module documentation for the rules.
 pub fn recover(bytes: &[u8]) -> Result<Recovered, RecoveryError> {
+    recover_keeping(bytes, usize::MAX)
+}
+
+/// [`recover`], keeping the data and context of only the newest entries whose sizes add
+/// up to at most `keep_data_bytes`: the older ones come back with empty data and context
+/// ([`Recovered::entries_without_data`] of them, at the front), to be read from the file
+/// when needed. Bounds the memory of a restart by the entry cache, not the log size.
+pub fn recover_keeping(bytes: &[u8], keep_data_bytes: usize) -> Result<Recovered, RecoveryError> {
     if bytes.len() < FILE_HEADER_LEN {
         let expected = encode_file_header();
         let is_partial_header = expected.starts_with(bytes) || is_all_zero(bytes);
@@ -642,7 +657,10 @@ pub fn recover(bytes: &[u8]) -> Result<Recovered, RecoveryError> {
         });
     }
 
-    let mut replay = Replay::default();
+    let mut replay = Replay {
+        keep_data_bytes,
+        ..Replay::default()
+    };
     let mut position = FILE_HEADER_LEN;
     while let FrameRead::Record { payload, frame_len } = read_frame(bytes, position)? {
         let record =
@@ -736,6 +754,12 @@ struct Replay {
     /// Parallel to `entries`.
     entry_frames: Vec<FrameLocation>,
     records: usize,
+    /// See [`recover_keeping`].
+    keep_data_bytes: usize,
+    /// `entries[..stripped]` had their data and context dropped.
+    stripped: usize,
+    /// Data and context bytes of `entries[stripped..]`.
+    kept_data_bytes: usize,
 }
 
 impl Replay {
@@ -831,9 +855,7 @@ impl Replay {
                     commit,
                 });
             }
-            self.entries.truncate((entry.index - first_index) as usize);
-            self.entry_frames
-                .truncate((entry.index - first_index) as usize);
+            self.drop_entries_from((entry.index - first_index) as usize);
         }
         let previous_term = self.term_at(entry.index - 1);
         if entry.term < previous_term {
@@ -844,9 +866,29 @@ impl Replay {
                 previous_term,
             });
         }
+        self.kept_data_bytes += data_bytes(&entry);
         self.entries.push(entry);
         self.entry_frames.push(location);
+        while self.kept_data_bytes > self.keep_data_bytes && self.stripped < self.entries.len() {
+            let oldest = &mut self.entries[self.stripped];
+            self.kept_data_bytes -= data_bytes(oldest);
+            oldest.data = Vec::new();
+            oldest.context = Vec::new();
+            self.stripped += 1;
+        }
         Ok(())
+    }
+
+    /// Drops `entries[kept..]`.
+    fn drop_entries_from(&mut self, kept: usize) {
+        let dropped_data: usize = self.entries[self.stripped.max(kept)..]
+            .iter()
+            .map(data_bytes)
+            .sum();
+        self.kept_data_bytes -= dropped_data;
+        self.stripped = self.stripped.min(kept);
+        self.entries.truncate(kept);
+        self.entry_frames.truncate(kept);
     }
 
     fn apply_hard_state(
@@ -904,12 +946,17 @@ impl Replay {
                 });
             }
             let dropped = (point.index + 1 - first_index) as usize;
+            let dropped_data: usize = self.entries[self.stripped.min(dropped)..dropped]
+                .iter()
+                .map(data_bytes)
+                .sum();
+            self.kept_data_bytes -= dropped_data;
+            self.stripped = self.stripped.saturating_sub(dropped);
             self.entries.drain(..dropped);
             self.entry_frames.drain(..dropped);
         } else {
             // A snapshot past our log replaced all of it.
-            self.entries.clear();
-            self.entry_frames.clear();
+            self.drop_entries_from(0);
         }
         self.compacted = Some(point);
         Ok(())
@@ -932,6 +979,7 @@ impl Replay {
             compacted: self.compacted,
             entries: self.entries,
             entry_frames: self.entry_frames,
+            entries_without_data: self.stripped,
             valid_len,
             torn_tail_bytes: file_len - valid_len,
             records: self.records,
@@ -1787,5 +1835,49 @@ mod tests {
         encode_record(&hard_state(1, 1, 1), &mut not_an_entry).unwrap();
         let error = decode_entry_frame(&not_an_entry).unwrap_err();
         assert!(error.contains("expected an entry record"), "{error}");
+    }
+
+    #[test]
+    fn recover_keeping_drops_the_data_of_old_entries_only() {
+        // Entries with varied data, an overwritten suffix and a compaction in between.
+        let mut records = vec![meta_record()];
+        for index in 1..=30u64 {
+            records.push(Record::Entry(entry(index, 1, &varied_data(index))));
+            if index % 7 == 0 {
+                records.push(hard_state(1, 1, index - 3));
+            }
+        }
+        for index in 27..=40u64 {
+            records.push(Record::Entry(entry(index, 2, &varied_data(index + 100))));
+        }
+        records.push(Record::Compacted { index: 10, term: 1 });
+        records.push(Record::Entry(entry(41, 2, b"last")));
+        let bytes = file_of(&records).bytes;
+        let full = recover(&bytes).unwrap();
+        assert_eq!(full.entries_without_data, 0);
+        for keep in [0usize, 1, 100, 500, 2_000, usize::MAX] {
+            let kept = recover_keeping(&bytes, keep).unwrap();
+            let stripped = kept.entries_without_data;
+            assert_eq!(kept.entries.len(), full.entries.len(), "keep {keep}");
+            assert_eq!(kept.entry_frames, full.entry_frames, "keep {keep}");
+            assert_eq!(
+                (kept.hard_state, kept.compacted, kept.valid_len),
+                (full.hard_state, full.compacted, full.valid_len)
+            );
+            let data: usize = kept.entries[stripped..].iter().map(data_bytes).sum();
+            assert!(data <= keep, "keep {keep}: {data} bytes kept");
+            if stripped > 0 {
+                // Keeping one more entry would have gone over the budget.
+                assert!(data + data_bytes(&full.entries[stripped - 1]) > keep);
+            }
+            for (i, (got, want)) in kept.entries.iter().zip(&full.entries).enumerate() {
+                assert_eq!((got.index, got.term), (want.index, want.term));
+                if i < stripped {
+                    assert!(got.data.is_empty() && got.context.is_empty());
+                } else {
+                    assert_eq!(got, want, "keep {keep}, entry {}", got.index);
+                }
+            }
+        }
     }
 }

@@ -153,15 +153,23 @@ impl LogStore {
         };
         let first_index = store.first_index();
         let frames = recovered.entry_frames;
-        let entries: Vec<Entry> = recovered
-            .entries
+        let mut entries = recovered.entries;
+        assert_eq!(frames.len(), entries.len(), "one frame location per entry");
+        let with_data = entries.split_off(recovered.entries_without_data);
+        // Entries recovered without their data are known by term and location only: they
+        // are read back from the file when raft asks (after `set_reader`).
+        for entry in &entries {
+            if store.term_runs.back().map(|&(_, term)| term) != Some(entry.term) {
+                store.term_runs.push_back((entry.index, entry.term));
+            }
+            store.last_index = entry.index;
+        }
+        let with_data: Vec<Entry> = with_data
             .into_iter()
             .map(logfile::LogEntry::into_raft)
             .collect();
-        store.append(&entries);
-        if frames.len() == entries.len() {
-            store.record_frames(first_index, &frames);
-        }
+        store.append(&with_data);
+        store.record_frames(first_index, &frames);
         store.set_hard_state(hard_state);
         store
     }
@@ -1307,6 +1315,30 @@ mod tests {
         let mut twin = LogStore::new();
         twin.append(&batch);
         twin.set_hard_state(store.hard_state().clone());
+        assert_same_reads(&store, &twin);
+    }
+
+    #[test]
+    fn entries_recovered_without_data_are_read_back() {
+        let file = SharedFile::new();
+        let batch: Vec<Entry> = (1..=12)
+            .map(|index| data_entry(index, 1 + index / 5))
+            .collect();
+        file.write(&batch[..5]);
+        file.write(&batch[5..]);
+        let keep = batch[9..].iter().map(|e| e.data.len()).sum();
+        let recovered =
+            crate::core::logfile::recover_keeping(&file.0.lock().unwrap(), keep).unwrap();
+        assert_eq!(recovered.entries_without_data, 9);
+        let mut store = LogStore::from_recovered(recovered, voters(&[1]));
+        assert_eq!(store.cached_entry_count(), 3);
+        store.set_reader(Box::new(file.clone()));
+        store.set_cache_limit(Some(usize::MAX));
+        let mut twin = LogStore::new();
+        twin.append(&batch);
+        twin.set_hard_state(store.hard_state().clone());
+        assert_same_reads(&store, &twin);
+        append_written(&mut store, &mut twin, &file, &[data_entry(13, 3)]);
         assert_same_reads(&store, &twin);
     }
 
