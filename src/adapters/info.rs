@@ -47,6 +47,7 @@ struct NodeLine {
 }
 
 fn build(ctx: &InfoContext) -> RedisResult<()> {
+    let waiting_requests = with_state(|state| state.waiters.len());
     let (node_state, meta, applied, shared, lines, voting_nodes, is_voting) = with_state(|state| {
         let me = state.my_id();
         let stats = state
@@ -161,6 +162,21 @@ fn build(ctx: &InfoContext) -> RedisResult<()> {
         .field("proxy_reqs", load(&PROXY_REQS))?
         .field("proxy_failed_reqs", load(&PROXY_FAILED_REQS))?
         .field("proxy_outstanding_reqs", load(&PROXY_OUTSTANDING_REQS))?
+        // Back-pressure: clients waiting on the log, and what holds them.
+        .field("waiting_requests", waiting_requests as u64)?
+        .field(
+            "blocked_clients",
+            crate::adapters::blocking::parked_count() as u64,
+        )?
+        .field(
+            "watching_clients",
+            crate::adapters::watch::watching_count() as u64,
+        )?
+        .field("held_writes", crate::adapters::watch::held_count() as u64)?
+        .field(
+            "open_transactions",
+            crate::adapters::transactions::open_count() as u64,
+        )?
         .build_section()?
         .add_section("stats")
         .field("appendreq_received", load(&PEER_TRAFFIC.appendreq_received))?

@@ -41,6 +41,11 @@ pub fn any_open() -> bool {
     OPEN.with(|open| !open.borrow().is_empty())
 }
 
+/// Clients between MULTI and EXEC (INFO).
+pub fn open_count() -> usize {
+    OPEN.with(|open| open.borrow().len())
+}
+
 /// A client disconnected: its transaction and watches are gone.
 pub fn forget(client: u64) {
     OPEN.with(|open| open.borrow_mut().remove(&client));

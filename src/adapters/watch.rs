@@ -289,3 +289,13 @@ fn is_quiet() -> bool {
                 && state.expire_in_flight_until_ms < crate::adapters::execute::wall_clock_ms()
         })
 }
+
+/// Clients with watches (INFO).
+pub fn watching_count() -> usize {
+    STATE.with(|state| state.borrow().clients.len())
+}
+
+/// Writes held behind a waiting EXEC (INFO).
+pub fn held_count() -> usize {
+    STATE.with(|state| state.borrow().held.len())
+}
