@@ -159,6 +159,23 @@ struct PeerCounters {
     messages_sent: AtomicU64,
     messages_dropped: AtomicU64,
     error_replies: AtomicU64,
+    /// Payload bytes of the messages waiting in this peer's queue.
+    queued_bytes: AtomicU64,
+}
+
+/// Bound on the payload bytes queued for one peer. Raft resends what is dropped, but a
+/// follower slow to take a huge entry would otherwise get it queued again on every
+/// heartbeat answer, each copy read back from the log file: memory without bound.
+const MAX_QUEUED_BYTES_PER_PEER: u64 = 64 * 1024 * 1024;
+
+/// Entry and snapshot payload bytes a message carries.
+fn payload_bytes(message: &Message) -> u64 {
+    let entries: usize = message
+        .get_entries()
+        .iter()
+        .map(|entry| entry.data.len() + entry.context.len())
+        .sum();
+    (entries + message.get_snapshot().data.len()) as u64
 }
 
 impl PeerCounters {
@@ -172,6 +189,7 @@ impl PeerCounters {
             messages_sent: carry(&old.messages_sent),
             messages_dropped: carry(&old.messages_dropped),
             error_replies: carry(&old.error_replies),
+            queued_bytes: AtomicU64::new(0),
         }
     }
 
@@ -304,8 +322,23 @@ impl Transport {
         message: Message,
     ) -> Result<(), SendError> {
         let entry = peers.get(&to).ok_or(SendError::UnknownPeer)?;
-        match entry.queue.try_send(message) {
-            Ok(()) => Ok(()),
+        let size = payload_bytes(&message);
+        let queued = entry.counters.queued_bytes.load(Ordering::Relaxed);
+        // One message always fits in an empty queue, however large.
+        let too_many_bytes = queued > 0 && queued + size > MAX_QUEUED_BYTES_PER_PEER;
+        let sent = if too_many_bytes {
+            Err(TrySendError::Full(message))
+        } else {
+            entry.queue.try_send(message)
+        };
+        match sent {
+            Ok(()) => {
+                entry
+                    .counters
+                    .queued_bytes
+                    .fetch_add(size, Ordering::Relaxed);
+                Ok(())
+            }
             Err(TrySendError::Full(_)) => {
                 entry
                     .counters
@@ -409,6 +442,14 @@ struct PeerLink {
 }
 
 impl PeerLink {
+    /// A message left the queue: its bytes no longer count against the bound.
+    fn dequeued(&self, message: Message) -> Message {
+        self.counters
+            .queued_bytes
+            .fetch_sub(payload_bytes(&message), Ordering::Relaxed);
+        message
+    }
+
     fn mark_unreachable(&self) {
         lock(&self.unreachable).insert(self.id);
     }
@@ -592,7 +633,7 @@ async fn write_batches(
         let first = match carried.take() {
             Some(encoded) => encoded,
             None => match queue.recv().await {
-                Some(message) => match encode_message(link, &message) {
+                Some(message) => match encode_message(link, &link.dequeued(message)) {
                     Some(encoded) => encoded,
                     None => continue,
                 },
@@ -603,7 +644,7 @@ async fn write_batches(
             first,
             &mut carried,
             || loop {
-                let message = queue.try_recv().ok()?;
+                let message = link.dequeued(queue.try_recv().ok()?);
                 if let Some(encoded) = encode_message(link, &message) {
                     return Some(encoded);
                 }
