@@ -286,7 +286,7 @@ pub fn receive_done(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     let total = args[4]
         .parse_unsigned_integer()
         .map_err(|_| RedisError::Str("ERR invalid size"))?;
-    let message = Message::parse_from_bytes(args[5].as_slice())
+    let message = crate::core::peer_check::parse_protobuf::<Message>(args[5].as_slice())
         .map_err(|_| RedisError::Str("ERR malformed raft message"))?;
     let me = with_state(|state| state.my_id());
     if message.get_msg_type() != MessageType::MsgSnapshot

@@ -983,7 +983,7 @@ pub fn decode_raft_msg<A: AsRef<[u8]>>(args: &[A]) -> Result<RaftMsg, String> {
     let messages = messages
         .iter()
         .map(|encoded| {
-            let message = Message::parse_from_bytes(encoded.as_ref())
+            let message = crate::core::peer_check::parse_protobuf::<Message>(encoded.as_ref())
                 .map_err(|error| format!("ERR invalid raft message: {error}"))?;
             if message.from != sender_id {
                 return Err(format!(

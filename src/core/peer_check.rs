@@ -17,6 +17,21 @@ use raft::eraftpb::MessageType;
 
 use crate::core::membership::Membership;
 
+/// Decodes a protobuf message (a raft `Message`, a `ConfChangeV2`, ...) from bytes a peer
+/// sent, without trusting any length it declares. `parse_from_bytes` reads a plain slice:
+/// for a `bytes` field (raft's entry data, contexts) it reserves the declared length, up to
+/// 10 MB, before finding that the bytes are not there. Read from `Bytes` with a limit
+/// instead, every length is checked against what really follows and fields are slices of
+/// the input (one copy of the input, no other reservation).
+pub fn parse_protobuf<M: protobuf::Message>(bytes: &[u8]) -> protobuf::ProtobufResult<M> {
+    let owned = bytes::Bytes::copy_from_slice(bytes);
+    let mut input = protobuf::CodedInputStream::from_carllerche_bytes(&owned);
+    let outer = input.push_limit(bytes.len() as u64)?;
+    let message = M::parse_from(&mut input)?;
+    input.pop_limit(outer);
+    Ok(message)
+}
+
 /// The ACL user peer connections are authenticated as. Without a password peers do not
 /// send `AUTH`, so their connections are the `default` user; `AUTH <password>` (empty
 /// cluster-user) is also the `default` user.
@@ -197,6 +212,28 @@ mod tests {
             apply(ConfChangeType::RemoveNode, id);
         }
         m
+    }
+
+    #[test]
+    fn protobuf_lengths_are_checked_before_allocating() {
+        use protobuf::Message as _;
+        let mut message = raft::eraftpb::Message::default();
+        message.set_msg_type(MessageType::MsgHeartbeat);
+        message.from = 2;
+        message.context = b"ctx".to_vec().into();
+        let bytes = message.write_to_bytes().unwrap();
+        let parsed: raft::eraftpb::Message = parse_protobuf(&bytes).unwrap();
+        assert_eq!(parsed, message);
+        // Field 12 (context), length-delimited, declaring 2^31 bytes, then 1 MiB.
+        for prefix in [
+            &[0x62, 0x80, 0x80, 0x80, 0x80, 0x08][..],
+            &[0x62, 0x80, 0x80, 0x40],
+        ] {
+            let mut lying = bytes.clone();
+            lying.extend_from_slice(prefix);
+            assert!(parse_protobuf::<raft::eraftpb::Message>(&lying).is_err());
+        }
+        assert!(parse_protobuf::<raft::eraftpb::Message>(&bytes[..bytes.len() - 1]).is_err());
     }
 
     #[test]
