@@ -188,6 +188,10 @@ fn build(ctx: &InfoContext) -> RedisResult<()> {
             "snapshotreq_received",
             load(&PEER_TRAFFIC.snapshotreq_received),
         )?
+        .field(
+            "peer_messages_refused",
+            load(&crate::adapters::peer_guard::REFUSED),
+        )?
         .build_section()?
         .build_info()?;
     Ok(())

@@ -1,8 +1,14 @@
 //! The log file on disk: recovery at start, appends and syncs from the driver thread.
 //! Encoding and recovery rules are the pure `core::logfile`; this is only the I/O.
 //!
-//! A failed write or sync stops the process: after a failed fsync the kernel may have
-//! dropped the dirty pages, so retrying and carrying on could acknowledge lost writes.
+//! A failed write or sync stops the process (exit status 1, one `FATAL` log line naming
+//! the file, the operation and the OS error), like Redis itself when an `appendfsync
+//! always` AOF write fails. It never retries: after a failed fsync the kernel may have
+//! dropped the dirty pages and cleared the error, so a retry that "succeeds" would
+//! acknowledge writes that are not on disk. Exiting is safe because only the driver
+//! thread, which is the one stopping, acknowledges anything: entries it had not synced
+//! were never acknowledged, and on restart recovery cuts whatever tail the failed write
+//! left. See docs/SECURITY.md (disk faults).
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
@@ -35,13 +41,15 @@ pub struct LogFile {
     fsync_max_us: u64,
 }
 
-fn fatal(path: &Path, action: &str, error: std::io::Error) -> ! {
+/// Stops the process after a failed write or sync of the log (see the module doc).
+pub fn fatal(path: &Path, action: &str, error: &dyn std::fmt::Display) -> ! {
     log::error!(
-        "raft: FATAL: {action} of log file {} failed: {error}; stopping so that no write is \
-         acknowledged without being durable",
+        "raft: FATAL: {action} of log file {} failed: {error}; exiting so that no write is \
+         acknowledged without being durable (free space or fix the disk, then restart: \
+         the node recovers its log and rejoins)",
         path.display()
     );
-    std::process::abort();
+    std::process::exit(1);
 }
 
 impl LogFile {
@@ -136,13 +144,7 @@ impl LogFile {
                 self.size_bytes = size_bytes;
                 frames
             }
-            Err(e) => {
-                log::error!(
-                    "raft: FATAL: cannot rewrite log file {}: {e}",
-                    self.path.display()
-                );
-                std::process::abort();
-            }
+            Err(e) => fatal(&self.path, "rewrite", &e),
         }
     }
 
@@ -300,7 +302,7 @@ impl LogFile {
             panic!("raft: cannot encode a log record: {e}");
         }
         if let Err(e) = (&*self.file).write_all(&self.buffer) {
-            fatal(&self.path, "write", e);
+            fatal(&self.path, "write", &e);
         }
         self.size_bytes += self.buffer.len() as u64;
         frames
@@ -309,7 +311,7 @@ impl LogFile {
     pub fn sync(&mut self) {
         let started = Instant::now();
         if let Err(e) = self.file.sync_data() {
-            fatal(&self.path, "fsync", e);
+            fatal(&self.path, "fsync", &e);
         }
         let elapsed_us = started.elapsed().as_micros() as u64;
         self.fsync_count += 1;
@@ -328,5 +330,93 @@ impl LogFile {
         shared
             .fsync_max_us
             .store(self.fsync_max_us, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Set in the child process that `fault_child` runs in.
+    const CHILD_ENV: &str = "REDISRAFT_LOGIO_FAULT_CHILD";
+
+    fn meta() -> NodeMeta {
+        NodeMeta {
+            dbid: "0123456789abcdef0123456789abcdef".into(),
+            node_id: 1,
+            bootstrap_voters: vec![1],
+        }
+    }
+
+    /// Not a test on its own: the body of the child process `disk_faults_exit_...` starts.
+    /// A log whose file fails the way a full or broken disk does; the process must exit.
+    #[test]
+    fn fault_child() {
+        let Ok(fault) = std::env::var(CHILD_ENV) else {
+            return;
+        };
+        let _ = env_logger::Builder::new()
+            .filter_level(log::LevelFilter::Info)
+            .target(env_logger::Target::Stderr)
+            .try_init();
+        let path = Path::new("/fault/redisraft.db");
+        let entry = Entry {
+            index: 1,
+            term: 1,
+            data: b"payload".to_vec().into(),
+            ..Default::default()
+        };
+        match fault.as_str() {
+            // fsync of a pipe fails with EINVAL: a sync error, whatever its cause.
+            "fsync" => {
+                let (_reader, writer) = std::io::pipe().unwrap();
+                let file = File::from(std::os::fd::OwnedFd::from(writer));
+                let mut log = LogFile::from_file(file, path, meta(), 0);
+                log.append(&[entry], None);
+                log.sync();
+            }
+            // Every write to /dev/full fails with ENOSPC.
+            "write" => {
+                let file = OpenOptions::new().write(true).open("/dev/full").unwrap();
+                let mut log = LogFile::from_file(file, path, meta(), 0);
+                log.append(&[entry], None);
+            }
+            other => panic!("unknown fault {other}"),
+        }
+        println!("SURVIVED {fault}");
+    }
+
+    fn run_child(fault: &str) -> std::process::Output {
+        std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "adapters::logio::tests::fault_child",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(CHILD_ENV, fault)
+            .output()
+            .unwrap()
+    }
+
+    #[test]
+    fn disk_faults_exit_the_process_with_a_clear_line_and_never_carry_on() {
+        for (fault, os_error) in [
+            ("fsync", "Invalid argument"),
+            ("write", "No space left on device"),
+        ] {
+            let output = run_child(fault);
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            let stdout = String::from_utf8_lossy(&output.stdout);
+            assert_eq!(
+                output.status.code(),
+                Some(1),
+                "{fault}: stdout {stdout}\nstderr {stderr}"
+            );
+            assert!(!stdout.contains("SURVIVED"), "{fault}: carried on");
+            let line = format!("raft: FATAL: {fault} of log file /fault/redisraft.db failed");
+            assert!(stderr.contains(&line), "{fault}: {stderr}");
+            assert!(stderr.contains(os_error), "{fault}: {stderr}");
+        }
     }
 }

@@ -14,6 +14,7 @@ use crate::adapters::driver::DriverInput;
 use crate::adapters::ffi::{self, Answer, BlockedClient};
 use crate::adapters::handlers::{log_path, pick_node_id};
 use crate::adapters::logio::LogFile;
+use crate::adapters::peer_guard;
 use crate::adapters::state::{self, with_state, NodeState, Waiter};
 use crate::adapters::transport::{
     decode_raft_msg, Transport, TransportConfig, REMOVED_ERROR_PREFIX,
@@ -22,6 +23,7 @@ use crate::core::config::parse_addr;
 use crate::core::entry::Origin;
 use crate::core::logfile::NodeMeta;
 use crate::core::membership::{single_change, ChangeContext};
+use crate::core::peer_check::{check_sender, Refusal, SenderVerdict};
 use crate::core::resp::RespValue;
 
 const ERR_JOIN_FAILED: &str = "ERR failed to connect to cluster for join, please check logs";
@@ -401,29 +403,66 @@ pub fn timeout_now(_ctx: &Context, _args: Vec<RedisString>) -> RedisResult {
 }
 
 /// `RAFT.MSG <dbid> <sender id>[@addr] <message>...`: raft messages from a peer.
-pub fn raft_msg(_ctx: &Context, args: Vec<RedisString>) -> RedisResult {
+///
+/// Refused, with nothing handed to raft, unless the caller is the cluster user, every
+/// message decodes, is from the sender and for this node, the dbid is ours and the sender
+/// is a member (or a leader this node does not know yet): see `core::peer_check`.
+pub fn raft_msg(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
+    peer_guard::check_caller(ctx.ctx, "RAFT.MSG")?;
     let raw_args: Vec<&[u8]> = args[1..].iter().map(|a| a.as_slice()).collect();
-    let decoded = decode_raft_msg(&raw_args).map_err(RedisError::String)?;
+    let decoded = decode_raft_msg(&raw_args).map_err(|e| {
+        let client = ffi::data::client_id(ctx.ctx);
+        peer_guard::refused("malformed".into(), || {
+            format!("refused a malformed RAFT.MSG from client {client}: {e}")
+        });
+        RedisError::String(e)
+    })?;
     with_state(|state| {
         match state.node_state {
             NodeState::Up | NodeState::Loading => {}
             _ => return error("NOCLUSTER No Raft Cluster"),
         }
-        let dbid = state
+        let my_dbid = state
             .meta
             .as_ref()
-            .map(|m| m.dbid.as_str())
+            .map(|m| m.dbid.clone())
             .unwrap_or_default();
-        if decoded.dbid != dbid {
-            return error("ERR raft message for another cluster (dbid mismatch)");
-        }
         let sender = decoded.sender_id;
-        if state.membership.is_used(sender) && state.membership.get(sender).is_none() {
-            // Ids are never reused: this node's removal is committed. Telling it lets it
-            // stop instead of campaigning forever.
-            return Err(RedisError::String(format!(
-                "{REMOVED_ERROR_PREFIX} node {sender} was removed from the cluster"
-            )));
+        let me = state.my_id();
+        if let Some(message) = decoded.messages.iter().find(|m| m.to != me) {
+            let to = message.to;
+            peer_guard::refused(format!("peer:{sender}"), || {
+                format!(
+                    "refused a raft message from node {sender} for node {to}: this is node {me}"
+                )
+            });
+            return error("ERR raft message for another node");
+        }
+        let verdict = check_sender(
+            &my_dbid,
+            decoded.dbid.as_bytes(),
+            me,
+            sender,
+            &state.membership,
+            decoded.messages.iter().map(Message::get_msg_type),
+        );
+        match verdict {
+            SenderVerdict::Accept => {}
+            SenderVerdict::AcceptUnknownLeader => {
+                peer_guard::log_limited(
+                    format!("unknown-leader:{sender}"),
+                    log::Level::Info,
+                    || {
+                        format!(
+                            "following node {sender}, which this node's membership does not \
+                         know yet (this node has not applied the change that added it)"
+                        )
+                    },
+                );
+            }
+            SenderVerdict::Refuse(refusal) => {
+                return Err(refuse_sender(refusal, sender, &decoded.dbid))
+            }
         }
         if let Some(addr) = decoded
             .sender_addr
@@ -440,9 +479,6 @@ pub fn raft_msg(_ctx: &Context, args: Vec<RedisString>) -> RedisResult {
             }
         }
         for message in decoded.messages {
-            if message.to != state.my_id() {
-                return error("ERR raft message for another node");
-            }
             count_received(&message);
             if let Err(e) = state.send_to_driver(DriverInput::Peer(Box::new(message))) {
                 return error(e);
@@ -450,6 +486,48 @@ pub fn raft_msg(_ctx: &Context, args: Vec<RedisString>) -> RedisResult {
         }
         Ok(RedisValue::SimpleStringStatic("OK"))
     })
+}
+
+/// The error for a refused sender, after counting and logging the refusal (rate-limited).
+pub fn refuse_sender(refusal: Refusal, sender: u64, dbid: &str) -> RedisError {
+    let dbid: String = dbid.chars().take(64).collect();
+    match refusal {
+        Refusal::OtherCluster => {
+            peer_guard::refused(format!("peer:{sender}"), || {
+                format!("refused a message from node {sender} of another cluster (dbid {dbid:?})")
+            });
+            RedisError::Str("ERR raft message for another cluster (dbid mismatch)")
+        }
+        Refusal::OwnId => {
+            peer_guard::refused(format!("peer:{sender}"), || {
+                format!(
+                    "refused a message that claims to come from this node's own id {sender} \
+                     (does another node use the same id?)"
+                )
+            });
+            RedisError::String(format!(
+                "ERR raft message from node {sender}, which is this node's own id"
+            ))
+        }
+        Refusal::Removed => {
+            peer_guard::refused(format!("peer:{sender}"), || {
+                format!("refused a message from node {sender}: it was removed from the cluster")
+            });
+            // Ids are never reused: this node's removal is committed. Telling it lets it
+            // stop instead of campaigning forever.
+            RedisError::String(format!(
+                "{REMOVED_ERROR_PREFIX} node {sender} was removed from the cluster"
+            ))
+        }
+        Refusal::NotMember => {
+            peer_guard::refused(format!("peer:{sender}"), || {
+                format!("refused a message from node {sender}: it is not a member of this cluster")
+            });
+            RedisError::String(format!(
+                "ERR raft message from node {sender}, which is not a member of this cluster"
+            ))
+        }
+    }
 }
 
 fn count_received(message: &Message) {

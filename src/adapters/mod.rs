@@ -11,6 +11,7 @@ pub mod info;
 pub mod logio;
 pub mod membership;
 pub mod module;
+pub mod peer_guard;
 pub mod proxy;
 pub mod snapshot_transfer;
 pub mod snapshots;

@@ -15,13 +15,15 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use protobuf::Message as _;
-use raft::eraftpb::Message;
+use raft::eraftpb::{Message, MessageType};
 use redis_module::{Context, RedisError, RedisResult, RedisString, RedisValue};
 
 use crate::adapters::driver::DriverInput;
 use crate::adapters::handlers::log_path;
+use crate::adapters::peer_guard;
 use crate::adapters::snapshots::{verify, SnapshotFiles};
 use crate::adapters::state::{with_state, NodeState};
+use crate::core::peer_check::{check_sender, Refusal, SenderVerdict};
 use crate::core::resp::{encode_command, parse_value, RespLimits, RespValue};
 
 pub struct SendJob {
@@ -204,7 +206,13 @@ struct Incoming {
 
 static INCOMING: Mutex<Option<Incoming>> = Mutex::new(None);
 
-fn check_peer(args: &[RedisString]) -> Result<(), RedisError> {
+/// The gates of `RAFT.MSG` (caller, dbid, sender) for a snapshot transfer from the node
+/// in `args[2]`; nothing is written unless they pass.
+fn check_peer(ctx: &Context, command: &str, args: &[RedisString]) -> Result<u64, RedisError> {
+    peer_guard::check_caller(ctx.ctx, command)?;
+    let sender = args[2]
+        .parse_unsigned_integer()
+        .map_err(|_| RedisError::Str("ERR invalid sender id"))?;
     with_state(|state| {
         if !matches!(state.node_state, NodeState::Up | NodeState::Loading) {
             return Err(RedisError::Str("NOCLUSTER No Raft Cluster"));
@@ -212,23 +220,41 @@ fn check_peer(args: &[RedisString]) -> Result<(), RedisError> {
         let dbid = state
             .meta
             .as_ref()
-            .map(|m| m.dbid.as_bytes())
+            .map(|m| m.dbid.clone())
             .unwrap_or_default();
-        if args[1].as_slice() != dbid {
-            return Err(RedisError::Str(
-                "ERR snapshot for another cluster (dbid mismatch)",
-            ));
+        let verdict = check_sender(
+            &dbid,
+            args[1].as_slice(),
+            state.my_id(),
+            sender,
+            &state.membership,
+            [MessageType::MsgSnapshot],
+        );
+        match verdict {
+            SenderVerdict::Accept | SenderVerdict::AcceptUnknownLeader => Ok(sender),
+            SenderVerdict::Refuse(Refusal::OtherCluster) => {
+                crate::adapters::membership::refuse_sender(
+                    Refusal::OtherCluster,
+                    sender,
+                    &args[1].to_string_lossy(),
+                );
+                Err(RedisError::Str(
+                    "ERR snapshot for another cluster (dbid mismatch)",
+                ))
+            }
+            SenderVerdict::Refuse(refusal) => Err(crate::adapters::membership::refuse_sender(
+                refusal, sender, &dbid,
+            )),
         }
-        Ok(())
     })
 }
 
 /// `RAFT.SNAPSHOT.CHUNK <dbid> <from> <transfer id> <offset> <bytes>`
-pub fn receive_chunk(_ctx: &Context, args: Vec<RedisString>) -> RedisResult {
+pub fn receive_chunk(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     if args.len() != 6 {
         return Err(RedisError::WrongArity);
     }
-    check_peer(&args)?;
+    check_peer(ctx, "RAFT.SNAPSHOT.CHUNK", &args)?;
     let offset = args[4]
         .parse_unsigned_integer()
         .map_err(|_| RedisError::Str("ERR invalid offset"))?;
@@ -267,16 +293,25 @@ pub fn receive_chunk(_ctx: &Context, args: Vec<RedisString>) -> RedisResult {
 }
 
 /// `RAFT.SNAPSHOT.DONE <dbid> <from> <transfer id> <total bytes> <MsgSnapshot>`
-pub fn receive_done(_ctx: &Context, args: Vec<RedisString>) -> RedisResult {
+pub fn receive_done(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     if args.len() != 6 {
         return Err(RedisError::WrongArity);
     }
-    check_peer(&args)?;
+    let sender = check_peer(ctx, "RAFT.SNAPSHOT.DONE", &args)?;
     let total = args[4]
         .parse_unsigned_integer()
         .map_err(|_| RedisError::Str("ERR invalid size"))?;
-    let message = Message::parse_from_bytes(args[5].as_slice())
+    let message = crate::core::peer_check::parse_protobuf::<Message>(args[5].as_slice())
         .map_err(|_| RedisError::Str("ERR malformed raft message"))?;
+    let me = with_state(|state| state.my_id());
+    if message.get_msg_type() != MessageType::MsgSnapshot
+        || message.from != sender
+        || message.to != me
+    {
+        return Err(RedisError::Str(
+            "ERR snapshot transfer ends with a message that is not a MsgSnapshot from its sender to this node",
+        ));
+    }
     let Some(done) = INCOMING.lock().unwrap_or_else(|p| p.into_inner()).take() else {
         return Err(RedisError::Str("ERR no snapshot transfer in progress"));
     };

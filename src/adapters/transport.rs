@@ -827,21 +827,27 @@ async fn one_request(
         log::warn!("raft transport: request to {addr}: connecting unbound, {bind_error}");
     }
     let mut stream = connection.stream;
+    let mut replies = ReplyReader::default();
     let mut frame = Vec::new();
-    let authenticating = encode_auth(config, &mut frame);
+    if encode_auth(config, &mut frame) {
+        // Not pipelined: if AUTH were refused, a command sent behind it would still run,
+        // as whatever user the connection has by default.
+        stream
+            .write_all(&frame)
+            .await
+            .map_err(|error| format!("cannot send to {addr}: {error}"))?;
+        let auth = replies.next(&mut stream, addr).await?;
+        if let Some(error) = auth.as_error() {
+            return Err(format!("authentication to {addr} refused: {error}"));
+        }
+        frame.clear();
+    }
     let args: Vec<&[u8]> = argv.iter().map(Vec::as_slice).collect();
     encode_command(&args, &mut frame);
     stream
         .write_all(&frame)
         .await
         .map_err(|error| format!("cannot send to {addr}: {error}"))?;
-    let mut replies = ReplyReader::default();
-    if authenticating {
-        let auth = replies.next(&mut stream, addr).await?;
-        if let Some(error) = auth.as_error() {
-            return Err(format!("authentication to {addr} refused: {error}"));
-        }
-    }
     replies.next(&mut stream, addr).await
 }
 
@@ -1040,7 +1046,7 @@ pub fn decode_raft_msg<A: AsRef<[u8]>>(args: &[A]) -> Result<RaftMsg, String> {
     let messages = messages
         .iter()
         .map(|encoded| {
-            let message = Message::parse_from_bytes(encoded.as_ref())
+            let message = crate::core::peer_check::parse_protobuf::<Message>(encoded.as_ref())
                 .map_err(|error| format!("ERR invalid raft message: {error}"))?;
             if message.from != sender_id {
                 return Err(format!(
@@ -1579,6 +1585,17 @@ mod tests {
         );
         assert!(reply.unwrap_err().contains("WRONGPASS"));
         transport.shutdown();
+        // The request was never sent behind the refused AUTH (it would have run as the
+        // connection's default user).
+        let commands: Vec<Vec<u8>> = fake
+            .received
+            .try_iter()
+            .map(|received| received.argv[0].clone())
+            .collect();
+        assert!(
+            !commands.iter().any(|name| name == b"PING"),
+            "sent behind a refused AUTH: {commands:?}"
+        );
     }
 
     #[test]

@@ -89,3 +89,46 @@ where
 
     deserializer.deserialize_seq(VecVisitor(PhantomData))
 }
+
+/// A byte string decoded through [`bytes`], as a sequence element.
+struct Bytes(Vec<u8>);
+
+impl<'de> Deserialize<'de> for Bytes {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        bytes::deserialize(deserializer).map(Bytes)
+    }
+}
+
+/// A list of byte strings decoded through [`byte_strings`], as a sequence element.
+struct ByteStrings(Vec<Vec<u8>>);
+
+impl<'de> Deserialize<'de> for ByteStrings {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        byte_strings(deserializer).map(ByteStrings)
+    }
+}
+
+/// A string decoded through [`string`], inside an `Option`.
+struct BoundedString(String);
+
+impl<'de> Deserialize<'de> for BoundedString {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        string(deserializer).map(BoundedString)
+    }
+}
+
+/// `Vec<Vec<u8>>` (keys, one command's arguments): neither the list nor any element is
+/// reserved from a claimed length. Same encoding as serde's own.
+pub fn byte_strings<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<Vec<u8>>, D::Error> {
+    vec::<D, Bytes>(deserializer).map(|items| items.into_iter().map(|b| b.0).collect())
+}
+
+/// `Vec<Vec<Vec<u8>>>` (a list of commands), bounded at every level like [`byte_strings`].
+pub fn argvs<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<Vec<Vec<u8>>>, D::Error> {
+    vec::<D, ByteStrings>(deserializer).map(|items| items.into_iter().map(|a| a.0).collect())
+}
+
+/// `Option<String>` through [`string`].
+pub fn opt_string<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<String>, D::Error> {
+    Option::<BoundedString>::deserialize(deserializer).map(|s| s.map(|s| s.0))
+}

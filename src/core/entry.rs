@@ -27,14 +27,20 @@ pub enum Payload {
         /// decreasing along the log): the only "now" expiry and stream ids may use.
         time_ms: i64,
         /// ACL user the commands run as; `None` runs them unrestricted.
+        #[serde(deserialize_with = "crate::core::bounded_serde::opt_string")]
         user: Option<String>,
         /// MULTI/EXEC: the reply is the array of every command's reply.
         transaction: bool,
+        #[serde(deserialize_with = "crate::core::bounded_serde::argvs")]
         commands: Vec<Argv>,
     },
     /// Keys the leader found expired by `time_ms`; each node deletes those still
     /// expired at that time (one may have been given a new TTL meanwhile).
-    ExpireKeys { time_ms: i64, keys: Vec<Vec<u8>> },
+    ExpireKeys {
+        time_ms: i64,
+        #[serde(deserialize_with = "crate::core::bounded_serde::byte_strings")]
+        keys: Vec<Vec<u8>>,
+    },
 }
 
 /// Upper bound on an encoded payload, so a hostile or corrupt entry can't make us allocate

@@ -7,6 +7,7 @@ pub mod expiry;
 pub mod logfile;
 pub mod membership;
 pub mod node;
+pub mod peer_check;
 pub mod pending;
 pub mod random_pick;
 pub mod resp;

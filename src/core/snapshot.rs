@@ -615,9 +615,11 @@ impl SnapshotDecoder {
             self.consumed = 0;
         }
         let needed = self.buffer.len() + bytes.len();
-        // Room for the whole frame being assembled, so a large record is not
-        // copied over and over as it grows.
-        let wanted = needed.max(self.pending_frame_len);
+        // Room for the frame being assembled, so a large record is not copied
+        // over and over as it grows; but never more than twice what really
+        // arrived, so a forged length cannot reserve memory (growth stays
+        // geometric, copying linear).
+        let wanted = needed.max(self.pending_frame_len.min(needed.saturating_mul(2)));
         let capacity = self.buffer.capacity();
         if wanted > capacity {
             // Geometric growth, but never more than a little past the need.

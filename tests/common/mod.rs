@@ -143,6 +143,9 @@ pub struct ServerOpts {
     pub raft: Vec<(String, String)>,
     /// Extra server arguments, appended last.
     pub args: Vec<String>,
+    /// Redis `dir` (where the raft log lives) when it must not be the server's temp dir,
+    /// e.g. a small tmpfs for disk-full tests. The server log stays in the temp dir.
+    pub data_dir: Option<PathBuf>,
 }
 
 impl Default for ServerOpts {
@@ -153,6 +156,7 @@ impl Default for ServerOpts {
             module: true,
             raft: Vec::new(),
             args: Vec::new(),
+            data_dir: None,
         }
     }
 }
@@ -177,6 +181,11 @@ impl ServerOpts {
     /// Adds raw server arguments, e.g. `.args(&["--maxmemory", "10mb"])`.
     pub fn args(mut self, args: &[&str]) -> Self {
         self.args.extend(args.iter().map(|a| a.to_string()));
+        self
+    }
+    /// Redis `dir` outside the temp dir (see `data_dir`).
+    pub fn data_dir(mut self, dir: &Path) -> Self {
+        self.data_dir = Some(dir.to_path_buf());
         self
     }
     /// A plain server without the module.
@@ -215,7 +224,7 @@ pub struct Server {
     pub host: String,
     pub port: u16,
     pub opts: ServerOpts,
-    /// Redis `dir`: the module's log file lives here.
+    /// The server's temp dir: its logs, and Redis `dir` unless `opts.data_dir` is set.
     pub dir: PathBuf,
     /// Redis `logfile` (module log lines go here too).
     pub logfile: PathBuf,
@@ -324,7 +333,15 @@ impl Server {
             .find(|(k, _)| k == "log-filename")
             .map(|(_, v)| v.as_str())
             .unwrap_or("redisraft.db");
-        self.dir.join(name)
+        self.data_dir().join(name)
+    }
+
+    /// Redis `dir`: where the module's log and snapshot files live.
+    pub fn data_dir(&self) -> PathBuf {
+        self.opts
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| self.dir.clone())
     }
 
     fn command(&self) -> Command {
@@ -334,7 +351,7 @@ impl Server {
             .arg("--bind")
             .arg(&self.host)
             .arg("--dir")
-            .arg(&self.dir)
+            .arg(self.data_dir())
             .arg("--logfile")
             .arg(&self.logfile)
             .args(["--daemonize", "no", "--save", "", "--appendonly", "no"])

@@ -14,6 +14,7 @@ use std::ptr::NonNull;
 
 use redis_module::raw;
 
+pub mod alloc_probe;
 pub mod data;
 
 pub type RawCtx = *mut raw::RedisModuleCtx;
