@@ -562,7 +562,7 @@ fn fuzz_log_file_open_changes_nothing_it_refuses() {
         let bytes = mutate(&corpus[iteration % 2], &corpus, &mut rng);
         let path = dir.path().join(format!("log-{iteration}.db"));
         std::fs::write(&path, &bytes).unwrap();
-        let outcome = LogFile::open(&path);
+        let outcome = LogFile::open(&path, usize::MAX);
         let left = std::fs::read(&path).unwrap_or_default();
         match outcome {
             Err(_) => {
