@@ -196,7 +196,17 @@ impl RaftNode {
         Ok(conf_state)
     }
 
+    /// Steps a peer message. Messages raft-rs would panic on (see
+    /// `peer_check::check_step`) are refused with an error instead.
     pub fn step(&mut self, message: Message) -> Result<(), raft::Error> {
+        let (term, last_index) = (self.raw.raft.term, self.raw.raft.raft_log.last_index());
+        if let Err(reason) = crate::core::peer_check::check_step(&message, term, last_index) {
+            // raft::Error has no variant for a refused message; InvalidData says it.
+            return Err(raft::Error::Io(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("refused a message from node {}: {reason}", message.from),
+            )));
+        }
         self.raw.step(message)
     }
 
