@@ -137,7 +137,8 @@ pub fn check_sender(
 ///   exceed the message's term or fall below `log_term` (the log and its store assert
 ///   contiguity; an entry overwriting a committed one is fatal);
 /// - a snapshot whose configuration raft cannot restore (no voters, id 0, duplicates, an
-///   id both voter and learner) or is joint (this cluster changes one node at a time).
+///   id both voter and learner) or is joint (this cluster changes one node at a time);
+/// - a forwarded proposal (nodes here never forward them; an empty one panics raft-rs).
 ///
 /// A correct leader never sends any of these; refusing them only drops the message.
 pub fn check_step(
@@ -172,6 +173,10 @@ pub fn check_step(
             }
             Ok(())
         }
+        // Nodes here only propose as leader (RaftNode::propose), so raft never forwards a
+        // proposal; one from the network would append whatever it carries (and an empty
+        // one is a raft-rs panic).
+        MessageType::MsgPropose => Err("proposals are never forwarded between nodes".into()),
         MessageType::MsgSnapshot => {
             let conf = message.get_snapshot().get_metadata().get_conf_state();
             let mut seen = std::collections::BTreeSet::new();
@@ -347,6 +352,7 @@ mod tests {
         assert!(with_conf(vec![1, 2], vec![2]).is_err());
         assert!(with_conf(vec![1, 1], vec![]).is_err());
         assert!(with_conf(vec![0, 1], vec![]).is_err());
+        assert!(check_step(&message(MessageType::MsgPropose, 3), 3, 5).is_err());
     }
 
     #[test]
