@@ -382,6 +382,9 @@ fn cluster_user_authenticates_peers_and_nobody_else_sends_peer_messages() {
             &format!("CONFIG GET raft.* of node {id}"),
             &configs.join("\n"),
         );
+        let exact: Vec<String> =
+            exec(&mut con, &["CONFIG", "GET", "raft.cluster-password"]).unwrap();
+        assert_eq!(exact, ["raft.cluster-password", "(hidden)"]);
         let all: Vec<String> = exec(&mut con, &["CONFIG", "GET", "*"]).unwrap();
         assert_no_password(&format!("CONFIG GET * of node {id}"), &all.join("\n"));
         assert_no_password(&format!("log of node {id}"), &server.log());
@@ -671,4 +674,20 @@ fn malformed_raft_commands_get_errors_and_change_nothing() {
     assert_eq!(value, "v");
     let _: () = server.cmd(&["SET", "k2", "v2"]).unwrap();
     assert!(server.log_contains("refused a malformed RAFT.MSG"));
+}
+
+/// What CONFIG GET shows for the password, and so what CONFIG REWRITE writes, is refused as
+/// a password: a node started from such a file says so instead of using it.
+#[test]
+fn the_password_placeholder_is_refused_at_start() {
+    let failure = match Server::try_start(ServerOpts::new().raft("cluster-password", "(hidden)")) {
+        Ok(_) => panic!("a server started with the placeholder as its cluster password"),
+        Err(failure) => failure,
+    };
+    assert!(failure.exited_unsuccessfully(), "{failure:?}");
+    assert!(
+        failure.log.contains("placeholder") && failure.log.contains("cluster-password"),
+        "{}",
+        failure.log
+    );
 }
