@@ -689,3 +689,234 @@ fn fuzz_entry_payloads() {
         let _ = parse_protobuf::<raft::eraftpb::ConfChangeV2>(bytes);
     });
 }
+
+// ---------------------------------------------------------------------------------------
+// Raft itself: well-formed messages with hostile content, from a member, stepped into a
+// follower. raft-rs trusts its peers; the node must refuse what would make it panic
+// (`RaftNode::step`).
+
+fn follower() -> redisraft::core::node::RaftNode {
+    use redisraft::core::node::{NodeParams, RaftNode};
+    use redisraft::core::storage::LogStore;
+    let mut store = LogStore::new();
+    store.set_conf_state(ConfState::from((vec![1, 2, 3], vec![])));
+    let entries: Vec<Entry> = (1..=5)
+        .map(|index| Entry {
+            index,
+            term: if index <= 3 { 1 } else { 2 },
+            data: payload_bytes(index).into(),
+            ..Default::default()
+        })
+        .collect();
+    store.append(&entries);
+    store.set_hard_state(raft::eraftpb::HardState {
+        term: 2,
+        vote: 1,
+        commit: 4,
+        ..Default::default()
+    });
+    let params = NodeParams {
+        id: 2,
+        election_ticks: 10,
+        heartbeat_ticks: 2,
+        applied: 4,
+        max_append_bytes: 1 << 20,
+        max_inflight_appends: 4,
+    };
+    RaftNode::new(&params, store).unwrap()
+}
+
+fn hostile_raft_messages() -> Vec<Vec<u8>> {
+    let base = |kind: MessageType, term: u64| Message {
+        msg_type: kind,
+        from: 1,
+        to: 2,
+        term,
+        ..Default::default()
+    };
+    let mut messages = Vec::new();
+    let mut heartbeat = base(MessageType::MsgHeartbeat, 2);
+    heartbeat.commit = 1_000;
+    messages.push(heartbeat);
+    // Overwrites committed entries 3 and 4 with another term.
+    let mut append = base(MessageType::MsgAppend, 3);
+    append.index = 2;
+    append.log_term = 1;
+    append.commit = 4;
+    append.entries = (3..=4)
+        .map(|index| Entry {
+            index,
+            term: 3,
+            ..Default::default()
+        })
+        .collect::<Vec<_>>()
+        .into();
+    messages.push(append.clone());
+    // Entries that are not contiguous, or do not follow `index`.
+    append.index = 5;
+    append.log_term = 2;
+    append.entries = [6u64, 9, 7]
+        .iter()
+        .map(|&index| Entry {
+            index,
+            term: 3,
+            ..Default::default()
+        })
+        .collect::<Vec<_>>()
+        .into();
+    messages.push(append);
+    let mut snapshot = base(MessageType::MsgSnapshot, 3);
+    let mut metadata = SnapshotMetadata {
+        index: 10,
+        term: 3,
+        ..Default::default()
+    };
+    // Invalid configuration: a voter that is also a learner.
+    metadata.set_conf_state(ConfState::from((vec![1, 2], vec![2])));
+    snapshot.mut_snapshot().set_metadata(metadata);
+    messages.push(snapshot);
+    let mut response = base(MessageType::MsgAppendResponse, 2);
+    response.index = 1_000;
+    messages.push(response);
+    messages
+        .iter()
+        .map(|m| m.write_to_bytes().unwrap())
+        .collect()
+}
+
+#[test]
+fn fuzz_raft_step() {
+    let corpus = hostile_raft_messages();
+    let mut panics = Vec::new();
+    for (i, bytes) in corpus.iter().enumerate() {
+        let message = parse_protobuf::<Message>(bytes).unwrap();
+        let outcome = catch_unwind(AssertUnwindSafe(|| {
+            let mut node = follower();
+            let _ = node.step(message.clone());
+            while node.poll_ready().is_some() {}
+        }));
+        if outcome.is_err() {
+            panics.push((i, format!("{:?}", message.get_msg_type())));
+        }
+    }
+    assert!(
+        panics.is_empty(),
+        "raft panicked on hand-made messages: {panics:?}"
+    );
+    fuzz("raft step", 0x5eed_000b, &corpus, |bytes| {
+        let Ok(message) = parse_protobuf::<Message>(bytes) else {
+            return;
+        };
+        if message.from != 1 || message.to != 2 {
+            return;
+        }
+        let mut node = follower();
+        let _ = node.step(message);
+        while node.poll_ready().is_some() {}
+    });
+}
+
+/// A leader of {1, 2, 3} with entries up to index 6, all sent (node 1).
+fn leader() -> redisraft::core::node::RaftNode {
+    use redisraft::core::node::{NodeParams, RaftNode, Role};
+    use redisraft::core::storage::LogStore;
+    let mut store = LogStore::new();
+    store.set_conf_state(ConfState::from((vec![1, 2, 3], vec![])));
+    let entries: Vec<Entry> = (1..=3)
+        .map(|index| Entry {
+            index,
+            term: 1,
+            data: payload_bytes(index).into(),
+            ..Default::default()
+        })
+        .collect();
+    store.append(&entries);
+    store.set_hard_state(raft::eraftpb::HardState {
+        term: 1,
+        vote: 1,
+        commit: 2,
+        ..Default::default()
+    });
+    let params = NodeParams {
+        id: 1,
+        election_ticks: 10,
+        heartbeat_ticks: 2,
+        applied: 2,
+        max_append_bytes: 1 << 20,
+        max_inflight_appends: 4,
+    };
+    let mut node = RaftNode::new(&params, store).unwrap();
+    node.campaign().unwrap();
+    while node.poll_ready().is_some() {}
+    for kind in [
+        MessageType::MsgRequestPreVoteResponse,
+        MessageType::MsgRequestVoteResponse,
+    ] {
+        for from in [2, 3] {
+            let term =
+                node.status().term + u64::from(kind == MessageType::MsgRequestPreVoteResponse);
+            let _ = node.step(Message {
+                msg_type: kind,
+                from,
+                to: 1,
+                term,
+                ..Default::default()
+            });
+            while node.poll_ready().is_some() {}
+        }
+    }
+    assert_eq!(node.status().role, Role::Leader, "{:?}", node.status());
+    for _ in 0..3 {
+        let _ = node.propose(payload_bytes(9));
+    }
+    while node.poll_ready().is_some() {}
+    node
+}
+
+#[test]
+fn fuzz_raft_step_on_a_leader() {
+    let term = leader().status().term;
+    let base = |kind: MessageType, from: u64| Message {
+        msg_type: kind,
+        from,
+        to: 1,
+        term,
+        ..Default::default()
+    };
+    let mut corpus = Vec::new();
+    for (kind, index, reject) in [
+        (MessageType::MsgAppendResponse, 7, false),
+        (MessageType::MsgAppendResponse, 1_000_000, false),
+        (MessageType::MsgAppendResponse, 3, true),
+        (MessageType::MsgHeartbeatResponse, 0, false),
+        (MessageType::MsgReadIndex, 0, false),
+        (MessageType::MsgTransferLeader, 0, false),
+        (MessageType::MsgSnapStatus, 0, false),
+    ] {
+        for from in [2, 3] {
+            let mut m = base(kind, from);
+            m.index = index;
+            m.reject = reject;
+            m.reject_hint = index.saturating_sub(1);
+            m.log_term = 1;
+            m.commit = index;
+            corpus.push(m.write_to_bytes().unwrap());
+        }
+    }
+    fuzz("raft step on a leader", 0x5eed_000c, &corpus, |bytes| {
+        let Ok(message) = parse_protobuf::<Message>(bytes) else {
+            return;
+        };
+        if !(2..=3).contains(&message.from) || message.to != 1 {
+            return;
+        }
+        let mut node = leader();
+        // Twice: the second copy finds the state the first left.
+        let _ = node.step(message.clone());
+        while node.poll_ready().is_some() {}
+        let _ = node.step(message);
+        while node.poll_ready().is_some() {}
+        node.tick();
+        while node.poll_ready().is_some() {}
+    });
+}

@@ -314,6 +314,60 @@ fn cluster_user_authenticates_peers_and_nobody_else_sends_peer_messages() {
         "the intruder was added"
     );
 
+    // A member restarted with a wrong password is cut off: its AUTH to the others fails,
+    // so its acks never arrive and it never learns that the new entry committed (had a
+    // message gone out behind the refused AUTH, it would have met NOPERM, as above).
+    let member = *cluster.ids().iter().find(|&&id| id != leader).unwrap();
+    {
+        let server = cluster.node_mut(member);
+        for (key, value) in server.opts.raft.iter_mut() {
+            if key == "cluster-password" {
+                *value = WRONG_PASSWORD.to_string();
+            }
+        }
+        server.restart();
+        // ACL users live in memory: give it back the right ones, so that only its own
+        // password is wrong (the leader can still authenticate to it).
+        let setuser = [
+            "ACL",
+            "SETUSER",
+            PEER_USER,
+            "on",
+            &format!(">{PASSWORD}"),
+            "~*",
+            "&*",
+            "+@all",
+        ];
+        let reply: String = server.cmd(&setuser).expect("ACL SETUSER");
+        assert_eq!(reply, "OK");
+    }
+    router.must(&["SET", "after-wrong-password", "1"], CONVERGE_TIMEOUT);
+    let index = num(&cluster.info(leader).unwrap(), "raft_commit_index");
+    std::thread::sleep(Duration::from_secs(2));
+    let member_commit = num(&cluster.info(member).unwrap(), "raft_commit_index");
+    assert!(
+        member_commit < index,
+        "the member with a wrong password committed {member_commit} >= {index}"
+    );
+    // Its refused AUTHs count as connection errors (the transport logs at most one line
+    // per peer per 10 s, so INFO is the prompt witness).
+    let conn_errors_to_leader = || {
+        let info = cluster.info(member).unwrap();
+        info.values()
+            .filter(|line| line.starts_with(&format!("id={leader},")))
+            .filter_map(|line| {
+                line.split(',')
+                    .find_map(|kv| kv.strip_prefix("conn_errors="))
+                    .and_then(|n| n.parse::<u64>().ok())
+            })
+            .next()
+            .unwrap_or(0)
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || conn_errors_to_leader() > 0),
+        "the member's connections to the leader do not fail"
+    );
+
     // The password shows nowhere: logs, INFO, CONFIG GET raft.*.
     for (id, server) in cluster.nodes.iter().chain([(&4, &intruder)]) {
         let mut con = server.client();
@@ -328,6 +382,9 @@ fn cluster_user_authenticates_peers_and_nobody_else_sends_peer_messages() {
             &format!("CONFIG GET raft.* of node {id}"),
             &configs.join("\n"),
         );
+        let exact: Vec<String> =
+            exec(&mut con, &["CONFIG", "GET", "raft.cluster-password"]).unwrap();
+        assert_eq!(exact, ["raft.cluster-password", "(hidden)"]);
         let all: Vec<String> = exec(&mut con, &["CONFIG", "GET", "*"]).unwrap();
         assert_no_password(&format!("CONFIG GET * of node {id}"), &all.join("\n"));
         assert_no_password(&format!("log of node {id}"), &server.log());
@@ -617,4 +674,20 @@ fn malformed_raft_commands_get_errors_and_change_nothing() {
     assert_eq!(value, "v");
     let _: () = server.cmd(&["SET", "k2", "v2"]).unwrap();
     assert!(server.log_contains("refused a malformed RAFT.MSG"));
+}
+
+/// What CONFIG GET shows for the password, and so what CONFIG REWRITE writes, is refused as
+/// a password: a node started from such a file says so instead of using it.
+#[test]
+fn the_password_placeholder_is_refused_at_start() {
+    let failure = match Server::try_start(ServerOpts::new().raft("cluster-password", "(hidden)")) {
+        Ok(_) => panic!("a server started with the placeholder as its cluster password"),
+        Err(failure) => failure,
+    };
+    assert!(failure.exited_unsuccessfully(), "{failure:?}");
+    assert!(
+        failure.log.contains("placeholder") && failure.log.contains("cluster-password"),
+        "{}",
+        failure.log
+    );
 }

@@ -383,6 +383,17 @@ impl RaftConfig {
             "log-filename" => self.log_filename = parse_log_filename(value)?,
             "ignored-commands" => self.ignored_commands = parse_ignored_commands(value),
             "cluster-user" => self.cluster_user = parse_cluster_user(value)?,
+            // What CONFIG GET shows (and so CONFIG REWRITE writes) is a placeholder, not
+            // a password: refuse it rather than start authenticating with it.
+            "cluster-password" if value == HIDDEN_VALUE => {
+                return Err(ConfigError::new(
+                    key,
+                    format!(
+                        "{HIDDEN_VALUE} is the placeholder CONFIG GET shows (CONFIG REWRITE \
+                         writes it too); set the real password"
+                    ),
+                ))
+            }
             "cluster-password" => self.cluster_password = value.to_string(),
             "loglevel" => self.loglevel = value.parse()?,
             _ => unreachable!("canonical_key returned a key set() does not handle: {key}"),
@@ -1073,6 +1084,9 @@ mod tests {
         );
         let debug = format!("{config:?}");
         assert!(!debug.contains(secret), "{debug}");
+        // The placeholder is refused, and the password stays as it was.
+        assert!(config.set("cluster-password", HIDDEN_VALUE).is_err());
+        assert_eq!(config.cluster_password, secret);
         assert!(debug.contains("cluster-password"));
         for key in ALL_KEYS {
             assert!(!config.get(key).unwrap().contains(secret), "{key}");

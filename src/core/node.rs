@@ -96,6 +96,8 @@ pub enum ProposeError {
 
 pub struct RaftNode {
     raw: RawNode<LogStore>,
+    /// Peer messages refused by `peer_check::check_step` so far.
+    refused_steps: u64,
 }
 
 /// raft-rs logs through slog; bridge it to the `log` facade the adapters configure.
@@ -120,7 +122,10 @@ impl RaftNode {
         };
         config.validate()?;
         let raw = RawNode::new(&config, store, &bridge_logger())?;
-        Ok(RaftNode { raw })
+        Ok(RaftNode {
+            raw,
+            refused_steps: 0,
+        })
     }
 
     pub fn tick(&mut self) {
@@ -196,7 +201,26 @@ impl RaftNode {
         Ok(conf_state)
     }
 
+    /// Steps a peer message. Messages raft-rs would panic on (see
+    /// `peer_check::check_step`) are refused with an error instead.
     pub fn step(&mut self, message: Message) -> Result<(), raft::Error> {
+        let (term, last_index) = (self.raw.raft.term, self.raw.raft.raft_log.last_index());
+        if let Err(reason) = crate::core::peer_check::check_step(&message, term, last_index) {
+            let text = format!("refused a message from node {}: {reason}", message.from);
+            self.refused_steps += 1;
+            // Logged the 1st, 2nd, 4th, 8th... time: visible, but never a flood.
+            if self.refused_steps.is_power_of_two() {
+                log::warn!(
+                    "raft: {text} ({} such messages refused so far)",
+                    self.refused_steps
+                );
+            }
+            // raft::Error has no variant for a refused message; InvalidData says it.
+            return Err(raft::Error::Io(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                text,
+            )));
+        }
         self.raw.step(message)
     }
 

@@ -130,6 +130,72 @@ pub fn check_sender(
     SenderVerdict::Refuse(Refusal::NotMember)
 }
 
+/// Refuses a peer message that is well formed but that raft-rs would answer with a panic
+/// (it trusts its peers), given this node's current `term` and `last_index`:
+/// - a heartbeat committing past our last entry (`commit_to` out of range);
+/// - an append whose entries do not follow `index` one by one, or whose terms go down,
+///   exceed the message's term or fall below `log_term` (the log and its store assert
+///   contiguity; an entry overwriting a committed one is fatal);
+/// - a snapshot whose configuration raft cannot restore (no voters, id 0, duplicates, an
+///   id both voter and learner) or is joint (this cluster changes one node at a time);
+/// - a forwarded proposal (nodes here never forward them; an empty one panics raft-rs).
+///
+/// A correct leader never sends any of these; refusing them only drops the message.
+pub fn check_step(
+    message: &raft::eraftpb::Message,
+    term: u64,
+    last_index: u64,
+) -> Result<(), String> {
+    // Messages from an older term are ignored by raft before it looks at anything else.
+    let current = message.term == 0 || message.term >= term;
+    match message.get_msg_type() {
+        MessageType::MsgHeartbeat if current && message.commit > last_index => Err(format!(
+            "heartbeat commits index {} beyond this node's last index {last_index}",
+            message.commit
+        )),
+        MessageType::MsgAppend => {
+            let mut previous_term = message.log_term;
+            for (offset, entry) in message.entries.iter().enumerate() {
+                let expected = message.index.saturating_add(1 + offset as u64);
+                if entry.index != expected {
+                    return Err(format!(
+                        "append after index {} carries entry {} where {expected} belongs",
+                        message.index, entry.index
+                    ));
+                }
+                if entry.term < previous_term || entry.term > message.term {
+                    return Err(format!(
+                        "append entry {} has term {} (previous {previous_term}, message term {})",
+                        entry.index, entry.term, message.term
+                    ));
+                }
+                previous_term = entry.term;
+            }
+            Ok(())
+        }
+        // Nodes here only propose as leader (RaftNode::propose), so raft never forwards a
+        // proposal; one from the network would append whatever it carries (and an empty
+        // one is a raft-rs panic).
+        MessageType::MsgPropose => Err("proposals are never forwarded between nodes".into()),
+        MessageType::MsgSnapshot => {
+            let conf = message.get_snapshot().get_metadata().get_conf_state();
+            let mut seen = std::collections::BTreeSet::new();
+            let ids = conf.voters.iter().chain(&conf.learners);
+            let valid = !conf.voters.is_empty()
+                && conf.voters_outgoing.is_empty()
+                && conf.learners_next.is_empty()
+                && !conf.auto_leave
+                && ids.clone().all(|&id| id != 0 && seen.insert(id));
+            if valid {
+                Ok(())
+            } else {
+                Err(format!("snapshot with an unusable configuration {conf:?}"))
+            }
+        }
+        _ => Ok(()),
+    }
+}
+
 /// At most one line per key per `window_ms`, and at most `max_keys` keys remembered (a
 /// flood of distinct keys cannot grow memory; lines for keys beyond that are dropped and
 /// counted). Time is an input, so this stays pure.
@@ -234,6 +300,59 @@ mod tests {
             assert!(parse_protobuf::<raft::eraftpb::Message>(&lying).is_err());
         }
         assert!(parse_protobuf::<raft::eraftpb::Message>(&bytes[..bytes.len() - 1]).is_err());
+    }
+
+    #[test]
+    fn step_checks_refuse_what_raft_would_panic_on() {
+        use raft::eraftpb::{ConfState, Entry, Message};
+        let message = |kind: MessageType, term: u64| Message {
+            msg_type: kind,
+            from: 1,
+            to: 2,
+            term,
+            ..Default::default()
+        };
+        let entry = |index, term| Entry {
+            index,
+            term,
+            ..Default::default()
+        };
+        let mut heartbeat = message(MessageType::MsgHeartbeat, 2);
+        heartbeat.commit = 5;
+        assert!(check_step(&heartbeat, 2, 5).is_ok());
+        heartbeat.commit = 6;
+        assert!(check_step(&heartbeat, 2, 5).is_err());
+        // From an old term raft ignores it anyway.
+        assert!(check_step(&heartbeat, 3, 5).is_ok());
+
+        let mut append = message(MessageType::MsgAppend, 3);
+        append.index = 5;
+        append.log_term = 2;
+        append.entries = vec![entry(6, 2), entry(7, 3)].into();
+        assert!(check_step(&append, 3, 5).is_ok());
+        for bad in [
+            vec![entry(5, 3)],
+            vec![entry(6, 3), entry(8, 3)],
+            vec![entry(6, 1)],
+            vec![entry(6, 3), entry(7, 2)],
+            vec![entry(6, 4)],
+        ] {
+            append.entries = bad.clone().into();
+            assert!(check_step(&append, 3, 5).is_err(), "{bad:?}");
+        }
+
+        let mut snapshot = message(MessageType::MsgSnapshot, 3);
+        let mut with_conf = |voters: Vec<u64>, learners: Vec<u64>| {
+            let conf = ConfState::from((voters, learners));
+            snapshot.mut_snapshot().mut_metadata().set_conf_state(conf);
+            check_step(&snapshot, 3, 5)
+        };
+        assert!(with_conf(vec![1, 2, 3], vec![4]).is_ok());
+        assert!(with_conf(vec![], vec![4]).is_err());
+        assert!(with_conf(vec![1, 2], vec![2]).is_err());
+        assert!(with_conf(vec![1, 1], vec![]).is_err());
+        assert!(with_conf(vec![0, 1], vec![]).is_err());
+        assert!(check_step(&message(MessageType::MsgPropose, 3), 3, 5).is_err());
     }
 
     #[test]
