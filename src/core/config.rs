@@ -365,7 +365,16 @@ impl RaftConfig {
     pub fn set(&mut self, key: &str, value: &str) -> Result<(), ConfigError> {
         let key = canonical_key(key)?;
         if let Some(field) = self.bool_field_mut(key) {
-            *field = parse_bool(key, value)?;
+            let enabled = parse_bool(key, value)?;
+            if key == "tls-enabled" && enabled {
+                // Accepting it would let an operator believe peer traffic is encrypted.
+                return Err(ConfigError::new(
+                    key,
+                    "inter-node TLS is not implemented yet; peer traffic is plain TCP"
+                        .to_string(),
+                ));
+            }
+            *field = enabled;
             return Ok(());
         }
         if let Some(field) = self.numeric_field_mut(key) {
@@ -1069,6 +1078,15 @@ mod tests {
         let config = RaftConfig::default();
         assert_eq!(config.heartbeat_ticks(), 2);
         assert_eq!(config.election_ticks(), 10);
+    }
+
+    #[test]
+    fn tls_cannot_be_enabled_until_it_exists() {
+        let mut config = RaftConfig::default();
+        let error = config.set("tls-enabled", "yes").unwrap_err();
+        assert!(error.to_string().contains("not implemented"), "{error}");
+        assert!(!config.tls_enabled);
+        config.set("raft.tls-enabled", "no").unwrap();
     }
 
     #[test]
