@@ -370,8 +370,7 @@ impl RaftConfig {
                 // Accepting it would let an operator believe peer traffic is encrypted.
                 return Err(ConfigError::new(
                     key,
-                    "inter-node TLS is not implemented yet; peer traffic is plain TCP"
-                        .to_string(),
+                    "inter-node TLS is not implemented yet; peer traffic is plain TCP".to_string(),
                 ));
             }
             *field = enabled;
