@@ -174,6 +174,10 @@ pub fn retry_touched() {
                 waiter.blocking = Some(blocking);
                 crate::adapters::handlers::propose_commands(waiter, vec![argv], false);
             }
+            // No leader known yet: keep waiting; `expire_waits` redirects or times out.
+            Err(message) if message.starts_with("CLUSTERDOWN") => PARKED.with(|parked| {
+                parked.borrow_mut().push(Parked { waiter, blocking });
+            }),
             Err(message) => ffi::unblock(waiter.client, Answer::Error(message)),
         }
     }
@@ -183,7 +187,7 @@ pub fn retry_touched() {
 /// once this node cannot serve (it stopped leading).
 pub fn expire_waits() {
     let now_ms = wall_clock_ms();
-    let serving = crate::adapters::handlers::check_can_serve();
+    let serving = redirect_now(crate::adapters::handlers::check_can_serve(), now_ms);
     let done: Vec<(Parked, Answer)> = PARKED.with(|parked| {
         let mut parked = parked.borrow_mut();
         let mut done = Vec::new();
@@ -210,6 +214,39 @@ pub fn expire_waits() {
     });
     for (parked, answer) in done {
         ffi::unblock(parked.waiter.client, answer);
+    }
+}
+
+thread_local! {
+    /// Since when this node has known no leader to send waiting clients to.
+    static LEADERLESS_SINCE_MS: std::cell::Cell<Option<i64>> = const { std::cell::Cell::new(None) };
+}
+
+/// Whether waiting clients should be redirected now. Right after a node stops leading
+/// (a transfer, an election) it usually does not know the new leader yet: `CLUSTERDOWN`
+/// then would send clients away with nowhere to go, so they keep waiting for up to two
+/// election timeouts for a `MOVED` to a known leader.
+fn redirect_now(serving: Result<(), String>, now_ms: i64) -> Result<(), String> {
+    let leaderless = matches!(&serving, Err(message) if message.starts_with("CLUSTERDOWN"));
+    let since_ms = LEADERLESS_SINCE_MS.with(|since| {
+        let value = if leaderless {
+            Some(since.get().unwrap_or(now_ms))
+        } else {
+            None
+        };
+        since.set(value);
+        value
+    });
+    match since_ms {
+        Some(since_ms) => {
+            let grace_ms = (crate::adapters::configs::config().election_timeout_ms * 2) as i64;
+            if now_ms - since_ms < grace_ms {
+                Ok(())
+            } else {
+                serving
+            }
+        }
+        None => serving,
     }
 }
 
