@@ -53,7 +53,7 @@ test: build
 	echo "== unit + integration tests, server: redis-server $$(redis-server --version | cut -d' ' -f3)"; \
 	$(CARGO) test --release --no-fail-fast -- --test-threads=1 || rc=1; \
 	echo "== server tests, server: $$valkey"; \
-	REDISRAFT_SERVER="$$valkey" $(CARGO) test --release --no-fail-fast $(VALKEY_TESTS) || rc=1; \
+	REDISRAFT_SERVER="$$valkey" $(CARGO) test --release --no-fail-fast $(VALKEY_TESTS) -- --test-threads=1 || rc=1; \
 	[ $$rc -eq 0 ] || echo "== make test: FAILED (see above)"; \
 	exit $$rc
 

@@ -587,6 +587,7 @@ impl Driver {
             response_timeout: template.response_timeout,
             cluster_user: template.cluster_user.clone(),
             cluster_password: template.cluster_password.clone(),
+            tls: template.tls.clone(),
         };
         let reply_to = self.params.inbox_sender.clone();
         self.sending_snapshot_to.insert(to);

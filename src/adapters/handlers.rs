@@ -362,6 +362,10 @@ fn cluster_init(ctx: &Context, args: &[RedisString]) -> RedisResult {
             "ERR the database is not empty: RAFT.CLUSTER INIT needs an empty dataset",
         );
     }
+    // Before the log exists: a node that cannot talk to peers must not become a member.
+    if let Err(message) = crate::adapters::tls::from_server(ctx.ctx) {
+        return reply_error(&format!("ERR {message}"));
+    }
     let node_id = pick_node_id();
     let my_addr = state::my_addr(ctx.ctx);
     let meta = NodeMeta {

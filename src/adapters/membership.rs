@@ -70,6 +70,10 @@ pub fn cluster_join(ctx: &Context, args: &[RedisString]) -> RedisResult {
     let node_id = pick_node_id();
     let my_addr = state::my_addr(ctx.ctx);
     let settings = config().clone();
+    let tls = match crate::adapters::tls::from_server(ctx.ctx) {
+        Ok(tls) => tls,
+        Err(message) => return error(&format!("ERR {message}")),
+    };
     with_state(|state| {
         state.node_state = NodeState::Joining;
         state.removed = false;
@@ -89,6 +93,7 @@ pub fn cluster_join(ctx: &Context, args: &[RedisString]) -> RedisResult {
         max_batch_bytes: 1,
         cluster_user: settings.cluster_user.clone(),
         cluster_password: settings.cluster_password.clone(),
+        tls,
     });
     let deadline = Instant::now() + Duration::from_millis(settings.join_timeout_ms);
     let request_timeout =

@@ -16,6 +16,7 @@ pub mod proxy;
 pub mod snapshot_transfer;
 pub mod snapshots;
 pub mod state;
+pub mod tls;
 pub mod topology;
 pub mod transactions;
 pub mod transport;

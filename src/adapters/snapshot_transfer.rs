@@ -9,7 +9,6 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufReader, Read, Write};
-use std::net::TcpStream;
 use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -40,6 +39,7 @@ pub struct SendJob {
     pub response_timeout: Duration,
     pub cluster_user: String,
     pub cluster_password: String,
+    pub tls: Option<crate::adapters::tls::PeerTls>,
 }
 
 /// Sends the whole file; true when the follower accepted the final message.
@@ -62,7 +62,7 @@ pub fn send(job: &SendJob) -> bool {
 }
 
 struct Link {
-    stream: TcpStream,
+    stream: Box<dyn crate::adapters::transport::BlockingPeerIo>,
     buffer: Vec<u8>,
     limits: RespLimits,
 }
@@ -103,20 +103,17 @@ impl Link {
 fn try_send(job: &SendJob) -> Result<(u64, String), String> {
     // From this node's own address, like raft traffic, so that firewall rules between node
     // addresses cut snapshot transfers too.
-    let stream = crate::adapters::transport::connect_blocking(
+    // A chunk may wait behind a busy main thread; allow generously more than for raft traffic.
+    let connection = crate::adapters::transport::connect_blocking(
         &job.addr,
         job.source_host.as_deref(),
+        job.tls.as_ref(),
         job.connect_timeout,
+        job.response_timeout * 10,
     )
     .map_err(|e| e.to_string())?;
-    let local = stream
-        .local_addr()
-        .map_or_else(|_| "?".to_string(), |a| a.to_string());
-    // A chunk may wait behind a busy main thread; allow generously more than for raft traffic.
-    stream
-        .set_read_timeout(Some(job.response_timeout * 10))
-        .map_err(|e| e.to_string())?;
-    stream.set_nodelay(true).map_err(|e| e.to_string())?;
+    let local = connection.local_addr;
+    let stream = connection.stream;
     let mut link = Link {
         stream,
         buffer: Vec::new(),

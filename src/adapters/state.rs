@@ -260,9 +260,30 @@ pub fn my_addr(ctx: RawCtx) -> String {
     if let Some(addr) = config().addr.clone() {
         return addr.to_string();
     }
-    let port = call_locally(
+    // With inter-node TLS, peers must reach this node on its TLS port.
+    let port_setting = if config().tls_enabled {
+        "tls-port"
+    } else {
+        "port"
+    };
+    let port = server_config(ctx, port_setting);
+    let port = if port.is_empty() {
+        "6379".to_string()
+    } else {
+        port
+    };
+    format!("127.0.0.1:{port}")
+}
+
+/// One server setting by `CONFIG GET` (empty when unknown).
+pub fn server_config(ctx: RawCtx, name: &str) -> String {
+    call_locally(
         ctx,
-        &[b"CONFIG".to_vec(), b"GET".to_vec(), b"port".to_vec()],
+        &[
+            b"CONFIG".to_vec(),
+            b"GET".to_vec(),
+            name.as_bytes().to_vec(),
+        ],
         false,
     )
     .ok()
@@ -271,8 +292,7 @@ pub fn my_addr(ctx: RawCtx) -> String {
             .element(1)
             .map(|r| String::from_utf8_lossy(r.bytes()).to_string())
     })
-    .unwrap_or_else(|| "6379".to_string());
-    format!("127.0.0.1:{port}")
+    .unwrap_or_default()
 }
 
 /// Builds the raft node from what is on disk (or a fresh INIT) and starts the driver.
@@ -356,6 +376,7 @@ pub fn start_node(
     let source_host = my_addr
         .rsplit_once(':')
         .map(|(host, _)| host.trim_matches(['[', ']']).to_string());
+    let tls = crate::adapters::tls::from_server(state.apply_ctx)?;
     let transport = Transport::start(TransportConfig {
         my_id: meta.node_id,
         my_addr: my_addr.clone(),
@@ -368,6 +389,7 @@ pub fn start_node(
         max_batch_bytes: settings.append_req_max_size as usize,
         cluster_user: settings.cluster_user.clone(),
         cluster_password: settings.cluster_password.clone(),
+        tls: tls.clone(),
     });
     let (to_driver, inbox) = sync_channel(INBOX_BOUND);
     let (outbox, from_driver) = sync_channel(MAIN_QUEUE_BOUND);
@@ -391,6 +413,7 @@ pub fn start_node(
             response_timeout: Duration::from_millis(settings.response_timeout_ms),
             cluster_user: settings.cluster_user.clone(),
             cluster_password: settings.cluster_password.clone(),
+            tls,
         },
         inbox_sender: to_driver.clone(),
     };

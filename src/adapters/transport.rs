@@ -18,12 +18,12 @@ use std::time::{Duration, Instant};
 
 use protobuf::Message as _;
 use raft::eraftpb::Message;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::net::TcpSocket;
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, Notify};
 
+use crate::adapters::tls::{self, PeerTls};
 use crate::core::resp::{encode_command, parse_value, RespLimits, RespValue};
 
 pub const RAFT_MSG_COMMAND: &str = "RAFT.MSG";
@@ -68,6 +68,8 @@ pub struct TransportConfig {
     pub cluster_user: String,
     /// When non-empty, every connection starts with `AUTH`. Never logged.
     pub cluster_password: String,
+    /// `Some`: every connection is TLS (`raft.tls-enabled yes`).
+    pub tls: Option<PeerTls>,
 }
 
 impl fmt::Debug for TransportConfig {
@@ -83,6 +85,7 @@ impl fmt::Debug for TransportConfig {
             .field("max_batch_bytes", &self.max_batch_bytes)
             .field("cluster_user", &self.cluster_user)
             .field("cluster_password", &"<hidden>")
+            .field("tls", &self.tls.is_some())
             .finish()
     }
 }
@@ -478,13 +481,7 @@ async fn run_peer(link: PeerLink, mut queue: mpsc::Receiver<Message>) {
     let mut backoff = first_backoff;
     let mut log = LogThrottle::default();
     loop {
-        let end = match connect(
-            &link.addr,
-            link.config.source_host.as_deref(),
-            link.config.connection_timeout,
-        )
-        .await
-        {
+        let end = match connect(&link.addr, &link.config).await {
             Ok(connection) => {
                 if let Some(bind_error) = connection.bind_error {
                     log.line(
@@ -586,11 +583,11 @@ enum InFlightKind {
 /// queue into `RAFT.MSG` commands, the reader matches replies to them in order.
 async fn serve(
     link: &PeerLink,
-    stream: TcpStream,
+    stream: PeerStream,
     queue: &mut mpsc::Receiver<Message>,
     log: &mut LogThrottle,
 ) -> ConnectionEnd {
-    let (read_half, write_half) = stream.into_split();
+    let (read_half, write_half) = tokio::io::split(stream);
     // Bounded: the writer waits once MAX_BATCHES_IN_FLIGHT batches await a reply.
     let (in_flight, in_flight_rx) = mpsc::channel(MAX_BATCHES_IN_FLIGHT);
     let mut was_healthy = false;
@@ -609,7 +606,7 @@ async fn serve(
 
 async fn write_batches(
     link: &PeerLink,
-    mut writer: OwnedWriteHalf,
+    mut writer: WriteHalf<PeerStream>,
     queue: &mut mpsc::Receiver<Message>,
     in_flight: mpsc::Sender<InFlight>,
 ) -> Result<(), String> {
@@ -727,7 +724,7 @@ fn peer_reply_limits() -> RespLimits {
 
 async fn read_replies(
     link: &PeerLink,
-    mut reader: OwnedReadHalf,
+    mut reader: ReadHalf<PeerStream>,
     mut in_flight: mpsc::Receiver<InFlight>,
     was_healthy: &mut bool,
     log: &mut LogThrottle,
@@ -816,13 +813,9 @@ async fn one_request(
     addr: &str,
     argv: &[Vec<u8>],
 ) -> Result<RespValue, String> {
-    let connection = connect(
-        addr,
-        config.source_host.as_deref(),
-        config.connection_timeout,
-    )
-    .await
-    .map_err(|error| format!("cannot connect to {addr}: {error}"))?;
+    let connection = connect(addr, config)
+        .await
+        .map_err(|error| format!("cannot connect to {addr}: {error}"))?;
     if let Some(bind_error) = connection.bind_error {
         log::warn!("raft transport: request to {addr}: connecting unbound, {bind_error}");
     }
@@ -880,49 +873,42 @@ impl ReplyReader {
     }
 }
 
+/// A peer connection: plain TCP, or TLS over it.
+pub trait PeerIo: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> PeerIo for T {}
+type PeerStream = Box<dyn PeerIo>;
+
 struct Connection {
-    stream: TcpStream,
+    stream: PeerStream,
     /// Set when binding to the source host failed and the socket connected unbound.
     bind_error: Option<String>,
 }
 
-/// Connects to `addr`, from `source_host` when given so traffic leaves from this node's
-/// own address. A source that cannot be bound (e.g. a NAT address) falls back to an
-/// unbound socket rather than cutting the node off.
-async fn connect(
-    addr: &str,
-    source_host: Option<&str>,
-    timeout: Duration,
-) -> io::Result<Connection> {
+/// Connects to `addr` (and completes the TLS handshake when configured), from
+/// `config.source_host` when given so traffic leaves from this node's own address.
+async fn connect(addr: &str, config: &TransportConfig) -> io::Result<Connection> {
     let attempt = async {
-        let targets: Vec<SocketAddr> = tokio::net::lookup_host(addr).await?.collect();
-        let source_ip = match source_host {
-            Some(host) => resolve_source(host).await,
-            None => None,
+        let (stream, bind_error) = connect_tcp(addr, config.source_host.as_deref()).await?;
+        let stream: PeerStream = match &config.tls {
+            Some(tls) => Box::new(
+                tokio_rustls::TlsConnector::from(tls.clone())
+                    .connect(tls::server_name(addr), stream)
+                    .await
+                    .map_err(|error| {
+                        io::Error::new(error.kind(), format!("TLS handshake: {error}"))
+                    })?,
+            ),
+            None => Box::new(stream),
         };
-        let target = source_ip
-            .and_then(|ip| targets.iter().find(|t| t.is_ipv4() == ip.is_ipv4()))
-            .or_else(|| targets.first())
-            .copied()
-            .ok_or_else(|| {
-                io::Error::new(io::ErrorKind::NotFound, "address resolves to nothing")
-            })?;
-        let mut bind_error = None;
-        let socket = match source_ip.filter(|ip| ip.is_ipv4() == target.is_ipv4()) {
-            Some(ip) => match bound_socket(SocketAddr::new(ip, 0)) {
-                Ok(socket) => socket,
-                Err(error) => {
-                    bind_error = Some(format!("cannot bind to {ip}: {error}"));
-                    new_socket(&target)?
-                }
-            },
-            None => new_socket(&target)?,
-        };
-        let stream = socket.connect(target).await?;
-        // Raft messages are small and latency-bound.
-        stream.set_nodelay(true)?;
         Ok(Connection { stream, bind_error })
     };
+    with_timeout(config.connection_timeout, attempt).await
+}
+
+async fn with_timeout<T>(
+    timeout: Duration,
+    attempt: impl std::future::Future<Output = io::Result<T>>,
+) -> io::Result<T> {
     tokio::time::timeout(timeout, attempt)
         .await
         .unwrap_or_else(|_| {
@@ -933,26 +919,94 @@ async fn connect(
         })
 }
 
-/// [`connect`] for a plain thread (the snapshot sender): the same source binding and
-/// fallback, returning a blocking std stream.
+/// A TCP connection to `addr` from `source_host`. A source that cannot be bound (e.g. a
+/// NAT address) falls back to an unbound socket rather than cutting the node off; the
+/// second value says why.
+async fn connect_tcp(
+    addr: &str,
+    source_host: Option<&str>,
+) -> io::Result<(tokio::net::TcpStream, Option<String>)> {
+    let targets: Vec<SocketAddr> = tokio::net::lookup_host(addr).await?.collect();
+    let source_ip = match source_host {
+        Some(host) => resolve_source(host).await,
+        None => None,
+    };
+    let target = source_ip
+        .and_then(|ip| targets.iter().find(|t| t.is_ipv4() == ip.is_ipv4()))
+        .or_else(|| targets.first())
+        .copied()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "address resolves to nothing"))?;
+    let mut bind_error = None;
+    let socket = match source_ip.filter(|ip| ip.is_ipv4() == target.is_ipv4()) {
+        Some(ip) => match bound_socket(SocketAddr::new(ip, 0)) {
+            Ok(socket) => socket,
+            Err(error) => {
+                bind_error = Some(format!("cannot bind to {ip}: {error}"));
+                new_socket(&target)?
+            }
+        },
+        None => new_socket(&target)?,
+    };
+    let stream = socket.connect(target).await?;
+    // Raft messages are small and latency-bound.
+    stream.set_nodelay(true)?;
+    Ok((stream, bind_error))
+}
+
+/// A blocking peer connection (plain or TLS) for a plain thread.
+pub trait BlockingPeerIo: io::Read + io::Write + Send {}
+impl<T: io::Read + io::Write + Send> BlockingPeerIo for T {}
+
+/// A connected blocking stream and the local address it left from.
+pub struct BlockingConnection {
+    pub stream: Box<dyn BlockingPeerIo>,
+    pub local_addr: String,
+}
+
+/// [`connect`] for a plain thread (the snapshot sender): the same source binding,
+/// fallback and TLS, returning a blocking stream whose reads time out after
+/// `read_timeout`.
 pub fn connect_blocking(
     addr: &str,
     source_host: Option<&str>,
+    tls: Option<&PeerTls>,
     timeout: Duration,
-) -> io::Result<std::net::TcpStream> {
+    read_timeout: Duration,
+) -> io::Result<BlockingConnection> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_io()
         .enable_time()
         .build()?;
     let (stream, bind_error) = runtime.block_on(async {
-        let connection = connect(addr, source_host, timeout).await?;
-        io::Result::Ok((connection.stream.into_std()?, connection.bind_error))
+        let (stream, bind_error) = with_timeout(timeout, connect_tcp(addr, source_host)).await?;
+        io::Result::Ok((stream.into_std()?, bind_error))
     })?;
     if let Some(bind_error) = bind_error {
         log::warn!("raft: snapshot transfer to {addr}: connecting unbound, {bind_error}");
     }
     stream.set_nonblocking(false)?;
-    Ok(stream)
+    stream.set_read_timeout(Some(read_timeout))?;
+    stream.set_write_timeout(Some(read_timeout))?;
+    let local_addr = stream
+        .local_addr()
+        .map_or_else(|_| "?".to_string(), |a| a.to_string());
+    let stream: Box<dyn BlockingPeerIo> = match tls {
+        Some(tls) => {
+            let connection = rustls::ClientConnection::new(tls.clone(), tls::server_name(addr))
+                .map_err(io::Error::other)?;
+            let mut stream = rustls::StreamOwned::new(connection, stream);
+            stream.sock.set_read_timeout(Some(timeout))?;
+            while stream.conn.is_handshaking() {
+                stream.conn.complete_io(&mut stream.sock).map_err(|error| {
+                    io::Error::new(error.kind(), format!("TLS handshake: {error}"))
+                })?;
+            }
+            stream.sock.set_read_timeout(Some(read_timeout))?;
+            Box::new(stream)
+        }
+        None => Box::new(stream),
+    };
+    Ok(BlockingConnection { stream, local_addr })
 }
 
 fn new_socket(target: &SocketAddr) -> io::Result<TcpSocket> {
@@ -1174,7 +1228,7 @@ mod tests {
     }
 
     async fn serve_fake_connection(
-        mut stream: TcpStream,
+        mut stream: tokio::net::TcpStream,
         peer: SocketAddr,
         connection: u64,
         behavior: Behavior,
@@ -1244,6 +1298,7 @@ mod tests {
             max_batch_bytes: 1024 * 1024,
             cluster_user: "default".into(),
             cluster_password: String::new(),
+            tls: None,
         }
     }
 

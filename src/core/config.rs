@@ -40,7 +40,8 @@ pub const ALL_KEYS: &[&str] = &[
 
 /// Keys that cannot change after `RAFT.CLUSTER INIT` / `JOIN`: they name this
 /// node and its files, which the cluster and the disk already know.
-pub const IMMUTABLE_AFTER_INIT: &[&str] = &["id", "addr", "log-filename"];
+/// `tls-enabled` is here because the transport is built once, when the node starts.
+pub const IMMUTABLE_AFTER_INIT: &[&str] = &["id", "addr", "log-filename", "tls-enabled"];
 
 /// Keys whose value must never appear in logs, INFO or [`RaftConfig::get`].
 pub const SENSITIVE_KEYS: &[&str] = &["cluster-password"];
@@ -365,15 +366,7 @@ impl RaftConfig {
     pub fn set(&mut self, key: &str, value: &str) -> Result<(), ConfigError> {
         let key = canonical_key(key)?;
         if let Some(field) = self.bool_field_mut(key) {
-            let enabled = parse_bool(key, value)?;
-            if key == "tls-enabled" && enabled {
-                // Accepting it would let an operator believe peer traffic is encrypted.
-                return Err(ConfigError::new(
-                    key,
-                    "inter-node TLS is not implemented yet; peer traffic is plain TCP".to_string(),
-                ));
-            }
-            *field = enabled;
+            *field = parse_bool(key, value)?;
             return Ok(());
         }
         if let Some(field) = self.numeric_field_mut(key) {
@@ -1080,12 +1073,11 @@ mod tests {
     }
 
     #[test]
-    fn tls_cannot_be_enabled_until_it_exists() {
+    fn tls_can_be_enabled() {
         let mut config = RaftConfig::default();
-        let error = config.set("tls-enabled", "yes").unwrap_err();
-        assert!(error.to_string().contains("not implemented"), "{error}");
-        assert!(!config.tls_enabled);
-        config.set("raft.tls-enabled", "no").unwrap();
+        config.set("raft.tls-enabled", "yes").unwrap();
+        assert!(config.tls_enabled);
+        assert_eq!(config.get("tls-enabled").as_deref(), Some("yes"));
     }
 
     #[test]
@@ -1125,7 +1117,10 @@ mod tests {
             assert!(config.numeric_field(key).is_some(), "{key}");
             assert!(min <= max && max <= MAX_REDIS_NUMERIC, "{key}");
         }
-        assert_eq!(IMMUTABLE_AFTER_INIT, ["id", "addr", "log-filename"]);
+        assert_eq!(
+            IMMUTABLE_AFTER_INIT,
+            ["id", "addr", "log-filename", "tls-enabled"]
+        );
     }
 
     #[test]
