@@ -141,6 +141,10 @@ pub struct DriverParams {
 
 /// After a failed snapshot, wait this many ticks before asking for another.
 const SNAPSHOT_RETRY_TICKS: u64 = 20;
+/// Below this, the copy a log rewrite makes is cheap enough to do at once.
+const MIN_DEFERRED_TAIL_BYTES: u64 = 8 * 1024 * 1024;
+/// A log file this many times `log-max-file-size` is rewritten however much it copies.
+const MAX_FILE_SIZE_FACTOR_BEFORE_FORCED_REWRITE: u64 = 4;
 
 pub struct Driver {
     node: RaftNode,
@@ -164,6 +168,8 @@ pub struct Driver {
     was_leader: bool,
     /// Tick of the last snapshot request; None when none is outstanding.
     snapshot_requested_at: Option<u64>,
+    /// The log file still holds entries before raft's snapshot point (a deferred rewrite).
+    file_compaction_deferred: bool,
     /// Peers a snapshot is being streamed to.
     sending_snapshot_to: std::collections::BTreeSet<u64>,
     /// The entry cache limit last given to the store.
@@ -200,6 +206,7 @@ impl Driver {
             ticks: 0,
             was_leader: false,
             snapshot_requested_at: None,
+            file_compaction_deferred: false,
             sending_snapshot_to: std::collections::BTreeSet::new(),
             cache_limit_bytes: u64::MAX,
         }
@@ -502,10 +509,33 @@ impl Driver {
     /// The main thread holds a durable snapshot at `index`: drop the log up to it.
     fn compact_to(&mut self, index: u64, term: u64, conf_state: raft::eraftpb::ConfState) {
         let store = self.node.store();
-        if index <= store.snapshot_point().index || index > store.last_index() {
+        let compacted_before = store.snapshot_point().index;
+        if index > store.last_index()
+            || index < compacted_before
+            || (index == compacted_before && !self.file_compaction_deferred)
+        {
             return;
         }
-        self.node.compact_log(index, term, conf_state);
+        let size_bytes = self.log.size_bytes();
+        let tail_bytes = store.bytes_after(index, size_bytes);
+        if index > compacted_before {
+            self.node.compact_log(index, term, conf_state);
+        }
+        if self.rewrite_can_wait(tail_bytes, size_bytes) {
+            // Most of the file follows the snapshot (e.g. a large entry applied just after
+            // it was taken): rewriting would copy it all on this thread and delay
+            // heartbeats. Raft's log is compacted in memory (followers get this snapshot);
+            // the file keeps its older prefix, which a restart skips, until a later
+            // snapshot compacts it cheaply.
+            log::info!(
+                "raft: log file compaction to index {index} deferred: {tail_bytes} of {size_bytes} bytes would be copied"
+            );
+            self.file_compaction_deferred = true;
+            self.snapshot_requested_at = Some(self.ticks);
+            return;
+        }
+        self.file_compaction_deferred = false;
+        let started = std::time::Instant::now();
         let store = self.node.store();
         let entries = if store.last_index() > index {
             raft::Storage::entries(
@@ -529,9 +559,22 @@ impl Driver {
         self.node.replace_frames(&frames);
         crate::adapters::info::SNAPSHOTS_CREATED.fetch_add(1, Ordering::Relaxed);
         log::info!(
-            "raft: log compacted up to index {index}; {} entries kept",
-            entries.len()
+            "raft: log compacted up to index {index}; {} entries kept ({} bytes, {} ms)",
+            entries.len(),
+            self.log.size_bytes(),
+            started.elapsed().as_millis()
         );
+    }
+
+    /// Whether rewriting the log file, which would copy `tail_bytes` on this thread, had
+    /// better wait for a later snapshot: the copy is large, and the file is not yet far
+    /// past its limit (a hard ceiling keeps the disk bounded under constant load).
+    fn rewrite_can_wait(&self, tail_bytes: u64, size_bytes: u64) -> bool {
+        let ceiling = self
+            .params
+            .log_max_file_size
+            .saturating_mul(MAX_FILE_SIZE_FACTOR_BEFORE_FORCED_REWRITE);
+        tail_bytes > MIN_DEFERRED_TAIL_BYTES && size_bytes <= ceiling
     }
 
     /// `log-max-cache-size` may change at run time (CONFIG SET).
@@ -545,8 +588,18 @@ impl Driver {
     }
 
     fn maybe_request_snapshot(&mut self) {
-        let wanted_by_raft = self.node.store().take_snapshot_wanted();
-        if !wanted_by_raft && self.log.size_bytes() <= self.params.log_max_file_size {
+        let handed_out = self.node.handed_out_index();
+        let store = self.node.store();
+        let wanted_by_raft = store.take_snapshot_wanted();
+        let size_bytes = self.log.size_bytes();
+        if !wanted_by_raft && size_bytes <= self.params.log_max_file_size {
+            return;
+        }
+        // Compaction rewrites what follows the snapshot on this thread. While most of the
+        // file is not applied yet (e.g. one 100 MB entry in flight) it would copy nearly
+        // everything and delay heartbeats for nothing: wait until that tail is applied.
+        let tail_bytes = store.bytes_after(handed_out, size_bytes);
+        if !wanted_by_raft && self.rewrite_can_wait(tail_bytes, size_bytes) {
             return;
         }
         if let Some(at) = self.snapshot_requested_at {

@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use protobuf::Message as _;
-use raft::eraftpb::Message;
+use raft::eraftpb::{Message, MessageType};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::TcpSocket;
 use tokio::sync::mpsc::error::TrySendError;
@@ -147,11 +147,40 @@ impl Drop for Inner {
     }
 }
 
+/// Each peer has two connections ("lanes"): appends travel on the data lane, everything
+/// else (heartbeats, votes, responses, ReadIndex) on the control lane, so a large entry
+/// being written never delays a heartbeat behind it (which would cost the leader its
+/// quorum, check-quorum, with short election timeouts). Raft tolerates the reordering
+/// between lanes; within a lane order is kept.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Lane {
+    Data,
+    Control,
+}
+
+impl Lane {
+    fn of(message: &Message) -> Lane {
+        match message.get_msg_type() {
+            MessageType::MsgAppend | MessageType::MsgSnapshot => Lane::Data,
+            _ => Lane::Control,
+        }
+    }
+}
+
 struct PeerEntry {
     addr: String,
-    queue: mpsc::Sender<Message>,
+    data_queue: mpsc::Sender<Message>,
+    control_queue: mpsc::Sender<Message>,
     counters: Arc<PeerCounters>,
-    task: tokio::task::JoinHandle<()>,
+    tasks: [tokio::task::JoinHandle<()>; 2],
+}
+
+impl PeerEntry {
+    fn abort(&self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
 }
 
 #[derive(Default)]
@@ -258,7 +287,7 @@ impl Transport {
         current.retain(|id, entry| {
             let keep = peers.iter().any(|(wanted, _)| wanted == id);
             if !keep {
-                entry.task.abort();
+                entry.abort();
             }
             keep
         });
@@ -269,7 +298,7 @@ impl Transport {
             let counters = match current.get(id) {
                 Some(entry) if entry.addr == *addr => continue,
                 Some(entry) => {
-                    entry.task.abort();
+                    entry.abort();
                     PeerCounters::carried_from(&entry.counters)
                 }
                 None => PeerCounters::default(),
@@ -280,20 +309,27 @@ impl Transport {
     }
 
     fn spawn_peer(&self, id: u64, addr: String, counters: Arc<PeerCounters>) -> PeerEntry {
-        let (queue, queue_rx) = mpsc::channel(self.inner.config.queue_bound_per_peer.max(1));
-        let link = PeerLink {
-            id,
-            addr: addr.clone(),
-            config: self.inner.config.clone(),
-            counters: counters.clone(),
-            unreachable: self.inner.unreachable.clone(),
+        let bound = self.inner.config.queue_bound_per_peer.max(1);
+        let spawn_lane = |lane: Lane| {
+            let (queue, queue_rx) = mpsc::channel(bound);
+            let link = PeerLink {
+                id,
+                addr: addr.clone(),
+                lane,
+                config: self.inner.config.clone(),
+                counters: counters.clone(),
+                unreachable: self.inner.unreachable.clone(),
+            };
+            (queue, self.inner.runtime.spawn(run_peer(link, queue_rx)))
         };
-        let task = self.inner.runtime.spawn(run_peer(link, queue_rx));
+        let (data_queue, data_task) = spawn_lane(Lane::Data);
+        let (control_queue, control_task) = spawn_lane(Lane::Control);
         PeerEntry {
             addr,
-            queue,
+            data_queue,
+            control_queue,
             counters,
-            task,
+            tasks: [data_task, control_task],
         }
     }
 
@@ -332,7 +368,10 @@ impl Transport {
         let sent = if too_many_bytes {
             Err(TrySendError::Full(message))
         } else {
-            entry.queue.try_send(message)
+            match Lane::of(&message) {
+                Lane::Data => entry.data_queue.try_send(message),
+                Lane::Control => entry.control_queue.try_send(message),
+            }
         };
         match sent {
             Ok(()) => {
@@ -404,7 +443,7 @@ impl Transport {
     pub fn shutdown(&self) {
         self.inner.stopped.store(true, Ordering::Release);
         for (_, entry) in lock(&self.inner.peers).drain() {
-            entry.task.abort();
+            entry.abort();
         }
         self.inner.stop.notify_one();
         let thread = lock(&self.inner.thread).take();
@@ -439,6 +478,7 @@ impl Drop for ReplyOnce {
 struct PeerLink {
     id: u64,
     addr: String,
+    lane: Lane,
     config: Arc<TransportConfig>,
     counters: Arc<PeerCounters>,
     unreachable: Arc<Mutex<BTreeSet<u64>>>,
@@ -451,6 +491,19 @@ impl PeerLink {
             .queued_bytes
             .fetch_sub(payload_bytes(&message), Ordering::Relaxed);
         message
+    }
+
+    /// Connection counts and state in INFO are the data lane's (one connection per peer,
+    /// as operators expect); the control lane's failures still mark the peer unreachable.
+    fn counts_connections(&self) -> bool {
+        self.lane == Lane::Data
+    }
+
+    fn lane_label(&self) -> &'static str {
+        match self.lane {
+            Lane::Data => "",
+            Lane::Control => " (control link)",
+        }
     }
 
     fn mark_unreachable(&self) {
@@ -492,17 +545,23 @@ async fn run_peer(link: PeerLink, mut queue: mpsc::Receiver<Message>) {
                         ),
                     );
                 }
-                link.counters.conn_oks.fetch_add(1, Ordering::Relaxed);
-                *lock(&link.counters.connected_at) = Some(Instant::now());
+                if link.counts_connections() {
+                    link.counters.conn_oks.fetch_add(1, Ordering::Relaxed);
+                    *lock(&link.counters.connected_at) = Some(Instant::now());
+                }
                 log.line(
                     log::Level::Info,
                     format_args!(
-                        "raft transport: connected to node {} at {}",
-                        link.id, link.addr
+                        "raft transport: connected to node {} at {}{}",
+                        link.id,
+                        link.addr,
+                        link.lane_label()
                     ),
                 );
                 let end = serve(&link, connection.stream, &mut queue, &mut log).await;
-                *lock(&link.counters.connected_at) = None;
+                if link.counts_connections() {
+                    *lock(&link.counters.connected_at) = None;
+                }
                 end
             }
             Err(error) => ConnectionEnd::Failed {
@@ -517,11 +576,18 @@ async fn run_peer(link: PeerLink, mut queue: mpsc::Receiver<Message>) {
         else {
             return;
         };
-        link.counters.conn_errors.fetch_add(1, Ordering::Relaxed);
+        if link.counts_connections() {
+            link.counters.conn_errors.fetch_add(1, Ordering::Relaxed);
+        }
         link.mark_unreachable();
         log.line(
             log::Level::Warn,
-            format_args!("raft transport: node {} ({}): {reason}", link.id, link.addr),
+            format_args!(
+                "raft transport: node {} ({}){}: {reason}",
+                link.id,
+                link.addr,
+                link.lane_label()
+            ),
         );
         if was_healthy {
             backoff = first_backoff;
@@ -1302,9 +1368,10 @@ mod tests {
         }
     }
 
-    fn heartbeat(index: u64) -> Message {
+    /// A message for the data lane (whose connection the INFO counters describe).
+    fn append(index: u64) -> Message {
         let mut message = Message::default();
-        message.set_msg_type(MessageType::MsgHeartbeat);
+        message.set_msg_type(MessageType::MsgAppend);
         message.from = 1;
         message.to = 2;
         message.index = index;
@@ -1374,11 +1441,11 @@ mod tests {
 
     #[test]
     fn decode_raft_msg_checks_its_arguments() {
-        let encoded = heartbeat(7).write_to_bytes().unwrap();
+        let encoded = append(7).write_to_bytes().unwrap();
         let decoded = decode_raft_msg(&[DBID.as_bytes(), b"1", &encoded]).unwrap();
         assert_eq!(decoded.dbid, DBID);
         assert_eq!(decoded.sender_id, 1);
-        assert_eq!(decoded.messages, vec![heartbeat(7)]);
+        assert_eq!(decoded.messages, vec![append(7)]);
 
         let no_messages: &[&[u8]] = &[DBID.as_bytes(), b"1"];
         assert!(decode_raft_msg(no_messages)
@@ -1412,7 +1479,7 @@ mod tests {
         assert_eq!(transport.peer_stats().len(), 1, "own id is not a peer");
         let count = 300;
         for index in 1..=count {
-            transport.send(2, heartbeat(index)).unwrap();
+            transport.send(2, append(index)).unwrap();
         }
         let commands = fake.receive_messages(count as usize);
         let mut indexes = Vec::new();
@@ -1428,7 +1495,10 @@ mod tests {
         }
         assert_eq!(indexes, (1..=count).collect::<Vec<_>>());
         assert!(commands.len() < count as usize, "messages were batched");
-        assert!(commands.iter().all(|(_, command)| command.connection == 1));
+        let connection = commands[0].1.connection;
+        assert!(commands
+            .iter()
+            .all(|(_, command)| command.connection == connection));
         wait_until("every reply is read", || {
             stats_of(&transport, 2).messages_sent == count
         });
@@ -1440,16 +1510,40 @@ mod tests {
     }
 
     #[test]
+    fn heartbeats_and_votes_travel_beside_appends_not_behind_them() {
+        let fake = FakeNode::start("127.0.0.1:0", Behavior::Answer);
+        let transport = Transport::start(test_config());
+        transport.set_peers(&[(2, fake.addr.to_string())]);
+        let mut heartbeat = append(7);
+        heartbeat.set_msg_type(MessageType::MsgHeartbeat);
+        let mut vote = append(8);
+        vote.set_msg_type(MessageType::MsgRequestPreVote);
+        transport.send(2, append(1)).unwrap();
+        transport.send(2, heartbeat).unwrap();
+        transport.send(2, vote).unwrap();
+        transport.send(2, append(2)).unwrap();
+        let mut connection_of = HashMap::new();
+        for (decoded, command) in fake.receive_messages(4) {
+            for message in decoded.messages {
+                connection_of.insert(message.get_msg_type(), command.connection);
+            }
+        }
+        let data = connection_of[&MessageType::MsgAppend];
+        let control = connection_of[&MessageType::MsgHeartbeat];
+        assert_ne!(data, control, "a heartbeat would wait behind appends");
+        assert_eq!(connection_of[&MessageType::MsgRequestPreVote], control);
+        assert_eq!(Lane::of(&Message::default()), Lane::Control);
+        transport.shutdown();
+    }
+
+    #[test]
     fn send_all_routes_by_recipient() {
         let fake = FakeNode::start("127.0.0.1:0", Behavior::Answer);
         let transport = Transport::start(test_config());
         transport.set_peers(&[(2, fake.addr.to_string())]);
-        let mut stray = heartbeat(3);
+        let mut stray = append(3);
         stray.to = 9;
-        assert_eq!(
-            transport.send_all(vec![heartbeat(1), stray, heartbeat(2)]),
-            1
-        );
+        assert_eq!(transport.send_all(vec![append(1), stray, append(2)]), 1);
         let commands = fake.receive_messages(2);
         let indexes: Vec<u64> = commands
             .iter()
@@ -1479,13 +1573,13 @@ mod tests {
             ..test_config()
         });
         transport.set_peers(&[(2, fake.addr.to_string())]);
-        let mut big = heartbeat(1);
+        let mut big = append(1);
         big.set_context(vec![7u8; 3 * 1024 * 1024].into());
         transport.send(2, big.clone()).unwrap();
-        transport.send(2, heartbeat(2)).unwrap();
+        transport.send(2, append(2)).unwrap();
         let commands = fake.receive_messages(2);
         assert_eq!(commands[0].0.messages, vec![big]);
-        assert_eq!(commands[1].0.messages, vec![heartbeat(2)]);
+        assert_eq!(commands[1].0.messages, vec![append(2)]);
         transport.shutdown();
     }
 
@@ -1495,7 +1589,7 @@ mod tests {
         let addr = fake.addr;
         let transport = Transport::start(test_config());
         transport.set_peers(&[(2, addr.to_string())]);
-        transport.send(2, heartbeat(1)).unwrap();
+        transport.send(2, append(1)).unwrap();
         fake.receive_messages(1);
         wait_until("connected", || stats_of(&transport, 2).connected);
 
@@ -1512,7 +1606,7 @@ mod tests {
             let stats = stats_of(&transport, 2);
             stats.connected && stats.conn_oks >= 2
         });
-        transport.send(2, heartbeat(2)).unwrap();
+        transport.send(2, append(2)).unwrap();
         let (decoded, _) = restarted.receive_messages(1).remove(0);
         assert_eq!(decoded.messages[0].index, 2);
         transport.shutdown();
@@ -1526,7 +1620,7 @@ mod tests {
             ..test_config()
         });
         transport.set_peers(&[(2, fake.addr.to_string())]);
-        transport.send(2, heartbeat(1)).unwrap();
+        transport.send(2, append(1)).unwrap();
         wait_until("the missing reply drops the connection", || {
             let stats = stats_of(&transport, 2);
             stats.conn_errors >= 1 && stats.conn_oks >= 2
@@ -1547,7 +1641,7 @@ mod tests {
         transport.set_peers(&[(2, fake.addr.to_string())]);
         let limit = MAX_BATCHES_IN_FLIGHT + 100;
         let refused = (1..=limit as u64).find(|&index| {
-            let result = transport.send(2, heartbeat(index));
+            let result = transport.send(2, append(index));
             if result.is_err() {
                 assert_eq!(result, Err(SendError::QueueFull));
             }
@@ -1568,19 +1662,19 @@ mod tests {
         let old_home = FakeNode::start("127.0.0.1:0", Behavior::Answer);
         let new_home = FakeNode::start("127.0.0.1:0", Behavior::Answer);
         let transport = Transport::start(test_config());
-        assert_eq!(transport.send(2, heartbeat(1)), Err(SendError::UnknownPeer));
+        assert_eq!(transport.send(2, append(1)), Err(SendError::UnknownPeer));
 
         transport.set_peers(&[
             (2, old_home.addr.to_string()),
             (3, old_home.addr.to_string()),
         ]);
-        transport.send(2, heartbeat(1)).unwrap();
+        transport.send(2, append(1)).unwrap();
         old_home.receive_messages(1);
         wait_until("connected", || stats_of(&transport, 2).conn_oks == 1);
 
         transport.set_peers(&[(2, new_home.addr.to_string())]);
-        assert_eq!(transport.send(3, heartbeat(1)), Err(SendError::UnknownPeer));
-        transport.send(2, heartbeat(2)).unwrap();
+        assert_eq!(transport.send(3, append(1)), Err(SendError::UnknownPeer));
+        transport.send(2, append(2)).unwrap();
         let (decoded, _) = new_home.receive_messages(1).remove(0);
         assert_eq!(decoded.messages[0].index, 2);
         let stats = stats_of(&transport, 2);
@@ -1599,10 +1693,19 @@ mod tests {
             ..test_config()
         });
         transport.set_peers(&[(2, fake.addr.to_string())]);
-        transport.send(2, heartbeat(1)).unwrap();
-        let auth = fake.next_command();
-        assert_eq!(auth.argv, [&b"AUTH"[..], b"raft", b"s3cret"]);
-        assert_eq!(fake.next_command().argv[0], b"RAFT.MSG");
+        transport.send(2, append(1)).unwrap();
+        // Both lanes connect; each connection's first command is AUTH.
+        let mut first_commands = HashMap::new();
+        loop {
+            let command = fake.next_command();
+            let first = first_commands
+                .entry(command.connection)
+                .or_insert_with(|| command.argv.clone());
+            assert_eq!(*first, [&b"AUTH"[..], b"raft", b"s3cret"]);
+            if command.argv[0] == b"RAFT.MSG" {
+                break;
+            }
+        }
 
         let (reply, _) = request_and_wait(
             &transport,
@@ -1611,13 +1714,17 @@ mod tests {
             Duration::from_secs(5),
         );
         assert!(reply.is_ok());
-        let auth = fake.next_command();
-        assert_eq!(auth.argv[0], b"AUTH");
-        let ping = fake.next_command();
-        assert_eq!(
-            (ping.argv[0].as_slice(), ping.connection),
-            (&b"PING"[..], auth.connection)
-        );
+        let mut first_commands = HashMap::new();
+        let ping = loop {
+            let command = fake.next_command();
+            first_commands
+                .entry(command.connection)
+                .or_insert_with(|| command.argv[0].clone());
+            if command.argv[0] == b"PING" {
+                break command;
+            }
+        };
+        assert_eq!(first_commands[&ping.connection], b"AUTH");
         transport.shutdown();
     }
 
@@ -1658,14 +1765,14 @@ mod tests {
         let fake = FakeNode::start("127.0.0.1:0", Behavior::RefuseMessages);
         let transport = Transport::start(test_config());
         transport.set_peers(&[(2, fake.addr.to_string())]);
-        transport.send(2, heartbeat(1)).unwrap();
-        fake.receive_messages(1);
+        transport.send(2, append(1)).unwrap();
+        let (_, first) = fake.receive_messages(1).remove(0);
         wait_until("the error reply is counted", || {
             stats_of(&transport, 2).error_replies == 1
         });
-        transport.send(2, heartbeat(2)).unwrap();
+        transport.send(2, append(2)).unwrap();
         let (_, command) = fake.receive_messages(1).remove(0);
-        assert_eq!(command.connection, 1);
+        assert_eq!(command.connection, first.connection);
         let stats = stats_of(&transport, 2);
         assert_eq!(stats.conn_errors, 0);
         assert!(stats.connected);
@@ -1738,7 +1845,7 @@ mod tests {
             ..test_config()
         });
         transport.set_peers(&[(2, fake.addr.to_string())]);
-        transport.send(2, heartbeat(1)).unwrap();
+        transport.send(2, append(1)).unwrap();
         let (_, command) = fake.receive_messages(1).remove(0);
         assert_eq!(command.peer.ip().to_string(), "127.0.0.2");
 
@@ -1759,7 +1866,7 @@ mod tests {
         let transport = Transport::start(test_config());
         transport.set_peers(&[(2, fake.addr.to_string())]);
         transport.shutdown();
-        assert_eq!(transport.send(2, heartbeat(1)), Err(SendError::UnknownPeer));
+        assert_eq!(transport.send(2, append(1)), Err(SendError::UnknownPeer));
         let (reply, thread) = request_and_wait(
             &transport,
             fake.addr.to_string(),

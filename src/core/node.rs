@@ -255,6 +255,11 @@ impl RaftNode {
             .compact_to_snapshot(index, term, conf_state);
     }
 
+    /// The last entry handed to the caller for applying.
+    pub fn handed_out_index(&self) -> u64 {
+        self.raw.raft.raft_log.applied
+    }
+
     pub fn status(&self) -> NodeStatus {
         let raft = &self.raw.raft;
         NodeStatus {

@@ -292,6 +292,38 @@ impl LogStore {
         self.record_frames(first, frames);
     }
 
+    /// Where entry `index`'s frame starts in the log file, if it is located.
+    pub fn frame_offset(&self, index: u64) -> Option<u64> {
+        let position = index.checked_sub(self.first_index())?;
+        self.frame_offsets
+            .get(usize::try_from(position).ok()?)
+            .copied()
+    }
+
+    /// About how many bytes rewriting the log after `index` would write: the located
+    /// part from the file (`file_bytes` long), plus the entries not written yet (always
+    /// cached).
+    pub fn bytes_after(&self, index: u64, file_bytes: u64) -> u64 {
+        let first_after = index.saturating_add(1).max(self.first_index());
+        let located_end = self.located_end();
+        let located = match self.frame_offset(first_after) {
+            Some(offset) if first_after < located_end => file_bytes.saturating_sub(offset),
+            _ => 0,
+        };
+        let cache_first = self.cache_first();
+        let unlocated: usize = self
+            .cache
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| {
+                let entry_index = cache_first + *i as u64;
+                entry_index >= located_end && entry_index >= first_after
+            })
+            .map(|(_, entry)| cached_size(entry))
+            .sum();
+        located + unlocated as u64
+    }
+
     /// One past the last entry whose frame location is known.
     fn located_end(&self) -> u64 {
         self.first_index() + self.frame_offsets.len() as u64
@@ -1227,6 +1259,36 @@ mod tests {
         store.record_frames(4, &frames);
         assert_eq!(store.cached_entry_count(), 0);
         assert_same_reads(&store, &twin);
+    }
+
+    #[test]
+    fn frame_offsets_are_known_for_written_entries_only() {
+        let (mut store, _, file) = bounded_pair(0);
+        let batch: Vec<Entry> = (1..=5).map(|index| data_entry(index, 1)).collect();
+        store.append(&batch);
+        let frames = file.write(&batch[..3]);
+        store.record_frames(1, &frames);
+        assert_eq!(store.frame_offset(1), Some(frames[0].offset));
+        assert_eq!(store.frame_offset(3), Some(frames[2].offset));
+        assert!(frames[0].offset < frames[2].offset);
+        assert_eq!(store.frame_offset(4), None, "not written yet");
+        assert_eq!(store.frame_offset(0), None, "before the log");
+        let file_bytes = frames[2].offset + u64::from(frames[2].len);
+        let unwritten = cost(&batch[3..]) as u64;
+        assert_eq!(
+            store.bytes_after(1, file_bytes),
+            file_bytes - frames[1].offset + unwritten
+        );
+        assert_eq!(store.bytes_after(3, file_bytes), unwritten);
+        assert_eq!(store.bytes_after(4, file_bytes), cost(&batch[4..]) as u64);
+        assert_eq!(store.bytes_after(5, file_bytes), 0);
+        store.compact(2, 1);
+        assert_eq!(store.frame_offset(2), None, "compacted");
+        assert_eq!(store.frame_offset(3), Some(frames[2].offset));
+        assert_eq!(
+            store.bytes_after(0, file_bytes),
+            file_bytes - frames[2].offset + unwritten
+        );
     }
 
     #[test]
