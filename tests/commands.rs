@@ -825,6 +825,59 @@ fn pubsub_delivers_on_every_node_across_leader_changes() {
 }
 
 #[test]
+fn follower_proxy_forwards_checked_commands_but_not_restricted_scripts() {
+    let cluster = Cluster::start(3, ET_MS);
+    for id in cluster.ids() {
+        let node = cluster.node(id);
+        let reply: String = node
+            .cmd(&["ACL", "SETUSER", "carol", "on", ">pw", "+@all", "~allowed*"])
+            .unwrap();
+        assert_eq!(reply, "OK");
+        let reply: String = node
+            .cmd(&["CONFIG", "SET", "raft.follower-proxy", "yes"])
+            .unwrap();
+        assert_eq!(reply, "OK");
+    }
+    let (leader, _) = leader_client(&cluster);
+    let follower = *cluster.ids().iter().find(|&&id| id != leader).unwrap();
+    let follower_addr = cluster.addr(follower);
+    let mut carol = connect(
+        &format!("redis://carol:pw@{follower_addr}/"),
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    // A plain command is checked against carol on the follower, then forwarded.
+    assert_eq!(
+        exec::<String>(&mut carol, &["SET", "allowed:1", "v"]).unwrap(),
+        "OK"
+    );
+    assert_eq!(
+        text(&cluster.local(leader, &["GET", "allowed:1"])),
+        "v",
+        "the proxied write reached the leader"
+    );
+    assert_eq!(
+        expect_err(&mut carol, &["SET", "secret", "v"]),
+        "NOPERM this user has no permissions to access one of the keys used as arguments"
+    );
+    // Her script would run on the leader as the cluster user: not proxied.
+    let script = "return redis.call('SET', KEYS[1], 'from-script')";
+    let error = expect_err(&mut carol, &["EVAL", script, "1", "allowed:2"]);
+    assert_eq!(error, format!("MOVED 0 {}", cluster.addr(leader)));
+    let mut admin = cluster.node(follower).client();
+    assert_eq!(
+        exec::<Value>(&mut admin, &["EVAL", script, "1", "secret"]).unwrap(),
+        Value::Okay,
+        "an unrestricted user's script is proxied"
+    );
+    assert_eq!(
+        text(&cluster.local(leader, &["GET", "secret"])),
+        "from-script"
+    );
+    assert_eq!(text(&cluster.local(leader, &["EXISTS", "allowed:2"])), "0");
+}
+
+#[test]
 fn acl_is_checked_before_the_log_and_scripts_run_as_the_caller() {
     let cluster = Cluster::start(3, ET_MS);
     let ids = cluster.ids();

@@ -184,6 +184,18 @@ pub fn acl_check(ctx: RawCtx, argv: &[Vec<u8>]) -> Result<Option<String>, String
     })
 }
 
+/// A script or function call by a user with restricted rights. The leader runs proxied
+/// commands as the cluster user, so the calls inside such a script would escape the
+/// caller's rights: it is not proxied (the client gets `MOVED`). Plain commands are
+/// checked here, against the caller, before they are forwarded.
+fn restricted_script(ctx: RawCtx, argv: &[Vec<u8>], user: Option<&str>) -> bool {
+    let runs_code = argv.first().is_some_and(|name| {
+        let name = name.to_ascii_lowercase();
+        name.starts_with(b"eval") || name.starts_with(b"fcall")
+    });
+    runs_code && user.is_some_and(|name| !is_unrestricted(ctx, name))
+}
+
 /// Sends commands through raft for the client of `ctx` (a write, or one read), which stays
 /// blocked until they are applied (or the read is confirmed). `transaction`: EXEC of a
 /// MULTI block, answered with the array of replies.
@@ -197,7 +209,10 @@ pub fn submit(
 ) -> RedisResult {
     if let Err(message) = check_can_serve() {
         if let Some(leader) = message.strip_prefix("MOVED 0 ") {
-            if config().follower_proxy && !transaction {
+            if config().follower_proxy
+                && !transaction
+                && !restricted_script(ctx, &commands[0], user.as_deref())
+            {
                 let argv = commands.into_iter().next().unwrap_or_default();
                 if crate::adapters::proxy::forward(ctx, leader.to_string(), argv) {
                     return Ok(RedisValue::NoReply);
