@@ -1,4 +1,5 @@
-//! Resource limits (issue #8): a flood of 500 client connections and values of 100 MB do
+//! Resource limits (issue #8): a flood of 500 client connections, values of 100 MB and a
+//! stopped follower do
 //! not make a leader's memory grow without bound, everything written is on every node
 //! afterwards, and the back-pressure fields of `INFO raft` return to zero.
 
@@ -127,5 +128,68 @@ fn huge_values_replicate_without_memory_growth() {
             "node {id} lacks the 100 MB value"
         );
         assert_eq!(waiting_requests(cluster.node(id)), Some(0), "node {id}");
+    }
+}
+
+#[test]
+fn a_stopped_follower_does_not_grow_the_leaders_memory() {
+    let cluster = Cluster::start(3, ET_MS);
+    let leader = cluster.wait_leader(&cluster.ids(), CONVERGE_TIMEOUT);
+    const CACHE_MIB: f64 = 16.0;
+    for id in cluster.ids() {
+        let reply: String = cluster
+            .node(id)
+            .cmd(&["CONFIG", "SET", "raft.log-max-cache-size", "16mb"])
+            .unwrap();
+        assert_eq!(reply, "OK");
+    }
+    let stopped = *cluster.ids().iter().find(|&&id| id != leader).unwrap();
+    cluster.node(stopped).sigstop();
+    // The same data in a plain server, for the baseline.
+    let plain = Server::start(ServerOpts::new().without_module());
+    let mut plain_client = plain.client();
+    let mut con = cluster
+        .node(leader)
+        .client_with_timeout(Duration::from_secs(30));
+    let value = "x".repeat(100 * 1024);
+    let keys = 1500;
+    let mut peak_mib: f64 = 0.0;
+    for i in 0..keys {
+        let key = format!("key:{i}");
+        let reply: String = redis::cmd("SET")
+            .arg(&key)
+            .arg(&value)
+            .query(&mut con)
+            .unwrap_or_else(|e| panic!("SET {key} with a follower stopped: {}", err_text(&e)));
+        assert_eq!(reply, "OK");
+        let _: () = redis::cmd("SET")
+            .arg(&key)
+            .arg(&value)
+            .query(&mut plain_client)
+            .unwrap();
+        if i % 100 == 99 {
+            peak_mib = peak_mib.max(rss_mib(cluster.node(leader)));
+        }
+    }
+    let plain_mib = rss_mib(&plain);
+    cluster.node(stopped).sigcont();
+    // What a leader may hold beyond the data: the entry cache, one peer queue's bytes
+    // (64 MiB) and slack for buffers; a queue growing with the stopped follower's backlog
+    // (150 MB here) would pass it.
+    let bound_mib = plain_mib + CACHE_MIB + 64.0 + 64.0;
+    eprintln!(
+        "leader peak RSS {peak_mib:.0} MiB, plain Redis {plain_mib:.0} MiB, bound {bound_mib:.0} MiB"
+    );
+    assert!(
+        peak_mib < bound_mib,
+        "leader RSS peaked at {peak_mib:.0} MiB with a follower stopped (plain Redis: {plain_mib:.0} MiB)"
+    );
+    cluster.wait_caught_up(&cluster.ids(), Duration::from_secs(120));
+    for id in cluster.ids() {
+        assert_eq!(
+            cluster.local(id, &["DBSIZE"]),
+            redis::Value::Int(keys),
+            "node {id} after the stopped follower resumed"
+        );
     }
 }
