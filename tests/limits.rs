@@ -1,7 +1,6 @@
 //! Resource limits (issue #8): a flood of 500 client connections, values of 100 MB and a
-//! stopped follower do
-//! not make a leader's memory grow without bound, everything written is on every node
-//! afterwards, and the back-pressure fields of `INFO raft` return to zero.
+//! stopped follower do not make a leader's memory grow without bound, everything written
+//! is on every node afterwards, and the back-pressure fields of `INFO raft` return to zero.
 
 mod common;
 
