@@ -2,7 +2,7 @@
 //! committed entries to the Redis main thread. It is the only thread that touches raft.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::mpsc::{RecvTimeoutError, TrySendError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -10,6 +10,7 @@ use protobuf::Message as _;
 use raft::eraftpb::{ConfChangeType, ConfChangeV2, Entry, EntryType, Message, MessageType};
 
 use crate::adapters::logio::LogFile;
+use crate::adapters::queue::{BoundedReceiver, BoundedSender};
 use crate::adapters::snapshot_transfer::SendJob;
 use crate::adapters::snapshots::SnapshotFiles;
 use crate::adapters::transport::Transport;
@@ -136,7 +137,7 @@ pub struct DriverParams {
     /// Template for snapshot transfers (address, file and message filled per transfer).
     pub transfer: SendJob,
     /// For transfer threads to report back.
-    pub inbox_sender: SyncSender<DriverInput>,
+    pub inbox_sender: BoundedSender<DriverInput>,
 }
 
 /// After a failed snapshot, wait this many ticks before asking for another.
@@ -155,8 +156,8 @@ pub struct Driver {
     /// Addresses peers announced before the log told us about them (bounded by use:
     /// dropped once the membership knows the id).
     address_hints: std::collections::BTreeMap<u64, String>,
-    inbox: Receiver<DriverInput>,
-    outbox: SyncSender<MainTask>,
+    inbox: BoundedReceiver<DriverInput>,
+    outbox: BoundedSender<MainTask>,
     wake_main: fn(),
     shared: Arc<SharedStatus>,
     proposals: ProposalTable,
@@ -183,8 +184,8 @@ impl Driver {
         log: LogFile,
         transport: Transport,
         membership: Membership,
-        inbox: Receiver<DriverInput>,
-        outbox: SyncSender<MainTask>,
+        inbox: BoundedReceiver<DriverInput>,
+        outbox: BoundedSender<MainTask>,
         wake_main: fn(),
         shared: Arc<SharedStatus>,
         params: DriverParams,

@@ -13,6 +13,7 @@ pub mod membership;
 pub mod module;
 pub mod peer_guard;
 pub mod proxy;
+pub mod queue;
 pub mod snapshot_transfer;
 pub mod snapshots;
 pub mod state;

@@ -6,7 +6,7 @@
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::mpsc::TrySendError;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,6 +17,7 @@ use crate::adapters::driver::{Driver, DriverInput, DriverParams, MainTask, Share
 use crate::adapters::driver::{INBOX_BOUND, MAIN_QUEUE_BOUND};
 use crate::adapters::ffi::{self, Answer, BlockedClient, RawCtx};
 use crate::adapters::logio::LogFile;
+use crate::adapters::queue::{bounded, BoundedReceiver, BoundedSender};
 use crate::adapters::snapshot_transfer::SendJob;
 use crate::adapters::snapshots::SnapshotFiles;
 use crate::adapters::transport::{Transport, TransportConfig};
@@ -78,8 +79,8 @@ pub struct MainState {
     pub applied_term: u64,
     /// While loading: the commit index found on disk; `Up` once applied reaches it.
     pub loading_until: u64,
-    pub to_driver: Option<SyncSender<DriverInput>>,
-    pub from_driver: Option<Receiver<MainTask>>,
+    pub to_driver: Option<BoundedSender<DriverInput>>,
+    pub from_driver: Option<BoundedReceiver<MainTask>>,
     pub shared: Arc<SharedStatus>,
     /// Context used to apply entries outside any client command.
     pub apply_ctx: RawCtx,
@@ -391,8 +392,8 @@ pub fn start_node(
         cluster_password: settings.cluster_password.clone(),
         tls: tls.clone(),
     });
-    let (to_driver, inbox) = sync_channel(INBOX_BOUND);
-    let (outbox, from_driver) = sync_channel(MAIN_QUEUE_BOUND);
+    let (to_driver, inbox) = bounded(INBOX_BOUND);
+    let (outbox, from_driver) = bounded(MAIN_QUEUE_BOUND);
     let driver_params = DriverParams {
         tick: Duration::from_millis(tick_ms),
         fsync: settings.log_fsync,
