@@ -27,6 +27,9 @@ use crate::core::storage::LogReader;
 /// The log file currently in use, shared with the [`FileReader`] (a rewrite replaces it).
 type CurrentFile = Arc<Mutex<Arc<File>>>;
 
+/// Capacity the write buffer keeps between appends.
+const RETAINED_BUFFER_BYTES: usize = 256 * 1024;
+
 pub struct LogFile {
     file: Arc<File>,
     /// What the reader reads: always the same file as `file`.
@@ -305,6 +308,10 @@ impl LogFile {
             fatal(&self.path, "write", &e);
         }
         self.size_bytes += self.buffer.len() as u64;
+        // One large batch (a 100 MB value, a follower catching up) must not keep its
+        // buffer for the node's life.
+        self.buffer.clear();
+        self.buffer.shrink_to(RETAINED_BUFFER_BYTES);
         frames
     }
 

@@ -44,6 +44,8 @@ const MIN_RECONNECT_BACKOFF: Duration = Duration::from_millis(10);
 /// Per-peer log lines are throttled to one per this interval.
 const PEER_LOG_INTERVAL: Duration = Duration::from_secs(10);
 const READ_CHUNK_BYTES: usize = 16 * 1024;
+/// Capacity the write buffer of a peer connection keeps between batches.
+const RETAINED_FRAME_BYTES: usize = 64 * 1024;
 /// Slowest transfer rate a healthy peer link is assumed to sustain: a reply may take
 /// `response_timeout` plus the time to push the batch at this rate.
 const MIN_LINK_BYTES_PER_SEC: u64 = 1024 * 1024;
@@ -733,9 +735,10 @@ async fn write_batches(
         link.counters
             .messages_sent
             .fetch_add(batch.len() as u64, Ordering::Relaxed);
-        // One huge message (a snapshot) must not pin its buffer for the connection's life.
+        // A large batch must not pin its buffer for the connection's life (2 MiB per lane
+        // and peer with the default append-req-max-size): keep what small batches need.
         frame.clear();
-        frame.shrink_to(link.config.max_batch_bytes);
+        frame.shrink_to(RETAINED_FRAME_BYTES);
     }
 }
 

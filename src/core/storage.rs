@@ -101,6 +101,16 @@ fn cached_size(entry: &Entry) -> usize {
     entry.data.len() + entry.context.len() + CACHED_ENTRY_OVERHEAD_BYTES
 }
 
+/// Gives back a deque's buffer once it is mostly empty (after an eviction or compaction
+/// dropped many entries; a `VecDeque<Entry>` holds ~100 bytes per slot inline), keeping
+/// room to grow so steady state never reallocates.
+fn shrink_if_sparse<T>(deque: &mut VecDeque<T>) {
+    const MIN_CAPACITY: usize = 1024;
+    if deque.capacity() > MIN_CAPACITY && deque.capacity() > 4 * deque.len() {
+        deque.shrink_to((2 * deque.len()).max(MIN_CAPACITY));
+    }
+}
+
 fn store_error(error: StorageError) -> raft::Error {
     raft::Error::Store(error)
 }
@@ -348,6 +358,7 @@ impl LogStore {
             let entry = self.cache.pop_front().expect("cache_first <= last_index");
             self.cached_bytes -= cached_size(&entry);
         }
+        shrink_if_sparse(&mut self.cache);
     }
 
     /// # Panics
@@ -409,6 +420,8 @@ impl LogStore {
             let located = dropped_count.min(self.frame_offsets.len());
             self.frame_offsets.drain(..located);
             self.frame_lens.drain(..located);
+            shrink_if_sparse(&mut self.frame_offsets);
+            shrink_if_sparse(&mut self.frame_lens);
             let cache_first = self.cache_first();
             if compact_index >= cache_first {
                 let dropped = ((compact_index + 1 - cache_first) as usize).min(self.cache.len());
@@ -1259,6 +1272,22 @@ mod tests {
         store.record_frames(4, &frames);
         assert_eq!(store.cached_entry_count(), 0);
         assert_same_reads(&store, &twin);
+    }
+
+    #[test]
+    fn an_emptied_cache_gives_its_buffer_back() {
+        let (mut store, _, file) = bounded_pair(usize::MAX);
+        let batch: Vec<Entry> = (1..=20_000).map(|index| data_entry(index, 1)).collect();
+        store.append(&batch);
+        let frames = file.write(&batch);
+        store.record_frames(1, &frames);
+        assert!(store.cache.capacity() >= 20_000);
+        store.set_cache_limit(Some(0));
+        assert_eq!(store.cached_entry_count(), 0);
+        assert!(store.cache.capacity() <= 2048, "{}", store.cache.capacity());
+        store.compact(19_000, 1);
+        assert!(store.frame_offsets.capacity() <= 4096);
+        assert_eq!(store.frame_offset(19_001), Some(frames[19_000].offset));
     }
 
     #[test]
