@@ -167,6 +167,13 @@ fn a_cluster_replicates_and_sends_snapshots_over_tls() {
         wait_caught_up(&nodes[0], node);
         assert_eq!(local_get(node, "after"), "join");
     }
+    // A restarted member reconnects over TLS and catches up.
+    let mut nodes = nodes;
+    nodes[1].server.restart();
+    let _: () = exec(&mut leader, &["SET", "after", "restart"]).unwrap();
+    wait_caught_up(&nodes[0], &nodes[1]);
+    assert_eq!(local_get(&nodes[1], "after"), "restart");
+
     let info = try_info(&nodes[0].server.addr()).unwrap();
     let peers = info_nodes(&info);
     assert_eq!(peers.len(), 3, "{info:?}");
