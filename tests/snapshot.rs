@@ -32,8 +32,9 @@ use std::sync::Arc;
 use std::thread::{self, sleep};
 use std::time::{Duration, Instant};
 
+use common::cluster::{field, num, try_connect, try_info};
 use common::*;
-use redis::{Connection, RedisResult, Value};
+use redis::{Connection, Value};
 
 /// `raft.log-max-file-size` of most test clusters: small, so writes trigger snapshots.
 const LOG_MAX: u64 = 200_000;
@@ -52,34 +53,6 @@ const PIPELINE_CMDS: usize = 60;
 
 // ---------------------------------------------------------------------------------------
 // Connections and INFO
-
-fn try_connect(addr: &str, io_timeout: Duration) -> RedisResult<Connection> {
-    let client = redis::Client::open(format!("redis://{addr}/"))?;
-    let con = client.get_connection_with_timeout(Duration::from_secs(2))?;
-    con.set_read_timeout(Some(io_timeout))?;
-    con.set_write_timeout(Some(io_timeout))?;
-    Ok(con)
-}
-
-/// `INFO raft` of a running node, `None` if it does not answer within 5 s.
-fn try_info(addr: &str) -> Option<HashMap<String, String>> {
-    let text: String = exec(
-        &mut try_connect(addr, Duration::from_secs(5)).ok()?,
-        &["INFO", "raft"],
-    )
-    .ok()?;
-    Some(parse_info(&text))
-}
-
-fn num(info: &HashMap<String, String>, field: &str) -> i64 {
-    info.get(field)
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("INFO raft has no numeric {field}: {info:?}"))
-}
-
-fn field<'a>(info: &'a HashMap<String, String>, name: &str) -> &'a str {
-    info.get(name).map(String::as_str).unwrap_or("")
-}
 
 fn text(v: &Value) -> String {
     match v {

@@ -9,36 +9,10 @@ use redis_module::configuration::{
 };
 use redis_module::{Context, RedisError, RedisString};
 
-use crate::core::config::{RaftConfig, IMMUTABLE_AFTER_INIT};
+use crate::core::config::{RaftConfig, ALL_KEYS, IMMUTABLE_AFTER_INIT};
 
-/// Every config key, in registration order.
-pub const CONFIG_KEYS: &[&str] = &[
-    "id",
-    "addr",
-    "log-filename",
-    "log-fsync",
-    "periodic-interval",
-    "request-timeout",
-    "election-timeout",
-    "connection-timeout",
-    "response-timeout",
-    "reconnect-interval",
-    "join-timeout",
-    "proxy-response-timeout",
-    "follower-proxy",
-    "quorum-reads",
-    "log-max-file-size",
-    "log-max-cache-size",
-    "append-req-max-count",
-    "append-req-max-size",
-    "snapshot-req-max-count",
-    "snapshot-req-max-size",
-    "ignored-commands",
-    "cluster-user",
-    "cluster-password",
-    "tls-enabled",
-    "loglevel",
-];
+/// Every config key, in registration order (the interface table's).
+pub const CONFIG_KEYS: &[&str] = ALL_KEYS;
 
 static CONFIG: LazyLock<Mutex<RaftConfig>> = LazyLock::new(|| Mutex::new(RaftConfig::default()));
 /// Set once the node has run INIT or JOIN (or restarted as a member): identity is fixed.
