@@ -162,35 +162,21 @@ fn secure_opts(id: u64, port: u16, password: &str) -> ServerOpts {
         .raft("join-timeout", "4000")
 }
 
+/// Creates (or resets) an ACL user allowed everything.
+fn add_full_user(server: &Server, user: &str, password: &str) {
+    let password = format!(">{password}");
+    let reply: String = server
+        .cmd(&["ACL", "SETUSER", user, "on", &password, "~*", "&*", "+@all"])
+        .expect("ACL SETUSER");
+    assert_eq!(reply, "OK");
+}
+
 /// Starts a node and creates the ACL users every node has: the peer user (with the real
 /// password) and `alice`, an ordinary user allowed everything Redis' ACLs can allow.
 fn spawn_secure(id: u64, password: &str) -> Server {
     let server = Server::start(secure_opts(id, free_port("127.0.0.1"), password));
-    for setuser in [
-        vec![
-            "ACL",
-            "SETUSER",
-            PEER_USER,
-            "on",
-            &format!(">{PASSWORD}"),
-            "~*",
-            "&*",
-            "+@all",
-        ],
-        vec![
-            "ACL",
-            "SETUSER",
-            "alice",
-            "on",
-            &format!(">{ALICE_PASSWORD}"),
-            "~*",
-            "&*",
-            "+@all",
-        ],
-    ] {
-        let reply: String = server.cmd(&setuser).expect("ACL SETUSER");
-        assert_eq!(reply, "OK");
-    }
+    add_full_user(&server, PEER_USER, PASSWORD);
+    add_full_user(&server, "alice", ALICE_PASSWORD);
     server
 }
 
@@ -328,18 +314,7 @@ fn cluster_user_authenticates_peers_and_nobody_else_sends_peer_messages() {
         server.restart();
         // ACL users live in memory: give it back the right ones, so that only its own
         // password is wrong (the leader can still authenticate to it).
-        let setuser = [
-            "ACL",
-            "SETUSER",
-            PEER_USER,
-            "on",
-            &format!(">{PASSWORD}"),
-            "~*",
-            "&*",
-            "+@all",
-        ];
-        let reply: String = server.cmd(&setuser).expect("ACL SETUSER");
-        assert_eq!(reply, "OK");
+        add_full_user(server, PEER_USER, PASSWORD);
     }
     router.must(&["SET", "after-wrong-password", "1"], CONVERGE_TIMEOUT);
     let index = num(&cluster.info(leader).unwrap(), "raft_commit_index");

@@ -316,20 +316,21 @@ impl LogStore {
     pub fn bytes_after(&self, index: u64, file_bytes: u64) -> u64 {
         let first_after = index.saturating_add(1).max(self.first_index());
         let located_end = self.located_end();
-        let located = match self.frame_offset(first_after) {
-            Some(offset) if first_after < located_end => file_bytes.saturating_sub(offset),
-            _ => 0,
-        };
-        let cache_first = self.cache_first();
+        let located = self
+            .frame_offset(first_after)
+            .map_or(0, |offset| file_bytes.saturating_sub(offset));
+        // Only the unwritten tail is visited: this runs on the raft thread.
+        let skip = located_end
+            .max(first_after)
+            .saturating_sub(self.cache_first());
         let unlocated: usize = self
             .cache
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| {
-                let entry_index = cache_first + *i as u64;
-                entry_index >= located_end && entry_index >= first_after
-            })
-            .map(|(_, entry)| cached_size(entry))
+            .range(
+                usize::try_from(skip)
+                    .unwrap_or(usize::MAX)
+                    .min(self.cache.len())..,
+            )
+            .map(cached_size)
             .sum();
         located + unlocated as u64
     }
