@@ -443,7 +443,14 @@ fn leader_sigstop_steps_down_no_stale_read() {
     assert_ne!(new, old);
     let mut router = cluster.router(&others);
     router.must(&["SET", "k", "new"], CONVERGE_TIMEOUT);
-    assert!(stopped_at.elapsed() > cluster.et());
+    // The followers' election timers started at the last heartbeat they got, up to one
+    // heartbeat interval (and a tick) before the stop.
+    let earliest = cluster.et() - Duration::from_millis(REQUEST_TIMEOUT_MS + PERIODIC_MS);
+    assert!(
+        stopped_at.elapsed() > earliest,
+        "new leader after {:?}",
+        stopped_at.elapsed()
+    );
 
     // Reads queued on the frozen leader's sockets: it sees them first thing on SIGCONT.
     for s in &mut raw {

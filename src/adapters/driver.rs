@@ -382,39 +382,14 @@ impl Driver {
     fn pump_ready_once(&mut self) {
         while let Some(ready) = self.node.poll_ready() {
             let must_persist = ready.must_persist();
+            let must_sync = ready.must_sync();
             // 1. Messages that need no durability go out first.
             self.send(ready.send_now);
-            // 2. Persist: a snapshot from the leader first, then entries and hard state,
-            // one write and one sync per cycle.
             if let Some(metadata) = &ready.snapshot {
                 self.install_received_snapshot(metadata);
             }
-            if must_persist {
-                let frames = self.log.append(&ready.entries, ready.hard_state.as_ref());
-                if let Some(first) = ready.entries.first() {
-                    self.node.record_frames(first.index, &frames);
-                }
-                if self.params.fsync {
-                    self.log.sync();
-                }
-            }
-            // Committed conf changes take effect in raft now, and tell the transport
-            // where new peers are before the acks below are sent.
-            for entry in &ready.committed {
-                if entry.get_entry_type() == EntryType::EntryConfChangeV2 {
-                    self.apply_conf_change(entry);
-                }
-            }
-            // 3. Messages that promise durability (votes, append acks).
-            self.send(ready.send_after_persist);
-            // 4. Apply: resolve proposals, hand entries to the main thread in log order.
-            if !ready.committed.is_empty() {
-                for entry in &ready.committed {
-                    let lost = self.proposals.on_committed(entry.index, entry.term);
-                    self.fail(lost, ERR_NOT_COMMITTED);
-                }
-                self.push_main(MainTask::Apply(ready.committed));
-            }
+            // 2. What earlier cycles committed does not wait for this cycle's sync.
+            self.commit(ready.committed_before_persist);
             for read in ready.read_states {
                 if let Some(request_ids) = self.reads.confirm(&read.request_ctx) {
                     self.push_main(MainTask::ReadReady {
@@ -423,10 +398,53 @@ impl Driver {
                     });
                 }
             }
+            // 3. Persist entries and hard state: one write and at most one sync per cycle.
+            if must_persist {
+                let frames = self.log.append(&ready.entries, ready.hard_state.as_ref());
+                if let Some(first) = ready.entries.first() {
+                    self.node.record_frames(first.index, &frames);
+                }
+                if self.params.fsync && must_sync {
+                    self.log.sync();
+                }
+            }
+            // 4. Messages that promise durability (votes, append acks). Conf changes
+            // this cycle commits take effect first, so the transport knows new peers.
+            let committed = ready.committed;
+            self.apply_conf_changes(&committed);
+            self.send(ready.send_after_persist);
+            // 5. Apply what this cycle's persistence committed.
+            self.hand_to_main(committed);
             if ready.role_change.is_some() {
                 self.on_role_change();
             }
         }
+    }
+
+    /// Resolves proposals and hands committed entries to the main thread in log order,
+    /// conf changes taking effect in raft first.
+    fn commit(&mut self, committed: Vec<Entry>) {
+        self.apply_conf_changes(&committed);
+        self.hand_to_main(committed);
+    }
+
+    fn apply_conf_changes(&mut self, committed: &[Entry]) {
+        for entry in committed {
+            if entry.get_entry_type() == EntryType::EntryConfChangeV2 {
+                self.apply_conf_change(entry);
+            }
+        }
+    }
+
+    fn hand_to_main(&mut self, committed: Vec<Entry>) {
+        if committed.is_empty() {
+            return;
+        }
+        for entry in &committed {
+            let lost = self.proposals.on_committed(entry.index, entry.term);
+            self.fail(lost, ERR_NOT_COMMITTED);
+        }
+        self.push_main(MainTask::Apply(committed));
     }
 
     fn on_role_change(&mut self) {

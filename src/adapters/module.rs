@@ -85,6 +85,13 @@ fn try_init(ctx: &Context, args: &[RedisString]) -> Result<(), String> {
     ) {
         return Err("cannot watch FLUSHALL/FLUSHDB (needed by WATCH)".into());
     }
+    // Driver inputs of one event-loop iteration travel together; without the event each
+    // goes at once.
+    state::hold_driver_inputs(ffi::subscribe_server_event(
+        ctx.ctx,
+        redis_module::raw::REDISMODULE_EVENT_EVENTLOOP,
+        on_event_loop,
+    ));
     active_expiry::start(ctx.ctx);
     blocking::start(ctx.ctx);
     if !ffi::data::subscribe_keyspace_events(
@@ -203,6 +210,17 @@ extern "C" fn on_flush(
     _data: *mut c_void,
 ) {
     crate::adapters::watch::everything_modified();
+}
+
+extern "C" fn on_event_loop(
+    _ctx: ffi::RawCtx,
+    _event: redis_module::raw::RedisModuleEvent,
+    subevent: u64,
+    _data: *mut c_void,
+) {
+    if subevent == redis_module::raw::REDISMODULE_SUBEVENT_EVENTLOOP_BEFORE_SLEEP {
+        state::with_state(|state| state.flush_to_driver());
+    }
 }
 
 extern "C" fn on_client_change(

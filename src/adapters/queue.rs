@@ -4,14 +4,26 @@
 //! 65,536-input inbox alone held about 10 MB on every node, full or empty. These queues
 //! wrap the list-based `mpsc::channel` (blocks of a few dozen slots, freed as they are
 //! consumed) and enforce the bound with a shared counter.
+//!
+//! A [`HoldingSender`] keeps values back and hands them over in one parcel: one channel
+//! operation and at most one wake-up of the receiving thread per batch, instead of one
+//! per value (the Redis main thread flushes once per event-loop iteration).
 
+use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError, TryRecvError, TrySendError};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// What travels through the channel: one value, or a batch counted value by value.
+enum Parcel<T> {
+    One(T),
+    Many(Vec<T>),
+}
+
 pub struct BoundedSender<T> {
-    inner: mpsc::Sender<T>,
+    inner: mpsc::Sender<Parcel<T>>,
     queued: Arc<AtomicUsize>,
     bound: usize,
 }
@@ -27,8 +39,10 @@ impl<T> Clone for BoundedSender<T> {
 }
 
 pub struct BoundedReceiver<T> {
-    inner: mpsc::Receiver<T>,
+    inner: mpsc::Receiver<Parcel<T>>,
     queued: Arc<AtomicUsize>,
+    /// The rest of the last batch received.
+    unpacked: RefCell<VecDeque<T>>,
 }
 
 /// A queue holding at most `bound` values.
@@ -44,6 +58,7 @@ pub fn bounded<T>(bound: usize) -> (BoundedSender<T>, BoundedReceiver<T>) {
         BoundedReceiver {
             inner: receiver,
             queued,
+            unpacked: RefCell::new(VecDeque::new()),
         },
     )
 }
@@ -54,14 +69,42 @@ const FULL_QUEUE_RETRY: Duration = Duration::from_millis(1);
 impl<T> BoundedSender<T> {
     /// Queues `value` unless the queue is full or the receiver is gone. Never blocks.
     pub fn try_send(&self, value: T) -> Result<(), TrySendError<T>> {
-        if self.queued.fetch_add(1, Ordering::AcqRel) >= self.bound {
-            self.queued.fetch_sub(1, Ordering::AcqRel);
+        if !self.reserve() {
             return Err(TrySendError::Full(value));
         }
-        self.inner.send(value).map_err(|mpsc::SendError(value)| {
+        self.inner
+            .send(Parcel::One(value))
+            .map_err(|mpsc::SendError(parcel)| {
+                self.queued.fetch_sub(1, Ordering::AcqRel);
+                match parcel {
+                    Parcel::One(value) => TrySendError::Disconnected(value),
+                    Parcel::Many(_) => unreachable!("sent one value"),
+                }
+            })
+    }
+
+    /// Takes one place in the queue, if there is one.
+    fn reserve(&self) -> bool {
+        if self.queued.fetch_add(1, Ordering::AcqRel) >= self.bound {
             self.queued.fetch_sub(1, Ordering::AcqRel);
-            TrySendError::Disconnected(value)
-        })
+            return false;
+        }
+        true
+    }
+
+    /// Sends values whose places `reserve` already took; gives them back if the
+    /// receiver is gone.
+    fn send_reserved(&self, values: Vec<T>) -> Result<(), Vec<T>> {
+        let count = values.len();
+        self.inner
+            .send(Parcel::Many(values))
+            .map_err(|mpsc::SendError(parcel)| {
+                self.queued.fetch_sub(count, Ordering::AcqRel);
+                match parcel {
+                    Parcel::Many(values) => values,
+                    Parcel::One(_) => unreachable!("sent a batch"),
+                }
+            })
     }
 
     /// Queues `value`, waiting while the queue is full; `Err` once the receiver is gone.
@@ -80,17 +123,82 @@ impl<T> BoundedSender<T> {
     }
 }
 
+/// Values held back until `flush`; their places in the queue are taken at once, so a
+/// full queue is still refused when the value is offered.
+pub struct HoldingSender<T> {
+    sender: BoundedSender<T>,
+    held: Vec<T>,
+}
+
+impl<T> HoldingSender<T> {
+    pub fn new(sender: BoundedSender<T>) -> HoldingSender<T> {
+        HoldingSender {
+            sender,
+            held: Vec::new(),
+        }
+    }
+
+    /// Holds `value` for the next flush, unless the queue is full.
+    pub fn try_send(&mut self, value: T) -> Result<(), TrySendError<T>> {
+        if !self.sender.reserve() {
+            return Err(TrySendError::Full(value));
+        }
+        self.held.push(value);
+        Ok(())
+    }
+
+    pub fn held(&self) -> usize {
+        self.held.len()
+    }
+
+    /// Hands every held value over at once. `Err` gives them back: the receiver is gone.
+    pub fn flush(&mut self) -> Result<(), Vec<T>> {
+        if self.held.is_empty() {
+            return Ok(());
+        }
+        self.sender.send_reserved(std::mem::take(&mut self.held))
+    }
+
+    /// Gives back what is held, freeing its places.
+    pub fn take_held(&mut self) -> Vec<T> {
+        let held = std::mem::take(&mut self.held);
+        self.sender.queued.fetch_sub(held.len(), Ordering::AcqRel);
+        held
+    }
+}
+
 impl<T> BoundedReceiver<T> {
     pub fn try_recv(&self) -> Result<T, TryRecvError> {
-        let value = self.inner.try_recv()?;
+        let value = match self.unpack() {
+            Some(value) => value,
+            None => self.open(self.inner.try_recv()?),
+        };
         self.queued.fetch_sub(1, Ordering::AcqRel);
         Ok(value)
     }
 
     pub fn recv_timeout(&self, timeout: Duration) -> Result<T, RecvTimeoutError> {
-        let value = self.inner.recv_timeout(timeout)?;
+        let value = match self.unpack() {
+            Some(value) => value,
+            None => self.open(self.inner.recv_timeout(timeout)?),
+        };
         self.queued.fetch_sub(1, Ordering::AcqRel);
         Ok(value)
+    }
+
+    fn unpack(&self) -> Option<T> {
+        self.unpacked.borrow_mut().pop_front()
+    }
+
+    fn open(&self, parcel: Parcel<T>) -> T {
+        match parcel {
+            Parcel::One(value) => value,
+            Parcel::Many(values) => {
+                let mut unpacked = self.unpacked.borrow_mut();
+                unpacked.extend(values);
+                unpacked.pop_front().expect("batches are never empty")
+            }
+        }
     }
 
     /// Values waiting.
@@ -131,6 +239,43 @@ mod tests {
             Err(TrySendError::Disconnected(1))
         ));
         assert!(sender.send(2).is_err());
+    }
+
+    #[test]
+    fn held_values_take_their_places_and_arrive_in_order_in_one_batch() {
+        let (sender, receiver) = bounded(3);
+        let mut holding = HoldingSender::new(sender.clone());
+        holding.try_send(1).unwrap();
+        holding.try_send(2).unwrap();
+        // Held values count against the bound before they are flushed.
+        assert_eq!(receiver.len(), 2);
+        assert_eq!(receiver.try_recv(), Err(TryRecvError::Empty));
+        sender.try_send(3).unwrap();
+        assert!(matches!(holding.try_send(4), Err(TrySendError::Full(4))));
+        holding.flush().unwrap();
+        assert_eq!(holding.held(), 0);
+        assert_eq!(receiver.try_recv(), Ok(3));
+        assert_eq!(receiver.try_recv(), Ok(1));
+        holding.try_send(5).unwrap();
+        holding.flush().unwrap();
+        assert_eq!(receiver.recv_timeout(Duration::from_millis(10)), Ok(2));
+        assert_eq!(receiver.recv_timeout(Duration::from_millis(10)), Ok(5));
+        assert!(receiver.is_empty());
+        assert_eq!(holding.flush(), Ok(()));
+    }
+
+    #[test]
+    fn held_values_come_back_when_the_receiver_is_gone_or_they_are_taken() {
+        let (sender, receiver) = bounded(2);
+        let mut holding = HoldingSender::new(sender);
+        holding.try_send(1).unwrap();
+        assert_eq!(holding.take_held(), vec![1]);
+        assert!(receiver.is_empty());
+        holding.try_send(2).unwrap();
+        holding.try_send(3).unwrap();
+        drop(receiver);
+        assert_eq!(holding.flush(), Err(vec![2, 3]));
+        holding.try_send(4).unwrap();
     }
 
     #[test]

@@ -17,7 +17,7 @@ use crate::adapters::driver::{Driver, DriverInput, DriverParams, MainTask, Share
 use crate::adapters::driver::{INBOX_BOUND, MAIN_QUEUE_BOUND};
 use crate::adapters::ffi::{self, Answer, BlockedClient, RawCtx};
 use crate::adapters::logio::LogFile;
-use crate::adapters::queue::{bounded, BoundedReceiver, BoundedSender};
+use crate::adapters::queue::{bounded, BoundedReceiver, HoldingSender};
 use crate::adapters::snapshot_transfer::SendJob;
 use crate::adapters::snapshots::SnapshotFiles;
 use crate::adapters::transport::{Transport, TransportConfig};
@@ -79,7 +79,8 @@ pub struct MainState {
     pub applied_term: u64,
     /// While loading: the commit index found on disk; `Up` once applied reaches it.
     pub loading_until: u64,
-    pub to_driver: Option<BoundedSender<DriverInput>>,
+    /// Held until the event loop is about to sleep (see `flush_to_driver`).
+    pub to_driver: Option<HoldingSender<DriverInput>>,
     pub from_driver: Option<BoundedReceiver<MainTask>>,
     pub shared: Arc<SharedStatus>,
     /// Context used to apply entries outside any client command.
@@ -100,7 +101,18 @@ pub struct MainState {
     pub expire_in_flight_until_ms: i64,
 }
 
+const ERR_DRIVER_STOPPED: &str = "CLUSTERDOWN raft driver stopped";
+/// Inputs held for the driver before they are handed over even mid-iteration.
+const MAX_HELD_DRIVER_INPUTS: usize = 1024;
+
+/// Hold driver inputs until the event loop sleeps; set once the server confirmed it will
+/// tell us (its before-sleep event).
+pub fn hold_driver_inputs(hold: bool) {
+    HOLD_DRIVER_INPUTS.set(hold);
+}
+
 thread_local! {
+    static HOLD_DRIVER_INPUTS: Cell<bool> = const { Cell::new(false) };
     static STATE: RefCell<Option<MainState>> = const { RefCell::new(None) };
     static TABLE: RefCell<CommandTable> = RefCell::new(CommandTable::new(Vec::new(), &[]));
     /// True while the module itself runs commands (apply, local exec): the filter must let
@@ -203,14 +215,45 @@ impl MainState {
     }
 
     /// Hands a request to the driver; on a full queue the caller answers the client.
-    pub fn send_to_driver(&self, input: DriverInput) -> Result<(), &'static str> {
-        let Some(sender) = &self.to_driver else {
+    /// The driver gets it when the event loop is about to sleep, together with everything
+    /// else this iteration produced (one wake-up of the driver per iteration).
+    pub fn send_to_driver(&mut self, input: DriverInput) -> Result<(), &'static str> {
+        let Some(sender) = &mut self.to_driver else {
             return Err("CLUSTERDOWN No raft leader");
         };
         match sender.try_send(input) {
-            Ok(()) => Ok(()),
-            Err(TrySendError::Full(_)) => Err("BUSY raft request queue is full, retry later"),
-            Err(TrySendError::Disconnected(_)) => Err("CLUSTERDOWN raft driver stopped"),
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                return Err("BUSY raft request queue is full, retry later")
+            }
+            Err(TrySendError::Disconnected(_)) => return Err(ERR_DRIVER_STOPPED),
+        }
+        if !HOLD_DRIVER_INPUTS.get() || sender.held() >= MAX_HELD_DRIVER_INPUTS {
+            self.flush_to_driver();
+        }
+        Ok(())
+    }
+
+    /// Hands the held inputs to the driver; requests the driver can no longer take are
+    /// answered with an error.
+    pub fn flush_to_driver(&mut self) {
+        let Some(sender) = &mut self.to_driver else {
+            return;
+        };
+        let Err(lost) = sender.flush() else {
+            return;
+        };
+        for input in lost {
+            let request_id = match input {
+                DriverInput::Propose { request_id, .. } | DriverInput::Read { request_id } => {
+                    Some(request_id)
+                }
+                DriverInput::ConfChange { request_id, .. } => request_id,
+                _ => None,
+            };
+            if let Some(waiter) = request_id.and_then(|id| self.waiters.remove(&id)) {
+                ffi::unblock(waiter.client, Answer::Error(ERR_DRIVER_STOPPED.to_string()));
+            }
         }
     }
 
@@ -438,7 +481,7 @@ pub fn start_node(
     } else {
         NodeState::Up
     };
-    state.to_driver = Some(to_driver);
+    state.to_driver = Some(HoldingSender::new(to_driver));
     state.from_driver = Some(from_driver);
     state.meta = Some(meta);
     crate::adapters::configs::fix_identity();

@@ -50,15 +50,24 @@ impl Role {
 
 /// What one Ready cycle asks of the caller, in this order:
 /// 1. send `send_now` (a leader may send appends before its own disk write);
-/// 2. write `entries` and then `hard_state` to the log and sync it (one sync per cycle);
-/// 3. send `send_after_persist` (votes and append acks promise durability);
-/// 4. apply `committed` in order; answer `read_states`.
+/// 2. apply `committed_before_persist` in order and answer `read_states`: they do not
+///    depend on this cycle's write, so they need not wait for its sync;
+/// 3. write `entries` and then `hard_state` to the log, and sync it if `must_sync()`
+///    (one sync per cycle);
+/// 4. send `send_after_persist` (votes and append acks promise durability);
+/// 5. apply `committed` in order.
 #[derive(Debug, Default)]
 pub struct ReadyOutput {
     pub send_now: Vec<Message>,
     pub entries: Vec<Entry>,
     pub hard_state: Option<HardState>,
+    /// The hard state's term or vote changed (not only its commit index).
+    pub term_or_vote_changed: bool,
     pub send_after_persist: Vec<Message>,
+    /// Committed in an earlier cycle, and raft hands out only entries durable on this
+    /// node: a quorum has them on disk whatever happens to this cycle's write.
+    pub committed_before_persist: Vec<Entry>,
+    /// Committed by this cycle's own persistence (a leader counting its new entries).
     pub committed: Vec<Entry>,
     pub read_states: Vec<ReadState>,
     /// A snapshot from the leader that replaces the log up to its index: before the
@@ -71,6 +80,12 @@ pub struct ReadyOutput {
 impl ReadyOutput {
     pub fn must_persist(&self) -> bool {
         !self.entries.is_empty() || self.hard_state.is_some() || self.snapshot.is_some()
+    }
+
+    /// A commit index alone need not be synced: a lost one is learned again from the
+    /// leader (or recomputed by a lone leader), and recovery accepts any earlier value.
+    pub fn must_sync(&self) -> bool {
+        !self.entries.is_empty() || self.snapshot.is_some() || self.term_or_vote_changed
     }
 }
 
@@ -346,8 +361,8 @@ impl RaftNode {
             self.raw.mut_store().apply_snapshot(&metadata);
             out.snapshot = Some(metadata);
         }
-        // Step 4 input: entries already durable on a majority.
-        out.committed = ready.take_committed_entries();
+        // Step 2 input: entries already durable on a majority and here.
+        out.committed_before_persist = ready.take_committed_entries();
         // Step 2: new entries and hard state go to the in-memory store now (raft reads them
         // back to build messages) and to disk before anything below is acted on.
         if !ready.entries().is_empty() {
@@ -355,6 +370,9 @@ impl RaftNode {
             self.raw.mut_store().append(&out.entries);
         }
         if let Some(hard_state) = ready.hs() {
+            let before = self.raw.store().hard_state();
+            out.term_or_vote_changed =
+                before.term != hard_state.term || before.vote != hard_state.vote;
             self.raw.mut_store().set_hard_state(hard_state.clone());
             out.hard_state = Some(hard_state.clone());
         }
@@ -367,8 +385,8 @@ impl RaftNode {
             out.hard_state = Some(self.raw.store().hard_state().clone());
         }
         out.send_after_persist.extend(light.take_messages());
-        out.committed.extend(light.take_committed_entries());
-        if let Some(last) = out.committed.last() {
+        out.committed = light.take_committed_entries();
+        if let Some(last) = out.committed.last().or(out.committed_before_persist.last()) {
             // The caller applies strictly in order after this cycle; conf changes are applied
             // to raft by the caller through `apply_conf_change` before the next cycle.
             self.raw.advance_apply_to(last.index);

@@ -749,6 +749,7 @@ impl World {
                 }
             }
             let must_persist = out.must_persist();
+            let must_sync = out.must_sync();
             let mut acks = out.send_after_persist;
             let mut hard_state = out.hard_state;
             if self.p.mutation == Mutation::AckBeforeFsync {
@@ -765,7 +766,11 @@ impl World {
                 self.crash_mid_cycle(id, "after sending, before writing");
                 return Ok(PumpEnd::Crashed);
             }
-            // 2. Persist entries and hard state: one write and one sync per cycle.
+            // 2. What earlier cycles committed is applied before this cycle's sync.
+            self.apply_conf_changes(id, proc, &out.committed_before_persist)?;
+            removed |= self.apply_committed(id, proc, &out.committed_before_persist)?;
+            self.check_reads(id, &out.read_states)?;
+            // 3. Persist entries and hard state: one write and at most one sync per cycle.
             if must_persist {
                 let node = self.nodes.get_mut(&id).expect("exists");
                 let frames = node.disk.append(&out.entries, hard_state.as_ref());
@@ -781,7 +786,7 @@ impl World {
                     self.crash_mid_cycle(id, "after writing, before fsync");
                     return Ok(PumpEnd::Crashed);
                 }
-                let synced = if self.p.mutation == Mutation::NoFsync {
+                let synced = if self.p.mutation == Mutation::NoFsync || !must_sync {
                     Vec::new()
                 } else {
                     node.disk.sync();
@@ -815,35 +820,15 @@ impl World {
                 return Ok(PumpEnd::Crashed);
             }
             // Committed conf changes take effect in raft now, before the acks below.
-            for entry in &out.committed {
-                if entry.get_entry_type() == EntryType::EntryConfChangeV2 {
-                    let (what, change) = describe_entry(entry);
-                    let change = change.ok_or_else(|| {
-                        format!("node {id}: committed entry {} is {what}", entry.index)
-                    })?;
-                    if let Err(e) = proc.raft.apply_conf_change(&change) {
-                        self.event(format!(
-                            "node {id}: raft refused {what} at index {}: {e}",
-                            entry.index
-                        ));
-                    }
-                    self.observe_commit(id, proc)?;
-                }
-            }
-            // 3. Messages that promise durability (votes, append acks).
+            self.apply_conf_changes(id, proc, &out.committed)?;
+            // 4. Messages that promise durability (votes, append acks).
             self.send(id, acks);
             if crash_at == Some(3) {
                 self.crash_mid_cycle(id, "after the acks, before applying");
                 return Ok(PumpEnd::Crashed);
             }
-            // 4. Apply to the state machine, in log order.
-            for entry in &out.committed {
-                removed |= self.apply(id, proc, entry)?;
-            }
-            if !out.committed.is_empty() {
-                self.check_conf(id, proc)?;
-            }
-            self.check_reads(id, &out.read_states)?;
+            // 5. Apply what this cycle's persistence committed, in log order.
+            removed |= self.apply_committed(id, proc, &out.committed)?;
             self.observe_leadership(id, proc)?;
         }
         Ok(if removed {
@@ -851,6 +836,48 @@ impl World {
         } else {
             PumpEnd::Alive
         })
+    }
+
+    /// Committed conf changes take effect in raft (before acks or applying).
+    fn apply_conf_changes(
+        &mut self,
+        id: u64,
+        proc: &mut Proc,
+        committed: &[Entry],
+    ) -> SimResult<()> {
+        for entry in committed {
+            if entry.get_entry_type() == EntryType::EntryConfChangeV2 {
+                let (what, change) = describe_entry(entry);
+                let change = change.ok_or_else(|| {
+                    format!("node {id}: committed entry {} is {what}", entry.index)
+                })?;
+                if let Err(e) = proc.raft.apply_conf_change(&change) {
+                    self.event(format!(
+                        "node {id}: raft refused {what} at index {}: {e}",
+                        entry.index
+                    ));
+                }
+                self.observe_commit(id, proc)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies committed entries in log order. Returns whether one removed the node itself.
+    fn apply_committed(
+        &mut self,
+        id: u64,
+        proc: &mut Proc,
+        committed: &[Entry],
+    ) -> SimResult<bool> {
+        let mut removed = false;
+        for entry in committed {
+            removed |= self.apply(id, proc, entry)?;
+        }
+        if !committed.is_empty() {
+            self.check_conf(id, proc)?;
+        }
+        Ok(removed)
     }
 
     /// The state machine. Returns whether this entry removed the node itself.
@@ -1362,6 +1389,7 @@ impl World {
             hard_state: durable_hs,
         };
         let log = LogMirror::from_recovered(&recovered)?;
+        let last_index_on_disk = log.last_index();
         let conf_state = ConfState::from((meta.bootstrap_voters.clone(), Vec::<u64>::new()));
         let applied = recovered.compacted.map_or(0, |point| point.index);
         let commit_on_disk = recovered.hard_state.map_or(0, |hs| hs.commit);
@@ -1413,12 +1441,22 @@ impl World {
         let Some(proc) = self.nodes.get(&id).and_then(|n| n.proc.as_ref()) else {
             return Ok(());
         };
-        if proc.applied < max_applied_before {
+        // The commit index is written but not synced on its own, and entries committed
+        // earlier are applied before a cycle's sync: after a crash the replay may stop
+        // short of what was applied, but never before the file's commit, and every
+        // applied entry must still be in the node's own log (raft hands out only durable
+        // entries), so the leader's commit index brings it back.
+        if proc.applied < commit_on_disk {
             return Err(format!(
-                "applied index went back: node {id} had applied up to {max_applied_before} \
-                 before the crash, but replaying its log after restart reaches only {} \
-                 (commit in the log {commit_on_disk})",
+                "node {id}: replaying its log after restart reaches only {}, below the commit \
+                 index in the log ({commit_on_disk})",
                 proc.applied
+            ));
+        }
+        if last_index_on_disk < max_applied_before {
+            return Err(format!(
+                "node {id} had applied up to {max_applied_before} before the crash, but its \
+                 log after restart ends at {last_index_on_disk}: an applied entry was not durable"
             ));
         }
         self.campaign_if_alone(id)
