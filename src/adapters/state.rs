@@ -104,6 +104,7 @@ pub struct MainState {
 const ERR_DRIVER_STOPPED: &str = "CLUSTERDOWN raft driver stopped";
 /// Inputs held for the driver before they are handed over even mid-iteration.
 const MAX_HELD_DRIVER_INPUTS: usize = 1024;
+const LARGE_INPUT_BYTES: usize = 64 * 1024;
 
 /// Hold driver inputs until the event loop sleeps; set once the server confirmed it will
 /// tell us (its before-sleep event).
@@ -221,6 +222,10 @@ impl MainState {
         let Some(sender) = &mut self.to_driver else {
             return Err("CLUSTERDOWN No raft leader");
         };
+        let large = match &input {
+            DriverInput::Propose { data, .. } => data.len() >= LARGE_INPUT_BYTES,
+            _ => false,
+        };
         match sender.try_send(input) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {
@@ -228,7 +233,7 @@ impl MainState {
             }
             Err(TrySendError::Disconnected(_)) => return Err(ERR_DRIVER_STOPPED),
         }
-        if !HOLD_DRIVER_INPUTS.get() || sender.held() >= MAX_HELD_DRIVER_INPUTS {
+        if large || !HOLD_DRIVER_INPUTS.get() || sender.held() >= MAX_HELD_DRIVER_INPUTS {
             self.flush_to_driver();
         }
         Ok(())
