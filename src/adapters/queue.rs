@@ -158,13 +158,6 @@ impl<T> HoldingSender<T> {
         }
         self.sender.send_reserved(std::mem::take(&mut self.held))
     }
-
-    /// Gives back what is held, freeing its places.
-    pub fn take_held(&mut self) -> Vec<T> {
-        let held = std::mem::take(&mut self.held);
-        self.sender.queued.fetch_sub(held.len(), Ordering::AcqRel);
-        held
-    }
 }
 
 impl<T> BoundedReceiver<T> {
@@ -265,12 +258,9 @@ mod tests {
     }
 
     #[test]
-    fn held_values_come_back_when_the_receiver_is_gone_or_they_are_taken() {
+    fn held_values_come_back_when_the_receiver_is_gone() {
         let (sender, receiver) = bounded(2);
         let mut holding = HoldingSender::new(sender);
-        holding.try_send(1).unwrap();
-        assert_eq!(holding.take_held(), vec![1]);
-        assert!(receiver.is_empty());
         holding.try_send(2).unwrap();
         holding.try_send(3).unwrap();
         drop(receiver);

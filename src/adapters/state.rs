@@ -250,9 +250,13 @@ impl MainState {
         };
         for input in lost {
             let request_id = match input {
-                DriverInput::Propose { request_id, .. } | DriverInput::Read { request_id } => {
+                DriverInput::Propose { request_id, .. } => {
+                    // As for a proposal refused when offered (`handlers::send_proposal`):
+                    // an EXEC with WATCH must not wait for it.
+                    crate::adapters::watch::settled(request_id);
                     Some(request_id)
                 }
+                DriverInput::Read { request_id } => Some(request_id),
                 DriverInput::ConfChange { request_id, .. } => request_id,
                 _ => None,
             };

@@ -394,3 +394,59 @@ impl RaftNode {
         Some(out)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hard_state(term: u64, vote: u64, commit: u64) -> Option<HardState> {
+        Some(HardState {
+            term,
+            vote,
+            commit,
+            ..HardState::default()
+        })
+    }
+
+    #[test]
+    fn a_commit_index_alone_is_written_but_not_synced() {
+        let commit_only = ReadyOutput {
+            hard_state: hard_state(2, 1, 7),
+            ..ReadyOutput::default()
+        };
+        assert!(commit_only.must_persist());
+        assert!(!commit_only.must_sync());
+        let new_term = ReadyOutput {
+            hard_state: hard_state(3, 0, 7),
+            term_or_vote_changed: true,
+            ..ReadyOutput::default()
+        };
+        assert!(new_term.must_sync());
+        let with_entries = ReadyOutput {
+            entries: vec![Entry::default()],
+            ..ReadyOutput::default()
+        };
+        assert!(with_entries.must_sync());
+        assert!(!ReadyOutput::default().must_persist());
+    }
+
+    #[test]
+    fn a_new_term_and_vote_are_synced() {
+        let params = NodeParams {
+            id: 1,
+            election_ticks: 10,
+            heartbeat_ticks: 1,
+            applied: 0,
+            max_append_bytes: 1 << 20,
+            max_inflight_appends: 8,
+        };
+        let mut store = LogStore::new();
+        store.set_conf_state(ConfState::from((vec![1], vec![])));
+        let mut node = RaftNode::new(&params, store).expect("a valid node");
+        node.campaign().expect("a voter may campaign");
+        // The only voter elects itself: term 1, vote for itself.
+        let ready = node.poll_ready().expect("the campaign produces a Ready");
+        assert!(ready.term_or_vote_changed, "{:?}", ready.hard_state);
+        assert!(ready.must_sync());
+    }
+}
