@@ -600,6 +600,7 @@ fn snapshot_with(keys: usize, finished: bool) -> Vec<u8> {
         learners: vec![4],
         members: Vec::new(),
         used_ids: vec![1, 2, 3, 4, 9],
+        applied_time_ms: 1_700_000_000_000,
     };
     let mut out = Vec::new();
     let mut encoder = SnapshotEncoder::new(&meta, &mut out).unwrap();

@@ -799,6 +799,92 @@ fn describe_diff(got: &[String], want: &[String]) -> String {
     )
 }
 
+/// A node's applied index before, `PTTL` answers, applied index after.
+type FramedPttls = (i64, Vec<i64>, i64);
+
+/// `RAFT.DEBUG EXEC PTTL` of up to 200 keys with a TTL, on node `addr`, framed by its
+/// applied index before and after (equal when no entry was applied meanwhile).
+fn debug_pttls(addr: &str, keys: &[&String]) -> Result<FramedPttls, String> {
+    let mut con = try_connect(addr, Duration::from_secs(60)).map_err(|e| e.to_string())?;
+    let applied = |con: &mut redis::Connection| -> Result<i64, String> {
+        let info: String = redis::cmd("INFO")
+            .arg("raft")
+            .query(con)
+            .map_err(|e| err_text(&e))?;
+        info.lines()
+            .find_map(|l| l.strip_prefix("raft_last_applied_index:"))
+            .and_then(|v| v.trim().parse().ok())
+            .ok_or_else(|| "no raft_last_applied_index".to_string())
+    };
+    let before = applied(&mut con)?;
+    let mut pipe = redis::pipe();
+    for k in keys {
+        pipe.cmd("RAFT.DEBUG")
+            .arg("EXEC")
+            .arg("PTTL")
+            .arg(k.as_str());
+    }
+    let pttls: Vec<i64> = pipe.query(&mut con).map_err(|e| err_text(&e))?;
+    let after = applied(&mut con)?;
+    Ok((before, pttls, after))
+}
+
+impl Cluster {
+    /// Nodes at the same applied index judge expiry at the same logical time, including a
+    /// node that got there by installing a snapshot: `RAFT.DEBUG EXEC PTTL` of keys with
+    /// a TTL is identical on every node of `ids` (retried while entries are applied).
+    fn check_same_ttls(&self, ids: &[u64], work: &Workload) {
+        let keys: Vec<&String> = work
+            .model
+            .iter()
+            .filter(|(_, item)| item.ttl)
+            .map(|(k, _)| k)
+            .take(200)
+            .collect();
+        assert!(!keys.is_empty(), "the workload has no key with a TTL");
+        let deadline = Instant::now() + CONVERGE_TIMEOUT;
+        loop {
+            let answers: Vec<(u64, Result<FramedPttls, String>)> = ids
+                .iter()
+                .map(|&id| (id, debug_pttls(&self.node(id).addr(), &keys)))
+                .collect();
+            let settled: Option<Vec<(u64, i64, &Vec<i64>)>> = answers
+                .iter()
+                .map(|(id, answer)| match answer {
+                    Ok((before, pttls, after)) if before == after => Some((*id, *before, pttls)),
+                    _ => None,
+                })
+                .collect();
+            if let Some(settled) = settled {
+                let (first_id, first_index, first_pttls) = settled[0];
+                if settled.iter().all(|(_, index, _)| *index == first_index) {
+                    for (id, _, pttls) in &settled[1..] {
+                        let differing: Vec<String> = keys
+                            .iter()
+                            .zip(first_pttls.iter().zip(pttls.iter()))
+                            .filter(|(_, (a, b))| a != b)
+                            .take(5)
+                            .map(|(k, (a, b))| format!("{k}: {a} on node {first_id}, {b}"))
+                            .collect();
+                        assert!(
+                            differing.is_empty(),
+                            "node {id} judges expiry at another time than node {first_id} \
+                             at applied index {first_index}:\n  {}",
+                            differing.join("\n  ")
+                        );
+                    }
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "nodes {ids:?} never answered at one applied index: {answers:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
 /// Compares a node's keyspace with the model: DBSIZE, and for every key its type, value
 /// and TTL (present and at most `TTL_MS` for keys that have one, absent otherwise).
 /// Returns the differences (at most 20).
@@ -1069,6 +1155,7 @@ fn new_node_catches_up_by_snapshot() {
     assert!(num(&info, "raft_snapshot_last_idx") > 0, "{info:?}");
     assert_eq!(field(&info, "raft_is_voting"), "yes");
     cluster.check_data(&ids, &work);
+    cluster.check_same_ttls(&ids, &work);
 
     // Replication continues after the snapshot.
     let seqs = work.create(1_000);
@@ -1176,6 +1263,7 @@ fn lagging_follower_catches_up_by_snapshot() {
     );
     assert!(num(&info, "raft_snapshot_last_idx") > down_at, "{info:?}");
     cluster.check_data(&ids, &work);
+    cluster.check_same_ttls(&ids, &work);
     eprintln!(
         "lagging_follower_catches_up_by_snapshot: frozen at {frozen_at}, down at {down_at}, {:?}",
         started.elapsed()

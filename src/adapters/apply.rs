@@ -238,6 +238,8 @@ fn install_snapshot(index: u64) {
     with_state(|state| {
         state.applied_index = snapshot.index;
         state.applied_term = snapshot.term;
+        state.applied_time_ms = snapshot.applied_time_ms;
+        state.last_entry_time_ms = state.last_entry_time_ms.max(snapshot.applied_time_ms);
         state.membership = crate::adapters::snapshots::members_of(&snapshot);
     });
     serve_confirmed_reads();

@@ -95,7 +95,13 @@ pub fn members_of(meta: &SnapshotMeta) -> Membership {
     Membership::restore(members, meta.used_ids.iter().copied())
 }
 
-pub fn meta_for(dbid: &str, index: u64, term: u64, membership: &Membership) -> SnapshotMeta {
+pub fn meta_for(
+    dbid: &str,
+    index: u64,
+    term: u64,
+    applied_time_ms: i64,
+    membership: &Membership,
+) -> SnapshotMeta {
     let conf = membership.conf_state();
     SnapshotMeta {
         dbid: dbid.to_string(),
@@ -112,6 +118,7 @@ pub fn meta_for(dbid: &str, index: u64, term: u64, membership: &Membership) -> S
             })
             .collect(),
         used_ids: membership.used_ids().collect(),
+        applied_time_ms: applied_time_ms.max(0),
     }
 }
 
@@ -275,6 +282,7 @@ pub fn start(log_path: &Path) -> Result<(), String> {
             &dbid,
             state.applied_index,
             state.applied_term,
+            state.applied_time_ms,
             &state.membership,
         );
         (state.apply_ctx, meta, state.membership.conf_state())

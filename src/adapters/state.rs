@@ -94,7 +94,8 @@ pub struct MainState {
     pub removed: bool,
     /// Latest entry time proposed or applied (see `next_entry_time_ms`).
     pub last_entry_time_ms: i64,
-    /// Time of the last applied entry that carried one.
+    /// Time of the last applied entry that carried one, or of the snapshot loaded since
+    /// (`RAFT.DEBUG EXEC` judges expiry at it, so nodes at one index answer alike).
     pub applied_time_ms: i64,
     /// The leader's expired-keys entry in flight, by wall-clock deadline (ms): no new
     /// scan is proposed until it is applied or this passes.
@@ -485,6 +486,8 @@ pub fn start_node(
     state.loading_until = commit_on_disk.max(applied);
     state.applied_index = applied;
     state.applied_term = snapshot.map_or(0, |s| s.term);
+    state.applied_time_ms = snapshot.map_or(0, |s| s.applied_time_ms);
+    state.last_entry_time_ms = state.last_entry_time_ms.max(state.applied_time_ms);
     state.node_state = if state.loading_until > applied {
         NodeState::Loading
     } else {

@@ -14,7 +14,7 @@
 //!
 //! ```text
 //! file   = header Meta Key* End
-//! header = "RRAFTSNP" (8 bytes) | format version, u32 LE (= 1)
+//! header = "RRAFTSNP" (8 bytes) | format version, u32 LE (= 2; 1 is still read)
 //! frame  = payload_len u32 LE | header_check u32 LE | payload_crc u32 LE | payload
 //! ```
 //!
@@ -51,8 +51,11 @@ use crate::core::membership::Member;
 
 /// First bytes of every snapshot file.
 pub const SNAPSHOT_MAGIC: [u8; 8] = *b"RRAFTSNP";
-/// Version of the format described in this module.
-pub const SNAPSHOT_VERSION: u32 = 1;
+/// Version of the format described in this module. Version 1 files (a Meta
+/// record without `applied_time_ms`) are still read, with that time unknown (0).
+pub const SNAPSHOT_VERSION: u32 = 2;
+/// The oldest version still read.
+const OLDEST_READ_VERSION: u32 = 1;
 /// Magic plus version.
 pub const SNAPSHOT_HEADER_LEN: usize = SNAPSHOT_MAGIC.len() + 4;
 /// Largest payload accepted, when encoding and when decoding. It is also the
@@ -87,6 +90,49 @@ pub struct SnapshotMeta {
     /// Every node id ever used in the cluster (ids are never reused).
     #[serde(deserialize_with = "crate::core::bounded_serde::vec")]
     pub used_ids: Vec<u64>,
+    /// The leader's clock (unix ms) carried by the last applied entry with a time, at or
+    /// before `index`: the logical "now" of the keyspace, so a node that installs the
+    /// snapshot judges expiry as the nodes that applied the entries. 0 when unknown
+    /// (version 1 files, or no timed entry yet). Since version 2.
+    pub applied_time_ms: i64,
+}
+
+/// [`SnapshotMeta`] as version 1 wrote it (no `applied_time_ms`).
+#[derive(Deserialize)]
+struct SnapshotMetaV1 {
+    #[serde(deserialize_with = "crate::core::bounded_serde::string")]
+    dbid: String,
+    index: u64,
+    term: u64,
+    #[serde(deserialize_with = "crate::core::bounded_serde::vec")]
+    voters: Vec<u64>,
+    #[serde(deserialize_with = "crate::core::bounded_serde::vec")]
+    learners: Vec<u64>,
+    #[serde(deserialize_with = "crate::core::bounded_serde::vec")]
+    members: Vec<SnapshotMember>,
+    #[serde(deserialize_with = "crate::core::bounded_serde::vec")]
+    used_ids: Vec<u64>,
+}
+
+/// The first record of a version 1 file (same tag as [`SnapshotRecord::Meta`]).
+#[derive(Deserialize)]
+enum SnapshotRecordV1 {
+    Meta(SnapshotMetaV1),
+}
+
+impl From<SnapshotMetaV1> for SnapshotMeta {
+    fn from(old: SnapshotMetaV1) -> Self {
+        SnapshotMeta {
+            dbid: old.dbid,
+            index: old.index,
+            term: old.term,
+            voters: old.voters,
+            learners: old.learners,
+            members: old.members,
+            used_ids: old.used_ids,
+            applied_time_ms: 0,
+        }
+    }
 }
 
 impl SnapshotMeta {
@@ -535,6 +581,9 @@ fn check_meta(meta: &SnapshotMeta) -> Result<(), String> {
     }
     distinct_ids("members", meta.members.iter().map(|member| member.id))?;
     distinct_ids("used_ids", meta.used_ids.iter().copied())?;
+    if meta.applied_time_ms < 0 {
+        return Err(format!("negative applied time {}", meta.applied_time_ms));
+    }
     Ok(())
 }
 
@@ -584,6 +633,8 @@ pub struct SnapshotDecoder {
     /// and the payload is still incomplete; 0 otherwise.
     pending_frame_len: usize,
     stage: Stage,
+    /// Format version from the header (0 until it was read).
+    version: u32,
     keys_decoded: u64,
     error: Option<SnapshotError>,
 }
@@ -602,6 +653,7 @@ impl SnapshotDecoder {
             buffer_offset: 0,
             pending_frame_len: 0,
             stage: Stage::Header,
+            version: 0,
             keys_decoded: 0,
             error: None,
         }
@@ -723,7 +775,8 @@ impl SnapshotDecoder {
         if crc32fast::hash(payload) != read_u32_le(rest, 8) {
             return Err(SnapshotError::PayloadChecksum { offset });
         }
-        let record = decode_payload(payload)
+        let legacy_meta = self.version == 1 && self.stage == Stage::Meta;
+        let record = decode_payload(payload, legacy_meta)
             .map_err(|reason| SnapshotError::UndecodableRecord { offset, reason })?;
         self.check_order(&record, offset)?;
         self.consumed += frame_len;
@@ -743,13 +796,14 @@ impl SnapshotDecoder {
             return Ok(false);
         }
         let version = read_u32_le(rest, SNAPSHOT_MAGIC.len());
-        if version != SNAPSHOT_VERSION {
+        if !(OLDEST_READ_VERSION..=SNAPSHOT_VERSION).contains(&version) {
             return Err(SnapshotError::UnsupportedVersion {
                 offset: SNAPSHOT_MAGIC.len() as u64,
                 version,
             });
         }
         self.consumed += SNAPSHOT_HEADER_LEN;
+        self.version = version;
         self.stage = Stage::Meta;
         Ok(true)
     }
@@ -786,7 +840,18 @@ impl SnapshotDecoder {
     }
 }
 
-fn decode_payload(payload: &[u8]) -> Result<SnapshotRecord, String> {
+/// `legacy_meta`: the first record of a version 1 file, read as a version 1 Meta when it
+/// is one (anything else decodes as usual, so misplaced records get their own error).
+fn decode_payload(payload: &[u8], legacy_meta: bool) -> Result<SnapshotRecord, String> {
+    if legacy_meta {
+        if let Ok((SnapshotRecordV1::Meta(old), used_len)) =
+            bincode::serde::decode_from_slice::<SnapshotRecordV1, _>(payload, bincode_config())
+        {
+            if used_len == payload.len() {
+                return Ok(SnapshotRecord::Meta(old.into()));
+            }
+        }
+    }
     let (record, used_len) =
         bincode::serde::decode_from_slice::<SnapshotRecord, _>(payload, bincode_config())
             .map_err(|error| error.to_string())?;
@@ -856,6 +921,7 @@ mod tests {
                 },
             ],
             used_ids: vec![1, 2, 3, 4, 5],
+            applied_time_ms: 1_790_000_000_123,
         }
     }
 
@@ -1316,6 +1382,68 @@ mod tests {
         ));
     }
 
+    /// A version 1 file (Meta without `applied_time_ms`) is still read, with the time 0.
+    #[test]
+    fn version_1_files_are_read_with_an_unknown_time() {
+        let mut old_meta = meta();
+        old_meta.applied_time_ms = 0;
+        let keys = keys(20, 5);
+        let mut records = vec![SnapshotRecord::Meta(old_meta.clone())];
+        records.extend(keys.iter().map(Key::record));
+        records.push(SnapshotRecord::End {
+            key_count: keys.len() as u64,
+        });
+        let current = file_of_records(&records);
+        // Version 1 bytes: the same Meta payload without its last field (a zero i64 is one
+        // byte in bincode's varint encoding), and version 1 in the header.
+        let meta_start = SNAPSHOT_HEADER_LEN;
+        let meta_len = u32::from_le_bytes(current[meta_start..meta_start + 4].try_into().unwrap());
+        let meta_end = meta_start + FRAME_HEADER_LEN + meta_len as usize;
+        assert_eq!(
+            current[meta_end - 1],
+            0,
+            "applied_time_ms 0 is the last byte"
+        );
+        let old_payload = &current[meta_start + FRAME_HEADER_LEN..meta_end - 1];
+        let mut old = Vec::new();
+        old.extend_from_slice(&SNAPSHOT_MAGIC);
+        old.extend_from_slice(&1u32.to_le_bytes());
+        old.extend_from_slice(&frame_header(
+            old_payload.len() as u32,
+            crc32fast::hash(old_payload),
+        ));
+        old.extend_from_slice(old_payload);
+        old.extend_from_slice(&current[meta_end..]);
+        assert_eq!(validate_all(&old), Ok(old_meta.clone()));
+
+        // A version 2 file must carry the field: the shortened Meta is refused there.
+        let mut truncated_meta = old.clone();
+        truncated_meta[8..12].copy_from_slice(&SNAPSHOT_VERSION.to_le_bytes());
+        assert!(matches!(
+            validate_all(&truncated_meta),
+            Err(SnapshotError::UndecodableRecord { offset, .. }) if offset == meta_start as u64
+        ));
+        // And a version 1 file whose first record is not a Meta still says so.
+        let mut no_meta = Vec::new();
+        no_meta.extend_from_slice(&SNAPSHOT_MAGIC);
+        no_meta.extend_from_slice(&1u32.to_le_bytes());
+        no_meta.extend_from_slice(&current[meta_end..]);
+        assert!(matches!(
+            validate_all(&no_meta),
+            Err(SnapshotError::MissingMeta { .. })
+        ));
+    }
+
+    #[test]
+    fn negative_applied_time_is_refused() {
+        let mut bad = meta();
+        bad.applied_time_ms = -5;
+        assert!(matches!(
+            encode_record(&SnapshotRecord::Meta(bad), &mut Vec::new()),
+            Err(SnapshotEncodeError::InvalidMeta { .. })
+        ));
+    }
+
     #[test]
     fn bad_file_headers() {
         let file = file_of(&meta(), &[]);
@@ -1327,12 +1455,12 @@ mod tests {
         );
 
         let mut bytes = file.bytes.clone();
-        bytes[8] = 2;
+        bytes[8] = 3;
         assert_eq!(
             validate_all(&bytes),
             Err(SnapshotError::UnsupportedVersion {
                 offset: 8,
-                version: 2
+                version: 3
             })
         );
 
