@@ -11,7 +11,7 @@
 //! left. See docs/SECURITY.md (disk faults).
 
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Write};
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -30,6 +30,13 @@ type CurrentFile = Arc<Mutex<Arc<File>>>;
 /// Capacity the write buffer keeps between appends.
 const RETAINED_BUFFER_BYTES: usize = 256 * 1024;
 
+/// The file is extended ahead of the writes in steps of this size (a sparse extension;
+/// the unwritten part reads as zeros, which recovery takes for the free end of the log).
+/// An append inside the file's length does not change the file's size, and on ext4 its
+/// `fdatasync` then costs 125-140 µs instead of 170-210 µs (one writer), 250-300 instead
+/// of 300-320 µs (three writers on one disk) on this machine: see docs/PERFORMANCE.md.
+const PREALLOCATE_BYTES: u64 = 4 * 1024 * 1024;
+
 pub struct LogFile {
     file: Arc<File>,
     /// What the reader reads: always the same file as `file`.
@@ -37,7 +44,13 @@ pub struct LogFile {
     path: PathBuf,
     /// Written first in every rewrite of the file.
     meta: NodeMeta,
+    /// Where the log ends: the next append goes here (the file position stays here).
     size_bytes: u64,
+    /// The file's length: `size_bytes` plus the preallocated zeros after it.
+    allocated_bytes: u64,
+    /// Cleared when the file cannot be extended ahead (not a regular file, or a file
+    /// system that refuses): appends then just grow the file.
+    preallocate: bool,
     buffer: Vec<u8>,
     fsync_count: u64,
     fsync_total_us: u64,
@@ -63,7 +76,7 @@ impl LogFile {
         path: &Path,
         keep_data_bytes: usize,
     ) -> Result<Option<(LogFile, Recovered)>, String> {
-        let mut file = match OpenOptions::new().read(true).append(true).open(path) {
+        let mut file = match OpenOptions::new().read(true).write(true).open(path) {
             Ok(file) => file,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(format!("cannot open log file {}: {e}", path.display())),
@@ -92,16 +105,25 @@ impl LogFile {
         file.sync_all()
             .map_err(|e| format!("cannot sync log file {}: {e}", path.display()))?;
         if recovered.torn_tail_bytes > 0 {
-            log::warn!(
-                "raft: log file {}: truncating a torn tail of {} bytes at offset {}",
-                path.display(),
-                recovered.torn_tail_bytes,
-                recovered.valid_len
-            );
+            // Zeros after the end are the preallocated room (or a tail the file system
+            // left zero-filled); anything else is a write a crash cut short. Both go: a
+            // remnant left in place would follow the next appends and read as corruption.
+            let tail = &bytes[recovered.valid_len..];
+            if tail.iter().any(|&byte| byte != 0) {
+                log::warn!(
+                    "raft: log file {}: truncating a torn tail of {} bytes at offset {}",
+                    path.display(),
+                    recovered.torn_tail_bytes,
+                    recovered.valid_len
+                );
+            }
             file.set_len(recovered.valid_len as u64)
                 .and_then(|()| file.sync_all())
                 .map_err(|e| format!("cannot truncate {}: {e}", path.display()))?;
         }
+        drop(bytes);
+        file.seek(SeekFrom::Start(recovered.valid_len as u64))
+            .map_err(|e| format!("cannot seek in {}: {e}", path.display()))?;
         let meta = recovered.meta.clone().expect("checked above");
         let log = LogFile::from_file(file, path, meta, recovered.valid_len as u64);
         Ok(Some((log, recovered)))
@@ -145,6 +167,7 @@ impl LogFile {
             Ok((file, size_bytes)) => {
                 self.set_file(file);
                 self.size_bytes = size_bytes;
+                self.allocated_bytes = size_bytes;
                 frames
             }
             Err(e) => fatal(&self.path, "rewrite", &e),
@@ -240,7 +263,7 @@ fn encode_beginning(
 }
 
 /// Writes `bytes` to a temp file, syncs it, renames it over `path`, syncs the directory,
-/// and returns the new file opened for appending.
+/// and returns the new file opened for writing, positioned at its end.
 pub fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<File> {
     {
         let temp_path = path.with_extension("rewriting");
@@ -250,7 +273,9 @@ pub fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<File> {
         std::fs::rename(&temp_path, path)?;
     }
     sync_directory_of(path)?;
-    OpenOptions::new().read(true).append(true).open(path)
+    let mut file = OpenOptions::new().read(true).write(true).open(path)?;
+    file.seek(SeekFrom::End(0))?;
+    Ok(file)
 }
 
 pub fn sync_directory_of(path: &Path) -> std::io::Result<()> {
@@ -269,6 +294,8 @@ impl LogFile {
             path: path.to_path_buf(),
             meta,
             size_bytes,
+            allocated_bytes: size_bytes,
+            preallocate: true,
             buffer: Vec::with_capacity(64 * 1024),
             fsync_count: 0,
             fsync_total_us: 0,
@@ -304,6 +331,7 @@ impl LogFile {
             // raft only hands us entries it accepted; an oversized one is a bug upstream.
             panic!("raft: cannot encode a log record: {e}");
         }
+        self.preallocate_for(self.buffer.len() as u64);
         if let Err(e) = (&*self.file).write_all(&self.buffer) {
             fatal(&self.path, "write", &e);
         }
@@ -313,6 +341,28 @@ impl LogFile {
         self.buffer.clear();
         self.buffer.shrink_to(RETAINED_BUFFER_BYTES);
         frames
+    }
+
+    /// Extends the file ahead of an append of `len` bytes, so that most appends do not
+    /// change its size. The extension is sparse; it becomes durable with the next sync,
+    /// and until the appends fill it recovery reads it as the (zero) free end of the log.
+    fn preallocate_for(&mut self, len: u64) {
+        let end = self.size_bytes + len;
+        if !self.preallocate || end <= self.allocated_bytes {
+            return;
+        }
+        let target = end.div_ceil(PREALLOCATE_BYTES) * PREALLOCATE_BYTES;
+        match self.file.set_len(target) {
+            Ok(()) => self.allocated_bytes = target,
+            Err(e) => {
+                log::warn!(
+                    "raft: log file {}: cannot extend it ahead of writes ({e}); appending \
+                     without preallocation",
+                    self.path.display()
+                );
+                self.preallocate = false;
+            }
+        }
     }
 
     pub fn sync(&mut self) {
@@ -404,6 +454,98 @@ mod tests {
             .env(CHILD_ENV, fault)
             .output()
             .unwrap()
+    }
+
+    fn entries(from: u64, count: u64, data_len: usize) -> Vec<Entry> {
+        (from..from + count)
+            .map(|index| Entry {
+                index,
+                term: 1,
+                data: vec![index as u8; data_len].into(),
+                ..Default::default()
+            })
+            .collect()
+    }
+
+    fn hard_state(commit: u64) -> HardState {
+        HardState {
+            term: 1,
+            vote: 1,
+            commit,
+            ..Default::default()
+        }
+    }
+
+    /// The file is extended ahead of the appends; a restart finds every entry, drops the
+    /// zeros after them without calling them torn, and appends continue where the log
+    /// ended (not after the zeros).
+    #[test]
+    fn preallocated_room_is_recovered_as_the_end_of_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("redisraft.db");
+        let mut log = LogFile::create(&path, &meta()).unwrap();
+        log.append(&entries(1, 100, 1000), Some(&hard_state(100)));
+        log.sync();
+        let file_len = std::fs::metadata(&path).unwrap().len();
+        assert_eq!(file_len, PREALLOCATE_BYTES, "extended ahead in one step");
+        assert!(log.size_bytes() < file_len);
+        let written = log.size_bytes();
+        drop(log);
+
+        let (mut log, recovered) = LogFile::open(&path, usize::MAX).unwrap().unwrap();
+        assert_eq!(recovered.last_index(), 100);
+        assert_eq!(recovered.valid_len as u64, written);
+        assert_eq!(recovered.torn_tail_bytes as u64, file_len - written);
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), written);
+        // Past one preallocation step: the file grows by whole steps.
+        log.append(&entries(101, 5000, 1000), Some(&hard_state(5100)));
+        log.sync();
+        let written = log.size_bytes();
+        let file_len = std::fs::metadata(&path).unwrap().len();
+        assert_eq!(file_len % PREALLOCATE_BYTES, 0);
+        assert!(written > PREALLOCATE_BYTES && written <= file_len);
+        drop(log);
+
+        let (_, recovered) = LogFile::open(&path, usize::MAX).unwrap().unwrap();
+        assert_eq!(recovered.valid_len as u64, written);
+        assert_eq!(recovered.last_index(), 5100);
+        assert_eq!(recovered.hard_state.unwrap().commit, 5100);
+        for (position, entry) in recovered.entries.iter().enumerate() {
+            let index = position as u64 + 1;
+            assert_eq!(entry.index, index);
+        }
+    }
+
+    /// A torn write that is not zeros is cut away, so the next appends are not followed
+    /// by its remnant (which would read as corruption at the next start).
+    #[test]
+    fn a_torn_remnant_is_cut_before_appending_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("redisraft.db");
+        let mut log = LogFile::create(&path, &meta()).unwrap();
+        log.append(&entries(1, 10, 100), Some(&hard_state(10)));
+        log.sync();
+        let end = log.size_bytes();
+        // A frame whose payload was only half written, in the preallocated room.
+        let mut frame = Vec::new();
+        logfile::encode_entry(&entries(11, 1, 5000)[0], &mut frame).unwrap();
+        frame.truncate(frame.len() / 2);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .write_all_at(&frame, end)
+            .unwrap();
+        drop(log);
+
+        let (mut log, recovered) = LogFile::open(&path, usize::MAX).unwrap().unwrap();
+        assert_eq!(recovered.last_index(), 10);
+        log.append(&entries(11, 1, 10), Some(&hard_state(11)));
+        log.sync();
+        drop(log);
+        let (_, recovered) = LogFile::open(&path, usize::MAX).unwrap().unwrap();
+        assert_eq!(recovered.last_index(), 11);
+        assert_eq!(recovered.hard_state.unwrap().commit, 11);
     }
 
     #[test]
