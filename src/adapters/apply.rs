@@ -124,9 +124,7 @@ fn run_task(task: MainTask) {
 }
 
 fn answer(request_id: RequestId, answer: Answer) {
-    if let Some(waiter) = with_state(|state| state.waiters.remove(&request_id)) {
-        ffi::unblock(waiter.client, answer);
-    }
+    with_state(|state| state.answer_waiter(request_id, answer));
 }
 
 fn apply_entry(entry: &Entry) {

@@ -311,9 +311,7 @@ fn wait_for_read(mut waiter: Waiter, argv: Argv) {
 
 fn fail_unsent(sent: Result<(), (RequestId, &'static str)>) {
     if let Err((request_id, error)) = sent {
-        if let Some(waiter) = with_state(|state| state.waiters.remove(&request_id)) {
-            ffi::unblock(waiter.client, Answer::Error(error.to_string()));
-        }
+        with_state(|state| state.answer_waiter(request_id, Answer::Error(error.to_string())));
     }
 }
 

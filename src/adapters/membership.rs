@@ -334,9 +334,7 @@ pub fn raft_node(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
         state.send_to_driver(input).map_err(|e| (request_id, e))
     });
     if let Err((request_id, message)) = sent {
-        if let Some(waiter) = with_state(|state| state.waiters.remove(&request_id)) {
-            ffi::unblock(waiter.client, Answer::Error(message.into()));
-        }
+        with_state(|state| state.answer_waiter(request_id, Answer::Error(message.into())));
     }
     Ok(RedisValue::NoReply)
 }

@@ -261,9 +261,18 @@ impl MainState {
                 DriverInput::ConfChange { request_id, .. } => request_id,
                 _ => None,
             };
-            if let Some(waiter) = request_id.and_then(|id| self.waiters.remove(&id)) {
-                ffi::unblock(waiter.client, Answer::Error(ERR_DRIVER_STOPPED.to_string()));
+            if let Some(request_id) = request_id {
+                self.answer_waiter(request_id, Answer::Error(ERR_DRIVER_STOPPED.to_string()));
             }
+        }
+    }
+
+    /// Unblocks the client waiting for `request_id`, if it still waits, with `answer`.
+    /// The reply is sent later from the event loop, so calling this inside `with_state`
+    /// is fine.
+    pub fn answer_waiter(&mut self, request_id: RequestId, answer: Answer) {
+        if let Some(waiter) = self.waiters.remove(&request_id) {
+            ffi::unblock(waiter.client, answer);
         }
     }
 
