@@ -476,16 +476,22 @@ mod tests {
         }
     }
 
+    /// A new log in a temp dir holding entries 1..=count (committed) of `data_len` bytes.
+    fn log_with(count: u64, data_len: usize) -> (tempfile::TempDir, PathBuf, LogFile) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("redisraft.db");
+        let mut log = LogFile::create(&path, &meta()).unwrap();
+        log.append(&entries(1, count, data_len), Some(&hard_state(count)));
+        log.sync();
+        (dir, path, log)
+    }
+
     /// The file is extended ahead of the appends; a restart finds every entry, drops the
     /// zeros after them without calling them torn, and appends continue where the log
     /// ended (not after the zeros).
     #[test]
     fn preallocated_room_is_recovered_as_the_end_of_the_log() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("redisraft.db");
-        let mut log = LogFile::create(&path, &meta()).unwrap();
-        log.append(&entries(1, 100, 1000), Some(&hard_state(100)));
-        log.sync();
+        let (_dir, path, log) = log_with(100, 1000);
         let file_len = std::fs::metadata(&path).unwrap().len();
         assert_eq!(file_len, PREALLOCATE_BYTES, "extended ahead in one step");
         assert!(log.size_bytes() < file_len);
@@ -520,11 +526,7 @@ mod tests {
     /// by its remnant (which would read as corruption at the next start).
     #[test]
     fn a_torn_remnant_is_cut_before_appending_again() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("redisraft.db");
-        let mut log = LogFile::create(&path, &meta()).unwrap();
-        log.append(&entries(1, 10, 100), Some(&hard_state(10)));
-        log.sync();
+        let (_dir, path, log) = log_with(10, 100);
         let end = log.size_bytes();
         // A frame whose payload was only half written, in the preallocated room.
         let mut frame = Vec::new();
