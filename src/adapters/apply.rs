@@ -201,12 +201,8 @@ fn apply_payload(ctx: ffi::RawCtx, payload: Payload, me: u64, incarnation: u64) 
     }
 }
 
-/// Keeps entry times increasing across leader changes (see `next_entry_time_ms`).
 fn note_entry_time(time_ms: i64) {
-    with_state(|state| {
-        state.last_entry_time_ms = state.last_entry_time_ms.max(time_ms);
-        state.applied_time_ms = time_ms;
-    });
+    with_state(|state| state.note_applied_time(time_ms));
 }
 
 /// Loads the snapshot raft just installed, replacing the whole dataset.
@@ -236,8 +232,7 @@ fn install_snapshot(index: u64) {
     with_state(|state| {
         state.applied_index = snapshot.index;
         state.applied_term = snapshot.term;
-        state.applied_time_ms = snapshot.applied_time_ms;
-        state.last_entry_time_ms = state.last_entry_time_ms.max(snapshot.applied_time_ms);
+        state.note_applied_time(snapshot.applied_time_ms);
         state.membership = crate::adapters::snapshots::members_of(&snapshot);
     });
     serve_confirmed_reads();

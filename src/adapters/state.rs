@@ -267,6 +267,14 @@ impl MainState {
         }
     }
 
+    /// The keyspace reached the logical time `time_ms` (an applied entry's, or a loaded
+    /// snapshot's); entry times stay increasing across leader changes
+    /// (see `next_entry_time_ms`).
+    pub fn note_applied_time(&mut self, time_ms: i64) {
+        self.last_entry_time_ms = self.last_entry_time_ms.max(time_ms);
+        self.applied_time_ms = time_ms;
+    }
+
     /// Unblocks the client waiting for `request_id`, if it still waits, with `answer`.
     /// The reply is sent later from the event loop, so calling this inside `with_state`
     /// is fine.
@@ -495,8 +503,7 @@ pub fn start_node(
     state.loading_until = commit_on_disk.max(applied);
     state.applied_index = applied;
     state.applied_term = snapshot.map_or(0, |s| s.term);
-    state.applied_time_ms = snapshot.map_or(0, |s| s.applied_time_ms);
-    state.last_entry_time_ms = state.last_entry_time_ms.max(state.applied_time_ms);
+    state.note_applied_time(snapshot.map_or(0, |s| s.applied_time_ms));
     state.node_state = if state.loading_until > applied {
         NodeState::Loading
     } else {
