@@ -4,7 +4,7 @@
 //! re-enter the module (filter, handlers).
 
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::TrySendError;
 use std::sync::Arc;
@@ -26,7 +26,7 @@ use crate::core::entry::Argv;
 use crate::core::logfile::{NodeMeta, Recovered};
 use crate::core::membership::Membership;
 use crate::core::node::{NodeParams, RaftNode};
-use crate::core::pending::RequestId;
+use crate::core::pending::{RequestId, RequestIdMap};
 use crate::core::snapshot::SnapshotMeta;
 use crate::core::storage::LogStore;
 
@@ -71,7 +71,7 @@ pub struct MainState {
     pub meta: Option<NodeMeta>,
     pub incarnation: u64,
     next_request_id: RequestId,
-    pub waiters: HashMap<RequestId, Waiter>,
+    pub waiters: RequestIdMap<Waiter>,
     /// Reads confirmed by a quorum, waiting for `applied_index` to reach their index.
     pub confirmed_reads: BTreeMap<u64, Vec<RequestId>>,
     pub applied_index: u64,
@@ -129,7 +129,7 @@ pub fn init_state(apply_ctx: RawCtx, incarnation: u64) {
             meta: None,
             incarnation,
             next_request_id: 0,
-            waiters: HashMap::new(),
+            waiters: RequestIdMap::default(),
             confirmed_reads: BTreeMap::new(),
             applied_index: 0,
             applied_term: 0,
