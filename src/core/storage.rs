@@ -25,6 +25,7 @@
 //!
 //! Without a reader (the default, and the simulation) nothing is evicted.
 
+use bytes::{Bytes, BytesMut};
 use std::collections::VecDeque;
 
 use protobuf::Message as _;
@@ -95,13 +96,27 @@ pub struct LogStore {
     frame_lens: VecDeque<u32>,
     /// Bound on `cached_bytes`; `None` = keep everything.
     cache_limit_bytes: Option<usize>,
+    /// The free end of the newest cache segment (see [`CACHE_SEGMENT_BYTES`]).
+    cache_segment: BytesMut,
     reader: Option<Reader>,
 }
 
+/// Cached entries' data up to [`PACKED_ENTRY_MAX_BYTES`] is copied into shared segments
+/// of this size, in log order. The cache evicts its oldest entries first, so a segment is
+/// freed whole once its last entry leaves. One allocation per entry instead left the
+/// holes of evicted entries between the dataset's allocations: 36-40 MB of jemalloc
+/// fragmentation (allocator active minus allocated) on a node after 4 KB SETs.
+const CACHE_SEGMENT_BYTES: usize = 1024 * 1024;
+/// Larger entries keep their own allocation: they would waste much of a segment.
+const PACKED_ENTRY_MAX_BYTES: usize = 64 * 1024;
+
 fn cached_size(entry: &Entry) -> usize {
-    allocation_size_class(entry.data.len())
-        + allocation_size_class(entry.context.len())
-        + CACHED_ENTRY_OVERHEAD_BYTES
+    let data_bytes = if entry.data.len() <= PACKED_ENTRY_MAX_BYTES {
+        entry.data.len()
+    } else {
+        allocation_size_class(entry.data.len())
+    };
+    data_bytes + allocation_size_class(entry.context.len()) + CACHED_ENTRY_OVERHEAD_BYTES
 }
 
 /// What an allocation of `bytes` really takes in jemalloc, Redis' allocator, which the
@@ -255,7 +270,11 @@ impl LogStore {
                 self.term_runs.push_back((entry.index, entry.term));
             }
             self.cached_bytes += cached_size(entry);
-            self.cache.push_back(entry.clone());
+            let mut cached = entry.clone();
+            if !cached.data.is_empty() && cached.data.len() <= PACKED_ENTRY_MAX_BYTES {
+                cached.data = self.pack(&entry.data);
+            }
+            self.cache.push_back(cached);
         }
         self.last_index = new_entries[new_entries.len() - 1].index;
     }
@@ -527,6 +546,15 @@ impl LogStore {
     /// class, and [`CACHED_ENTRY_OVERHEAD_BYTES`] each.
     pub fn cached_bytes(&self) -> usize {
         self.cached_bytes
+    }
+
+    /// A copy of `data` in the newest cache segment (a new one when it is full).
+    fn pack(&mut self, data: &[u8]) -> Bytes {
+        if self.cache_segment.capacity() - self.cache_segment.len() < data.len() {
+            self.cache_segment = BytesMut::with_capacity(CACHE_SEGMENT_BYTES);
+        }
+        self.cache_segment.extend_from_slice(data);
+        self.cache_segment.split().freeze()
     }
 
     /// Term of an entry of the log (`first_index <= index <= last_index`).
@@ -986,14 +1014,45 @@ mod tests {
         let mut with_context = entry_with_data(2, 1, b"12345");
         with_context.context = b"abc".to_vec().into();
         store.append(&[entry_with_data(1, 1, b"1234567890"), with_context]);
-        // 10 bytes take a 16-byte class, 5 and 3 bytes 8 each.
-        assert_eq!(store.cached_bytes(), 16 + 8 + 8 + 2 * O);
+        // Data is packed into segments (exact size); the context takes its 8-byte class.
+        assert_eq!(store.cached_bytes(), 10 + 5 + 8 + 2 * O);
         store.append(&[entry_with_data(2, 2, b"xy"), entry_with_data(3, 2, b"z")]);
-        assert_eq!(store.cached_bytes(), 16 + 8 + 8 + 3 * O);
+        assert_eq!(store.cached_bytes(), 10 + 2 + 1 + 3 * O);
         store.compact(1, 1);
-        assert_eq!(store.cached_bytes(), 8 + 8 + 2 * O);
+        assert_eq!(store.cached_bytes(), 2 + 1 + 2 * O);
         store.compact(3, 2);
         assert_eq!(store.cached_bytes(), 0);
+        // An entry too large to pack counts at its allocation's size class.
+        let large = vec![7u8; PACKED_ENTRY_MAX_BYTES + 1];
+        store.append(&[entry_with_data(4, 2, &large)]);
+        assert_eq!(
+            store.cached_bytes(),
+            allocation_size_class(PACKED_ENTRY_MAX_BYTES + 1) + O
+        );
+    }
+
+    #[test]
+    fn cached_entries_are_packed_in_log_order_into_shared_segments() {
+        let mut store = LogStore::new();
+        let value = [42u8; 4293];
+        let entries: Vec<Entry> = (1..=400).map(|i| entry_with_data(i, 1, &value)).collect();
+        let originals: Vec<*const u8> = entries.iter().map(|e| e.data.as_ptr()).collect();
+        store.append(&entries);
+        let cached: Vec<&Entry> = store.cache.iter().collect();
+        assert!(cached.iter().all(|e| e.data[..] == value[..]));
+        assert!(cached
+            .iter()
+            .zip(&originals)
+            .all(|(e, &o)| e.data.as_ptr() != o));
+        // Consecutive entries sit back to back except where a new segment starts.
+        let segment_starts = cached
+            .windows(2)
+            .filter(|pair| {
+                pair[1].data.as_ptr() != pair[0].data.as_ptr().wrapping_add(pair[0].data.len())
+            })
+            .count();
+        let per_segment = CACHE_SEGMENT_BYTES / value.len();
+        assert_eq!(segment_starts, (400 - 1) / per_segment);
     }
 
     #[test]
@@ -1062,7 +1121,7 @@ mod tests {
 
         assert_eq!(store.snapshot_point(), LogPosition { index: 2, term: 1 });
         assert_eq!(indexes(&store), vec![(3, 2)]);
-        assert_eq!(store.cached_bytes(), 8 + CACHED_ENTRY_OVERHEAD_BYTES);
+        assert_eq!(store.cached_bytes(), 3 + CACHED_ENTRY_OVERHEAD_BYTES);
         assert_eq!(store.conf_state(), &conf_state);
         // The file's commit (1) is below the compaction point, so it is raised.
         assert_eq!(
