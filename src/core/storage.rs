@@ -98,6 +98,8 @@ pub struct LogStore {
     cache_limit_bytes: Option<usize>,
     /// The free end of the newest cache segment (see [`CACHE_SEGMENT_BYTES`]).
     cache_segment: BytesMut,
+    /// Size the newest cache segment was allocated with.
+    cache_segment_bytes: usize,
     reader: Option<Reader>,
 }
 
@@ -107,8 +109,19 @@ pub struct LogStore {
 /// holes of evicted entries between the dataset's allocations: 36-40 MB of jemalloc
 /// fragmentation (allocator active minus allocated) on a node after 4 KB SETs.
 const CACHE_SEGMENT_BYTES: usize = 1024 * 1024;
+/// Segments start at this size and double up to [`CACHE_SEGMENT_BYTES`]: a small log, or
+/// a single stray entry, does not hold a whole MiB.
+const CACHE_SEGMENT_MIN_BYTES: usize = 64 * 1024;
 /// Larger entries keep their own allocation: they would waste much of a segment.
 const PACKED_ENTRY_MAX_BYTES: usize = 64 * 1024;
+
+/// The size of the segment after one of `previous_bytes` (0: none yet), for data of
+/// `needed_bytes` that did not fit.
+fn next_segment_bytes(previous_bytes: usize, needed_bytes: usize) -> usize {
+    (previous_bytes * 2)
+        .clamp(CACHE_SEGMENT_MIN_BYTES, CACHE_SEGMENT_BYTES)
+        .max(needed_bytes)
+}
 
 fn cached_size(entry: &Entry) -> usize {
     let data_bytes = if entry.data.len() <= PACKED_ENTRY_MAX_BYTES {
@@ -551,7 +564,8 @@ impl LogStore {
     /// A copy of `data` in the newest cache segment (a new one when it is full).
     fn pack(&mut self, data: &[u8]) -> Bytes {
         if self.cache_segment.capacity() - self.cache_segment.len() < data.len() {
-            self.cache_segment = BytesMut::with_capacity(CACHE_SEGMENT_BYTES);
+            self.cache_segment_bytes = next_segment_bytes(self.cache_segment_bytes, data.len());
+            self.cache_segment = BytesMut::with_capacity(self.cache_segment_bytes);
         }
         self.cache_segment.extend_from_slice(data);
         self.cache_segment.split().freeze()
@@ -1051,8 +1065,18 @@ mod tests {
                 pair[1].data.as_ptr() != pair[0].data.as_ptr().wrapping_add(pair[0].data.len())
             })
             .count();
-        let per_segment = CACHE_SEGMENT_BYTES / value.len();
-        assert_eq!(segment_starts, (400 - 1) / per_segment);
+        // Segments of 64 KiB, 128 KiB, ... 1 MiB, 1 MiB, ...: count how many 400 need.
+        let (mut segments, mut room, mut size) = (0, 0, 0);
+        for _ in 0..400 {
+            if room < value.len() {
+                size = next_segment_bytes(size, value.len());
+                room = size;
+                segments += 1;
+            }
+            room -= value.len();
+        }
+        assert_eq!(segment_starts, segments - 1);
+        assert!(segments >= 5, "the 1.7 MB of entries span growing segments");
     }
 
     #[test]
