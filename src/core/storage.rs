@@ -86,8 +86,8 @@ pub struct LogStore {
     term_runs: VecDeque<(u64, u64)>,
     /// The newest entries: `cache[i].index == last_index + 1 - cache.len() + i`.
     cache: VecDeque<Entry>,
-    /// Sum of data and context sizes (at their allocation size class) plus
-    /// [`CACHED_ENTRY_OVERHEAD_BYTES`] over `cache`.
+    /// Sum over `cache` of what each entry occupies: packed data at its size, other
+    /// allocations at their size class, plus [`CACHED_ENTRY_OVERHEAD_BYTES`].
     cached_bytes: usize,
     /// Frame offsets of entries `first_index ..` (a prefix of the log: entries the caller
     /// has written and reported).
@@ -104,7 +104,7 @@ pub struct LogStore {
 }
 
 /// Cached entries' data up to [`PACKED_ENTRY_MAX_BYTES`] is copied into shared segments
-/// of this size, in log order. The cache evicts its oldest entries first, so a segment is
+/// of at most this size, in log order. The cache evicts its oldest entries first, so a segment is
 /// freed whole once its last entry leaves. One allocation per entry instead left the
 /// holes of evicted entries between the dataset's allocations: 36-40 MB of jemalloc
 /// fragmentation (allocator active minus allocated) on a node after 4 KB SETs.
@@ -555,8 +555,8 @@ impl LogStore {
         self.cache.len()
     }
 
-    /// Memory of the cached entries, in bytes: data and context at their allocation size
-    /// class, and [`CACHED_ENTRY_OVERHEAD_BYTES`] each.
+    /// Memory of the cached entries, in bytes: packed data at its size, other allocations
+    /// at their size class, and [`CACHED_ENTRY_OVERHEAD_BYTES`] each.
     pub fn cached_bytes(&self) -> usize {
         self.cached_bytes
     }
