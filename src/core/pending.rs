@@ -156,10 +156,9 @@ mod tests {
         let distinct: std::collections::BTreeSet<u64> = hashes.iter().copied().collect();
         assert_eq!(distinct.len(), hashes.len());
         // hashbrown picks buckets from the low bits and tags from the top 7: both must vary.
-        for (name, bucket_of) in [
-            ("low", Box::new(|h: u64| h & 15) as Box<dyn Fn(u64) -> u64>),
-            ("top", Box::new(|h: u64| h >> 60)),
-        ] {
+        let low: fn(u64) -> u64 = |h| h & 15;
+        let top: fn(u64) -> u64 = |h| h >> 60;
+        for (name, bucket_of) in [("low", low), ("top", top)] {
             let mut counts = [0usize; 16];
             for hash in &hashes {
                 counts[bucket_of(*hash) as usize] += 1;
