@@ -86,6 +86,26 @@ pub fn describe(ctx: RawCtx, argv: &[Vec<u8>]) -> Option<Blocking> {
     })
 }
 
+/// How long a follower waits for the leader's answer to a proxied command: a blocking
+/// command may take its own timeout (forever for 0) before the leader answers.
+pub fn proxy_timeout_ms(ctx: RawCtx, argv: &[Vec<u8>], response_timeout_ms: u64) -> u64 {
+    /// "Forever", kept small enough for any timer to add to now.
+    const FOREVER_MS: u64 = 30 * 24 * 3600 * 1000;
+    match describe(ctx, argv) {
+        None => response_timeout_ms,
+        Some(Blocking {
+            deadline_ms: None, ..
+        }) => FOREVER_MS,
+        Some(Blocking {
+            deadline_ms: Some(deadline_ms),
+            ..
+        }) => {
+            let wait_ms = u64::try_from(deadline_ms.saturating_sub(wall_clock_ms())).unwrap_or(0);
+            wait_ms.saturating_add(response_timeout_ms).min(FOREVER_MS)
+        }
+    }
+}
+
 /// Redis' reply when the timeout passes.
 fn null_reply(argv: &[Vec<u8>]) -> Answer {
     match lower(&argv[0]).as_slice() {
@@ -97,6 +117,11 @@ fn null_reply(argv: &[Vec<u8>]) -> Answer {
 /// An attempt found nothing: the client waits for its keys to change (unless its time
 /// is already up).
 pub fn park(waiter: Waiter, blocking: Blocking) {
+    if waiter.client.is_gone() {
+        // Disconnected or unblocked meanwhile: nobody waits any more (its handle is freed).
+        ffi::unblock(waiter.client, null_reply(&blocking.argv));
+        return;
+    }
     if blocking
         .deadline_ms
         .is_some_and(|deadline| deadline <= wall_clock_ms())
@@ -113,6 +138,30 @@ pub fn park(waiter: Waiter, blocking: Blocking) {
         return;
     }
     PARKED.with(|parked| parked.borrow_mut().push(Parked { waiter, blocking }));
+}
+
+/// Redis ended a wait itself (`ffi::Cancel`): the client leaves the queue at once, so no
+/// later entry pops an element for it, and a `CLIENT UNBLOCK` caller gets Redis' null
+/// reply. A client whose attempt is in the log already cannot be recalled: that attempt is
+/// applied everywhere, but the client is not parked again when it finds nothing.
+pub fn cancel(key: ffi::ClientKey, _why: ffi::Cancel) -> Answer {
+    let parked = PARKED.with(|parked| {
+        let mut parked = parked.borrow_mut();
+        let position = parked.iter().position(|p| p.waiter.client.key() == key)?;
+        Some(parked.remove(position))
+    });
+    if let Some(Parked { waiter, blocking }) = parked {
+        ffi::unblock(waiter.client, null_reply(&blocking.argv));
+        return null_reply(&blocking.argv);
+    }
+    crate::adapters::state::with_state(|state| {
+        state
+            .waiters
+            .values()
+            .find(|waiter| waiter.client.key() == key)
+            .and_then(|waiter| waiter.blocking.as_ref())
+            .map_or(Answer::NullArray, |blocking| null_reply(&blocking.argv))
+    })
 }
 
 /// Keyspace events: remember which keys changed while clients are parked.
@@ -252,6 +301,7 @@ fn redirect_now(serving: Result<(), String>, now_ms: i64) -> Result<(), String> 
 
 /// Starts the periodic timeout check.
 pub fn start(ctx: RawCtx) {
+    ffi::set_cancel_handler(cancel);
     data::create_timer(ctx, CHECK_PERIOD_MS, on_timer);
 }
 
@@ -271,5 +321,7 @@ pub fn parked_count() -> usize {
 
 /// Whether `waiter` should wait rather than get this applied reply.
 pub fn should_park(waiter: &Waiter, reply: &Answer) -> bool {
-    waiter.blocking.is_some() && matches!(reply, Answer::Reply(r) if r.is_null())
+    waiter.blocking.is_some()
+        && !waiter.client.is_gone()
+        && matches!(reply, Answer::Reply(r) if r.is_null())
 }

@@ -7,11 +7,12 @@ use std::cell::Cell;
 
 use crate::adapters::ffi::data::{self, Args, ModuleUser};
 use crate::adapters::ffi::{self, Answer, FilterCtx, RawCtx};
-use crate::adapters::state::{call_locally, call_locally_prepared, with_table};
+use crate::adapters::state::{call_locally, call_locally_prepared, with_state, with_table};
 use crate::core::commands::Class;
 use crate::core::entry::Argv;
 use crate::core::expiry::{self, Rewrite, TtlQuery};
 use crate::core::random_pick;
+use crate::core::scripts::{Resolved, NOSCRIPT_ERROR};
 
 thread_local! {
     /// "Now" for commands the module runs: the entry's time while applying, the local
@@ -134,12 +135,10 @@ pub fn reads_expired_key(ctx: RawCtx, argv: &[Vec<u8>]) -> bool {
 
 /// Serves a read at the local clock (read-only scripts as the caller's user).
 pub fn run_read(ctx: RawCtx, argv: &[Vec<u8>], user: Option<&str>, resp3: bool) -> Answer {
-    with_logical_time(wall_clock_ms(), || {
-        if is_script(argv) {
-            run_script(ctx, argv, user, resp3)
-        } else {
-            to_answer(call_locally(ctx, argv, resp3))
-        }
+    with_logical_time(wall_clock_ms(), || match resolve_script(argv) {
+        Resolved::Unchanged if is_script(argv) => run_script(ctx, argv, user, resp3),
+        Resolved::Unchanged => to_answer(call_locally(ctx, argv, resp3)),
+        resolved => answer_resolved(ctx, resolved, user, resp3),
     })
 }
 
@@ -180,13 +179,53 @@ pub fn apply_commands(
                 if let Some(answer) = deterministic_spop(ctx, argv, time_ms) {
                     return answer;
                 }
-                if is_script(argv) {
-                    return run_script(ctx, argv, user, resp3);
-                }
-                to_answer(call_locally_prepared(ctx, argv, &mut args, resp3))
+                let answer = match resolve_script(argv) {
+                    Resolved::Unchanged if is_script(argv) => run_script(ctx, argv, user, resp3),
+                    Resolved::Unchanged => {
+                        to_answer(call_locally_prepared(ctx, argv, &mut args, resp3))
+                    }
+                    resolved => answer_resolved(ctx, resolved, user, resp3),
+                };
+                let error = error_text(&answer);
+                with_state(|state| state.scripts.note_applied(argv, error));
+                answer
             })
             .collect()
     })
+}
+
+/// What the replicated script registry makes of `argv` (`EVALSHA`, `SCRIPT EXISTS`).
+fn resolve_script(argv: &[Vec<u8>]) -> Resolved {
+    if !argv.first().is_some_and(|name| {
+        name.len() >= 6
+            && (name[..4].eq_ignore_ascii_case(b"eval") || name.eq_ignore_ascii_case(b"script"))
+    }) {
+        return Resolved::Unchanged;
+    }
+    with_state(|state| state.scripts.resolve(argv))
+}
+
+/// Runs or answers a command the registry resolved (never the server's script cache).
+fn answer_resolved(ctx: RawCtx, resolved: Resolved, user: Option<&str>, resp3: bool) -> Answer {
+    match resolved {
+        Resolved::Run(argv) => run_script(ctx, &argv, user, resp3),
+        Resolved::NoScript => Answer::Error(NOSCRIPT_ERROR.to_string()),
+        Resolved::Exists(flags) => Answer::Array(
+            flags
+                .into_iter()
+                .map(|known| Answer::Integer(i64::from(known)))
+                .collect(),
+        ),
+        Resolved::Unchanged => Answer::Error("ERR internal: unresolved script".into()),
+    }
+}
+
+fn error_text(answer: &Answer) -> Option<&[u8]> {
+    match answer {
+        Answer::Error(message) => Some(message.as_bytes()),
+        Answer::Reply(reply) if reply.is_error() => Some(reply.bytes()),
+        _ => None,
+    }
 }
 
 /// Scripts run as the caller's user, so a script cannot do what its caller may not.

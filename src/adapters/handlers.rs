@@ -237,8 +237,13 @@ pub fn submit(
         (Class::Write, false) => crate::adapters::blocking::describe(ctx, &commands[0]),
         _ => None,
     };
+    let client = match blocking {
+        // Redis ends these waits itself on disconnect or CLIENT UNBLOCK (blocking::cancel).
+        Some(_) => ffi::block_client_cancellable(ctx),
+        None => ffi::block_client(ctx),
+    };
     let waiter = Waiter {
-        client: ffi::block_client(ctx),
+        client,
         resp3,
         read: None,
         conf_reply: None,

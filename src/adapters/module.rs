@@ -166,6 +166,11 @@ extern "C" fn boot_after_server_load(_: *mut c_void) {
     let files = snapshots::SnapshotFiles::for_log(&handlers::log_path());
     let started = with_state(|state| state.boot.take()).and_then(|(log, recovered)| {
         let meta = recovered.meta.clone()?;
+        // Libraries the server loaded from its RDB are as stale as its keys: the
+        // snapshot and the log bring back exactly the ones the cluster has.
+        if let Err(e) = snapshots::flush_functions(ctx) {
+            return Some(Err(e));
+        }
         let snapshot = if files.current.exists() {
             match snapshots::load_into_server(ctx, &files.current, &meta.dbid) {
                 Ok(snapshot) => Some(snapshot),

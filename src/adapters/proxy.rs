@@ -19,7 +19,11 @@ pub fn forward(ctx: RawCtx, leader_addr: String, argv: Argv) -> bool {
     let Some(transport) = with_state(|state| state.transport.clone()) else {
         return false;
     };
-    let timeout = Duration::from_millis(config().proxy_response_timeout_ms);
+    let timeout = Duration::from_millis(crate::adapters::blocking::proxy_timeout_ms(
+        ctx,
+        &argv,
+        config().proxy_response_timeout_ms,
+    ));
     let client = ffi::block_client(ctx);
     PROXY_REQS.fetch_add(1, Ordering::Relaxed);
     PROXY_OUTSTANDING_REQS.fetch_add(1, Ordering::Relaxed);
@@ -54,7 +58,9 @@ fn to_answer(value: RespValue) -> Answer {
         RespValue::Error(text) => Answer::Error(text),
         RespValue::Integer(value) => Answer::Integer(value),
         RespValue::Bulk(Some(bytes)) => Answer::Bulk(bytes),
-        RespValue::Bulk(None) | RespValue::Array(None) => Answer::Null,
+        RespValue::Bulk(None) => Answer::Null,
+        // BLPOP's timeout and friends: the null array, as the leader sent it.
+        RespValue::Array(None) => Answer::NullArray,
         RespValue::Array(Some(items)) => Answer::Array(items.into_iter().map(to_answer).collect()),
     }
 }

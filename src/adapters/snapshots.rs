@@ -1,4 +1,5 @@
-//! Snapshots: taken in a forked child (every key as DUMP payload + absolute expiry),
+//! Snapshots: taken in a forked child (every key as DUMP payload + absolute expiry, the
+//! function libraries as FUNCTION DUMP, the script registry EVALSHA runs from),
 //! published by rename, loaded with RESTORE, and streamed to followers in chunks.
 //!
 //! Files, next to the log (`<log>` = raft.log-filename):
@@ -18,6 +19,7 @@ use crate::adapters::ffi::{self, RawCtx};
 use crate::adapters::logio::sync_directory_of;
 use crate::adapters::state::{call_locally, with_state};
 use crate::core::membership::{Member, Membership};
+use crate::core::scripts::ScriptRegistry;
 use crate::core::snapshot::{
     encode_header, encode_record, SnapshotDecoder, SnapshotMember, SnapshotMeta, SnapshotRecord,
 };
@@ -200,6 +202,8 @@ pub fn load_into_server(
 ) -> Result<SnapshotMeta, String> {
     let started = std::time::Instant::now();
     call_locally(ctx, &[b"FLUSHALL".to_vec(), b"SYNC".to_vec()], false)?;
+    flush_functions(ctx)?;
+    let mut scripts = ScriptRegistry::default();
     let mut meta = None;
     let mut keys = 0u64;
     for_each_record(path, |record| match record {
@@ -240,14 +244,52 @@ pub fn load_into_server(
             keys += 1;
             Ok(())
         }
+        SnapshotRecord::Functions { dump } => {
+            let argv = [
+                b"FUNCTION".to_vec(),
+                b"RESTORE".to_vec(),
+                dump,
+                b"FLUSH".to_vec(),
+            ];
+            let reply = call_locally(ctx, &argv, false)?;
+            if reply.is_error() {
+                return Err(format!(
+                    "FUNCTION RESTORE failed: {}",
+                    String::from_utf8_lossy(reply.bytes())
+                ));
+            }
+            Ok(())
+        }
+        SnapshotRecord::Script { body } => {
+            scripts.insert(body);
+            Ok(())
+        }
         SnapshotRecord::End { .. } => Ok(()),
     })?;
     log::info!(
-        "raft: loaded {keys} keys from snapshot {} in {} ms",
+        "raft: loaded {keys} keys and {} scripts from snapshot {} in {} ms",
+        scripts.len(),
         path.display(),
         started.elapsed().as_millis()
     );
+    with_state(|state| state.scripts = scripts);
     meta.ok_or_else(|| format!("{}: no metadata", path.display()))
+}
+
+/// Removes every function library: a snapshot or the log decides which exist.
+pub fn flush_functions(ctx: RawCtx) -> Result<(), String> {
+    let reply = call_locally(
+        ctx,
+        &[b"FUNCTION".to_vec(), b"FLUSH".to_vec(), b"SYNC".to_vec()],
+        false,
+    )?;
+    if reply.is_error() {
+        return Err(format!(
+            "FUNCTION FLUSH failed: {}",
+            String::from_utf8_lossy(reply.bytes())
+        ));
+    }
+    Ok(())
 }
 
 /// What the parent remembers about the running fork child.
@@ -370,6 +412,26 @@ fn write_keyspace(ctx: RawCtx, path: &Path, meta: SnapshotMeta) -> Result<(), St
         }
         if cursor == b"0" {
             break;
+        }
+    }
+    // Everything EVALSHA and FCALL run from: without it a node that installs this
+    // snapshot would answer them differently from the others.
+    let functions = call_locally(ctx, &[b"FUNCTION".to_vec(), b"DUMP".to_vec()], false)?;
+    if functions.is_error() {
+        return Err(format!(
+            "FUNCTION DUMP failed: {}",
+            String::from_utf8_lossy(functions.bytes())
+        ));
+    }
+    let dump = functions.bytes().to_vec();
+    encode_record(&SnapshotRecord::Functions { dump }, &mut buffer).map_err(|e| e.to_string())?;
+    let bodies: Vec<Vec<u8>> =
+        with_state(|state| state.scripts.bodies().map(<[u8]>::to_vec).collect());
+    for body in bodies {
+        encode_record(&SnapshotRecord::Script { body }, &mut buffer).map_err(|e| e.to_string())?;
+        if buffer.len() >= 1024 * 1024 {
+            out.write_all(&buffer).map_err(|e| e.to_string())?;
+            buffer.clear();
         }
     }
     encode_record(&SnapshotRecord::End { key_count }, &mut buffer).map_err(|e| e.to_string())?;

@@ -27,6 +27,7 @@ use crate::core::logfile::{NodeMeta, Recovered};
 use crate::core::membership::Membership;
 use crate::core::node::{NodeParams, RaftNode};
 use crate::core::pending::{RequestId, RequestIdMap};
+use crate::core::scripts::ScriptRegistry;
 use crate::core::snapshot::SnapshotMeta;
 use crate::core::storage::LogStore;
 
@@ -100,6 +101,8 @@ pub struct MainState {
     /// The leader's expired-keys entry in flight, by wall-clock deadline (ms): no new
     /// scan is proposed until it is applied or this passes.
     pub expire_in_flight_until_ms: i64,
+    /// The bodies `EVALSHA` runs, as of `applied_index` (replicated; see `core::scripts`).
+    pub scripts: ScriptRegistry,
 }
 
 const ERR_DRIVER_STOPPED: &str = "CLUSTERDOWN raft driver stopped";
@@ -145,6 +148,7 @@ pub fn init_state(apply_ctx: RawCtx, incarnation: u64) {
             last_entry_time_ms: 0,
             applied_time_ms: 0,
             expire_in_flight_until_ms: 0,
+            scripts: ScriptRegistry::default(),
         })
     });
 }

@@ -11,5 +11,6 @@ pub mod peer_check;
 pub mod pending;
 pub mod random_pick;
 pub mod resp;
+pub mod scripts;
 pub mod snapshot;
 pub mod storage;

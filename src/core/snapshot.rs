@@ -13,8 +13,8 @@
 //! # Layout
 //!
 //! ```text
-//! file   = header Meta Key* End
-//! header = "RRAFTSNP" (8 bytes) | format version, u32 LE (= 2; 1 is still read)
+//! file   = header Meta (Key | Functions | Script)* End
+//! header = "RRAFTSNP" (8 bytes) | format version, u32 LE (= 3; 1 and 2 are still read)
 //! frame  = payload_len u32 LE | header_check u32 LE | payload_crc u32 LE | payload
 //! ```
 //!
@@ -27,7 +27,9 @@
 //! # Rules
 //!
 //! * [`SnapshotRecord::Meta`] is the first record, and appears once.
-//! * [`SnapshotRecord::Key`] records follow, in any order.
+//! * [`SnapshotRecord::Key`] records follow, in any order, with at most one
+//!   [`SnapshotRecord::Functions`] and any number of [`SnapshotRecord::Script`]
+//!   records among them (version 3; older files have none).
 //! * [`SnapshotRecord::End`] is the last record; its `key_count` equals the
 //!   number of `Key` records. Not one byte may follow it.
 //!
@@ -52,8 +54,9 @@ use crate::core::membership::Member;
 /// First bytes of every snapshot file.
 pub const SNAPSHOT_MAGIC: [u8; 8] = *b"RRAFTSNP";
 /// Version of the format described in this module. Version 1 files (a Meta
-/// record without `applied_time_ms`) are still read, with that time unknown (0).
-pub const SNAPSHOT_VERSION: u32 = 2;
+/// record without `applied_time_ms`) are still read, with that time unknown (0);
+/// version 2 files carry no function libraries and no script registry.
+pub const SNAPSHOT_VERSION: u32 = 3;
 /// The oldest version still read.
 const OLDEST_READ_VERSION: u32 = 1;
 /// Magic plus version.
@@ -188,6 +191,18 @@ pub enum SnapshotRecord {
     },
     /// Always last: the number of `Key` records before it.
     End { key_count: u64 },
+    /// The server's function libraries, as `FUNCTION DUMP` serializes them (loaded
+    /// with `FUNCTION RESTORE ... FLUSH`). At most once. Since version 3.
+    Functions {
+        #[serde(with = "crate::core::bounded_serde::bytes")]
+        dump: Vec<u8>,
+    },
+    /// One body of the replicated script registry (`core::scripts`), which `EVALSHA`
+    /// runs from. Since version 3.
+    Script {
+        #[serde(with = "crate::core::bounded_serde::bytes")]
+        body: Vec<u8>,
+    },
 }
 
 fn bincode_config() -> bincode::config::Configuration {
@@ -251,6 +266,8 @@ pub fn encode_record(
             expire_at_ms,
         } => check_key(key, dump, *expire_at_ms)?,
         SnapshotRecord::End { .. } => 16,
+        SnapshotRecord::Functions { dump } => dump.len() + 16,
+        SnapshotRecord::Script { body } => body.len() + 16,
     };
     encode_frame(out, payload_hint, |writer| {
         bincode::serde::encode_into_writer(record, writer, bincode_config())
@@ -449,6 +466,10 @@ pub enum SnapshotError {
     DuplicateMeta {
         offset: u64,
     },
+    /// A second Functions record.
+    DuplicateFunctions {
+        offset: u64,
+    },
     InvalidMeta {
         offset: u64,
         reason: String,
@@ -487,6 +508,7 @@ impl SnapshotError {
             | UndecodableRecord { offset, .. }
             | MissingMeta { offset }
             | DuplicateMeta { offset }
+            | DuplicateFunctions { offset }
             | InvalidMeta { offset, .. }
             | InvalidKey { offset, .. }
             | KeyCountMismatch { offset, .. }
@@ -512,6 +534,7 @@ impl SnapshotError {
             UndecodableRecord { reason, .. } => format!("record does not decode: {reason}"),
             MissingMeta { .. } => "first record is not the Meta record".into(),
             DuplicateMeta { .. } => "second Meta record".into(),
+            DuplicateFunctions { .. } => "second Functions record".into(),
             InvalidMeta { reason, .. } => format!("invalid Meta record: {reason}"),
             InvalidKey { reason, .. } => format!("invalid Key record: {reason}"),
             KeyCountMismatch {
@@ -636,6 +659,8 @@ pub struct SnapshotDecoder {
     /// Format version from the header (0 until it was read).
     version: u32,
     keys_decoded: u64,
+    /// A Functions record was decoded (one is allowed).
+    functions_seen: bool,
     error: Option<SnapshotError>,
 }
 
@@ -655,6 +680,7 @@ impl SnapshotDecoder {
             stage: Stage::Header,
             version: 0,
             keys_decoded: 0,
+            functions_seen: false,
             error: None,
         }
     }
@@ -825,6 +851,13 @@ impl SnapshotDecoder {
                 }
                 self.keys_decoded += 1;
             }
+            (SnapshotRecord::Functions { .. }, _) => {
+                if self.functions_seen {
+                    return Err(SnapshotError::DuplicateFunctions { offset });
+                }
+                self.functions_seen = true;
+            }
+            (SnapshotRecord::Script { .. }, _) => {}
             (SnapshotRecord::End { key_count }, _) => {
                 if *key_count != self.keys_decoded {
                     return Err(SnapshotError::KeyCountMismatch {
@@ -1379,6 +1412,46 @@ mod tests {
         assert!(matches!(
             validate_all(&bytes),
             Err(SnapshotError::InvalidKey { .. })
+        ));
+    }
+
+    /// Version 3: function libraries and script bodies travel among the keys; the key
+    /// count ignores them; a second Functions record is refused.
+    #[test]
+    fn functions_and_scripts_ride_among_the_keys() {
+        let keys = keys(3, 4);
+        let mut records = vec![SnapshotRecord::Meta(meta())];
+        records.push(keys[0].record());
+        records.push(SnapshotRecord::Functions {
+            dump: b"\xf5\xc3library".to_vec(),
+        });
+        records.push(SnapshotRecord::Script {
+            body: b"return 1".to_vec(),
+        });
+        records.extend(keys[1..].iter().map(Key::record));
+        records.push(SnapshotRecord::End {
+            key_count: keys.len() as u64,
+        });
+        let bytes = file_of_records(&records);
+        assert_eq!(&bytes[8..12], &3u32.to_le_bytes());
+        let mut decoder = SnapshotDecoder::new();
+        decoder.feed(&bytes);
+        let mut decoded = Vec::new();
+        while let Some(record) = decoder.next_record().unwrap() {
+            decoded.push(record);
+        }
+        decoder.finish().unwrap();
+        assert_eq!(decoded, records);
+
+        let twice = file_of_records(&[
+            SnapshotRecord::Meta(meta()),
+            SnapshotRecord::Functions { dump: vec![1] },
+            SnapshotRecord::Functions { dump: vec![2] },
+            SnapshotRecord::End { key_count: 0 },
+        ]);
+        assert!(matches!(
+            validate_all(&twice),
+            Err(SnapshotError::DuplicateFunctions { .. })
         ));
     }
 

@@ -363,7 +363,102 @@ pub fn block_client(ctx: RawCtx) -> BlockedClient {
     BlockedClient(NonNull::new(handle).expect("RedisModule_BlockClient returned NULL"))
 }
 
+/// Identity of a blocked client while it is blocked (Redis' handle; reused after unblock).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ClientKey(usize);
+
+/// Told when Redis ends a cancellable wait itself: `Disconnected` (the client went away)
+/// or `Unblocked` (`CLIENT UNBLOCK`, whose client gets the returned answer). The handle
+/// stays ours to `unblock` (Redis then only frees it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cancel {
+    Disconnected,
+    Unblocked,
+}
+
+pub type CancelHandler = fn(ClientKey, Cancel) -> Answer;
+
+thread_local! {
+    /// Cancellable clients Redis has let go of, until the module unblocks their handle.
+    static GONE: std::cell::RefCell<std::collections::HashSet<ClientKey>> =
+        std::cell::RefCell::new(std::collections::HashSet::new());
+    static ON_CANCEL: std::cell::Cell<Option<CancelHandler>> = const { std::cell::Cell::new(None) };
+}
+
+/// Who is told about cancelled waits (set once at load).
+pub fn set_cancel_handler(handler: CancelHandler) {
+    ON_CANCEL.with(|cell| cell.set(Some(handler)));
+}
+
+fn cancelled(handle: *mut raw::RedisModuleBlockedClient, why: Cancel) -> Answer {
+    let key = ClientKey(handle as usize);
+    GONE.with(|gone| gone.borrow_mut().insert(key));
+    match ON_CANCEL.with(std::cell::Cell::get) {
+        Some(handler) => handler(key, why),
+        None => Answer::NullArray,
+    }
+}
+
+unsafe extern "C" fn on_unblock_request(
+    ctx: RawCtx,
+    _argv: *mut *mut raw::RedisModuleString,
+    _argc: c_int,
+) -> c_int {
+    // SAFETY: Redis calls this with the blocked client's context, whose handle it returns.
+    let handle = unsafe {
+        api(
+            raw::RedisModule_GetBlockedClientHandle,
+            "GetBlockedClientHandle",
+        )(ctx)
+    };
+    let answer = cancelled(handle, Cancel::Unblocked);
+    reply_answer(ctx, &answer);
+    raw::REDISMODULE_OK as c_int
+}
+
+unsafe extern "C" fn on_disconnect(_ctx: RawCtx, handle: *mut raw::RedisModuleBlockedClient) {
+    cancelled(handle, Cancel::Disconnected);
+}
+
+/// `block_client` for a wait Redis may end itself, as it ends its own blocking commands:
+/// the client disconnects, or `CLIENT UNBLOCK` names it (which needs a timeout callback).
+pub fn block_client_cancellable(ctx: RawCtx) -> BlockedClient {
+    // SAFETY: ctx is the context of a command being executed on the main thread; the
+    // callbacks are 'static and run on the main thread.
+    let handle = unsafe {
+        let handle = api(raw::RedisModule_BlockClient, "BlockClient")(
+            ctx,
+            Some(answer_blocked_client),
+            Some(on_unblock_request),
+            Some(free_answer),
+            0,
+        );
+        if !handle.is_null() {
+            api(
+                raw::RedisModule_SetDisconnectCallback,
+                "SetDisconnectCallback",
+            )(handle, Some(on_disconnect));
+        }
+        handle
+    };
+    BlockedClient(NonNull::new(handle).expect("RedisModule_BlockClient returned NULL"))
+}
+
+impl BlockedClient {
+    pub fn key(&self) -> ClientKey {
+        ClientKey(self.0.as_ptr() as usize)
+    }
+
+    /// Redis let go of this client (it disconnected or was unblocked): nobody reads an
+    /// answer any more, and it must not wait again.
+    pub fn is_gone(&self) -> bool {
+        GONE.with(|gone| gone.borrow().contains(&self.key()))
+    }
+}
+
 pub fn unblock(client: BlockedClient, answer: Answer) {
+    // Redis frees the handle now: its address may name another client later.
+    GONE.with(|gone| gone.borrow_mut().remove(&client.key()));
     let privdata = Box::into_raw(Box::new(answer)).cast::<c_void>();
     // SAFETY: the handle is live (blocked, not yet unblocked); ownership of privdata moves
     // to Redis, which calls free_answer.
