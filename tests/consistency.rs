@@ -326,3 +326,116 @@ fn a_proxied_blocking_pop_waits_for_its_own_timeout() {
     pusher.join().expect("pusher");
     assert_eq!(agreed(&cluster, &ids, &["LLEN", "q"]), "0");
 }
+
+/// Item 3: inside a script, replies that describe one node's copy are refused (OBJECT's
+/// subcommands, MEMORY, PUBSUB) and PUBLISH counts 0 receivers on every node, so a script
+/// cannot write differently on each node. The message is still delivered.
+#[test]
+fn scripts_cannot_branch_on_node_local_replies() {
+    let cluster = Cluster::start(3, ET_MS);
+    let ids = cluster.ids();
+    let leader = cluster.wait_leader(&ids, CONVERGE_TIMEOUT);
+    let addr = cluster.addr(leader);
+    let mut subscriber = send_raw(&addr, &["SUBSCRIBE", "ch"]);
+    subscriber
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut buffer = vec![0u8; 4096];
+    let read = subscriber.read(&mut buffer).expect("subscribed");
+    assert!(String::from_utf8_lossy(&buffer[..read]).contains("subscribe"));
+
+    let mut router = cluster.router(&[leader]);
+    let script = "local n = redis.call('publish', 'ch', 'hello') \
+                  if n > 0 then redis.call('set', KEYS[1], 'seen') end return n";
+    assert_eq!(router_text(&mut router, &["EVAL", script, "1", "k"]), "0");
+    let read = subscriber.read(&mut buffer).expect("the message arrives");
+    assert!(
+        String::from_utf8_lossy(&buffer[..read]).contains("hello"),
+        "subscriber got {:?}",
+        String::from_utf8_lossy(&buffer[..read])
+    );
+    assert_eq!(agreed(&cluster, &ids, &["EXISTS", "k"]), "0");
+
+    router.must(&["SET", "v", "1"], CONVERGE_TIMEOUT);
+    let mut con = cluster.node(leader).client();
+    for call in [
+        "return redis.call('object', 'encoding', KEYS[1])",
+        "return redis.call('OBJECT', 'IDLETIME', KEYS[1])",
+        "return redis.call('memory', 'usage', KEYS[1])",
+        "return redis.call('pubsub', 'numsub', 'ch')",
+    ] {
+        let error = expect_err(&mut con, &["EVAL", call, "1", "v"]);
+        assert!(
+            error.contains("not supported by RedisRaft"),
+            "{call}: {error:?}"
+        );
+    }
+    for kill in [["SCRIPT", "KILL"], ["FUNCTION", "KILL"]] {
+        let error = expect_err(&mut con, &kill);
+        assert!(
+            error.contains("not supported by RedisRaft"),
+            "{kill:?}: {error:?}"
+        );
+    }
+}
+
+/// Item 3: SCRIPT KILL reaches a server busy running a script and is refused there too
+/// (killing it on one node would leave the others to finish it); every node ends alike.
+#[test]
+fn script_kill_is_refused_while_a_script_runs() {
+    let cluster = Cluster::start(3, ET_MS);
+    let ids = cluster.ids();
+    let leader = cluster.wait_leader(&ids, CONVERGE_TIMEOUT);
+    let addr = cluster.addr(leader);
+    let _: Value = exec(
+        &mut cluster.node(leader).client(),
+        &["CONFIG", "SET", "busy-reply-threshold", "20"],
+    )
+    .expect("CONFIG SET");
+    let script = "local n = 0 for i = 1, 150000000 do n = n + 1 end \
+                  redis.call('set', KEYS[1], n) return n";
+    let runner = {
+        let addr = addr.clone();
+        std::thread::spawn(move || {
+            try_cmd(
+                &addr,
+                &["EVAL", script, "1", "loop"],
+                Duration::from_secs(120),
+            )
+        })
+    };
+    let mut probe_error = String::new();
+    let busy = wait_until(CONVERGE_TIMEOUT, || {
+        match try_cmd(&addr, &["PING"], Duration::from_secs(5)) {
+            Err(e) => {
+                probe_error = err_text(&e);
+                probe_error.starts_with("BUSY")
+            }
+            Ok(_) => false,
+        }
+    });
+    assert!(busy, "the leader never got busy: {probe_error}");
+    let kill = try_cmd(&addr, &["SCRIPT", "KILL"], Duration::from_secs(5));
+    let error = err_text(&kill.expect_err("SCRIPT KILL must be refused"));
+    assert!(error.contains("not supported by RedisRaft"), "{error:?}");
+    let reply = runner
+        .join()
+        .expect("runner")
+        .expect("the script ran to the end");
+    assert_eq!(value_text(&reply), "150000000");
+    assert_eq!(agreed(&cluster, &ids, &["GET", "loop"]), "150000000");
+}
+
+/// Item 9: PFCOUNT stores the cardinality it computed in the HLL: served by one node,
+/// that node's bytes would differ. Through the log, every node holds the same bytes.
+#[test]
+fn pfcount_leaves_the_same_bytes_on_every_node() {
+    let cluster = Cluster::start(3, ET_MS);
+    let ids = cluster.ids();
+    let leader = cluster.wait_leader(&ids, CONVERGE_TIMEOUT);
+    let mut router = cluster.router(&[leader]);
+    router.must(&["PFADD", "h", "a", "b", "c"], CONVERGE_TIMEOUT);
+    assert_eq!(router_text(&mut router, &["PFCOUNT", "h"]), "3");
+    cluster.wait_caught_up(&ids, CONVERGE_TIMEOUT);
+    same_everywhere(&cluster, &ids, &["DUMP", "h"]);
+}

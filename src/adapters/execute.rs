@@ -8,7 +8,7 @@ use std::cell::Cell;
 use crate::adapters::ffi::data::{self, Args, ModuleUser};
 use crate::adapters::ffi::{self, Answer, FilterCtx, RawCtx};
 use crate::adapters::state::{call_locally, call_locally_prepared, with_state, with_table};
-use crate::core::commands::Class;
+use crate::core::commands::{Class, CommandTable};
 use crate::core::entry::Argv;
 use crate::core::expiry::{self, Rewrite, TtlQuery};
 use crate::core::random_pick;
@@ -65,6 +65,10 @@ pub fn filter_own_command(fctx: FilterCtx, argv: &[&[u8]]) {
         data::filter_insert(fctx, 0, b"RAFT._TTL");
         return;
     }
+    if IN_SCRIPT.with(Cell::get) && CommandTable::counts_subscribers(argv) {
+        data::filter_insert(fctx, 0, b"RAFT._PUBLISH");
+        return;
+    }
     if IN_SCRIPT.with(Cell::get)
         && with_table(|table| {
             table.is_nondeterministic(argv) || table.classify(argv) == Class::Refused
@@ -112,6 +116,50 @@ pub fn refused_command(
         .unwrap_or_default();
     Err(redis_module::RedisError::String(format!(
         "ERR not supported by RedisRaft: {name} inside a script (its result would differ between nodes)"
+    )))
+}
+
+/// `RAFT._PUBLISH <PUBLISH|SPUBLISH> <channel> <message>`, what a script's PUBLISH runs:
+/// the message is published to this node's subscribers (as on every node), but the script
+/// sees 0 receivers everywhere, so it cannot branch on this node's subscriber count.
+pub fn publish_in_script_command(
+    ctx: &redis_module::Context,
+    args: Vec<redis_module::RedisString>,
+) -> redis_module::RedisResult {
+    let argv: Vec<Vec<u8>> = args[1..].iter().map(|a| a.as_slice().to_vec()).collect();
+    let slices: Vec<&[u8]> = argv.iter().map(Vec::as_slice).collect();
+    if !CommandTable::counts_subscribers(&slices) {
+        return Err(redis_module::RedisError::Str(
+            "ERR RAFT._PUBLISH publishes only",
+        ));
+    }
+    let was_in_script = IN_SCRIPT.with(|flag| flag.replace(false));
+    let reply = call_locally(ctx.ctx, &argv, false);
+    IN_SCRIPT.with(|flag| flag.set(was_in_script));
+    match reply {
+        Ok(reply) if reply.is_error() => Err(redis_module::RedisError::String(
+            String::from_utf8_lossy(reply.bytes()).into_owned(),
+        )),
+        Ok(_) => Ok(redis_module::RedisValue::Integer(0)),
+        Err(message) => Err(redis_module::RedisError::String(message)),
+    }
+}
+
+/// `RAFT._NOKILL ...`: what `SCRIPT KILL` and `FUNCTION KILL` become. It runs while a
+/// script keeps the server busy (the command is `allow-busy`), so the caller learns why.
+pub fn kill_refused_command(
+    _ctx: &redis_module::Context,
+    args: Vec<redis_module::RedisString>,
+) -> redis_module::RedisResult {
+    let name: Vec<String> = args[1..]
+        .iter()
+        .take(2)
+        .map(|a| a.to_string_lossy().to_ascii_uppercase())
+        .collect();
+    Err(redis_module::RedisError::String(format!(
+        "ERR not supported by RedisRaft: {} would stop the script on this node only, \
+         while every other node runs it to the end",
+        name.join(" ")
     )))
 }
 

@@ -32,6 +32,12 @@ pub extern "C" fn command_filter(fctx: FilterCtx) {
         return;
     }
     let argv: Vec<&[u8]> = (0..count).map(|i| ffi::filter_arg(fctx, i)).collect();
+    if CommandTable::is_kill(&argv) {
+        // Before anything else: it arrives while a script the module applies keeps the
+        // server busy (so from inside that apply, as far as `is_applying` can tell).
+        ffi::filter_prepend(fctx, b"RAFT._NOKILL");
+        return;
+    }
     if state::is_applying() {
         crate::adapters::execute::filter_own_command(fctx, &argv);
         return;

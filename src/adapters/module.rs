@@ -30,6 +30,16 @@ pub const COMMANDS: &[ffi::CommandSpec] = &[
     ("raft._ttl", execute::ttl_command, "readonly fast"),
     ("raft._refused", execute::refused_command, "readonly fast"),
     (
+        "raft._publish",
+        execute::publish_in_script_command,
+        "pubsub fast",
+    ),
+    (
+        "raft._nokill",
+        execute::kill_refused_command,
+        "allow-busy fast",
+    ),
+    (
         "raft.snapshot.chunk",
         snapshot_transfer::receive_chunk,
         "admin",

@@ -133,12 +133,29 @@ const NONDETERMINISTIC_TIPS: &[&str] =
 /// Nondeterministic by tip, yet safe in scripts: XADD's `*` id is fixed from the entry time.
 const DETERMINISTIC_HERE: &[&str] = &["xadd"];
 
-/// They must reach a server busy running a script, which could never apply a log
-/// entry until the script ends; FUNCTION STATS describes that running script.
-pub const PASS_THROUGH_SUBCOMMANDS: &[&str] = &["script|kill", "function|kill", "function|stats"];
+/// Replies that describe this node's copy (memory, encodings, access times, this node's
+/// subscribers), not the replicated data: refused inside scripts, where a script could
+/// branch on them and write differently on each node. Outside scripts they stay as
+/// classified (reads or passed through).
+const NODE_LOCAL_REPLIES: &[&str] = &["memory", "object", "pubsub"];
 
-/// A per-connection Lua debugging session, which cannot be replicated.
-pub const REFUSED_SUBCOMMANDS: &[&str] = &["script|debug"];
+/// Their reply counts this node's subscribers. Inside a script the message is still
+/// published, but the script sees 0 on every node (see `counts_subscribers`).
+const SUBSCRIBER_COUNTS: &[&str] = &["publish", "spublish"];
+
+/// Readonly by their flags, yet they write: PFCOUNT stores the cardinality it computed in
+/// the HLL's header, so served by one node it would make that node's bytes differ.
+const WRITES_DESPITE_READONLY: &[&str] = &["pfcount"];
+
+/// It must reach a server busy running a script, which could never apply a log entry
+/// until the script ends; it describes that running script.
+pub const PASS_THROUGH_SUBCOMMANDS: &[&str] = &["function|stats"];
+
+/// Stopping a script on one node: every other node runs it to the end.
+pub const KILL_SUBCOMMANDS: &[&str] = &["script|kill", "function|kill"];
+
+/// A per-connection Lua debugging session, which cannot be replicated; and the kills.
+pub const REFUSED_SUBCOMMANDS: &[&str] = &["script|debug", "script|kill", "function|kill"];
 
 /// `<container> HELP` only prints usage text: no reason to log it.
 const HELP_SUBCOMMAND: &str = "help";
@@ -186,6 +203,8 @@ enum Rule {
 struct Subcommand {
     arity: i64,
     class: Class,
+    /// Output differs between nodes (refused inside scripts).
+    nondeterministic: bool,
 }
 
 impl CommandTable {
@@ -292,7 +311,47 @@ impl CommandTable {
         if name.len() > self.longest_name_bytes {
             return false;
         }
-        with_lowercase(name, |lower| self.commands.get(lower)).is_some_and(|e| e.nondeterministic)
+        let Some(entry) = with_lowercase(name, |lower| self.commands.get(lower)) else {
+            return false;
+        };
+        if entry.nondeterministic {
+            return true;
+        }
+        match (&entry.rule, argv.get(1)) {
+            (
+                Rule::Subcommands {
+                    by_name,
+                    longest_name_bytes,
+                },
+                Some(sub_name),
+            ) if sub_name.len() <= *longest_name_bytes => {
+                with_lowercase(sub_name, |lower| by_name.get(lower))
+                    .is_some_and(|sub| sub.nondeterministic)
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether the command's reply counts this node's subscribers (PUBLISH, SPUBLISH).
+    pub fn counts_subscribers(argv: &[&[u8]]) -> bool {
+        argv.first().is_some_and(|name| {
+            SUBSCRIBER_COUNTS
+                .iter()
+                .any(|wanted| name.eq_ignore_ascii_case(wanted.as_bytes()))
+        })
+    }
+
+    /// `SCRIPT KILL` / `FUNCTION KILL` (refused; see [`KILL_SUBCOMMANDS`]).
+    pub fn is_kill(argv: &[&[u8]]) -> bool {
+        let (Some(name), Some(sub)) = (argv.first(), argv.get(1)) else {
+            return false;
+        };
+        KILL_SUBCOMMANDS.iter().any(|full| {
+            full.split_once('|').is_some_and(|(parent, child)| {
+                name.eq_ignore_ascii_case(parent.as_bytes())
+                    && sub.eq_ignore_ascii_case(child.as_bytes())
+            })
+        })
     }
 
     /// Number of top-level commands (containers count once).
@@ -345,14 +404,13 @@ fn build_entry(
         Rule::SelectDb
     } else if !info.subcommands.is_empty() {
         build_subcommands(name, &info.subcommands, ignored, listing)
+    } else if WRITES_DESPITE_READONLY.contains(&name) {
+        fixed(Class::Write, listing)
     } else {
         fixed(class_from_flags(&info.flags), listing)
     };
-    let nondeterministic = !DETERMINISTIC_HERE.contains(&name)
-        && info
-            .tips
-            .iter()
-            .any(|tip| NONDETERMINISTIC_TIPS.contains(&tip.as_str()));
+    let nondeterministic = NODE_LOCAL_REPLIES.contains(&name)
+        || (!DETERMINISTIC_HERE.contains(&name) && has_nondeterministic_tip(info));
     Entry {
         arity: info.arity,
         rule,
@@ -386,6 +444,7 @@ fn build_subcommands(
         let subcommand = Subcommand {
             arity: info.arity,
             class,
+            nondeterministic: has_nondeterministic_tip(info),
         };
         by_name.insert(sub_name.into_bytes().into_boxed_slice(), subcommand);
     }
@@ -394,6 +453,12 @@ fn build_subcommands(
         by_name,
         longest_name_bytes,
     }
+}
+
+fn has_nondeterministic_tip(info: &CommandInfo) -> bool {
+    info.tips
+        .iter()
+        .any(|tip| NONDETERMINISTIC_TIPS.contains(&tip.as_str()))
 }
 
 fn is_never_intercepted(name: &str) -> bool {
@@ -825,6 +890,48 @@ mod tests {
         assert!(!table.is_nondeterministic(&[b"nosuch"]));
     }
 
+    /// Tips on subcommands count (OBJECT IDLETIME/FREQ), and replies about this node's
+    /// copy are node-local inside scripts whatever their tips.
+    #[test]
+    fn node_local_replies_and_subcommand_tips_are_nondeterministic() {
+        let mut idletime = info("object|idletime", 3, &["readonly"], vec![]);
+        idletime.tips = vec!["nondeterministic_output".into()];
+        let encoding = info("object|encoding", 3, &["readonly"], vec![]);
+        let object = info("object", -2, &[], vec![idletime, encoding]);
+        let pfcount = info("pfcount", -2, &["readonly", "may_replicate"], vec![]);
+        let memory = info(
+            "memory",
+            -2,
+            &[],
+            vec![info("memory|usage", -3, &["readonly"], vec![])],
+        );
+        let pubsub = info(
+            "pubsub",
+            -2,
+            &[],
+            vec![info("pubsub|numsub", -2, &[], vec![])],
+        );
+        let mut infos = redis_7_0_commands();
+        infos.retain(|i| !["object", "pfcount", "memory", "pubsub"].contains(&i.name.as_str()));
+        infos.extend([object, pfcount, memory, pubsub]);
+        let table = CommandTable::new(infos, &[]);
+        assert!(table.is_nondeterministic(&[b"OBJECT", b"IDLETIME", b"k"]));
+        assert!(table.is_nondeterministic(&[b"object", b"encoding", b"k"]));
+        assert!(table.is_nondeterministic(&[b"memory", b"usage", b"k"]));
+        assert!(table.is_nondeterministic(&[b"PUBSUB", b"NUMSUB", b"ch"]));
+        assert!(!table.is_nondeterministic(&[b"get", b"k"]));
+        assert!(CommandTable::counts_subscribers(&[b"PUBLISH", b"ch", b"m"]));
+        assert!(CommandTable::counts_subscribers(&[
+            b"spublish",
+            b"ch",
+            b"m"
+        ]));
+        assert!(!CommandTable::counts_subscribers(&[b"pubsub", b"numsub"]));
+        // PFCOUNT writes its cached cardinality: it goes through the log.
+        assert_eq!(classify(&table, "pfcount h"), Class::Write);
+        assert_eq!(classify(&table, "object encoding k"), Class::Read);
+    }
+
     #[test]
     fn only_select_of_db_zero_passes_through() {
         let table = table();
@@ -865,7 +972,10 @@ mod tests {
         let table = table();
         assert_eq!(classify(&table, "object help"), Class::PassThrough);
         assert_eq!(classify(&table, "xgroup HELP"), Class::PassThrough);
-        assert_eq!(classify(&table, "script kill"), Class::PassThrough);
+        assert_eq!(classify(&table, "script kill"), Class::Refused);
+        assert!(CommandTable::is_kill(&[b"SCRIPT", b"Kill"]));
+        assert!(CommandTable::is_kill(&[b"function", b"KILL"]));
+        assert!(!CommandTable::is_kill(&[b"script", b"load", b"x"]));
         assert_eq!(classify(&table, "script debug yes"), Class::Refused);
     }
 
