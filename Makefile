@@ -7,10 +7,10 @@ MODULE := $(CURDIR)/redisraft.so
 RELEASE_SO := target/release/libredisraft.so
 # Integration tests that start servers: the test files that use the harness (tests/common).
 SERVER_TESTS = $(foreach f,$(shell grep -l '^mod common;' tests/*.rs 2>/dev/null),--test $(basename $(notdir $(f))))
-# The Valkey pass of `make test` runs the single-node, cluster, commands, security and
+# The Valkey pass of `make test` runs the single-node, cluster, commands, consistency, security and
 # disk-fault suites (the snapshot and chaos suites are long; run them on Valkey with
 # `make test-valkey8` or by hand).
-VALKEY_TESTS = --test single_node --test cluster --test commands --test security --test disk_faults
+VALKEY_TESTS = --test single_node --test cluster --test commands --test consistency --test security --test disk_faults
 
 .PHONY: all build deps cluster stop test test-valkey8 bench fmt fmt-check lint clean distclean help
 

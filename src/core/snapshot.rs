@@ -1247,6 +1247,15 @@ mod tests {
                 let mut bytes = file.bytes.clone();
                 bytes[position] ^= mask;
                 let decoded = decode(&bytes, || 64 * 1024);
+                let version = u32::from_le_bytes(bytes[8..12].try_into().unwrap());
+                if (8..12).contains(&position)
+                    && (OLDEST_READ_VERSION + 1..=SNAPSHOT_VERSION).contains(&version)
+                {
+                    // The header has no checksum: a flip to another readable version
+                    // (3 -> 2) reads the same records, which versions 2 and 3 share.
+                    assert_eq!(decoded.records, expected, "flip at {position}");
+                    continue;
+                }
                 let error = decoded
                     .result
                     .expect_err("a flipped byte is always detected");
@@ -1528,12 +1537,12 @@ mod tests {
         );
 
         let mut bytes = file.bytes.clone();
-        bytes[8] = 3;
+        bytes[8] = 4;
         assert_eq!(
             validate_all(&bytes),
             Err(SnapshotError::UnsupportedVersion {
                 offset: 8,
-                version: 3
+                version: 4
             })
         );
 
