@@ -208,9 +208,17 @@ fn run(mut config: RunConfig) -> RunResult {
         config.nodes,
         cluster.describe()
     );
+    if let Err(e) = workload::load_scripts(&topology, Duration::from_secs(60)) {
+        panic!("chaos: cannot load the scripts and the library: {e}");
+    }
     let shared = Shared::new(history.clone(), Arc::clone(&topology));
     let stop = StopClients(Arc::clone(&shared));
-    let clients = workload::spawn_clients(&config.workload, config.seed, &shared);
+    let mut clients = workload::spawn_clients(&config.workload, config.seed, &shared);
+    clients.extend(workload::spawn_consumers(
+        &config.workload,
+        config.seed,
+        &shared,
+    ));
 
     let workload_start = history.now_ns();
     let deadline = Instant::now() + config.duration;
@@ -282,9 +290,32 @@ fn run(mut config: RunConfig) -> RunResult {
         .map(|(_, d)| d.clone())
         .unwrap_or_default();
     let mut lists = BTreeMap::new();
+    let mut queues = BTreeMap::new();
     let mut registers = BTreeMap::new();
     for (key, data) in &final_dump {
         match data {
+            // What EVALSHA and FCALL run from (compared between nodes above).
+            Data::Other(listing) if key.starts_with(cluster::CODE_PREFIX) => {
+                let wanted: Vec<&str> = match key.as_str() {
+                    cluster::SCRIPTS_KEY => {
+                        let shas = history::SCRIPT_SHAS.get().expect("scripts loaded");
+                        vec![shas.0.as_str(), shas.1.as_str()]
+                    }
+                    _ => vec!["chaos_rpush", "chaos_incr"],
+                };
+                for name in wanted {
+                    if !listing.contains(name) {
+                        violations.push(format!("{key} lacks {name}: {listing}"));
+                    }
+                }
+            }
+            Data::List(items) if key.starts_with("queue-") || key.starts_with("trap-") => {
+                let parsed: Vec<u64> = items.iter().filter_map(|s| s.parse().ok()).collect();
+                if parsed.len() != items.len() {
+                    violations.push(format!("queue {key} holds non-numeric elements: {items:?}"));
+                }
+                queues.insert(key.clone(), parsed);
+            }
             Data::List(items) if key.starts_with("list-") => {
                 let parsed: Vec<u64> = items.iter().filter_map(|s| s.parse().ok()).collect();
                 if parsed.len() != items.len() {
@@ -308,6 +339,7 @@ fn run(mut config: RunConfig) -> RunResult {
     let mut findings = Findings::default();
     if !dumps.is_empty() {
         checker::check_lists(&ops, &lists, &mut findings);
+        checker::check_queues(&ops, &queues, &mut findings);
         checker::check_registers(&ops, &registers, end_ns + 1, &mut findings);
     }
     violations.extend(findings.violations.iter().cloned());
@@ -456,6 +488,9 @@ fn run(mut config: RunConfig) -> RunResult {
 /// Groups client errors for the summary; documented errors by their text, connection
 /// problems together, anything else as `UNEXPECTED ...`.
 fn error_class(e: &str) -> String {
+    if e.contains("abandoned while blocked") {
+        return "consumer left while blocked".into();
+    }
     const KNOWN: [&str; 9] = [
         "TIMEOUT not committed yet",
         "TIMEOUT proxy to leader failed",

@@ -449,6 +449,14 @@ pub fn raft_debug(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
                 .collect()
         }))),
         Some("compact") => crate::adapters::snapshots::compact_now(ctx),
+        // The replicated script registry EVALSHA runs from (tests compare it per node).
+        Some("scripts") => Ok(RedisValue::Array(with_state(|state| {
+            state
+                .scripts
+                .digests()
+                .map(|sha| RedisValue::BulkString(sha.to_string()))
+                .collect()
+        }))),
         Some("commands") => Ok(RedisValue::Array(with_table(|table| {
             table
                 .entries()
@@ -460,7 +468,9 @@ pub fn raft_debug(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
                 })
                 .collect()
         }))),
-        _ => reply_error("ERR RAFT.DEBUG supports EXEC / USED_NODE_IDS / COMPACT / COMMANDS"),
+        _ => reply_error(
+            "ERR RAFT.DEBUG supports EXEC / USED_NODE_IDS / COMPACT / COMMANDS / SCRIPTS",
+        ),
     }
 }
 

@@ -109,6 +109,11 @@ impl ScriptRegistry {
         self.bodies.is_empty()
     }
 
+    /// Every digest, in order.
+    pub fn digests(&self) -> impl Iterator<Item = &str> {
+        self.bodies.keys().map(String::as_str)
+    }
+
     /// Every body, in digest order (the same order on every node).
     pub fn bodies(&self) -> impl Iterator<Item = &[u8]> {
         self.bodies.values().map(Vec::as_slice)

@@ -11,6 +11,13 @@
 //!   that completed before it was invoked;
 //! - an append acknowledged before another append was invoked comes first in the list.
 //!
+//! Queues (LPUSH by the clients, BLPOP by consumers, some of which go away while blocked):
+//! every value popped or left in the final queue was pushed to that key by an operation
+//! that did not fail, and is delivered once at most (popped by one acknowledged BLPOP, or
+//! still queued); an acknowledged push that is neither popped nor queued was popped for
+//! nobody, which only a consumer that went away with its attempt already in the log may
+//! cause: more of them than such consumers (abandoned or `unknown` BLPOPs) is a violation.
+//!
 //! Registers (SET / GET / INCR): per key a Wing-Gong-Lowe linearizability search (with
 //! Lowe's memoization of (linearized set, state)); `unknown` writes may take effect at any
 //! point after their invocation or never; the value every node holds at the end is a read
@@ -41,6 +48,97 @@ impl Findings {
 
 fn secs(ns: u64) -> String {
     format!("{:.3}s", ns as f64 / 1e9)
+}
+
+// ---------------------------------------------------------------------------------------
+// Queues
+
+/// `finals`: every queue key's final list (the same on every node), parsed as numbers.
+pub fn check_queues(ops: &[Op], finals: &BTreeMap<String, Vec<u64>>, out: &mut Findings) {
+    let mut pushes: HashMap<(&str, u64), &Op> = HashMap::new();
+    for op in ops {
+        if let Call::Enqueue { key, value } = &op.call {
+            pushes.insert((key.as_str(), *value), op);
+        }
+    }
+    // Where each value went: popped by which acknowledged BLPOPs, or left queued.
+    let mut delivered: HashMap<(&str, u64), Vec<String>> = HashMap::new();
+    let mut unsure_pops = 0u64;
+    for op in ops {
+        let Call::Dequeue { key, .. } = &op.call else {
+            continue;
+        };
+        match (&op.outcome, &op.reply) {
+            (Outcome::Ok, Some(Reply::Popped(Some(value)))) => delivered
+                .entry((key.as_str(), *value))
+                .or_default()
+                .push(op.describe()),
+            // An abandoned BLPOP of a trap key cannot take a shared queue's value.
+            (Outcome::Unknown, _) if !key.starts_with("trap-") => unsure_pops += 1,
+            _ => {}
+        }
+    }
+    for (key, list) in finals {
+        for value in list {
+            delivered
+                .entry((key.as_str(), *value))
+                .or_default()
+                .push(format!("still in {key}"));
+        }
+    }
+    for ((key, value), places) in &delivered {
+        match pushes.get(&(*key, *value)) {
+            None => out.violations.push(format!(
+                "queue {key}: phantom: {value} was delivered ({}) but never pushed to it",
+                places.join("; ")
+            )),
+            Some(push) if push.outcome == Outcome::Fail => out.violations.push(format!(
+                "queue {key}: failed write took effect: {value} delivered ({}), its push \
+                 failed: {}",
+                places.join("; "),
+                push.describe()
+            )),
+            _ => {}
+        }
+        if places.len() > 1 {
+            out.violations.push(format!(
+                "queue {key}: {value} delivered {} times: {}",
+                places.len(),
+                places.join("; ")
+            ));
+        }
+    }
+    let lost: Vec<String> = pushes
+        .iter()
+        .filter(|(at, push)| push.outcome == Outcome::Ok && !delivered.contains_key(*at))
+        .map(|(_, push)| push.describe())
+        .collect();
+    // A trap key's only consumer left before its one push: nothing may take that value.
+    let (trapped, lost): (Vec<String>, Vec<String>) = lost
+        .into_iter()
+        .partition(|described| described.contains(" trap-"));
+    for described in &trapped {
+        out.violations.push(format!(
+            "queue: popped for nobody: {described} was pushed after the only consumer of \
+             its key went away, and is gone"
+        ));
+    }
+    out.bump("trap pushes popped for nobody", trapped.len() as u64);
+    out.bump(
+        "queue pushes acknowledged",
+        pushes.values().filter(|p| p.outcome == Outcome::Ok).count() as u64,
+    );
+    out.bump("queue values delivered", delivered.len() as u64);
+    out.bump("queue pops of unknown outcome", unsure_pops);
+    out.bump("queue values popped for nobody", lost.len() as u64);
+    if lost.len() as u64 > unsure_pops {
+        out.violations.push(format!(
+            "queues: {} acknowledged pushes were popped for nobody, more than the {unsure_pops} \
+             consumers that left with an attempt possibly in the log; e.g. {}",
+            lost.len(),
+            lost.iter().take(3).cloned().collect::<Vec<_>>().join("; ")
+        ));
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -632,6 +730,100 @@ fn wgl(ops: &[RegOp]) -> Linearizable {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::history::Via;
+
+    fn queue_op(id: usize, call: Call, outcome: Outcome, popped: Option<Option<u64>>) -> Op {
+        let reply = match (&call, popped) {
+            (Call::Dequeue { .. }, Some(popped)) => Some(Reply::Popped(popped)),
+            (Call::Enqueue { .. }, _) if outcome == Outcome::Ok => Some(Reply::Int(1)),
+            _ => None,
+        };
+        list_op(id, call, outcome, reply, (id as u64, id as u64 + 1))
+    }
+
+    fn push(id: usize, value: u64, outcome: Outcome) -> Op {
+        let call = Call::Enqueue {
+            key: "q".into(),
+            value,
+        };
+        queue_op(id, call, outcome, None)
+    }
+
+    fn pop(id: usize, outcome: Outcome, popped: Option<Option<u64>>, abandoned: bool) -> Op {
+        let call = Call::Dequeue {
+            key: "q".into(),
+            abandoned,
+        };
+        queue_op(id, call, outcome, popped)
+    }
+
+    fn queue_violations(ops: &[Op], final_queue: &[u64]) -> Vec<String> {
+        let mut finals = BTreeMap::new();
+        finals.insert("q".to_string(), final_queue.to_vec());
+        let mut out = Findings::default();
+        check_queues(ops, &finals, &mut out);
+        out.violations
+    }
+
+    #[test]
+    fn queue_values_are_delivered_once_and_only_unsure_consumers_lose_one() {
+        let ops = vec![
+            push(0, 1, Outcome::Ok),
+            push(1, 2, Outcome::Ok),
+            push(2, 3, Outcome::Ok),
+            pop(3, Outcome::Ok, Some(Some(1)), false),
+            pop(4, Outcome::Unknown, None, true),
+        ];
+        // 2 went to the consumer that left; 3 is still queued.
+        assert!(queue_violations(&ops, &[3]).is_empty());
+        // Without that consumer, 2 was popped for nobody.
+        assert_eq!(queue_violations(&ops[..4], &[3]).len(), 1);
+        // Delivered twice: popped and still queued.
+        assert_eq!(queue_violations(&ops, &[1, 3]).len(), 1);
+        // A value nobody pushed, and one whose push failed.
+        let mut failed = ops.clone();
+        failed.push(push(5, 9, Outcome::Fail));
+        let found = queue_violations(&failed, &[3, 7, 9]);
+        assert!(found.iter().any(|v| v.contains("phantom")), "{found:?}");
+        assert!(
+            found.iter().any(|v| v.contains("failed write")),
+            "{found:?}"
+        );
+    }
+
+    #[test]
+    fn a_value_pushed_after_its_consumer_left_must_stay() {
+        let trap = queue_op(
+            0,
+            Call::Dequeue {
+                key: "trap-0-1".into(),
+                abandoned: true,
+            },
+            Outcome::Unknown,
+            None,
+        );
+        let push = queue_op(
+            1,
+            Call::Enqueue {
+                key: "trap-0-1".into(),
+                value: 5,
+            },
+            Outcome::Ok,
+            None,
+        );
+        let ops = vec![trap, push];
+        let mut finals = BTreeMap::new();
+        finals.insert("trap-0-1".to_string(), vec![5]);
+        let mut out = Findings::default();
+        check_queues(&ops, &finals, &mut out);
+        assert!(out.violations.is_empty(), "{:?}", out.violations);
+        // Gone, though the abandoned BLPOP counts as a pop of unknown outcome.
+        finals.insert("trap-0-1".to_string(), vec![]);
+        let mut out = Findings::default();
+        check_queues(&ops, &finals, &mut out);
+        assert_eq!(out.violations.len(), 1, "{:?}", out.violations);
+        assert!(out.violations[0].contains("popped for nobody"));
+    }
 
     fn list_op(id: usize, call: Call, outcome: Outcome, reply: Option<Reply>, t: (u64, u64)) -> Op {
         Op {
@@ -654,6 +846,7 @@ mod tests {
             Call::Append {
                 key: "l".into(),
                 value,
+                via: Via::Command,
             },
             outcome,
             reply,

@@ -764,7 +764,9 @@ impl Cluster {
         Ok(())
     }
 
-    /// Every key of one node, read locally (`RAFT.DEBUG EXEC`), bypassing Raft.
+    /// Every key of one node, read locally (`RAFT.DEBUG EXEC`), bypassing Raft, plus what
+    /// scripts run from: the function libraries (`CODE_PREFIX` + `functions`) and the
+    /// replicated script registry (`SCRIPTS_KEY`).
     pub fn dump(&self, slot: usize) -> Result<BTreeMap<String, Data>, String> {
         let addr = self.nodes[slot].addr();
         let mut con = admin(&addr, Duration::from_secs(10))?;
@@ -790,10 +792,19 @@ impl Cluster {
                     other => Data::Other(format!("LRANGE: {other:?}")),
                 },
                 "string" => Data::Str(value_text(&run(&["GET", &key])?)),
-                other => Data::Other(other.to_string()),
+                // Any other type, byte for byte.
+                other => Data::Other(format!("{other} {:?}", run(&["DUMP", &key])?)),
             };
             out.insert(key, data);
         }
+        let functions = run(&["FUNCTION", "LIST", "WITHCODE"])?;
+        out.insert(
+            FUNCTIONS_KEY.into(),
+            Data::Other(libraries_text(&functions)),
+        );
+        let scripts = cmd_text(&mut con, &["RAFT.DEBUG", "SCRIPTS"])
+            .map_err(|e| format!("{addr}: RAFT.DEBUG SCRIPTS: {e}"))?;
+        out.insert(SCRIPTS_KEY.into(), Data::Other(scripts));
         Ok(out)
     }
 
@@ -818,6 +829,70 @@ impl Cluster {
             })
             .collect()
     }
+}
+
+/// Dump entries that are not keys start with this (no workload key does).
+pub const CODE_PREFIX: &str = "\u{0}code:";
+pub const FUNCTIONS_KEY: &str = "\u{0}code:functions";
+pub const SCRIPTS_KEY: &str = "\u{0}code:scripts";
+
+/// Every string of a reply, nested arrays included, space-separated.
+fn flat_text(value: &Value) -> String {
+    match value {
+        Value::Array(items) | Value::Set(items) => {
+            items.iter().map(flat_text).collect::<Vec<_>>().join(" ")
+        }
+        Value::Map(pairs) => pairs
+            .iter()
+            .map(|(k, v)| format!("{} {}", flat_text(k), flat_text(v)))
+            .collect::<Vec<_>>()
+            .join(" "),
+        other => value_text(other),
+    }
+}
+
+/// `FUNCTION LIST WITHCODE` as text that does not depend on the server's hash order (the
+/// functions of a library come in dict order): libraries and functions sorted by name.
+fn libraries_text(value: &Value) -> String {
+    let Value::Array(libraries) = value else {
+        return flat_text(value);
+    };
+    let mut described: Vec<String> = libraries
+        .iter()
+        .map(|library| {
+            let fields: Vec<&Value> = match library {
+                Value::Array(fields) => fields.iter().collect(),
+                _ => return flat_text(library),
+            };
+            let mut text = Vec::new();
+            for pair in fields.chunks(2) {
+                let [name, field] = pair else { continue };
+                let name = value_text(name);
+                let shown = match (name.as_str(), field) {
+                    ("functions", Value::Array(functions)) => {
+                        let mut names: Vec<String> = functions.iter().map(flat_text).collect();
+                        names.sort();
+                        names.join(" | ")
+                    }
+                    _ => flat_text(field),
+                };
+                text.push(format!("{name}={shown}"));
+            }
+            text.join(" ")
+        })
+        .collect();
+    described.sort();
+    described.join("\n")
+}
+
+fn cmd_text(con: &mut Connection, args: &[&str]) -> Result<String, String> {
+    let mut cmd = redis::cmd(args[0]);
+    for a in &args[1..] {
+        cmd.arg(*a);
+    }
+    cmd.query::<Value>(con)
+        .map(|v| flat_text(&v))
+        .map_err(|e| err_text(&e))
 }
 
 /// Differences between node dumps; empty when all are identical.

@@ -90,11 +90,47 @@ pub fn fresh_seed() -> u64 {
 // ---------------------------------------------------------------------------------------
 // Operations
 
+/// How a write reaches the server: the command itself, or a script (`EVALSHA`) or a
+/// library function (`FCALL`) that runs it. Their replies are the command's, so the same
+/// checkers judge them; a node that lost the script or the library answers an error no
+/// documented rule allows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Via {
+    Command,
+    EvalSha,
+    Function,
+}
+
+/// The scripts and the library the `EvalSha` / `Function` writes run, loaded once at the
+/// start of a run (`workload::load_scripts`).
+pub const RPUSH_SCRIPT: &str = "return redis.call('rpush', KEYS[1], ARGV[1])";
+pub const INCR_SCRIPT: &str = "return redis.call('incr', KEYS[1])";
+pub const LIBRARY: &str = "#!lua name=chaos\n\
+    redis.register_function('chaos_rpush', function(keys, args) return redis.call('rpush', keys[1], args[1]) end)\n\
+    redis.register_function('chaos_incr', function(keys, args) return redis.call('incr', keys[1]) end)";
+
+/// Digests of `RPUSH_SCRIPT` and `INCR_SCRIPT`, set by `workload::load_scripts`.
+pub static SCRIPT_SHAS: std::sync::OnceLock<(String, String)> = std::sync::OnceLock::new();
+
+fn via_args(via: Via, command: &str, script: usize, function: &str, key: &str) -> Vec<String> {
+    match via {
+        Via::Command => vec![command.into(), key.to_string()],
+        Via::EvalSha => {
+            let shas = SCRIPT_SHAS
+                .get()
+                .expect("scripts loaded before the clients start");
+            let sha = if script == 0 { &shas.0 } else { &shas.1 };
+            vec!["EVALSHA".into(), sha.clone(), "1".into(), key.to_string()]
+        }
+        Via::Function => vec!["FCALL".into(), function.into(), "1".into(), key.to_string()],
+    }
+}
+
 /// What a client asked for.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Call {
     /// `RPUSH key value` (list-append workload; values are unique per run).
-    Append { key: String, value: u64 },
+    Append { key: String, value: u64, via: Via },
     /// `LRANGE key 0 -1`.
     Read { key: String },
     /// `SET key value` (register workload; values are unique multiples of `VALUE_STRIDE`).
@@ -102,7 +138,13 @@ pub enum Call {
     /// `GET key`.
     Get { key: String },
     /// `INCR key`.
-    Incr { key: String },
+    Incr { key: String, via: Via },
+    /// `LPUSH key value` (queue workload; values are unique per run).
+    Enqueue { key: String, value: u64 },
+    /// `BLPOP key 1` by a consumer (`abandoned`: the consumer went away before the reply,
+    /// as a killed worker does; then nothing may be popped for it unless its attempt was
+    /// already in the log).
+    Dequeue { key: String, abandoned: bool },
 }
 
 /// Register values written by SET are distinct multiples of this, so any value read can be
@@ -116,35 +158,68 @@ impl Call {
             | Call::Read { key }
             | Call::Set { key, .. }
             | Call::Get { key }
-            | Call::Incr { key } => key,
+            | Call::Incr { key, .. }
+            | Call::Enqueue { key, .. }
+            | Call::Dequeue { key, .. } => key,
         }
     }
 
     pub fn name(&self) -> &'static str {
         match self {
-            Call::Append { .. } => "append",
+            Call::Append {
+                via: Via::Command, ..
+            } => "append",
+            Call::Append {
+                via: Via::EvalSha, ..
+            } => "append-evalsha",
+            Call::Append {
+                via: Via::Function, ..
+            } => "append-fcall",
             Call::Read { .. } => "read",
             Call::Set { .. } => "set",
             Call::Get { .. } => "get",
-            Call::Incr { .. } => "incr",
+            Call::Incr {
+                via: Via::Command, ..
+            } => "incr",
+            Call::Incr {
+                via: Via::EvalSha, ..
+            } => "incr-evalsha",
+            Call::Incr {
+                via: Via::Function, ..
+            } => "incr-fcall",
+            Call::Enqueue { .. } => "enqueue",
+            Call::Dequeue {
+                abandoned: false, ..
+            } => "dequeue",
+            Call::Dequeue {
+                abandoned: true, ..
+            } => "dequeue-abandoned",
         }
     }
 
     pub fn is_write(&self) -> bool {
-        matches!(
-            self,
-            Call::Append { .. } | Call::Set { .. } | Call::Incr { .. }
-        )
+        !matches!(self, Call::Read { .. } | Call::Get { .. })
     }
 
     /// The Redis command.
     pub fn args(&self) -> Vec<String> {
         match self {
-            Call::Append { key, value } => vec!["RPUSH".into(), key.clone(), value.to_string()],
+            Call::Append { key, value, via } => {
+                let mut args = via_args(*via, "RPUSH", 0, "chaos_rpush", key);
+                args.push(value.to_string());
+                args
+            }
             Call::Read { key } => vec!["LRANGE".into(), key.clone(), "0".into(), "-1".into()],
             Call::Set { key, value } => vec!["SET".into(), key.clone(), value.to_string()],
             Call::Get { key } => vec!["GET".into(), key.clone()],
-            Call::Incr { key } => vec!["INCR".into(), key.clone()],
+            Call::Incr { key, via } => via_args(*via, "INCR", 1, "chaos_incr", key),
+            Call::Enqueue { key, value } => {
+                vec!["LPUSH".into(), key.clone(), value.to_string()]
+            }
+            Call::Dequeue { key, abandoned } => {
+                let timeout = if *abandoned { "0" } else { "1" };
+                vec!["BLPOP".into(), key.clone(), timeout.into()]
+            }
         }
     }
 }
@@ -160,6 +235,8 @@ pub enum Reply {
     Value(Option<i64>),
     /// SET: `OK`.
     Done,
+    /// BLPOP: the value popped, `None` at its timeout.
+    Popped(Option<u64>),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -211,7 +288,9 @@ impl Op {
             self.call.key()
         );
         match &self.call {
-            Call::Append { value, .. } => write!(s, " {value}").unwrap(),
+            Call::Append { value, .. } | Call::Enqueue { value, .. } => {
+                write!(s, " {value}").unwrap()
+            }
             Call::Set { value, .. } => write!(s, " {value}").unwrap(),
             _ => {}
         }
@@ -241,6 +320,7 @@ impl Op {
                 }
             }
             Some(Reply::Done) => s.push_str(" -> OK"),
+            Some(Reply::Popped(v)) => write!(s, " -> {v:?}").unwrap(),
             None => {}
         }
         if let Some(e) = &self.error {
@@ -368,7 +448,9 @@ fn op_line(op: &Op, invoke: bool) -> String {
     )
     .unwrap();
     match &op.call {
-        Call::Append { value, .. } => write!(s, ",\"value\":{value}").unwrap(),
+        Call::Append { value, .. } | Call::Enqueue { value, .. } => {
+            write!(s, ",\"value\":{value}").unwrap()
+        }
         Call::Set { value, .. } => write!(s, ",\"value\":{value}").unwrap(),
         _ => {}
     }
@@ -388,6 +470,8 @@ fn op_line(op: &Op, invoke: bool) -> String {
                 s.push(']');
             }
             Some(Reply::Done) => s.push_str(",\"result\":\"OK\""),
+            Some(Reply::Popped(Some(v))) => write!(s, ",\"result\":{v}").unwrap(),
+            Some(Reply::Popped(None)) => s.push_str(",\"result\":null"),
             None => {}
         }
         if let Some(e) = &op.error {

@@ -18,7 +18,10 @@ use std::time::Duration;
 
 use redis::{Connection, RedisError, Value};
 
-use super::history::{Call, History, Op, Outcome, Reply, Rng, VALUE_STRIDE};
+use super::history::{
+    Call, History, Op, Outcome, Reply, Rng, Via, INCR_SCRIPT, LIBRARY, RPUSH_SCRIPT, SCRIPT_SHAS,
+    VALUE_STRIDE,
+};
 
 /// Redirect / reconnect hops one operation may take before it gives up (as `fail`).
 const MAX_HOPS: usize = 4;
@@ -57,6 +60,9 @@ pub struct WorkloadConfig {
     /// Same for lists: appends per generation and keys at the same time.
     pub appends_per_generation: u64,
     pub list_keys: u64,
+    /// Blocking consumers (BLPOP workers), besides the clients; and the queues they use.
+    pub consumers: usize,
+    pub queue_keys: u64,
 }
 
 impl Default for WorkloadConfig {
@@ -69,6 +75,8 @@ impl Default for WorkloadConfig {
             register_keys: 3,
             appends_per_generation: 600,
             list_keys: 3,
+            consumers: 2,
+            queue_keys: 2,
         }
     }
 }
@@ -156,7 +164,23 @@ fn run_client(n: u64, seed: u64, config: &WorkloadConfig, shared: &Shared) {
     }
 }
 
+/// A third of the writes that have a script or library form use it.
+fn choose_via(rng: &mut Rng) -> Via {
+    match rng.below(6) {
+        0 => Via::EvalSha,
+        1 => Via::Function,
+        _ => Via::Command,
+    }
+}
+
 fn choose_call(rng: &mut Rng, config: &WorkloadConfig, shared: &Shared) -> Call {
+    if config.consumers > 0 && rng.chance(0.12) {
+        // Queue workload: the consumers pop what this pushes.
+        return Call::Enqueue {
+            key: format!("queue-{}", rng.below(config.queue_keys)),
+            value: shared.unique(),
+        };
+    }
     if rng.chance(0.5) {
         // List-append workload.
         let generation = shared.appends.load(Ordering::Relaxed) / config.appends_per_generation;
@@ -166,6 +190,7 @@ fn choose_call(rng: &mut Rng, config: &WorkloadConfig, shared: &Shared) -> Call 
             Call::Append {
                 key,
                 value: shared.unique(),
+                via: choose_via(rng),
             }
         } else {
             Call::Read { key }
@@ -181,7 +206,135 @@ fn choose_call(rng: &mut Rng, config: &WorkloadConfig, shared: &Shared) -> Call 
                 value: shared.unique() as i64 * VALUE_STRIDE,
             },
             3..=6 => Call::Get { key },
-            _ => Call::Incr { key },
+            _ => Call::Incr {
+                key,
+                via: choose_via(rng),
+            },
+        }
+    }
+}
+
+/// Loads the scripts and the library of the `EvalSha` / `Function` writes through the
+/// leader (following `MOVED`), before the clients start.
+pub fn load_scripts(topology: &Topology, timeout: Duration) -> Result<(), String> {
+    let deadline = std::time::Instant::now() + timeout;
+    let mut router = Router::new(Rng::new(7), Duration::from_secs(5));
+    let mut load = |args: &[&str]| -> Result<Value, String> {
+        loop {
+            let target = router.target(topology).ok_or("no node")?;
+            let attempt = router.connection(&target).and_then(|con| {
+                let mut cmd = redis::cmd(args[0]);
+                for a in &args[1..] {
+                    cmd.arg(*a);
+                }
+                cmd.query::<Value>(con).map_err(|e| {
+                    if let Some((leader, _)) = e.redirect_node() {
+                        return format!("MOVED {leader}");
+                    }
+                    error_text(&e)
+                })
+            });
+            match attempt {
+                Ok(value) => return Ok(value),
+                Err(e) if std::time::Instant::now() >= deadline => return Err(e),
+                Err(e) => {
+                    router.con = None;
+                    router.leader_guess = e.strip_prefix("MOVED ").map(str::to_string);
+                    sleep(Duration::from_millis(50));
+                }
+            }
+        }
+    };
+    let sha = |value: Value| match value {
+        Value::BulkString(bytes) => Ok(String::from_utf8_lossy(&bytes).into_owned()),
+        other => Err(format!("SCRIPT LOAD answered {other:?}")),
+    };
+    let rpush_sha = sha(load(&["SCRIPT", "LOAD", RPUSH_SCRIPT])?)?;
+    let incr_sha = sha(load(&["SCRIPT", "LOAD", INCR_SCRIPT])?)?;
+    load(&["FUNCTION", "LOAD", "REPLACE", LIBRARY])?;
+    let _ = SCRIPT_SHAS.set((rpush_sha, incr_sha));
+    Ok(())
+}
+
+/// Starts `config.consumers` blocking consumers; they run until `shared.stop` is set.
+pub fn spawn_consumers(
+    config: &WorkloadConfig,
+    seed: u64,
+    shared: &Arc<Shared>,
+) -> Vec<JoinHandle<()>> {
+    (0..config.consumers)
+        .map(|n| {
+            let shared = Arc::clone(shared);
+            let config = config.clone();
+            thread::Builder::new()
+                .name(format!("chaos-consumer-{n}"))
+                .spawn(move || run_consumer(n as u64, seed, &config, &shared))
+                .expect("spawn consumer")
+        })
+        .collect()
+}
+
+/// A BLPOP worker on the shared queues. One attempt in five it is "killed" instead: it
+/// sends `BLPOP trap-<n>-<i> 0` on an empty key of its own, waits a moment, disconnects
+/// without reading, and then pushes one value to that key: nobody waits there any more,
+/// so the value must stay (Redis drops the wait of a client that disconnects).
+fn run_consumer(n: u64, seed: u64, config: &WorkloadConfig, shared: &Shared) {
+    let mut rng = Rng::fork(seed, 3000 + n);
+    let mut router = Router::new(Rng::fork(seed, 4000 + n), config.op_timeout);
+    // Process numbers of their own, far from the clients'.
+    let mut process = 1_000_000 + n;
+    let mut traps = 0u64;
+    let mut after_trap = None;
+    while !shared.stop.load(Ordering::Relaxed) {
+        let call = match after_trap.take() {
+            Some(key) => Call::Enqueue {
+                key,
+                value: shared.unique(),
+            },
+            None if rng.chance(0.2) => {
+                traps += 1;
+                Call::Dequeue {
+                    key: format!("trap-{n}-{traps}"),
+                    abandoned: true,
+                }
+            }
+            None => Call::Dequeue {
+                key: format!("queue-{}", rng.below(config.queue_keys)),
+                abandoned: false,
+            },
+        };
+        let invoke_ns = shared.history.now_ns();
+        let result = match &call {
+            Call::Dequeue {
+                abandoned: true,
+                key,
+            } => {
+                after_trap = Some(key.clone());
+                let hold = Duration::from_millis(rng.range(20, 300));
+                router.abandon(&call, &shared.topology, hold)
+            }
+            _ => router.run(&call, &shared.topology),
+        };
+        let complete_ns = shared.history.now_ns();
+        let outcome = result.outcome;
+        shared.history.record(Op {
+            id: 0,
+            process,
+            call,
+            outcome,
+            reply: result.reply,
+            error: result.error,
+            node: result.node,
+            invoke_ns,
+            complete_ns,
+        });
+        match outcome {
+            Outcome::Ok => {}
+            Outcome::Unknown => {
+                process += config.consumers as u64;
+                sleep(Duration::from_millis(rng.range(10, 60)));
+            }
+            Outcome::Fail => sleep(Duration::from_millis(rng.range(10, 60))),
         }
     }
 }
@@ -334,6 +487,94 @@ impl Router {
         }
     }
 
+    /// A consumer that goes away while blocked: sends the command on a connection of its
+    /// own, reads for `hold`, and closes it. A reply read in time counts as usual; none is
+    /// `unknown` (an attempt may have been in the log already).
+    pub fn abandon(&mut self, call: &Call, topology: &Topology, hold: Duration) -> CallResult {
+        use std::io::{Read, Write};
+        let Some(addr) = self.target(topology) else {
+            return CallResult {
+                outcome: Outcome::Fail,
+                reply: None,
+                error: Some("no node to talk to".into()),
+                node: None,
+            };
+        };
+        let fail = |error: String, node: Option<String>| CallResult {
+            outcome: Outcome::Fail,
+            reply: None,
+            error: Some(error),
+            node,
+        };
+        let node = Some(addr.clone());
+        let stream = addr
+            .parse()
+            .map_err(|e| format!("connect: {e}"))
+            .and_then(|socket| {
+                std::net::TcpStream::connect_timeout(&socket, CONNECT_TIMEOUT)
+                    .map_err(|e| format!("connect: {e}"))
+            });
+        let mut stream = match stream {
+            Ok(stream) => stream,
+            Err(e) => {
+                self.leader_guess = None;
+                return fail(e, node);
+            }
+        };
+        let args = call.args();
+        let mut request = format!("*{}\r\n", args.len());
+        for arg in &args {
+            request.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
+        }
+        if let Err(e) = stream.write_all(request.as_bytes()) {
+            return self.indefinite(call, format!("connection lost: {e}"), node);
+        }
+        let _ = stream.set_read_timeout(Some(hold));
+        let mut buffer = vec![0u8; 512];
+        let read = stream.read(&mut buffer).unwrap_or(0);
+        drop(stream);
+        let text = String::from_utf8_lossy(&buffer[..read]).into_owned();
+        if read == 0 {
+            return self.indefinite(
+                call,
+                "client-side timeout (abandoned while blocked)".into(),
+                node,
+            );
+        }
+        if let Some(error) = text.strip_prefix('-') {
+            let error = error.trim_end().to_string();
+            if let Some(leader) = error.strip_prefix("MOVED 0 ") {
+                self.leader_guess = Some(leader.to_string());
+                return fail(error, node);
+            }
+            self.leader_guess = None;
+            return match error.split_whitespace().next().unwrap_or("") {
+                "CLUSTERDOWN" | "BUSY" | "NOCLUSTER" | "LOADING" => fail(error, node),
+                _ => self.indefinite(call, error, node),
+            };
+        }
+        let popped = if text.starts_with("*-1") {
+            Ok(None)
+        } else {
+            // *2 $len key $len value: the value is the last line.
+            text.trim_end()
+                .rsplit("\r\n")
+                .next()
+                .and_then(|last| last.parse::<u64>().ok())
+                .map(Some)
+                .ok_or_else(|| format!("unexpected reply: {text:?}"))
+        };
+        match popped {
+            Ok(value) => CallResult {
+                outcome: Outcome::Ok,
+                reply: Some(Reply::Popped(value)),
+                error: None,
+                node,
+            },
+            Err(e) => self.indefinite(call, e, node),
+        }
+    }
+
     /// An error after the request may have reached a leader: `unknown` for writes, `fail`
     /// for reads (which have no effect either way).
     fn indefinite(&mut self, call: &Call, error: String, node: Option<String>) -> CallResult {
@@ -378,7 +619,19 @@ pub fn error_text(e: &RedisError) -> String {
 
 fn parse_reply(call: &Call, value: Value) -> Result<Reply, String> {
     match (call, value) {
-        (Call::Append { .. } | Call::Incr { .. }, Value::Int(n)) => Ok(Reply::Int(n)),
+        (Call::Append { .. } | Call::Incr { .. } | Call::Enqueue { .. }, Value::Int(n)) => {
+            Ok(Reply::Int(n))
+        }
+        (Call::Dequeue { .. }, Value::Nil) => Ok(Reply::Popped(None)),
+        (Call::Dequeue { .. }, Value::Array(items)) => match items.as_slice() {
+            [_, Value::BulkString(bytes)] => {
+                let text = String::from_utf8_lossy(bytes);
+                text.parse::<u64>()
+                    .map(|v| Reply::Popped(Some(v)))
+                    .map_err(|_| format!("BLPOP returned {text:?}"))
+            }
+            other => Err(format!("BLPOP returned {other:?}")),
+        },
         (Call::Set { .. }, Value::Okay) => Ok(Reply::Done),
         (Call::Set { .. }, Value::SimpleString(s)) if s == "OK" => Ok(Reply::Done),
         (Call::Get { .. }, Value::Nil) => Ok(Reply::Value(None)),
