@@ -511,6 +511,8 @@ impl Driver {
             index: metadata.index,
             term: metadata.term,
         };
+        // The store's hard state already holds this cycle's commit index, which may cover
+        // entries appended only below (step 3); the rewrite persists it only up to `point`.
         let hard_state = self.node.store().hard_state().clone();
         let frames = self.log.rewrite(point, &hard_state, &[]);
         self.node.replace_frames(&frames);

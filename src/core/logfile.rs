@@ -72,7 +72,7 @@
 use std::fmt;
 
 use protobuf::ProtobufEnum;
-use raft::eraftpb::{Entry, EntryType};
+use raft::eraftpb::{Entry, EntryType, HardState};
 use serde::{Deserialize, Serialize};
 
 /// First bytes of every log file.
@@ -238,6 +238,59 @@ pub fn encode_entry(entry: &Entry, out: &mut Vec<u8>) -> Result<(), RecordTooLar
     encode_frame(out, payload_hint, MAX_RECORD_BYTES, |writer| {
         bincode::serde::encode_into_writer(EntryRecordRef(entry), writer, bincode_config())
     })
+}
+
+/// A whole log file that starts at a snapshot (a compaction or an installed snapshot):
+/// header, identity, compaction point, hard state, then `entries` (which must follow
+/// `compacted` without a gap). Returns the bytes and where each entry's frame sits.
+///
+/// The hard state's commit index is written as at most the last index the file holds
+/// (`compacted.index` plus the entries): raft may hand the caller a commit index for
+/// entries of the same Ready cycle that are appended only after this file is in place,
+/// and a crash in between must leave a file that [`recover`] accepts (it refuses a
+/// commit beyond the log, [`RecoveryError::CommitBeyondLog`]). A lower commit index is
+/// always safe to persist: it is learned again from the leader.
+pub fn encode_compacted_log(
+    meta: &NodeMeta,
+    compacted: LogPosition,
+    hard_state: &HardState,
+    entries: &[Entry],
+) -> Result<(Vec<u8>, Vec<FrameLocation>), RecordTooLarge> {
+    let last_index = entries.last().map_or(compacted.index, |entry| entry.index);
+    let mut bytes = encode_file_header();
+    encode_record(
+        &Record::Meta {
+            dbid: meta.dbid.clone(),
+            node_id: meta.node_id,
+            bootstrap_voters: meta.bootstrap_voters.clone(),
+        },
+        &mut bytes,
+    )?;
+    encode_record(
+        &Record::Compacted {
+            index: compacted.index,
+            term: compacted.term,
+        },
+        &mut bytes,
+    )?;
+    encode_record(
+        &Record::HardState {
+            term: hard_state.term,
+            vote: hard_state.vote,
+            commit: hard_state.commit.min(last_index),
+        },
+        &mut bytes,
+    )?;
+    let mut frames = Vec::with_capacity(entries.len());
+    for entry in entries {
+        let offset = bytes.len();
+        encode_entry(entry, &mut bytes)?;
+        frames.push(FrameLocation {
+            offset: offset as u64,
+            len: u32::try_from(bytes.len() - offset).expect("a frame is below 4 GiB"),
+        });
+    }
+    Ok((bytes, frames))
 }
 
 /// Serializes a borrowed raft entry exactly as `Record::Entry(LogEntry)`.
