@@ -54,6 +54,8 @@ fn params_from_env(seed: u64) -> Params {
     params.campaign_non_voters = env_u64("SIM_CAMPAIGN_ANY").unwrap_or(0) != 0;
     params.partial_header_then_zeros = env_u64("SIM_TORN_HEADERS").unwrap_or(0) != 0;
     params.check_conf = env_u64("SIM_NO_CONF_CHECK").unwrap_or(0) == 0;
+    params.snapshots = env_u64("SIM_SNAPSHOTS").unwrap_or(1) != 0;
+    params.received_one_name = env_u64("SIM_RECEIVED_ONE_NAME").unwrap_or(0) != 0;
     params.mutation = match std::env::var("SIM_MUTATION").as_deref() {
         Err(_) => Mutation::None,
         Ok("ack-before-fsync") => Mutation::AckBeforeFsync,
