@@ -497,7 +497,10 @@ impl World {
         self.next_id += 1;
         let disk = Disk::create(id, bootstrap_voters.clone());
         let tick_period = self.rng.range(3, 5);
-        let snapshot_every = *self.rng.pick(&[8u64, 20, 50]);
+        // Not drawn from the run's stream: with SIM_SNAPSHOTS=0 a seed runs exactly as it
+        // did before the simulation had snapshots.
+        let mut state = self.p.seed ^ id.rotate_left(32);
+        let snapshot_every = [8u64, 20, 50][(super::rng::splitmix64(&mut state) % 3) as usize];
         self.nodes.insert(
             id,
             SimNode {
