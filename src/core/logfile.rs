@@ -1933,4 +1933,54 @@ mod tests {
             }
         }
     }
+
+    /// Issue #14 item 5: a log started at a snapshot never holds a commit index beyond
+    /// its last index, whatever commit the caller's hard state has, so recovery accepts
+    /// it; a commit inside the file is kept, and the frames point at the entries.
+    #[test]
+    fn a_compacted_log_never_commits_beyond_its_last_index() {
+        let meta = NodeMeta {
+            dbid: "0123456789abcdef0123456789abcdef".into(),
+            node_id: 7,
+            bootstrap_voters: vec![7],
+        };
+        let point = LogPosition { index: 50, term: 3 };
+        let raft_entry = |index: u64| Entry {
+            index,
+            term: 3,
+            data: vec![index as u8; 10].into(),
+            ..Default::default()
+        };
+        let hard_state = |commit: u64| HardState {
+            term: 4,
+            vote: 7,
+            commit,
+            ..Default::default()
+        };
+        let cases: [(&[u64], u64, u64); 5] = [
+            (&[], 60, 50),
+            (&[], 50, 50),
+            (&[], 20, 20),
+            (&[51, 52, 53], 99, 53),
+            (&[51, 52, 53], 52, 52),
+        ];
+        for (indexes, commit, expected) in cases {
+            let entries: Vec<Entry> = indexes.iter().map(|&i| raft_entry(i)).collect();
+            let (bytes, frames) =
+                encode_compacted_log(&meta, point, &hard_state(commit), &entries).unwrap();
+            let recovered = recover(&bytes).unwrap_or_else(|e| {
+                panic!("commit {commit} with entries {indexes:?}: recovery refuses: {e}")
+            });
+            assert_eq!(recovered.compacted, Some(point));
+            let saved = recovered.hard_state.unwrap();
+            assert_eq!((saved.term, saved.vote, saved.commit), (4, 7, expected));
+            assert_eq!(recovered.entry_frames, frames);
+            assert_eq!(recovered.valid_len, bytes.len());
+            for (frame, entry) in frames.iter().zip(&entries) {
+                let start = frame.offset as usize;
+                let decoded = decode_entry_frame(&bytes[start..start + frame.len as usize]);
+                assert_eq!(decoded.unwrap().index, entry.index);
+            }
+        }
+    }
 }
