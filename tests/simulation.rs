@@ -54,6 +54,8 @@ fn params_from_env(seed: u64) -> Params {
     params.campaign_non_voters = env_u64("SIM_CAMPAIGN_ANY").unwrap_or(0) != 0;
     params.partial_header_then_zeros = env_u64("SIM_TORN_HEADERS").unwrap_or(0) != 0;
     params.check_conf = env_u64("SIM_NO_CONF_CHECK").unwrap_or(0) == 0;
+    params.snapshots = env_u64("SIM_SNAPSHOTS").unwrap_or(1) != 0;
+    params.received_one_name = env_u64("SIM_RECEIVED_ONE_NAME").unwrap_or(0) != 0;
     params.mutation = match std::env::var("SIM_MUTATION").as_deref() {
         Err(_) => Mutation::None,
         Ok("ack-before-fsync") => Mutation::AckBeforeFsync,
@@ -134,6 +136,12 @@ fn seed_sweep() {
             "too few conf changes: {stats}"
         );
         assert!(stats.removed > 0, "no node was ever removed: {stats}");
+        if example.snapshots {
+            assert!(
+                stats.snapshots_installed > 0 && stats.restarts_from_snapshot > 0,
+                "no snapshot was ever installed, or no node restarted from one: {stats}"
+            );
+        }
         assert!(stats.partitions > count, "too few partitions: {stats}");
         assert!(
             stats.duplicated > 0 && stats.dropped > 0,
@@ -210,7 +218,10 @@ fn assert_passes(seed: u64, steps: u64, setup: impl FnOnce(&mut Params)) {
 
 #[test]
 fn checker_catches_acks_sent_before_the_fsync() {
-    let mutate = |p: &mut Params| p.mutation = Mutation::AckBeforeFsync;
+    let mutate = |p: &mut Params| {
+        p.mutation = Mutation::AckBeforeFsync;
+        p.snapshots = false; // the seeds were found before the simulation had snapshots
+    };
     assert_fails(2344, 60, mutate, &["durability"]);
     // A follower that acked entries it then lost gets heartbeats committing past its log.
     // raft-rs would panic on them; `RaftNode::step` refuses them (docs/SECURITY.md), so the
@@ -220,6 +231,17 @@ fn checker_catches_acks_sent_before_the_fsync() {
         60,
         mutate,
         &["panic inside raft-rs", "out of range", "liveness"],
+    );
+}
+
+/// The same with snapshots, compaction and installs in the run.
+#[test]
+fn checker_catches_acks_sent_before_the_fsync_with_snapshots() {
+    assert_fails(
+        528,
+        60,
+        |p| p.mutation = Mutation::AckBeforeFsync,
+        &["durability"],
     );
 }
 
@@ -233,7 +255,10 @@ fn checker_catches_a_forgotten_vote() {
     assert_fails(
         FORGET_VOTE_SEED.0,
         FORGET_VOTE_SEED.1,
-        |p| p.mutation = Mutation::ForgetVote,
+        |p| {
+            p.mutation = Mutation::ForgetVote;
+            p.snapshots = false; // found before the simulation had snapshots
+        },
         &["election safety"],
     );
 }
@@ -303,4 +328,27 @@ fn regression_open_syncs_what_it_recovered() {
     // Fixed: LogFile::open syncs what it recovered (the simulated default).
     assert_passes(2265, 150, |_| {}); // was: committed entry durable on 1 of 2 voters
     assert_passes(2213, 500, |_| {}); // was: applied index goes back
+}
+
+/// Issue #14 item 5: the Ready cycle that installs a leader's snapshot also carries the
+/// entries after it and a commit index covering them; the log rewritten at the snapshot
+/// held that commit index before the entries were appended, and recovery refuses such a
+/// file (`CommitBeyondLog`). With the commit index of a rewrite clamped to the file's last
+/// index (`logfile::encode_compacted_log`) they pass; without it 8 of seeds 1..100 fail.
+#[test]
+fn regression_snapshot_install_persists_no_commit_beyond_the_log() {
+    assert_passes(80, 500, |_| {}); // was: commit 68 beyond the last index 61
+    assert_passes(60, 800, |_| {}); // was: commit 85 beyond the last index 80
+}
+
+/// Issue #14 item 7: with one received-file name, a transfer that ends before raft
+/// installed the previous one replaces its file, and the install publishes the wrong
+/// snapshot (or finds none). Received files named by index and term pass.
+#[test]
+fn regression_received_snapshots_are_named_by_index() {
+    let one_name = |p: &mut Params| p.received_one_name = true;
+    assert_fails(43, 100, one_name, &["changed under us", "never received"]);
+    assert_fails(424, 400, one_name, &["changed under us", "never received"]);
+    assert_passes(43, 100, |_| {});
+    assert_passes(424, 400, |_| {});
 }

@@ -102,7 +102,7 @@ fn run_task(task: MainTask) {
                 });
             }
         }
-        MainTask::InstallSnapshot { index } => install_snapshot(index),
+        MainTask::InstallSnapshot { index, file } => install_snapshot(index, file),
         MainTask::Fail { request_ids, error } => {
             for request_id in request_ids {
                 watch::settled(request_id);
@@ -206,7 +206,7 @@ fn note_entry_time(time_ms: i64) {
 }
 
 /// Loads the snapshot raft just installed, replacing the whole dataset.
-fn install_snapshot(index: u64) {
+fn install_snapshot(index: u64, file: std::fs::File) {
     let files =
         crate::adapters::snapshots::SnapshotFiles::for_log(&crate::adapters::handlers::log_path());
     let (ctx, dbid) = with_state(|state| {
@@ -220,7 +220,7 @@ fn install_snapshot(index: u64) {
         )
     });
     watch::everything_modified();
-    let snapshot = crate::adapters::snapshots::load_into_server(ctx, &files.current, &dbid)
+    let snapshot = crate::adapters::snapshots::load_into_server(ctx, file, &files.current, &dbid)
         .unwrap_or_else(|e| {
             log::error!("raft: FATAL: cannot load the installed snapshot: {e}");
             std::process::abort();

@@ -71,9 +71,12 @@ pub enum MainTask {
     LeaveCluster,
     /// The log outgrew log-max-file-size: take a snapshot of the applied state.
     TakeSnapshot,
-    /// Raft installed the leader's snapshot at `index`: load `<log>.snapshot`.
+    /// Raft installed the leader's snapshot at `index`: load `file`, which was published
+    /// as `<log>.snapshot` (open, so that a later install renaming another file over that
+    /// path before this one is loaded does not change what is loaded).
     InstallSnapshot {
         index: u64,
+        file: std::fs::File,
     },
     Fail {
         request_ids: Vec<RequestId>,
@@ -492,25 +495,33 @@ impl Driver {
         self.update_peers();
     }
 
-    /// Raft accepted the leader's snapshot: make the verified received file our snapshot,
-    /// restart the log file at it, and have the main thread load it.
+    /// Raft accepted the leader's snapshot: make the verified received file of this index
+    /// and term our snapshot, restart the log file at it, and have the main thread load it.
     fn install_received_snapshot(&mut self, metadata: &raft::eraftpb::SnapshotMetadata) {
         let files = &self.params.snapshot_files;
-        match crate::adapters::snapshots::publish(files, &files.received, metadata.index) {
-            Ok(_) => {}
-            Err(e) => {
+        let received = files.received(metadata.index, metadata.term);
+        let (file, meta) = crate::adapters::snapshots::install(files, &received, metadata.index)
+            .unwrap_or_else(|e| {
                 log::error!("raft: FATAL: cannot install the received snapshot: {e}");
                 std::process::abort();
-            }
-        }
-        let meta = crate::adapters::snapshots::read_meta(&files.current).unwrap_or_else(|e| {
-            log::error!("raft: FATAL: installed snapshot unreadable: {e}");
+            });
+        if meta.index != metadata.index || meta.term != metadata.term {
+            log::error!(
+                "raft: FATAL: the installed snapshot file is at index {} term {}, raft installed index {} term {}",
+                meta.index,
+                meta.term,
+                metadata.index,
+                metadata.term
+            );
             std::process::abort();
-        });
+        }
+        files.remove_received_up_to(metadata.index);
         let point = LogPosition {
             index: metadata.index,
             term: metadata.term,
         };
+        // The store's hard state already holds this cycle's commit index, which may cover
+        // entries appended only below (step 3); the rewrite persists it only up to `point`.
         let hard_state = self.node.store().hard_state().clone();
         let frames = self.log.rewrite(point, &hard_state, &[]);
         self.node.replace_frames(&frames);
@@ -522,6 +533,7 @@ impl Driver {
         );
         self.push_main(MainTask::InstallSnapshot {
             index: metadata.index,
+            file,
         });
     }
 

@@ -131,7 +131,7 @@ impl LogFile {
 
     /// Creates a new log holding only the node's identity, durably (file and directory).
     pub fn create(path: &Path, meta: &NodeMeta) -> Result<LogFile, String> {
-        let bytes = encode_beginning(meta, None, None)?;
+        let bytes = encode_identity(meta)?;
         let file = write_durably(path, &bytes)
             .map_err(|e| format!("cannot create log file {}: {e}", path.display()))?;
         Ok(LogFile::from_file(
@@ -144,27 +144,24 @@ impl LogFile {
 
     /// Replaces the file with one that starts at a snapshot: identity, compaction point,
     /// hard state, then the entries after the snapshot. Atomic: a crash leaves either the
-    /// old file or the new one. Returns where each entry sits in the new file.
+    /// old file or the new one. The hard state's commit is written as at most the file's
+    /// last index (`logfile::encode_compacted_log`): entries of the Ready cycle that
+    /// installs a snapshot are appended only after this. Returns where each entry sits in
+    /// the new file.
     pub fn rewrite(
         &mut self,
         compacted: LogPosition,
         hard_state: &HardState,
         entries: &[Entry],
     ) -> Vec<FrameLocation> {
-        let mut frames = Vec::with_capacity(entries.len());
-        let result = encode_beginning(&self.meta, Some(compacted), Some(hard_state)).and_then(
-            |mut bytes| {
-                for entry in entries {
-                    let offset = bytes.len();
-                    logfile::encode_entry(entry, &mut bytes).map_err(|e| e.to_string())?;
-                    frames.push(frame_at(offset as u64, bytes.len() - offset));
-                }
+        let result = logfile::encode_compacted_log(&self.meta, compacted, hard_state, entries)
+            .map_err(|e| e.to_string())
+            .and_then(|(bytes, frames)| {
                 let file = write_durably(&self.path, &bytes).map_err(|e| e.to_string())?;
-                Ok((file, bytes.len() as u64))
-            },
-        );
+                Ok((file, bytes.len() as u64, frames))
+            });
         match result {
-            Ok((file, size_bytes)) => {
+            Ok((file, size_bytes, frames)) => {
                 self.set_file(file);
                 self.size_bytes = size_bytes;
                 self.allocated_bytes = size_bytes;
@@ -229,11 +226,8 @@ impl LogReader for FileReader {
     }
 }
 
-fn encode_beginning(
-    meta: &NodeMeta,
-    compacted: Option<LogPosition>,
-    hard_state: Option<&HardState>,
-) -> Result<Vec<u8>, String> {
+/// A new log file: the header and the node's identity.
+fn encode_identity(meta: &NodeMeta) -> Result<Vec<u8>, String> {
     let mut bytes = logfile::encode_file_header();
     let identity = Record::Meta {
         dbid: meta.dbid.clone(),
@@ -241,24 +235,6 @@ fn encode_beginning(
         bootstrap_voters: meta.bootstrap_voters.clone(),
     };
     logfile::encode_record(&identity, &mut bytes).map_err(|e| e.to_string())?;
-    if let Some(point) = compacted {
-        logfile::encode_record(
-            &Record::Compacted {
-                index: point.index,
-                term: point.term,
-            },
-            &mut bytes,
-        )
-        .map_err(|e| e.to_string())?;
-    }
-    if let Some(hs) = hard_state {
-        let record = Record::HardState {
-            term: hs.term,
-            vote: hs.vote,
-            commit: hs.commit,
-        };
-        logfile::encode_record(&record, &mut bytes).map_err(|e| e.to_string())?;
-    }
     Ok(bytes)
 }
 
@@ -520,6 +496,48 @@ mod tests {
             let index = position as u64 + 1;
             assert_eq!(entry.index, index);
         }
+    }
+
+    /// Issue #14 item 5. The Ready cycle that installs a snapshot at 100 also carries
+    /// entries 101..=110 and a commit index of 110; the driver rewrites the log at the
+    /// snapshot before it appends them. A crash between the two must leave a log that
+    /// recovery accepts: the rewrite persists the commit only up to what the file holds.
+    #[test]
+    fn a_log_rewritten_at_a_snapshot_never_holds_a_commit_beyond_it() {
+        let (_dir, path, mut log) = log_with(10, 100);
+        let point = LogPosition {
+            index: 100,
+            term: 1,
+        };
+        let frames = log.rewrite(point, &hard_state(110), &[]);
+        assert!(frames.is_empty());
+        drop(log); // the crash: entries 101..=110 were never appended
+
+        let (mut log, recovered) = LogFile::open(&path, usize::MAX)
+            .expect("a crash right after installing a snapshot must not prevent a restart")
+            .unwrap();
+        assert_eq!(recovered.compacted, Some(point));
+        assert_eq!(recovered.last_index(), 100);
+        assert_eq!(recovered.hard_state.unwrap().commit, 100);
+
+        // Without the crash the same cycle appends its entries and hard state next.
+        log.append(&entries(101, 10, 100), Some(&hard_state(110)));
+        log.sync();
+        drop(log);
+        let (mut log, recovered) = LogFile::open(&path, usize::MAX).unwrap().unwrap();
+        assert_eq!(recovered.hard_state.unwrap().commit, 110);
+
+        // A compaction that keeps entries clamps to the last one it writes, and keeps a
+        // commit index inside them as it is.
+        log.rewrite(point, &hard_state(120), &entries(101, 5, 100));
+        drop(log);
+        let (mut log, recovered) = LogFile::open(&path, usize::MAX).unwrap().unwrap();
+        assert_eq!(recovered.last_index(), 105);
+        assert_eq!(recovered.hard_state.unwrap().commit, 105);
+        log.rewrite(point, &hard_state(103), &entries(101, 5, 100));
+        drop(log);
+        let (_, recovered) = LogFile::open(&path, usize::MAX).unwrap().unwrap();
+        assert_eq!(recovered.hard_state.unwrap().commit, 103);
     }
 
     /// A torn write that is not zeros is cut away, so the next appends are not followed

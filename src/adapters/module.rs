@@ -182,7 +182,9 @@ extern "C" fn boot_after_server_load(_: *mut c_void) {
             return Some(Err(e));
         }
         let snapshot = if files.current.exists() {
-            match snapshots::load_into_server(ctx, &files.current, &meta.dbid) {
+            match snapshots::open(&files.current)
+                .and_then(|file| snapshots::load_into_server(ctx, file, &files.current, &meta.dbid))
+            {
                 Ok(snapshot) => Some(snapshot),
                 Err(e) => return Some(Err(e)),
             }

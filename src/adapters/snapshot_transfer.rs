@@ -4,7 +4,7 @@
 //! chunk (at most `snapshot-req-max-count` unanswered), then
 //! `RAFT.SNAPSHOT.DONE <dbid> <from> <transfer id> <total bytes> <raft MsgSnapshot>`.
 //! The receiver writes chunks to `<log>.snapshot.incoming`, verifies the whole file on
-//! DONE, renames it to `.received` and only then hands the MsgSnapshot to raft. Memory on
+//! DONE, renames it to `.received-<index>-<term>` and only then hands the MsgSnapshot to raft. Memory on
 //! both sides is bounded by the chunk window, not the snapshot size.
 
 use std::fs::{File, OpenOptions};
@@ -328,7 +328,10 @@ pub fn receive_done(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
             "ERR received snapshot does not match its message",
         ));
     }
-    std::fs::rename(&files.incoming, &files.received)
+    // Named by index and term: a transfer ending right after this one (its MsgSnapshot
+    // still queued for raft) keeps its own file, and raft's install finds this one.
+    files
+        .keep_received(&meta)
         .map_err(|e| RedisError::String(format!("ERR cannot keep snapshot: {e}")))?;
     crate::adapters::info::SNAPSHOTS_RECEIVED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     with_state(|state| state.send_to_driver(DriverInput::Peer(Box::new(message))))

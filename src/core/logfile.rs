@@ -72,7 +72,7 @@
 use std::fmt;
 
 use protobuf::ProtobufEnum;
-use raft::eraftpb::{Entry, EntryType};
+use raft::eraftpb::{Entry, EntryType, HardState};
 use serde::{Deserialize, Serialize};
 
 /// First bytes of every log file.
@@ -238,6 +238,59 @@ pub fn encode_entry(entry: &Entry, out: &mut Vec<u8>) -> Result<(), RecordTooLar
     encode_frame(out, payload_hint, MAX_RECORD_BYTES, |writer| {
         bincode::serde::encode_into_writer(EntryRecordRef(entry), writer, bincode_config())
     })
+}
+
+/// A whole log file that starts at a snapshot (a compaction or an installed snapshot):
+/// header, identity, compaction point, hard state, then `entries` (which must follow
+/// `compacted` without a gap). Returns the bytes and where each entry's frame sits.
+///
+/// The hard state's commit index is written as at most the last index the file holds
+/// (`compacted.index` plus the entries): raft may hand the caller a commit index for
+/// entries of the same Ready cycle that are appended only after this file is in place,
+/// and a crash in between must leave a file that [`recover`] accepts (it refuses a
+/// commit beyond the log, [`RecoveryError::CommitBeyondLog`]). A lower commit index is
+/// always safe to persist: it is learned again from the leader.
+pub fn encode_compacted_log(
+    meta: &NodeMeta,
+    compacted: LogPosition,
+    hard_state: &HardState,
+    entries: &[Entry],
+) -> Result<(Vec<u8>, Vec<FrameLocation>), RecordTooLarge> {
+    let last_index = entries.last().map_or(compacted.index, |entry| entry.index);
+    let mut bytes = encode_file_header();
+    encode_record(
+        &Record::Meta {
+            dbid: meta.dbid.clone(),
+            node_id: meta.node_id,
+            bootstrap_voters: meta.bootstrap_voters.clone(),
+        },
+        &mut bytes,
+    )?;
+    encode_record(
+        &Record::Compacted {
+            index: compacted.index,
+            term: compacted.term,
+        },
+        &mut bytes,
+    )?;
+    encode_record(
+        &Record::HardState {
+            term: hard_state.term,
+            vote: hard_state.vote,
+            commit: hard_state.commit.min(last_index),
+        },
+        &mut bytes,
+    )?;
+    let mut frames = Vec::with_capacity(entries.len());
+    for entry in entries {
+        let offset = bytes.len();
+        encode_entry(entry, &mut bytes)?;
+        frames.push(FrameLocation {
+            offset: offset as u64,
+            len: u32::try_from(bytes.len() - offset).expect("a frame is below 4 GiB"),
+        });
+    }
+    Ok((bytes, frames))
 }
 
 /// Serializes a borrowed raft entry exactly as `Record::Entry(LogEntry)`.
@@ -1877,6 +1930,56 @@ mod tests {
                 } else {
                     assert_eq!(got, want, "keep {keep}, entry {}", got.index);
                 }
+            }
+        }
+    }
+
+    /// Issue #14 item 5: a log started at a snapshot never holds a commit index beyond
+    /// its last index, whatever commit the caller's hard state has, so recovery accepts
+    /// it; a commit inside the file is kept, and the frames point at the entries.
+    #[test]
+    fn a_compacted_log_never_commits_beyond_its_last_index() {
+        let meta = NodeMeta {
+            dbid: "0123456789abcdef0123456789abcdef".into(),
+            node_id: 7,
+            bootstrap_voters: vec![7],
+        };
+        let point = LogPosition { index: 50, term: 3 };
+        let raft_entry = |index: u64| Entry {
+            index,
+            term: 3,
+            data: vec![index as u8; 10].into(),
+            ..Default::default()
+        };
+        let hard_state = |commit: u64| HardState {
+            term: 4,
+            vote: 7,
+            commit,
+            ..Default::default()
+        };
+        let cases: [(&[u64], u64, u64); 5] = [
+            (&[], 60, 50),
+            (&[], 50, 50),
+            (&[], 20, 20),
+            (&[51, 52, 53], 99, 53),
+            (&[51, 52, 53], 52, 52),
+        ];
+        for (indexes, commit, expected) in cases {
+            let entries: Vec<Entry> = indexes.iter().map(|&i| raft_entry(i)).collect();
+            let (bytes, frames) =
+                encode_compacted_log(&meta, point, &hard_state(commit), &entries).unwrap();
+            let recovered = recover(&bytes).unwrap_or_else(|e| {
+                panic!("commit {commit} with entries {indexes:?}: recovery refuses: {e}")
+            });
+            assert_eq!(recovered.compacted, Some(point));
+            let saved = recovered.hard_state.unwrap();
+            assert_eq!((saved.term, saved.vote, saved.commit), (4, 7, expected));
+            assert_eq!(recovered.entry_frames, frames);
+            assert_eq!(recovered.valid_len, bytes.len());
+            for (frame, entry) in frames.iter().zip(&entries) {
+                let start = frame.offset as usize;
+                let decoded = decode_entry_frame(&bytes[start..start + frame.len as usize]);
+                assert_eq!(decoded.unwrap().index, entry.index);
             }
         }
     }

@@ -15,12 +15,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use raft::eraftpb::{Entry, HardState};
-use redisraft::core::logfile::{self, FrameLocation, Record, FRAME_HEADER_LEN};
+use redisraft::core::logfile::{
+    self, FrameLocation, LogPosition, NodeMeta, Record, FRAME_HEADER_LEN,
+};
 use redisraft::core::storage::LogReader;
 
 use super::rng::Rng;
 
 pub struct Disk {
+    /// The node's identity, the first record of every rewrite.
+    meta: NodeMeta,
     pub bytes: Vec<u8>,
     pub synced_len: usize,
     /// End offsets of the frames written after `synced_len`.
@@ -74,14 +78,20 @@ impl Disk {
     /// temp file, syncs it and renames it into place).
     pub fn create(node_id: u64, bootstrap_voters: Vec<u64>) -> Disk {
         let mut bytes = logfile::encode_file_header();
-        let meta = Record::Meta {
+        let meta = NodeMeta {
             dbid: "5133a7edc0ffee00000000000000sim0".to_string(),
             node_id,
             bootstrap_voters,
         };
-        logfile::encode_record(&meta, &mut bytes).expect("meta record encodes");
+        let record = Record::Meta {
+            dbid: meta.dbid.clone(),
+            node_id,
+            bootstrap_voters: meta.bootstrap_voters.clone(),
+        };
+        logfile::encode_record(&record, &mut bytes).expect("meta record encodes");
         let synced_len = bytes.len();
         Disk {
+            meta,
             bytes,
             synced_len,
             unsynced_frame_ends: Vec::new(),
@@ -129,6 +139,27 @@ impl Disk {
                 .lock()
                 .expect("page cache lock")
                 .extend_from_slice(&self.bytes[written_from..]);
+        }
+        frames
+    }
+
+    /// `LogFile::rewrite`: the file replaced, atomically and durably, by one that starts at
+    /// a snapshot (`logfile::encode_compacted_log`, as the adapter encodes it). The
+    /// process's reader follows the new file. Returns where each entry went.
+    pub fn rewrite(
+        &mut self,
+        compacted: LogPosition,
+        hard_state: &HardState,
+        entries: &[Entry],
+    ) -> Vec<FrameLocation> {
+        let (bytes, frames) =
+            logfile::encode_compacted_log(&self.meta, compacted, hard_state, entries)
+                .expect("the rewritten log encodes");
+        self.bytes = bytes;
+        self.synced_len = self.bytes.len();
+        self.unsynced_frame_ends.clear();
+        if let Some(cache) = &self.page_cache {
+            *cache.lock().expect("page cache lock") = self.bytes.clone();
         }
         frames
     }

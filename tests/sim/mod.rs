@@ -55,6 +55,12 @@ impl Failure {
             world::Mutation::NoFsync => env.push_str(" SIM_MUTATION=no-fsync"),
             world::Mutation::ForgetVote => env.push_str(" SIM_MUTATION=forget-vote"),
         }
+        if !p.snapshots {
+            env.push_str(" SIM_SNAPSHOTS=0");
+        }
+        if p.received_one_name {
+            env.push_str(" SIM_RECEIVED_ONE_NAME=1");
+        }
         if !p.check_conf {
             env.push_str(" SIM_NO_CONF_CHECK=1");
         }

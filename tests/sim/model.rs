@@ -88,11 +88,21 @@ impl LogMirror {
         )
     }
 
-    pub fn from_recovered(recovered: &Recovered) -> Result<LogMirror, String> {
-        if recovered.compacted.is_some() {
-            return Err("the simulation never compacts, but the log has a compaction point".into());
+    /// The log a recovered file holds. Entries up to its compaction point are covered by
+    /// the node's snapshot, which holds only committed entries: they are taken from
+    /// `committed`, the cluster's committed log.
+    pub fn from_recovered(
+        recovered: &Recovered,
+        committed: &LogMirror,
+    ) -> Result<LogMirror, String> {
+        let compacted = recovered.compacted.map_or(0, |point| point.index);
+        if compacted > committed.last_index() {
+            return Err(format!(
+                "the log is compacted up to {compacted}, beyond the committed prefix ({})",
+                committed.last_index()
+            ));
         }
-        let mut mirror = LogMirror::default();
+        let mut mirror = committed.truncated(compacted);
         mirror.append(
             recovered
                 .entries
@@ -100,6 +110,14 @@ impl LogMirror {
                 .map(|e| (e.index, e.term, log_entry_hash(e))),
         )?;
         Ok(mirror)
+    }
+
+    /// The first `last` entries.
+    pub fn truncated(&self, last: u64) -> LogMirror {
+        let len = (last as usize).min(self.entries.len());
+        LogMirror {
+            entries: self.entries[..len].to_vec(),
+        }
     }
 
     /// First index where the two logs differ, if any (including one being longer).

@@ -5,10 +5,11 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt::Write as _;
 
 use raft::eraftpb::{
-    ConfChangeSingle, ConfChangeType, ConfChangeV2, ConfState, Entry, EntryType, HardState, Message,
+    ConfChangeSingle, ConfChangeType, ConfChangeV2, ConfState, Entry, EntryType, HardState,
+    Message, MessageType, SnapshotMetadata,
 };
 use raft::{GetEntriesContext, Storage};
-use redisraft::core::logfile;
+use redisraft::core::logfile::{self, LogPosition};
 use redisraft::core::node::{NodeParams, RaftNode, Role};
 use redisraft::core::storage::LogStore;
 
@@ -77,6 +78,12 @@ pub struct Params {
     /// from the simulated file. `None`: keep every entry (no reader). From the seed (no
     /// random draw, so runs stay what they were): 0 bytes, 2 KB or unbounded in turn.
     pub cache_limit: Option<usize>,
+    /// Nodes take snapshots and compact their logs; leaders send snapshots to followers
+    /// that need compacted entries; nodes restart from a snapshot and the log after it.
+    pub snapshots: bool,
+    /// Received snapshot files share one name, as before the fix of issue #14 item 7:
+    /// a second transfer ending before raft installed the first replaces its file.
+    pub received_one_name: bool,
     /// Print every traced event as it happens.
     pub trace: bool,
 }
@@ -96,6 +103,8 @@ impl Params {
             check_conf: true,
             mutation: Mutation::None,
             cache_limit: [Some(0), Some(2_048), None][(seed % 3) as usize],
+            snapshots: true,
+            received_one_name: false,
             trace: false,
         }
     }
@@ -187,6 +196,10 @@ pub struct Stats {
     pub liveness_time: u64,
     /// Positioned reads of entries no longer cached (`Params::cache_limit`).
     pub file_reads: u64,
+    pub snapshots_taken: u64,
+    pub snapshots_sent: u64,
+    pub snapshots_installed: u64,
+    pub restarts_from_snapshot: u64,
 }
 
 impl Stats {
@@ -213,6 +226,10 @@ impl Stats {
         self.duplicated += other.duplicated;
         self.liveness_time = self.liveness_time.max(other.liveness_time);
         self.file_reads += other.file_reads;
+        self.snapshots_taken += other.snapshots_taken;
+        self.snapshots_sent += other.snapshots_sent;
+        self.snapshots_installed += other.snapshots_installed;
+        self.restarts_from_snapshot += other.restarts_from_snapshot;
     }
 }
 
@@ -225,7 +242,8 @@ impl std::fmt::Display for Stats {
              crashes {} ({} mid-cycle, {} power losses and {} kills with unsynced bytes, \
              {} torn tails cut), restarts {}, partitions {}, conf changes committed {}, \
              nodes removed {}, messages sent {} delivered {} dropped {} duplicated {}, \
-             longest liveness phase {} time units, entry reads from the log file {}",
+             longest liveness phase {} time units, entry reads from the log file {}, \
+             snapshots taken {} sent {} installed {}, restarts from a snapshot {}",
             self.elections,
             self.max_term,
             self.committed,
@@ -247,7 +265,11 @@ impl std::fmt::Display for Stats {
             self.dropped,
             self.duplicated,
             self.liveness_time,
-            self.file_reads
+            self.file_reads,
+            self.snapshots_taken,
+            self.snapshots_sent,
+            self.snapshots_installed,
+            self.restarts_from_snapshot
         )
     }
 }
@@ -298,6 +320,23 @@ struct SimNode {
     tick_period: u64,
     next_tick_at: u64,
     last_damage: CrashDamage,
+    /// `<log>.snapshot`: written, synced and renamed into place, so always durable.
+    snapshot: Option<SimSnapshot>,
+    /// Verified received files raft has not installed yet, by (index, term) (by (0, 0)
+    /// with `Params::received_one_name`). Deleted at start (`remove_leftovers`).
+    received: BTreeMap<(u64, u64), SimSnapshot>,
+    /// Applied entries after the last snapshot that make the node take a new one.
+    snapshot_every: u64,
+}
+
+/// A snapshot file: the state machine at `index` (its digest is the prefix hash of the
+/// log it applied) and the configuration there.
+#[derive(Clone, Debug)]
+struct SimSnapshot {
+    index: u64,
+    term: u64,
+    conf: ConfState,
+    digest: u64,
 }
 
 struct Flight {
@@ -305,6 +344,10 @@ struct Flight {
     from: u64,
     to: u64,
     msg: Message,
+    /// A MsgSnapshot's transfer: the sender's snapshot file travels with it.
+    snapshot: Option<SimSnapshot>,
+    /// Already received (RAFT.SNAPSHOT.DONE): waits in the receiver's driver inbox.
+    inbox: bool,
 }
 
 enum PumpEnd {
@@ -328,6 +371,10 @@ pub struct World {
     node_params: (u64, usize),
     /// Index i is at [i - 1]. Filled in order by leaders' commit advances.
     committed: Vec<Committed>,
+    /// The committed log as a mirror: what a snapshot at an index must hold.
+    committed_mirror: LogMirror,
+    /// Ends of snapshot transfers to report to the sender: (from, to, delivered).
+    snapshot_reports: Vec<(u64, u64, bool)>,
     /// (index, configuration after that index) at each committed conf change.
     confs: Vec<(u64, Conf)>,
     /// Every id that was ever in the committed configuration.
@@ -373,6 +420,8 @@ impl World {
             heal_at: None,
             node_params: (max_append_bytes, inflight),
             committed: Vec::new(),
+            committed_mirror: LogMirror::default(),
+            snapshot_reports: Vec::new(),
             confs: vec![(0, Conf::of(&[1]))],
             ever_member: [1].into_iter().collect(),
             added_at: BTreeMap::new(),
@@ -448,6 +497,10 @@ impl World {
         self.next_id += 1;
         let disk = Disk::create(id, bootstrap_voters.clone());
         let tick_period = self.rng.range(3, 5);
+        // Not drawn from the run's stream: with SIM_SNAPSHOTS=0 a seed runs exactly as it
+        // did before the simulation had snapshots.
+        let mut state = self.p.seed ^ id.rotate_left(32);
+        let snapshot_every = [8u64, 20, 50][(super::rng::splitmix64(&mut state) % 3) as usize];
         self.nodes.insert(
             id,
             SimNode {
@@ -463,6 +516,9 @@ impl World {
                 tick_period,
                 next_tick_at: 0,
                 last_damage: CrashDamage::Clean,
+                snapshot: None,
+                received: BTreeMap::new(),
+                snapshot_every,
             },
         );
         self.event(format!("node {id} created (tick every {tick_period})"));
@@ -496,6 +552,7 @@ impl World {
                 index += 1;
             }
         }
+        self.report_snapshot_transfers()?;
         // swap_remove order depends only on the seed; shuffle for reordering anyway.
         self.rng.shuffle(&mut due);
         for flight in due {
@@ -521,7 +578,7 @@ impl World {
                 // MainTask::LeaveCluster: stop and move the log aside.
                 node.proc = None;
                 node.life = Life::Removed;
-                self.flights.retain(|f| f.to != id);
+                self.drop_flights_to(id);
                 self.stats.removed += 1;
                 self.event(format!(
                     "node {id} was told it is removed and left the cluster"
@@ -530,6 +587,7 @@ impl World {
             }
             self.input(id, |raft| raft.tick())?;
             self.promote_caught_up_learner(id)?;
+            self.maybe_take_snapshot(id)?;
         }
 
         self.random_event()?;
@@ -641,7 +699,7 @@ impl World {
             PumpEnd::Removed => {
                 let node = self.nodes.get_mut(&id).expect("exists");
                 node.life = Life::Removed;
-                self.flights.retain(|f| f.to != id);
+                self.drop_flights_to(id);
                 self.stats.removed += 1;
                 self.event(format!(
                     "node {id} applied its own removal and left the cluster"
@@ -653,12 +711,19 @@ impl World {
 
     /// Steps a message into its target. Like the driver, which drains its inbox before
     /// one Ready cycle, the target may take more messages before it pumps.
-    fn deliver(&mut self, flight: Flight) -> SimResult<()> {
+    fn deliver(&mut self, mut flight: Flight) -> SimResult<()> {
         let target_up = self
             .nodes
             .get(&flight.to)
             .is_some_and(|n| n.life == Life::Running);
-        if self.cut.contains(&(flight.from, flight.to)) || !target_up {
+        let cut = self.cut.contains(&(flight.from, flight.to)) && !flight.inbox;
+        if flight.snapshot.is_some() && (cut || !target_up) {
+            // The stream broke: the sender's transfer fails.
+            self.stats.dropped += 1;
+            self.snapshot_reports.push((flight.from, flight.to, false));
+            return Ok(());
+        }
+        if cut || !target_up {
             self.stats.dropped += 1;
             // The transport notices a dead connection and tells raft.
             if self.rng.chance(self.f.unreachable_p) {
@@ -670,7 +735,10 @@ impl World {
         self.stats.delivered += 1;
         let id = flight.to;
         let receiver = self.nodes[&id].proc.as_ref().expect("runs");
-        if self.refuses_as_removed(receiver, flight.from) {
+        if !flight.inbox && self.refuses_as_removed(receiver, flight.from) {
+            if flight.snapshot.is_some() {
+                self.snapshot_reports.push((flight.from, flight.to, false));
+            }
             // RAFT.MSG answers REMOVED; the sender's transport tells its driver.
             if let Some(sender) = self
                 .nodes
@@ -682,6 +750,10 @@ impl World {
                     self.event(format!("node {id} refuses node {}: REMOVED", flight.from));
                 }
             }
+            return Ok(());
+        }
+        if let Some(file) = flight.snapshot.take() {
+            self.receive_snapshot(flight, file);
             return Ok(());
         }
         let mut proc = self
@@ -704,6 +776,10 @@ impl World {
         for msg in messages {
             self.stats.sent += 1;
             let to = msg.to;
+            if msg.get_msg_type() == MessageType::MsgSnapshot {
+                self.send_snapshot(from, msg);
+                continue;
+            }
             if !self.nodes.contains_key(&to) || self.rng.chance(self.f.drop_p) {
                 self.stats.dropped += 1;
                 continue;
@@ -721,9 +797,261 @@ impl World {
                     from,
                     to,
                     msg: msg.clone(),
+                    snapshot: None,
+                    inbox: false,
                 });
             }
         }
+    }
+
+    // ---------------------------------------------------------------- snapshots
+
+    /// `Driver::start_snapshot_transfer`: the sender streams its `<log>.snapshot`; the
+    /// receiver refuses a file that does not match the MsgSnapshot. One stream, never
+    /// duplicated; it takes longer than a message.
+    fn send_snapshot(&mut self, from: u64, msg: Message) {
+        let to = msg.to;
+        let wanted = msg.get_snapshot().get_metadata();
+        let file = self
+            .nodes
+            .get(&from)
+            .and_then(|n| n.snapshot.clone())
+            .filter(|file| (file.index, file.term) == (wanted.index, wanted.term));
+        let Some(file) = file else {
+            self.event(format!(
+                "node {from}: snapshot for node {to} at {} does not match its file: not sent",
+                wanted.index
+            ));
+            self.snapshot_reports.push((from, to, false));
+            return;
+        };
+        if !self.nodes.contains_key(&to) || self.rng.chance(self.f.drop_p) {
+            self.stats.dropped += 1;
+            self.snapshot_reports.push((from, to, false));
+            return;
+        }
+        self.stats.snapshots_sent += 1;
+        let delay = self.rng.range(2, 30);
+        self.flights.push(Flight {
+            at: self.now + delay,
+            from,
+            to,
+            msg,
+            snapshot: Some(file),
+            inbox: false,
+        });
+    }
+
+    /// RAFT.SNAPSHOT.DONE: the verified file is kept under its name, the sender hears
+    /// that it was delivered, and the MsgSnapshot waits in the receiver's driver inbox
+    /// (other inputs, another transfer's end among them, may arrive first).
+    fn receive_snapshot(&mut self, flight: Flight, file: SimSnapshot) {
+        let key = if self.p.received_one_name {
+            (0, 0)
+        } else {
+            (file.index, file.term)
+        };
+        let node = self.nodes.get_mut(&flight.to).expect("exists");
+        node.received.insert(key, file);
+        self.snapshot_reports.push((flight.from, flight.to, true));
+        let wait = self.rng.range(0, 4);
+        self.flights.push(Flight {
+            at: self.now + wait,
+            snapshot: None,
+            inbox: true,
+            ..flight
+        });
+    }
+
+    /// A snapshot holds the state machine at its index: the committed log up to there.
+    fn check_snapshot_state(&self, id: u64, file: &SimSnapshot, what: &str) -> SimResult<()> {
+        let agreed = self.committed_mirror.get(file.index);
+        if agreed.is_none_or(|agreed| (agreed.term, agreed.prefix) != (file.term, file.digest)) {
+            return Err(format!(
+                "state machine safety: node {id} {what} a snapshot at index {} term {} whose \
+                 state is not the committed log's up to there (committed prefix {}, term \
+                 there {:?})",
+                file.index,
+                file.term,
+                self.committed_mirror.last_index(),
+                agreed.map(|a| a.term)
+            ));
+        }
+        Ok(())
+    }
+
+    /// `Driver::install_received_snapshot`: publish the received file of exactly this
+    /// index and term, rewrite the log at it, and load it into the state machine.
+    fn install_snapshot(
+        &mut self,
+        id: u64,
+        proc: &mut Proc,
+        metadata: &SnapshotMetadata,
+    ) -> SimResult<()> {
+        let (index, term) = (metadata.index, metadata.term);
+        let key = if self.p.received_one_name {
+            (0, 0)
+        } else {
+            (index, term)
+        };
+        let node = self.nodes.get_mut(&id).expect("exists");
+        let file = node.received.get(&key).cloned().ok_or_else(|| {
+            format!("node {id}: raft installs a snapshot at {index} that was never received")
+        })?;
+        if (file.index, file.term) != (index, term) {
+            return Err(format!(
+                "node {id}: raft installs the snapshot at index {index} term {term} but the \
+                 received file holds index {} term {} (apply.rs: the installed snapshot file \
+                 changed under us)",
+                file.index, file.term
+            ));
+        }
+        if let Some(current) = node.snapshot.as_ref().filter(|s| s.index >= index) {
+            return Err(format!(
+                "node {id}: raft installs the snapshot at {index} but {} is published already",
+                current.index
+            ));
+        }
+        if proc.applied >= index {
+            return Err(format!(
+                "node {id}: raft installs a snapshot at {index}, not after its applied {}",
+                proc.applied
+            ));
+        }
+        node.snapshot = Some(file.clone());
+        node.received.retain(|&(at, _), _| at > index);
+        let mut hard_state = proc.raft.store().hard_state().clone();
+        if self.p.mutation == Mutation::ForgetVote {
+            hard_state.vote = 0;
+        }
+        let frames = node
+            .disk
+            .rewrite(LogPosition { index, term }, &hard_state, &[]);
+        proc.raft.replace_frames(&frames);
+        node.unsynced.clear();
+        node.max_applied = node.max_applied.max(index);
+        proc.applied = index;
+        proc.log = self.committed_mirror.truncated(index);
+        self.check_snapshot_state(id, &file, "installs")?;
+        self.after_rewrite(id, proc.log.clone())?;
+        self.stats.snapshots_installed += 1;
+        self.event(format!(
+            "node {id} installed the snapshot at {index} (term {term})"
+        ));
+        self.check_conf(id, proc)?;
+        self.check_durable_quorums(index + 1)
+    }
+
+    /// A rewritten log file is what a crash at this instant leaves: recovery must accept
+    /// it, and the durable state must not go back.
+    fn after_rewrite(&mut self, id: u64, durable_log: LogMirror) -> SimResult<()> {
+        let node = self.nodes.get_mut(&id).expect("exists");
+        let recovered = logfile::recover(&node.disk.bytes).map_err(|e| {
+            format!(
+                "node {id}: recovery refuses the log file rewritten at a snapshot, so a crash \
+                 now would keep the node from restarting: {e}"
+            )
+        })?;
+        let hard_state = recovered.hard_state.unwrap_or_default();
+        let old = node.durable.hard_state;
+        if hard_state.term < old.term || hard_state.commit < old.commit {
+            return Err(format!(
+                "node {id}: the log rewrite took the durable hard state back: {old:?} -> \
+                 {hard_state:?}"
+            ));
+        }
+        node.durable = Durable {
+            log: durable_log,
+            hard_state,
+        };
+        Ok(())
+    }
+
+    /// The log outgrew its limit (here: `snapshot_every` applied entries), or raft wants a
+    /// snapshot it does not have: the fork child writes the applied state, the parent
+    /// publishes it, and the driver compacts the log (`Driver::compact_to`). A crash may
+    /// fall between publishing and compacting.
+    fn maybe_take_snapshot(&mut self, id: u64) -> SimResult<()> {
+        if !self.p.snapshots {
+            return Ok(());
+        }
+        let node = self.nodes.get_mut(&id).expect("exists");
+        let Some(proc) = node.proc.as_ref() else {
+            return Ok(());
+        };
+        let current = node.snapshot.as_ref().map_or(0, |s| s.index);
+        let wanted = proc.raft.store().take_snapshot_wanted();
+        let index = proc.applied;
+        if index <= current || (!wanted && index < current + node.snapshot_every) {
+            return Ok(());
+        }
+        let entry = proc
+            .log
+            .get(index)
+            .ok_or_else(|| format!("node {id}: applied index {index} is not in its log"))?;
+        let file = SimSnapshot {
+            index,
+            term: entry.term,
+            conf: proc.raft.conf_state(),
+            digest: entry.prefix,
+        };
+        self.check_snapshot_state(id, &file, "takes")?;
+        let node = self.nodes.get_mut(&id).expect("exists");
+        node.snapshot = Some(file.clone());
+        self.stats.snapshots_taken += 1;
+        self.event(format!("node {id} took a snapshot at {index}"));
+        if self.chaos && self.rng.chance(0.05) {
+            self.crash(id, "after publishing a snapshot, before compacting the log");
+            return Ok(());
+        }
+        let node = self.nodes.get_mut(&id).expect("exists");
+        let mut proc = node.proc.take().expect("runs");
+        proc.raft.compact_log(index, file.term, file.conf.clone());
+        let store = proc.raft.store();
+        let last = store.last_index();
+        let entries = if last > index {
+            store
+                .entries(index + 1, last + 1, None, GetEntriesContext::empty(false))
+                .map_err(|e| format!("node {id}: cannot read the log after compaction: {e}"))?
+        } else {
+            Vec::new()
+        };
+        let mut hard_state = store.hard_state().clone();
+        if self.p.mutation == Mutation::ForgetVote {
+            hard_state.vote = 0;
+        }
+        let frames = node.disk.rewrite(
+            LogPosition {
+                index,
+                term: file.term,
+            },
+            &hard_state,
+            &entries,
+        );
+        proc.raft.replace_frames(&frames);
+        node.unsynced.clear();
+        let durable_log = proc.log.truncated(last);
+        node.proc = Some(proc);
+        self.after_rewrite(id, durable_log)
+    }
+
+    /// Connections to a process that is gone lose what was queued on them; a snapshot
+    /// stream to it breaks, and its sender hears so.
+    fn drop_flights_to(&mut self, id: u64) {
+        for flight in &self.flights {
+            if flight.to == id && flight.snapshot.is_some() {
+                self.snapshot_reports.push((flight.from, id, false));
+            }
+        }
+        self.flights.retain(|f| f.to != id);
+    }
+
+    /// The sender's transport reports the end of each transfer to its driver.
+    fn report_snapshot_transfers(&mut self) -> SimResult<()> {
+        for (from, to, delivered) in std::mem::take(&mut self.snapshot_reports) {
+            self.input(from, |raft| raft.report_snapshot_sent(to, delivered))?;
+        }
+        Ok(())
     }
 
     // ---------------------------------------------------------------- the Ready loop
@@ -760,10 +1088,17 @@ impl World {
                     hs.vote = 0;
                 }
             }
-            // 1. Messages that need no durability go out first.
+            // 1. Messages that need no durability go out first; a snapshot from the
+            // leader is installed (the log file rewritten at it) before the entries.
             self.send(id, out.send_now);
+            if let Some(metadata) = &out.snapshot {
+                self.install_snapshot(id, proc, metadata)?;
+            }
             if crash_at == Some(0) {
-                self.crash_mid_cycle(id, "after sending, before writing");
+                self.crash_mid_cycle(
+                    id,
+                    "after sending (and installing a snapshot), before writing",
+                );
                 return Ok(PumpEnd::Crashed);
             }
             // 2. What earlier cycles committed is applied before this cycle's sync.
@@ -982,6 +1317,9 @@ impl World {
         voters.sort_unstable();
         let mut outgoing = conf.voters_outgoing.clone();
         outgoing.sort_unstable();
+        self.committed_mirror
+            .append([(index, mine.term, mine.hash)])
+            .map_err(|e| format!("simulator: committed mirror: {e}"))?;
         self.committed.push(Committed {
             term: mine.term,
             hash: mine.hash,
@@ -1202,7 +1540,10 @@ impl World {
                     proc.log.last_index()
                 ));
             }
-            for index in 1..=store.last_index() {
+            for index in store.first_index() - 1..=store.last_index() {
+                if index == 0 {
+                    continue;
+                }
                 let term = Storage::term(store, index).map_err(|e| e.to_string())?;
                 if Some(term) != proc.log.get(index).map(|e| e.term) {
                     return Err(format!(
@@ -1262,7 +1603,7 @@ impl World {
             }
         }
         // Connections to the dead process are gone with what was queued on them.
-        self.flights.retain(|f| f.to != id);
+        self.drop_flights_to(id);
         self.event(format!(
             "node {id} crashed ({why}; {}; disk {damage:?}); restarts in {downtime}",
             if kill { "process killed" } else { "power lost" }
@@ -1365,7 +1706,16 @@ impl World {
         // What the synced bytes recover to is the new durable state (a power loss may have
         // added or replaced uncommitted entries); the durable committed prefix must not
         // have changed.
-        let durable_log = LogMirror::from_recovered(&durable_now)?;
+        // `remove_leftovers`: raft forgot the messages of received files.
+        node.received.clear();
+        let snapshot = node.snapshot.clone();
+        let mut durable_log = LogMirror::from_recovered(&durable_now, &self.committed_mirror)?;
+        if let Some(file) = &snapshot {
+            // The snapshot holds the committed log up to its index, durably.
+            if durable_log.get(file.index).map(|e| e.term) != Some(file.term) {
+                durable_log = self.committed_mirror.truncated(file.index);
+            }
+        }
         let durable_hs = durable_now.hard_state.unwrap_or_default();
         let old = std::mem::take(&mut node.durable);
         let changed_from = old.log.first_difference(&durable_log);
@@ -1388,12 +1738,56 @@ impl World {
             log: durable_log,
             hard_state: durable_hs,
         };
-        let log = LogMirror::from_recovered(&recovered)?;
-        let last_index_on_disk = log.last_index();
-        let conf_state = ConfState::from((meta.bootstrap_voters.clone(), Vec::<u64>::new()));
-        let applied = recovered.compacted.map_or(0, |point| point.index);
+        let mut log = LogMirror::from_recovered(&recovered, &self.committed_mirror)?;
+        // `module.rs` and `state::start_node`: the snapshot and the log must agree.
+        let compacted = recovered.compacted.map_or(0, |point| point.index);
+        match &snapshot {
+            None if compacted > 0 => {
+                return Err(format!(
+                    "node {id}: the log is compacted up to {compacted} but there is no \
+                     snapshot: refusing to start"
+                ))
+            }
+            Some(file) if compacted > file.index => {
+                return Err(format!(
+                    "node {id}: the log is compacted up to {compacted} but the snapshot only \
+                     reaches {}: refusing to start",
+                    file.index
+                ))
+            }
+            _ => {}
+        }
+        let conf_state = match &snapshot {
+            Some(file) => file.conf.clone(),
+            None => ConfState::from((meta.bootstrap_voters.clone(), Vec::<u64>::new())),
+        };
+        let mut applied = compacted;
         let commit_on_disk = recovered.hard_state.map_or(0, |hs| hs.commit);
-        let mut store = LogStore::from_recovered(recovered, conf_state);
+        let mut store = LogStore::from_recovered(recovered, conf_state.clone());
+        if let Some(file) = &snapshot {
+            let log_agrees = Storage::term(&store, file.index).is_ok_and(|t| t == file.term);
+            if log_agrees || store.last_index() < file.index {
+                store.compact_to_snapshot(file.index, file.term, conf_state.clone());
+            } else {
+                let mut metadata = SnapshotMetadata {
+                    index: file.index,
+                    term: file.term,
+                    ..Default::default()
+                };
+                metadata.set_conf_state(conf_state.clone());
+                store.apply_snapshot(&metadata);
+            }
+            if store.hard_state().commit < file.index {
+                store.set_commit(file.index);
+            }
+            if !log_agrees {
+                log = self.committed_mirror.truncated(file.index);
+            }
+            applied = file.index;
+            self.check_snapshot_state(id, file, "restarts from")?;
+        }
+        let last_index_on_disk = log.last_index();
+        let node = self.nodes.get_mut(&id).expect("exists");
         if let Some(limit) = self.p.cache_limit {
             store.set_reader(Box::new(node.disk.reader(self.file_reads.clone())));
             store.set_cache_limit(Some(limit));
@@ -1428,9 +1822,10 @@ impl World {
                 raft.status().term
             ));
         }
+        self.stats.restarts_from_snapshot += u64::from(restart && snapshot.is_some());
         let proc = Proc {
             raft,
-            applied: 0,
+            applied,
             log,
             commit_seen: 0,
             leader_checked_term: 0,
@@ -1491,6 +1886,9 @@ impl World {
                 self.confs.push((index, next));
                 self.stats.conf_changes_committed += 1;
             }
+            self.committed_mirror
+                .append([(index, mine.term, mine.hash)])
+                .map_err(|e| format!("simulator: committed mirror: {e}"))?;
             self.committed.push(Committed {
                 term: mine.term,
                 hash: mine.hash,
