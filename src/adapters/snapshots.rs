@@ -704,7 +704,9 @@ mod tests {
             match record {
                 SnapshotRecord::Meta(meta) => index = meta.index,
                 SnapshotRecord::Key { .. } => keys += 1,
-                SnapshotRecord::End { .. } => {}
+                SnapshotRecord::End { .. }
+                | SnapshotRecord::Functions { .. }
+                | SnapshotRecord::Script { .. } => {}
             }
             Ok(())
         })
