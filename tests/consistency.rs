@@ -439,3 +439,59 @@ fn pfcount_leaves_the_same_bytes_on_every_node() {
     cluster.wait_caught_up(&ids, CONVERGE_TIMEOUT);
     same_everywhere(&cluster, &ids, &["DUMP", "h"]);
 }
+
+/// Issue #15: inside scripts, commands whose output is only unordered (KEYS, SMEMBERS,
+/// SINTER, HKEYS, HGETALL, ...) answer sorted (HGETALL by field/value pair), the same on
+/// every node, so a script may depend on their order; `RAFT._SORT_REPLY <command>` gives
+/// clients the same, as a read.
+#[test]
+fn scripts_get_unordered_replies_sorted() {
+    let cluster = Cluster::start(3, ET_MS);
+    let ids = cluster.ids();
+    let leader = cluster.wait_leader(&ids, CONVERGE_TIMEOUT);
+    let mut router = cluster.router(&[leader]);
+    let members: Vec<String> = (0..40).map(|i| format!("m{:02}", (i * 17) % 40)).collect();
+    let mut sadd = vec!["SADD", "s"];
+    sadd.extend(members.iter().map(String::as_str));
+    router.must(&sadd, CONVERGE_TIMEOUT);
+    router.must(
+        &["HSET", "h", "b", "2", "c", "3", "a", "1"],
+        CONVERGE_TIMEOUT,
+    );
+    let mut sorted = members.clone();
+    sorted.sort();
+
+    let mut con = cluster.node(leader).client();
+    let got: Vec<String> = exec(
+        &mut con,
+        &["EVAL", "return redis.call('smembers', KEYS[1])", "1", "s"],
+    )
+    .unwrap();
+    assert_eq!(got, sorted);
+    let got: Vec<String> = exec(
+        &mut con,
+        &["EVAL", "return redis.call('HGETALL', KEYS[1])", "1", "h"],
+    )
+    .unwrap();
+    assert_eq!(got, ["a", "1", "b", "2", "c", "3"]);
+    let got: Vec<String> =
+        exec(&mut con, &["EVAL", "return redis.call('keys', '*')", "0"]).unwrap();
+    assert_eq!(got, ["h", "s"]);
+    // A script that writes what it found first: the same on every node.
+    let first = "local m = redis.call('smembers', KEYS[1]) redis.call('set', KEYS[2], m[1]) \
+                 return m[1]";
+    let got: String = exec(&mut con, &["EVAL", first, "2", "s", "first"]).unwrap();
+    assert_eq!(got, "m00");
+    assert_eq!(agreed(&cluster, &ids, &["GET", "first"]), "m00");
+
+    let got: Vec<String> = exec(&mut con, &["RAFT._SORT_REPLY", "SMEMBERS", "s"]).unwrap();
+    assert_eq!(got, sorted);
+    let error = expect_err(&mut con, &["RAFT._SORT_REPLY", "SET", "x", "y"]);
+    assert!(error.contains("read command only"), "{error}");
+    let follower = *ids.iter().find(|&&id| id != leader).unwrap();
+    let error = expect_err(
+        &mut cluster.node(follower).client(),
+        &["RAFT._SORT_REPLY", "SMEMBERS", "s"],
+    );
+    assert!(error.starts_with("MOVED"), "{error}");
+}

@@ -39,6 +39,7 @@ pub const COMMANDS: &[ffi::CommandSpec] = &[
         execute::kill_refused_command,
         "allow-busy fast",
     ),
+    ("raft._sort_reply", execute::sort_reply_command, "readonly"),
     (
         "raft.snapshot.chunk",
         snapshot_transfer::receive_chunk,

@@ -126,9 +126,14 @@ pub const FIELD_EXPIRY: &[&str] = &[
     "hgetex",
 ];
 
-/// Command tips marking output that differs between nodes (random picks, hash order).
-const NONDETERMINISTIC_TIPS: &[&str] =
-    &["nondeterministic_output", "nondeterministic_output_order"];
+/// Command tip marking output that differs between nodes (random picks, clocks).
+const NONDETERMINISTIC_TIP: &str = "nondeterministic_output";
+/// Command tip marking output whose order differs between nodes (hash order): inside a
+/// script the reply is sorted instead (`RAFT._SORT_REPLY`), as in the original.
+const UNORDERED_TIP: &str = "nondeterministic_output_order";
+
+/// Replies of sorted commands that are field/value pairs in RESP2: sorted by pair.
+const PAIR_REPLIES: &[&str] = &["hgetall"];
 
 /// Nondeterministic by tip, yet safe in scripts: XADD's `*` id is fixed from the entry time.
 const DETERMINISTIC_HERE: &[&str] = &["xadd"];
@@ -181,6 +186,19 @@ struct Entry {
     rule: Rule,
     /// Output differs between nodes (refused inside scripts).
     nondeterministic: bool,
+    /// Only the order of the output differs between nodes (sorted inside scripts).
+    unordered: bool,
+}
+
+/// What a script gets from a command whose output could differ between nodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InScript {
+    /// Runs as it is.
+    Deterministic,
+    /// Refused: its output differs between nodes.
+    Refused,
+    /// Its reply is sorted (`pairs`: sorted by field/value pair, e.g. HGETALL).
+    Sorted { pairs: bool },
 }
 
 #[derive(Debug, Clone)]
@@ -205,6 +223,8 @@ struct Subcommand {
     class: Class,
     /// Output differs between nodes (refused inside scripts).
     nondeterministic: bool,
+    /// Only the order of the output differs (sorted inside scripts).
+    unordered: bool,
 }
 
 impl CommandTable {
@@ -302,22 +322,26 @@ impl CommandTable {
                 .is_some_and(|entry| arity_accepts(entry.arity, argv.len()))
     }
 
-    /// Whether a script calling this command could make nodes diverge: its output is
-    /// random or in hash order. Unknown commands are not (Redis rejects them).
+    /// Whether a script calling this command could make nodes diverge because its output
+    /// is random or node-local (refused), as opposed to only unordered (sorted; see
+    /// [`CommandTable::in_script`]). Unknown commands are not (Redis rejects them).
     pub fn is_nondeterministic(&self, argv: &[&[u8]]) -> bool {
+        self.in_script(argv) == InScript::Refused
+    }
+
+    /// How a script gets this command's output so that every node computes the same.
+    pub fn in_script(&self, argv: &[&[u8]]) -> InScript {
         let Some(name) = argv.first() else {
-            return false;
+            return InScript::Deterministic;
         };
         if name.len() > self.longest_name_bytes {
-            return false;
+            return InScript::Deterministic;
         }
         let Some(entry) = with_lowercase(name, |lower| self.commands.get(lower)) else {
-            return false;
+            return InScript::Deterministic;
         };
-        if entry.nondeterministic {
-            return true;
-        }
-        match (&entry.rule, argv.get(1)) {
+        let (nondeterministic, unordered) = match (&entry.rule, argv.get(1)) {
+            _ if entry.nondeterministic => (true, false),
             (
                 Rule::Subcommands {
                     by_name,
@@ -326,9 +350,19 @@ impl CommandTable {
                 Some(sub_name),
             ) if sub_name.len() <= *longest_name_bytes => {
                 with_lowercase(sub_name, |lower| by_name.get(lower))
-                    .is_some_and(|sub| sub.nondeterministic)
+                    .map_or((false, false), |sub| (sub.nondeterministic, sub.unordered))
             }
-            _ => false,
+            _ => (false, entry.unordered),
+        };
+        if nondeterministic {
+            InScript::Refused
+        } else if unordered {
+            let pairs = PAIR_REPLIES
+                .iter()
+                .any(|pair| name.eq_ignore_ascii_case(pair.as_bytes()));
+            InScript::Sorted { pairs }
+        } else {
+            InScript::Deterministic
         }
     }
 
@@ -410,11 +444,12 @@ fn build_entry(
         fixed(class_from_flags(&info.flags), listing)
     };
     let nondeterministic = NODE_LOCAL_REPLIES.contains(&name)
-        || (!DETERMINISTIC_HERE.contains(&name) && has_nondeterministic_tip(info));
+        || (!DETERMINISTIC_HERE.contains(&name) && has_tip(info, NONDETERMINISTIC_TIP));
     Entry {
         arity: info.arity,
         rule,
         nondeterministic,
+        unordered: has_tip(info, UNORDERED_TIP),
     }
 }
 
@@ -444,7 +479,8 @@ fn build_subcommands(
         let subcommand = Subcommand {
             arity: info.arity,
             class,
-            nondeterministic: has_nondeterministic_tip(info),
+            nondeterministic: has_tip(info, NONDETERMINISTIC_TIP),
+            unordered: has_tip(info, UNORDERED_TIP),
         };
         by_name.insert(sub_name.into_bytes().into_boxed_slice(), subcommand);
     }
@@ -455,10 +491,8 @@ fn build_subcommands(
     }
 }
 
-fn has_nondeterministic_tip(info: &CommandInfo) -> bool {
-    info.tips
-        .iter()
-        .any(|tip| NONDETERMINISTIC_TIPS.contains(&tip.as_str()))
+fn has_tip(info: &CommandInfo, tip: &str) -> bool {
+    info.tips.iter().any(|t| t == tip)
 }
 
 fn is_never_intercepted(name: &str) -> bool {
@@ -880,11 +914,24 @@ mod tests {
         smembers.tips = vec!["nondeterministic_output_order".into()];
         let mut xadd = info("xadd", -5, &["write"], vec![]);
         xadd.tips = vec!["nondeterministic_output".into()];
+        let mut hgetall = info("hgetall", 2, &["readonly"], vec![]);
+        hgetall.tips = vec!["nondeterministic_output_order".into()];
         let mut infos = redis_7_0_commands();
-        infos.extend([spop, smembers, xadd]);
+        infos.extend([spop, smembers, xadd, hgetall]);
         let table = CommandTable::new(infos, &[]);
         assert!(table.is_nondeterministic(&[b"SPOP", b"k"]));
-        assert!(table.is_nondeterministic(&[b"smembers", b"k"]));
+        // Only unordered: sorted inside scripts, not refused.
+        assert!(!table.is_nondeterministic(&[b"smembers", b"k"]));
+        assert_eq!(
+            table.in_script(&[b"smembers", b"k"]),
+            InScript::Sorted { pairs: false }
+        );
+        assert_eq!(table.in_script(&[b"SPOP", b"k"]), InScript::Refused);
+        assert_eq!(table.in_script(&[b"get", b"k"]), InScript::Deterministic);
+        assert_eq!(
+            table.in_script(&[b"HGETALL", b"h"]),
+            InScript::Sorted { pairs: true }
+        );
         assert!(!table.is_nondeterministic(&[b"xadd", b"s", b"*", b"f", b"v"]));
         assert!(!table.is_nondeterministic(&[b"get", b"k"]));
         assert!(!table.is_nondeterministic(&[b"nosuch"]));
