@@ -448,7 +448,33 @@ pub fn raft_debug(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
                 .map(|id| RedisValue::Integer(id as i64))
                 .collect()
         }))),
-        Some("compact") => crate::adapters::snapshots::compact_now(ctx),
+        Some("compact") => {
+            // `COMPACT <n>` with n != 0: answer at once, snapshot in the background.
+            let background = match args.get(2) {
+                None => false,
+                Some(arg) => arg.parse_integer().map_err(|_| {
+                    RedisError::Str("ERR RAFT.DEBUG COMPACT takes an integer (0: wait)")
+                })? != 0,
+            };
+            crate::adapters::snapshots::compact_now(ctx, background)
+        }
+        Some("commandspec") if args.len() >= 3 => {
+            let words: Vec<Vec<u8>> = args[2..]
+                .iter()
+                .flat_map(|arg| {
+                    arg.as_slice()
+                        .split(|&b| b == b'|')
+                        .map(<[u8]>::to_vec)
+                        .collect::<Vec<_>>()
+                })
+                .collect();
+            let slices: Vec<&[u8]> = words.iter().map(Vec::as_slice).collect();
+            match with_table(|table| table.spec_flags(&slices)) {
+                Some(flags) => Ok(RedisValue::Integer(i64::from(flags))),
+                None => reply_error("ERR unknown command"),
+            }
+        }
+        Some("commandspec") => Err(RedisError::WrongArity),
         // The replicated script registry EVALSHA runs from (tests compare it per node).
         Some("scripts") => Ok(RedisValue::Array(with_state(|state| {
             state
@@ -469,7 +495,7 @@ pub fn raft_debug(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
                 .collect()
         }))),
         _ => reply_error(
-            "ERR RAFT.DEBUG supports EXEC / USED_NODE_IDS / COMPACT / COMMANDS / SCRIPTS",
+            "ERR RAFT.DEBUG supports EXEC / USED_NODE_IDS / COMPACT / COMMANDS / COMMANDSPEC / SCRIPTS",
         ),
     }
 }

@@ -350,15 +350,19 @@ fn unused_random_id(state: &state::MainState) -> u64 {
 
 /// `RAFT.TRANSFER_LEADER [id]`: replies once the target leads, or after an election timeout.
 pub fn transfer_leader(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
+    // The original's wording, which its users' scripts match on.
+    const INVALID_NODE: &str = "ERR invalid node id";
     let target = match args.get(1) {
         Some(arg) => Some(
             arg.parse_unsigned_integer()
-                .map_err(|_| RedisError::Str("ERR invalid target node id"))?,
+                .map_err(|_| RedisError::Str(INVALID_NODE))?,
         ),
         None => None,
     };
-    if let Err(message) = leader_check() {
-        return error(&message);
+    match leader_check() {
+        Ok(()) => {}
+        Err(message) if message.starts_with("NOCLUSTER") => return error(&message),
+        Err(_) => return error("ERR not leader"),
     }
     let invalid = with_state(|state| {
         target.is_some_and(|id| {
@@ -366,7 +370,7 @@ pub fn transfer_leader(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
         })
     });
     if invalid {
-        return error("ERR invalid target node id");
+        return error(INVALID_NODE);
     }
     if let Err(e) = with_state(|state| state.send_to_driver(DriverInput::TransferLeader { target }))
     {
@@ -378,9 +382,13 @@ pub fn transfer_leader(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     std::thread::spawn(move || {
         let answer = loop {
             let leader = shared.leader_id.load(Ordering::Relaxed);
-            let moved = leader != 0 && leader != me && target.is_none_or(|t| t == leader);
-            if moved {
-                break Answer::Simple("OK".into());
+            if leader != 0 && leader != me {
+                break match target {
+                    Some(wanted) if wanted != leader => {
+                        Answer::Error("ERR different node elected leader".into())
+                    }
+                    _ => Answer::Simple("OK".into()),
+                };
             }
             if Instant::now() >= deadline {
                 break Answer::Error("ERR transfer timed out".into());
@@ -390,6 +398,34 @@ pub fn transfer_leader(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
         run_on_main(Box::new(move || ffi::unblock(client, answer)));
     });
     Ok(RedisValue::NoReply)
+}
+
+/// `RAFT.NODESHUTDOWN <id>`: what the original's leader sends a node it removed. This
+/// node shuts its server down if `id` is its own (or the one it had before its removal).
+pub fn node_shutdown(_ctx: &Context, args: Vec<RedisString>) -> RedisResult {
+    if args.len() != 2 {
+        return Err(RedisError::WrongArity);
+    }
+    let id = args[1]
+        .parse_unsigned_integer()
+        .map_err(|_| RedisError::Str("ERR invalid node id"))?;
+    let mine = with_state(|state| {
+        state
+            .meta
+            .as_ref()
+            .map(|meta| meta.node_id)
+            .or(state.former_id)
+    });
+    if mine != Some(id) {
+        return error("ERR invalid node id");
+    }
+    log::warn!("raft: RAFT.NODESHUTDOWN {id}: this node shuts down");
+    // On the next event-loop iteration, once this reply has been written.
+    let scheduled = run_on_main(Box::new(|| std::process::exit(0)));
+    if !scheduled {
+        return error("ERR cannot schedule the shutdown");
+    }
+    Ok(RedisValue::SimpleStringStatic("OK"))
 }
 
 /// `RAFT.TIMEOUT_NOW`: this node starts an election right away.

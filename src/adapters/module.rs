@@ -24,6 +24,7 @@ pub const COMMANDS: &[ffi::CommandSpec] = &[
     ("raft.node", membership::raft_node, "admin"),
     ("raft.transfer_leader", membership::transfer_leader, "admin"),
     ("raft.timeout_now", membership::timeout_now, "admin"),
+    ("raft.nodeshutdown", membership::node_shutdown, "admin"),
     ("raft.msg", membership::raft_msg, "admin"),
     ("raft._cluster", topology::cluster_command, ""),
     ("raft._info", handlers::info_command, ""),

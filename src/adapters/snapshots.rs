@@ -434,7 +434,7 @@ pub fn in_progress() -> bool {
 /// Starts a snapshot of the current applied state in a forked child. Main thread only.
 pub fn start(log_path: &Path) -> Result<(), String> {
     if in_progress() {
-        return Err("a snapshot is already being taken".into());
+        return Err(ALREADY_RUNNING.into());
     }
     let (ctx, meta, conf_state) = with_state(|state| {
         let dbid = state
@@ -452,7 +452,7 @@ pub fn start(log_path: &Path) -> Result<(), String> {
         (state.apply_ctx, meta, state.membership.conf_state())
     });
     if meta.index == 0 || meta.index <= current_index() {
-        return Err("nothing new to snapshot".into());
+        return Err(NOTHING_NEW.into());
     }
     let files = SnapshotFiles::for_log(log_path);
     let (index, term) = (meta.index, meta.term);
@@ -624,35 +624,66 @@ pub fn current_info() -> CurrentSnapshotInfo {
     }
 }
 
-/// `RAFT.DEBUG COMPACT`: snapshot now; replies once the log is compacted (or the attempt
-/// failed), polling from a helper thread.
-pub fn compact_now(ctx: &redis_module::Context) -> redis_module::RedisResult {
+/// `RAFT.DEBUG COMPACT [n]`: snapshot now. With `background`, answers `OK` at once (a
+/// snapshot already being taken counts). Otherwise replies once the log is compacted (or
+/// the attempt failed); a snapshot already being taken is waited for, then the next one
+/// is taken, polling from a helper thread.
+pub fn compact_now(ctx: &redis_module::Context, background: bool) -> redis_module::RedisResult {
     use redis_module::{RedisError, RedisValue};
-    let before =
-        crate::adapters::info::SNAPSHOTS_CREATED.load(std::sync::atomic::Ordering::Relaxed);
-    if let Err(e) = start(&crate::adapters::handlers::log_path()) {
-        if e == "nothing new to snapshot" {
-            return Ok(RedisValue::SimpleStringStatic("OK"));
-        }
-        return Err(RedisError::String(format!("ERR {e}")));
+    if background {
+        return match start(&crate::adapters::handlers::log_path()) {
+            Ok(()) => Ok(RedisValue::SimpleStringStatic("OK")),
+            Err(e) if e == NOTHING_NEW || e == ALREADY_RUNNING => {
+                Ok(RedisValue::SimpleStringStatic("OK"))
+            }
+            Err(e) => Err(RedisError::String(format!("ERR {e}"))),
+        };
     }
-    let client = ffi::block_client(ctx.ctx);
+    compact_when_idle(ffi::block_client(ctx.ctx));
+    Ok(RedisValue::NoReply)
+}
+
+const NOTHING_NEW: &str = "nothing new to snapshot";
+const ALREADY_RUNNING: &str = "a snapshot is already being taken";
+
+/// Main thread: starts a snapshot for the blocked `client` once none is running, and
+/// answers it when that snapshot compacted the log.
+fn compact_when_idle(client: ffi::BlockedClient) {
+    use std::sync::atomic::Ordering;
+    use std::time::{Duration, Instant};
+    const POLL: Duration = Duration::from_millis(10);
+    const GIVE_UP: Duration = Duration::from_secs(600);
+    if in_progress() {
+        std::thread::spawn(move || {
+            let deadline = Instant::now() + GIVE_UP;
+            while in_progress() && Instant::now() < deadline {
+                std::thread::sleep(POLL);
+            }
+            crate::adapters::apply::run_on_main(Box::new(move || compact_when_idle(client)));
+        });
+        return;
+    }
+    let before = crate::adapters::info::SNAPSHOTS_CREATED.load(Ordering::Relaxed);
+    match start(&crate::adapters::handlers::log_path()) {
+        Ok(()) => {}
+        Err(e) if e == NOTHING_NEW => {
+            return ffi::unblock(client, ffi::Answer::Simple("OK".into()))
+        }
+        Err(e) => return ffi::unblock(client, ffi::Answer::Error(format!("ERR {e}"))),
+    }
     std::thread::spawn(move || {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(600);
+        let deadline = Instant::now() + GIVE_UP;
         let answer = loop {
-            let created =
-                crate::adapters::info::SNAPSHOTS_CREATED.load(std::sync::atomic::Ordering::Relaxed);
-            if created > before {
+            if crate::adapters::info::SNAPSHOTS_CREATED.load(Ordering::Relaxed) > before {
                 break ffi::Answer::Simple("OK".into());
             }
-            if std::time::Instant::now() > deadline {
+            if Instant::now() > deadline {
                 break ffi::Answer::Error("ERR snapshot did not complete".into());
             }
-            std::thread::sleep(std::time::Duration::from_millis(10));
+            std::thread::sleep(POLL);
         };
         crate::adapters::apply::run_on_main(Box::new(move || ffi::unblock(client, answer)));
     });
-    Ok(RedisValue::NoReply)
 }
 
 #[cfg(test)]

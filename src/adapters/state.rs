@@ -103,6 +103,8 @@ pub struct MainState {
     pub expire_in_flight_until_ms: i64,
     /// The bodies `EVALSHA` runs, as of `applied_index` (replicated; see `core::scripts`).
     pub scripts: ScriptRegistry,
+    /// The id this node had before it left the cluster (`RAFT.NODESHUTDOWN` names it).
+    pub former_id: Option<u64>,
 }
 
 const ERR_DRIVER_STOPPED: &str = "CLUSTERDOWN raft driver stopped";
@@ -149,6 +151,7 @@ pub fn init_state(apply_ctx: RawCtx, incarnation: u64) {
             applied_time_ms: 0,
             expire_in_flight_until_ms: 0,
             scripts: ScriptRegistry::default(),
+            former_id: None,
         })
     });
 }
@@ -319,6 +322,7 @@ impl MainState {
             transport.shutdown();
         }
         self.node_state = NodeState::Uninitialized;
+        self.former_id = self.meta.as_ref().map(|meta| meta.node_id);
         self.meta = None;
         self.membership = Membership::default();
         self.applied_index = 0;

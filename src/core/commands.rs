@@ -190,6 +190,22 @@ struct Entry {
     unordered: bool,
 }
 
+/// The bits `RAFT.DEBUG COMMANDSPEC` answers, numbered as the original's command specs.
+pub mod spec_flags {
+    /// Served as a read.
+    pub const READONLY: u32 = 1 << 1;
+    /// Goes through the log.
+    pub const WRITE: u32 = 1 << 2;
+    /// Refused (`ERR not supported by RedisRaft`).
+    pub const UNSUPPORTED: u32 = 1 << 3;
+    /// Not intercepted: the server handles it on this node.
+    pub const DONT_INTERCEPT: u32 = 1 << 4;
+    /// Its reply is sorted inside scripts.
+    pub const SORT_REPLY: u32 = 1 << 5;
+    /// Its output differs between nodes: refused inside scripts.
+    pub const RANDOM: u32 = 1 << 6;
+}
+
 /// What a script gets from a command whose output could differ between nodes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum InScript {
@@ -225,6 +241,8 @@ struct Subcommand {
     nondeterministic: bool,
     /// Only the order of the output differs (sorted inside scripts).
     unordered: bool,
+    /// Named in `ignored-commands`: left alone everywhere, scripts included.
+    ignored: bool,
 }
 
 impl CommandTable {
@@ -340,8 +358,7 @@ impl CommandTable {
         let Some(entry) = with_lowercase(name, |lower| self.commands.get(lower)) else {
             return InScript::Deterministic;
         };
-        let (nondeterministic, unordered) = match (&entry.rule, argv.get(1)) {
-            _ if entry.nondeterministic => (true, false),
+        let sub = match (&entry.rule, argv.get(1)) {
             (
                 Rule::Subcommands {
                     by_name,
@@ -349,10 +366,15 @@ impl CommandTable {
                 },
                 Some(sub_name),
             ) if sub_name.len() <= *longest_name_bytes => {
-                with_lowercase(sub_name, |lower| by_name.get(lower))
-                    .map_or((false, false), |sub| (sub.nondeterministic, sub.unordered))
+                with_lowercase(sub_name, |lower| by_name.get(lower).copied())
             }
-            _ => (false, entry.unordered),
+            _ => None,
+        };
+        let (nondeterministic, unordered) = match sub {
+            Some(sub) if sub.ignored => return InScript::Deterministic,
+            _ if entry.nondeterministic => (true, false),
+            Some(sub) => (sub.nondeterministic, sub.unordered),
+            None => (false, entry.unordered),
         };
         if nondeterministic {
             InScript::Refused
@@ -364,6 +386,44 @@ impl CommandTable {
         } else {
             InScript::Deterministic
         }
+    }
+
+    /// `RAFT.DEBUG COMMANDSPEC`: how the module handles a command, as the original's bit
+    /// flags ([`spec_flags`]); `None` for a command the server does not know.
+    pub fn spec_flags(&self, argv: &[&[u8]]) -> Option<u32> {
+        let name = argv.first()?;
+        if !self.has(name) {
+            return None;
+        }
+        // The class of a container is that of the subcommand named (its arity is not
+        // checked here: only the names matter).
+        let entry = with_lowercase(name, |lower| self.commands.get(lower))?;
+        let class = match (&entry.rule, argv.get(1)) {
+            (Rule::Subcommands { by_name, .. }, Some(sub)) => {
+                with_lowercase(sub, |lower| by_name.get(lower).map(|s| s.class))?
+            }
+            (Rule::Subcommands { .. }, None) => Class::PassThrough,
+            (Rule::Fixed(class), _) => *class,
+            _ => {
+                let mut probe: Vec<&[u8]> = argv.to_vec();
+                while !arity_accepts(entry.arity, probe.len()) && probe.len() < 64 {
+                    probe.push(b"0");
+                }
+                self.classify(&probe)
+            }
+        };
+        let mut flags = match class {
+            Class::Read => spec_flags::READONLY,
+            Class::Write | Class::Transaction => spec_flags::WRITE,
+            Class::Refused => spec_flags::UNSUPPORTED,
+            Class::PassThrough => spec_flags::DONT_INTERCEPT,
+        };
+        match self.in_script(argv) {
+            InScript::Sorted { .. } => flags |= spec_flags::SORT_REPLY,
+            InScript::Refused => flags |= spec_flags::RANDOM,
+            InScript::Deterministic => {}
+        }
+        Some(flags)
     }
 
     /// Whether the command's reply counts this node's subscribers (PUBLISH, SPUBLISH).
@@ -475,13 +535,14 @@ fn build_subcommands(
         } else {
             class_from_flags(&info.flags)
         };
-        listing.push((full_name, class));
         let subcommand = Subcommand {
             arity: info.arity,
             class,
             nondeterministic: has_tip(info, NONDETERMINISTIC_TIP),
             unordered: has_tip(info, UNORDERED_TIP),
+            ignored: ignored.contains(&full_name),
         };
+        listing.push((full_name, class));
         by_name.insert(sub_name.into_bytes().into_boxed_slice(), subcommand);
     }
     let longest_name_bytes = by_name.keys().map(|name| name.len()).max().unwrap_or(0);
@@ -977,6 +1038,27 @@ mod tests {
         // PFCOUNT writes its cached cardinality: it goes through the log.
         assert_eq!(classify(&table, "pfcount h"), Class::Write);
         assert_eq!(classify(&table, "object encoding k"), Class::Read);
+    }
+
+    #[test]
+    fn command_specs_are_the_originals_bits() {
+        let mut infos = redis_7_0_commands();
+        let mut smembers = info("smembers", 2, &["readonly"], vec![]);
+        smembers.tips = vec!["nondeterministic_output_order".into()];
+        infos.push(smembers);
+        let table = CommandTable::new(infos, &["get".to_string()]);
+        let spec = |words: &[&[u8]]| table.spec_flags(words);
+        assert_eq!(spec(&[b"SET"]), Some(spec_flags::WRITE));
+        assert_eq!(spec(&[b"lrange"]), Some(spec_flags::READONLY));
+        assert_eq!(
+            spec(&[b"smembers"]),
+            Some(spec_flags::READONLY | spec_flags::SORT_REPLY)
+        );
+        // Ignored: not intercepted, bit 4.
+        assert_eq!(spec(&[b"get"]), Some(1 << 4));
+        assert_eq!(spec(&[b"ping"]), Some(spec_flags::DONT_INTERCEPT));
+        assert_eq!(spec(&[b"script", b"debug"]), Some(spec_flags::UNSUPPORTED));
+        assert_eq!(spec(&[b"nosuch"]), None);
     }
 
     #[test]

@@ -597,6 +597,8 @@ command_trampolines!(
     command_0 => 0, command_1 => 1, command_2 => 2, command_3 => 3, command_4 => 4, command_5 => 5,
     command_6 => 6, command_7 => 7, command_8 => 8, command_9 => 9, command_10 => 10,
     command_11 => 11, command_12 => 12, command_13 => 13, command_14 => 14, command_15 => 15,
+    command_16 => 16, command_17 => 17, command_18 => 18, command_19 => 19, command_20 => 20,
+    command_21 => 21, command_22 => 22, command_23 => 23,
 );
 
 const _: () = assert!(
