@@ -686,6 +686,85 @@ fn expiry_is_decided_by_the_log() {
     assert_identical(&cluster);
 }
 
+/// Issue #14 (item 8a): absurd TTLs get Redis' replies, and no node keeps the key with a
+/// stored expiry its own clock can reach. Before, `EXPIRE k -70368744172` (about -2^46 ms)
+/// answered 1 but stored an expiry 5 s ahead of the real clock (the shift is 2^46 ms): the
+/// key stayed on every node until each server expired it on its own.
+#[test]
+fn absurd_ttls_answer_as_redis_and_never_reach_a_server_clock() {
+    let cluster = Cluster::start(3, ET_MS);
+    let (_, mut con) = leader_client(&cluster);
+    let plain = Server::start(ServerOpts::new().without_module());
+    let mut plain_con = plain.client();
+    let reply = |con: &mut Connection, args: &[&str]| -> String {
+        match exec::<Value>(con, args) {
+            Ok(v) => text(&v),
+            Err(e) => err_text(&e),
+        }
+    };
+    let cases: &[&[&str]] = &[
+        &["SET", "k", "v"],
+        &["EXPIRE", "k", "-70368744172"],
+        &["EXISTS", "k"],
+        &["SET", "k", "v"],
+        &["PEXPIRE", "k", "-70368744177664"],
+        &["EXISTS", "k"],
+        &["SET", "k", "v"],
+        &["EXPIREAT", "k", "-70366744172"],
+        &["EXISTS", "k"],
+        &["SET", "k", "v"],
+        &["EXPIRE", "k", "0"],
+        &["EXISTS", "k"],
+        &["SET", "k", "v"],
+        &["EXPIRE", "k", "9223372036854775"],
+        &["PEXPIRE", "k", "9223372036854775000"],
+        &["EXPIRE", "k", "-9223372036854775808"],
+        &["SET", "k", "v", "EX", "9223372036854775"],
+        &["SET", "k", "v", "PX", "9223372036854775000"],
+        &["SETEX", "k", "9223372036854775", "v"],
+        &["GETEX", "k", "PX", "9223372036854775000"],
+        &["TTL", "k"],
+        &["SET", "j", "v", "PXAT", "5"],
+        &["EXISTS", "j"],
+    ];
+    for args in cases {
+        assert_eq!(
+            reply(&mut con, args),
+            reply(&mut plain_con, args),
+            "{args:?}: cluster vs plain Redis"
+        );
+    }
+    cluster.wait_caught_up(&cluster.ids(), CONVERGE_TIMEOUT);
+    for id in cluster.ids() {
+        // Bypassing the module's reads (which would delete a logically expired key
+        // through the log): what the node itself stores.
+        assert_eq!(
+            cluster.local(id, &["EXISTS", "j"]),
+            Value::Int(0),
+            "node {id} stores j"
+        );
+        assert_eq!(
+            int(&cluster.local(id, &["PEXPIRETIME", "k"])),
+            -1,
+            "node {id}: k got an expiry"
+        );
+    }
+    exec::<String>(&mut con, &["SET", "gone", "v"]).unwrap();
+    assert_eq!(
+        exec::<i64>(&mut con, &["EXPIRE", "gone", "-70368744172"]).unwrap(),
+        1
+    );
+    cluster.wait_caught_up(&cluster.ids(), CONVERGE_TIMEOUT);
+    for id in cluster.ids() {
+        assert_eq!(
+            cluster.local(id, &["EXISTS", "gone"]),
+            Value::Int(0),
+            "node {id} still stores a key EXPIRE -70368744172 deleted"
+        );
+    }
+    assert_identical(&cluster);
+}
+
 /// Runs a blocking command on its own connection in a thread.
 fn blocked(
     addr: String,
