@@ -275,11 +275,8 @@ fn apply_membership_change(entry: &Entry, me: u64, incarnation: u64) {
 /// This node applied its own removal: it stops serving and keeps its log aside.
 fn leave_after_removal() {
     let waiters = with_state(|state| state.leave_cluster("removed from the cluster"));
-    for waiter in waiters {
-        ffi::unblock(
-            waiter.client,
-            Answer::Error(crate::adapters::handlers::ERR_REMOVED.into()),
-        );
+    for (waiter, answer) in waiters {
+        ffi::unblock(waiter.client, answer);
     }
     let path = crate::adapters::handlers::log_path();
     let snapshot = crate::adapters::snapshots::SnapshotFiles::for_log(&path).current;

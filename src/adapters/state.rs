@@ -307,8 +307,26 @@ impl MainState {
     }
 
     /// Forgets the cluster after this node was removed: stops the driver and transport,
-    /// keeps the log aside for diagnosis, answers everyone still waiting.
-    pub fn leave_cluster(&mut self, reason: &str) -> Vec<Waiter> {
+    /// keeps the log aside for diagnosis. Returns everyone still waiting with their
+    /// answer: a request that may be in the log (a proposal raft may have taken: this
+    /// node may have led, and its entries may still commit on the others) gets
+    /// `TIMEOUT not committed yet`; only requests known not to be in the log (reads,
+    /// inputs still held for the driver) get the definite `NOCLUSTER ... removed`.
+    pub fn leave_cluster(&mut self, reason: &str) -> Vec<(Waiter, Answer)> {
+        let never_sent: std::collections::HashSet<RequestId> = self
+            .to_driver
+            .as_mut()
+            .map(HoldingSender::take_held)
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|input| match input {
+                DriverInput::Propose { request_id, .. } | DriverInput::Read { request_id } => {
+                    Some(request_id)
+                }
+                DriverInput::ConfChange { request_id, .. } => request_id,
+                _ => None,
+            })
+            .collect();
         self.to_driver = None;
         self.from_driver = None;
         if let Some(transport) = self.transport.take() {
@@ -322,7 +340,17 @@ impl MainState {
         self.shared = Arc::new(SharedStatus::default());
         crate::adapters::configs::release_identity();
         log::warn!("raft: this node left the cluster: {reason}");
-        self.waiters.drain().map(|(_, waiter)| waiter).collect()
+        self.waiters
+            .drain()
+            .map(|(request_id, waiter)| {
+                let error = if waiter.read.is_some() || never_sent.contains(&request_id) {
+                    crate::adapters::handlers::ERR_REMOVED
+                } else {
+                    crate::adapters::driver::ERR_NOT_COMMITTED
+                };
+                (waiter, Answer::Error(error.to_string()))
+            })
+            .collect()
     }
 }
 
