@@ -301,6 +301,68 @@ fn watch_gives_optimistic_locking_without_lost_updates() {
     assert_identical(&cluster);
 }
 
+/// Issue #14 (item 8d): an EXEC with watches waits for the leader's quiet point (every
+/// entry applied, no write in flight) and then runs at its entry's time. A watched key
+/// that expires meanwhile was modified before the EXEC (Redis 7 fails an EXEC whose
+/// watched key has expired): the EXEC must answer null. Before, only the time of EXEC's
+/// arrival was checked, and the transaction ran.
+#[test]
+fn a_watched_key_expiring_while_exec_waits_aborts_the_exec() {
+    // Followers are stopped for about 2 s below: a long election timeout keeps the leader.
+    let cluster = Cluster::start(3, 10_000);
+    let (leader, mut con) = leader_client(&cluster);
+    let followers: Vec<u64> = cluster
+        .ids()
+        .into_iter()
+        .filter(|&id| id != leader)
+        .collect();
+    let ttl = Duration::from_millis(1500);
+    exec::<String>(
+        &mut con,
+        &["SET", "w", "old", "PX", &ttl.as_millis().to_string()],
+    )
+    .unwrap();
+    let set_at = std::time::Instant::now();
+    exec::<String>(&mut con, &["WATCH", "w"]).unwrap();
+    exec::<String>(&mut con, &["MULTI"]).unwrap();
+    exec::<String>(&mut con, &["SET", "w", "mine"]).unwrap();
+    for &id in &followers {
+        cluster.node(id).sigstop();
+    }
+    // A write in flight: nothing commits until the followers resume, so the EXEC waits.
+    let addr = cluster.addr(leader);
+    let in_flight = thread::spawn(move || {
+        let mut con = try_connect(&addr, Duration::from_secs(30)).unwrap();
+        exec::<String>(&mut con, &["SET", "other", "1"]).map_err(|e| err_text(&e))
+    });
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            num(&cluster.info(leader).unwrap(), "raft_waiting_requests") >= 1
+        }),
+        "the write never waited"
+    );
+    let exec_thread =
+        thread::spawn(move || exec::<Value>(&mut con, &["EXEC"]).map_err(|e| err_text(&e)));
+    assert!(
+        set_at.elapsed() < ttl - Duration::from_millis(500),
+        "EXEC arrived too late ({:?} after SET): the machine is too slow for this test",
+        set_at.elapsed()
+    );
+    thread::sleep(ttl + Duration::from_millis(500) - set_at.elapsed().min(ttl));
+    for &id in &followers {
+        cluster.node(id).sigcont();
+    }
+    assert_eq!(in_flight.join().unwrap(), Ok("OK".to_string()));
+    assert_eq!(
+        exec_thread.join().unwrap(),
+        Ok(Value::Nil),
+        "EXEC ran although its watched key expired before it"
+    );
+    let mut con = cluster.node(leader).client();
+    assert_eq!(exec::<Value>(&mut con, &["GET", "w"]).unwrap(), Value::Nil);
+    assert_identical(&cluster);
+}
+
 /// Runs `MULTI; INCR a; INCR b; EXEC` on one connection to whichever node leads.
 /// Ok(true) acknowledged, Ok(false) refused before anything was sent to the log
 /// (MOVED, CLUSTERDOWN), Err(()) unknown outcome.

@@ -273,6 +273,17 @@ pub fn propose_commands(waiter: Waiter, commands: Vec<Argv>, transaction: bool) 
 
 /// Sends a proposal to the driver now.
 pub fn send_proposal(waiter: Waiter, commands: Vec<Argv>, transaction: bool) {
+    send_proposal_at(waiter, commands, transaction, None);
+}
+
+/// Sends a proposal to the driver now, carrying `time_ms` if given (taken from
+/// `MainState::next_entry_time_ms` by the caller), else the next entry time.
+pub fn send_proposal_at(
+    waiter: Waiter,
+    commands: Vec<Argv>,
+    transaction: bool,
+    time_ms: Option<i64>,
+) {
     if let Err(too_large) = check_proposal_size(&commands, waiter.user.as_deref()) {
         // `submit` refuses these before blocking; this covers the module's own proposals
         // (a read of an expired key turned into a write).
@@ -288,7 +299,7 @@ pub fn send_proposal(waiter: Waiter, commands: Vec<Argv>, transaction: bool) {
         });
         let payload = Payload::Commands {
             origin,
-            time_ms: state.next_entry_time_ms(),
+            time_ms: time_ms.unwrap_or_else(|| state.next_entry_time_ms()),
             user: waiter.user.clone(),
             transaction,
             commands,

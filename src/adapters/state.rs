@@ -267,10 +267,19 @@ impl MainState {
         }
     }
 
-    /// The keyspace reached the logical time `time_ms` (an applied entry's, or a loaded
-    /// snapshot's); entry times stay increasing across leader changes
-    /// (see `next_entry_time_ms`).
-    pub fn note_applied_time(&mut self, time_ms: i64) {
+    /// An entry carrying `time_ms` is applied: returns the time it runs at, never before
+    /// the previous entry's (`core::expiry::applied_entry_time`), so time only moves
+    /// forward along the log even when a new leader proposed before applying the old
+    /// one's entries. New entries are proposed at or after it (`next_entry_time_ms`).
+    pub fn note_applied_time(&mut self, time_ms: i64) -> i64 {
+        let now = crate::core::expiry::applied_entry_time(self.applied_time_ms, time_ms);
+        self.last_entry_time_ms = self.last_entry_time_ms.max(now);
+        self.applied_time_ms = now;
+        now
+    }
+
+    /// The dataset was replaced by a snapshot taken at logical time `time_ms`.
+    pub fn note_snapshot_time(&mut self, time_ms: i64) {
         self.last_entry_time_ms = self.last_entry_time_ms.max(time_ms);
         self.applied_time_ms = time_ms;
     }
@@ -336,6 +345,7 @@ impl MainState {
         self.meta = None;
         self.membership = Membership::default();
         self.applied_index = 0;
+        self.applied_time_ms = 0;
         self.confirmed_reads.clear();
         self.shared = Arc::new(SharedStatus::default());
         crate::adapters::configs::release_identity();
@@ -531,7 +541,7 @@ pub fn start_node(
     state.loading_until = commit_on_disk.max(applied);
     state.applied_index = applied;
     state.applied_term = snapshot.map_or(0, |s| s.term);
-    state.note_applied_time(snapshot.map_or(0, |s| s.applied_time_ms));
+    state.note_snapshot_time(snapshot.map_or(0, |s| s.applied_time_ms));
     state.node_state = if state.loading_until > applied {
         NodeState::Loading
     } else {

@@ -30,6 +30,23 @@ pub fn to_logical(native_ms: i64) -> i64 {
     native_ms - NATIVE_OFFSET_MS
 }
 
+/// The time an applied entry runs at: the time it carries, but never before the previous
+/// entry's (`previous_ms`). A new leader can propose before it has applied the entries of
+/// the old one; if its clock is behind, its entry carries an earlier time than an entry
+/// just before it in the log (then `XADD *` would fail: its id would be below the
+/// stream's top). Every node applies the same log, so every node takes the same running
+/// maximum; a snapshot records it.
+pub fn applied_entry_time(previous_ms: i64, entry_ms: i64) -> i64 {
+    previous_ms.max(entry_ms)
+}
+
+/// The time a read on this node judges expiry at: the node's clock, but never before the
+/// time of the last entry it applied. After a failover to a node whose clock is behind,
+/// a key the log already had past its expiry must not come back.
+pub fn read_time(wall_clock_ms: i64, applied_ms: i64) -> i64 {
+    wall_clock_ms.max(applied_ms)
+}
+
 /// Whether a key whose stored expiry is `native_ms` (`None`: no expiry) is expired at
 /// `now_ms`, with Redis' rule: expired once now is past the expiry time.
 pub fn is_expired(native_ms: Option<i64>, now_ms: i64) -> bool {
@@ -551,6 +568,39 @@ mod tests {
         assert_eq!(
             text(&restore.unwrap()),
             ["RESTORE", "k", "1", "p", "ABSTTL"]
+        );
+    }
+
+    /// Issue #14 (item 8b): leader A proposes at 1,000 and 2,000; leader B, whose clock
+    /// says 1,500, proposes before applying A's last entry. Along the log the times run
+    /// at 1,000, 2,000, 2,000: B's `XADD *` gets an id above A's instead of failing.
+    #[test]
+    fn applied_entry_times_never_decrease_across_leaders() {
+        let carried = [1_000, 2_000, 1_500, 2_500, 0];
+        let mut previous = 0;
+        let mut ids = Vec::new();
+        for entry_ms in carried {
+            let now = applied_entry_time(previous, entry_ms);
+            assert!(now >= previous && now >= entry_ms);
+            previous = now;
+            let xadd: Vec<&[u8]> = vec![b"XADD", b"s", b"*", b"f", b"v"];
+            let (_, id) = stream_id_rewrite(&xadd, now).unwrap();
+            ids.push(String::from_utf8(id).unwrap());
+        }
+        assert_eq!(ids, ["1000-*", "2000-*", "2000-*", "2500-*", "2500-*"]);
+    }
+
+    /// Issue #14 (item 8c): a key expiring at 1,800 was past its expiry at the last
+    /// applied entry (2,000); a new leader whose clock says 1,500 must not serve it.
+    #[test]
+    fn reads_judge_expiry_at_least_at_the_applied_time() {
+        let stored = Some(to_native(1_800));
+        assert!(is_expired(stored, read_time(1_500, 2_000)));
+        assert!(!is_expired(stored, read_time(1_500, 1_700)));
+        assert!(is_expired(stored, read_time(1_900, 0)));
+        assert_eq!(
+            ttl_reply(TtlQuery::Pttl, true, stored, read_time(1_500, 2_000)),
+            -2
         );
     }
 
