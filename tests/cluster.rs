@@ -952,9 +952,25 @@ fn iptables(args: &[&str]) -> Result<(), String> {
 
 impl Firewall {
     fn new() -> Firewall {
+        // Chains left by a test process that was killed before its guard ran.
+        let listed = std::process::Command::new("iptables")
+            .args(["-w", "-S"])
+            .output();
+        for line in listed
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+            .lines()
+        {
+            let Some(pid) = line.strip_prefix("-N RRCLUSTER-") else {
+                continue;
+            };
+            if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+                let _ = delete_chain(&format!("RRCLUSTER-{pid}"));
+            }
+        }
         let chain = format!("RRCLUSTER-{}", std::process::id());
+        let _ = delete_chain(&chain);
         let fw = Firewall { chain };
-        let _ = fw.delete();
         iptables(&["-N", &fw.chain]).expect("this test needs root and iptables");
         iptables(&["-I", "INPUT", "1", "-j", &fw.chain]).unwrap();
         iptables(&["-I", "OUTPUT", "1", "-j", &fw.chain]).unwrap();
@@ -992,19 +1008,19 @@ impl Firewall {
     fn heal(&self) {
         iptables(&["-F", &self.chain]).unwrap();
     }
+}
 
-    fn delete(&self) -> Result<(), String> {
-        for parent in ["INPUT", "OUTPUT"] {
-            while iptables(&["-D", parent, "-j", &self.chain]).is_ok() {}
-        }
-        iptables(&["-F", &self.chain])?;
-        iptables(&["-X", &self.chain])
+fn delete_chain(chain: &str) -> Result<(), String> {
+    for parent in ["INPUT", "OUTPUT"] {
+        while iptables(&["-D", parent, "-j", chain]).is_ok() {}
     }
+    iptables(&["-F", chain])?;
+    iptables(&["-X", chain])
 }
 
 impl Drop for Firewall {
     fn drop(&mut self) {
-        if let Err(e) = self.delete() {
+        if let Err(e) = delete_chain(&self.chain) {
             eprintln!("could not delete iptables chain {}: {e}", self.chain);
         }
     }
