@@ -928,6 +928,204 @@ fn cluster_client_follows_failover() {
     );
 }
 
+/// A private iptables chain dropping TCP between node addresses on their ports only
+/// (clients connect from 127.0.0.1 and are never cut); deleted on drop.
+struct Firewall {
+    chain: String,
+}
+
+fn iptables(args: &[&str]) -> Result<(), String> {
+    let out = std::process::Command::new("iptables")
+        .arg("-w")
+        .args(args)
+        .output()
+        .map_err(|e| format!("cannot run iptables: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "iptables {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+impl Firewall {
+    fn new() -> Firewall {
+        // Chains left by a test process that was killed before its guard ran.
+        let listed = std::process::Command::new("iptables")
+            .args(["-w", "-S"])
+            .output();
+        for line in listed
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+            .lines()
+        {
+            let Some(pid) = line.strip_prefix("-N RRCLUSTER-") else {
+                continue;
+            };
+            if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+                let _ = delete_chain(&format!("RRCLUSTER-{pid}"));
+            }
+        }
+        let chain = format!("RRCLUSTER-{}", std::process::id());
+        let _ = delete_chain(&chain);
+        let fw = Firewall { chain };
+        iptables(&["-N", &fw.chain]).expect("this test needs root and iptables");
+        iptables(&["-I", "INPUT", "1", "-j", &fw.chain]).unwrap();
+        iptables(&["-I", "OUTPUT", "1", "-j", &fw.chain]).unwrap();
+        fw
+    }
+
+    /// Drops all TCP between `a` and `b` (`host:port` each), both directions.
+    fn cut(&self, a: &str, b: &str) {
+        let split = |addr: &str| {
+            let (host, port) = addr.rsplit_once(':').unwrap();
+            (host.to_string(), port.to_string())
+        };
+        let (a, b) = (split(a), split(b));
+        for ((src, sport), (dst, dport)) in [(&a, &b), (&b, &a)] {
+            for (flag, port) in [("--dport", dport), ("--sport", sport)] {
+                iptables(&[
+                    "-A",
+                    &self.chain,
+                    "-p",
+                    "tcp",
+                    "-s",
+                    src,
+                    "-d",
+                    dst,
+                    flag,
+                    port,
+                    "-j",
+                    "DROP",
+                ])
+                .unwrap();
+            }
+        }
+    }
+
+    fn heal(&self) {
+        iptables(&["-F", &self.chain]).unwrap();
+    }
+}
+
+fn delete_chain(chain: &str) -> Result<(), String> {
+    for parent in ["INPUT", "OUTPUT"] {
+        while iptables(&["-D", parent, "-j", chain]).is_ok() {}
+    }
+    iptables(&["-F", chain])?;
+    iptables(&["-X", chain])
+}
+
+impl Drop for Firewall {
+    fn drop(&mut self) {
+        if let Err(e) = delete_chain(&self.chain) {
+            eprintln!("could not delete iptables chain {}: {e}", self.chain);
+        }
+    }
+}
+
+/// Issue #14 (item 4): a leader that learns of its own removal while writes wait for it
+/// (it was cut off while the others removed it, and still leads in its own eyes) must
+/// answer them `TIMEOUT not committed yet`: raft took them, and this node cannot know
+/// that they will not commit. Only requests known not to be in the log may get the
+/// definite `NOCLUSTER ... removed`. Nodes on their own loopback addresses so that
+/// iptables can cut the leader off; the leader's election timeout is long, so it keeps
+/// leading (check-quorum) while the others elect a new leader and remove it.
+#[test]
+fn a_removed_leader_answers_its_waiting_writes_not_committed_yet() {
+    let spec = |id: u64, et_ms: u64| {
+        let host = format!("127.0.0.{}", 70 + id);
+        let port = free_port(&host);
+        node_opts(id, port, et_ms)
+            .host(&host)
+            .raft("addr", &format!("{host}:{port}"))
+    };
+    let first = Server::start(spec(1, 10_000));
+    let reply: String = first.cmd(&["RAFT.CLUSTER", "INIT"]).unwrap();
+    assert!(reply.starts_with("OK "), "INIT reply {reply:?}");
+    first.expect_serving(CONVERGE_TIMEOUT);
+    let mut cluster = Cluster {
+        nodes: BTreeMap::from([(1, first)]),
+        et_ms: ET_MS,
+    };
+    for id in [2, 3] {
+        let server = Server::start(spec(id, ET_MS));
+        let reply: String = server
+            .cmd(&["RAFT.CLUSTER", "JOIN", &cluster.addr(1)])
+            .unwrap_or_else(|e| panic!("JOIN of node {id}: {}", err_text(&e)));
+        assert_eq!(reply, "OK");
+        cluster.nodes.insert(id, server);
+    }
+    let ids = cluster.ids();
+    cluster.wait_voters(&ids, CONVERGE_TIMEOUT);
+    assert_eq!(cluster.wait_leader(&ids, CONVERGE_TIMEOUT), 1);
+    let firewall = Firewall::new();
+    firewall.cut(&cluster.addr(1), &cluster.addr(2));
+    firewall.cut(&cluster.addr(1), &cluster.addr(3));
+    let new = cluster.wait_leader(&[2, 3], CONVERGE_TIMEOUT);
+    let mut removal = String::new();
+    assert!(
+        wait_until(CONVERGE_TIMEOUT, || {
+            removal = match cluster
+                .node(new)
+                .cmd::<Value>(&["RAFT.NODE", "REMOVE", "1"])
+            {
+                Ok(v) => format!("{v:?}"),
+                Err(e) => err_text(&e),
+            };
+            // A retry after a reply lost to a leader change finds it already removed.
+            removal == "Okay" || removal == "ERR node id does not exist"
+        }),
+        "RAFT.NODE REMOVE 1 on node {new}: {removal}"
+    );
+    // Node 1 still leads in its own eyes: writes wait there for a quorum.
+    let streams: Vec<TcpStream> = (0..8)
+        .map(|i| {
+            let mut stream = TcpStream::connect(cluster.addr(1)).expect("connect to node 1");
+            stream
+                .set_read_timeout(Some(Duration::from_secs(20)))
+                .unwrap();
+            raw_send(&mut stream, &["SET", &format!("w{i}"), "1"]);
+            stream
+        })
+        .collect();
+    let waiting = || {
+        cluster
+            .info(1)
+            .map_or(0, |info| num(&info, "raft_waiting_requests"))
+    };
+    assert!(
+        wait_until(Duration::from_secs(5), || waiting() >= 8),
+        "the writes did not wait at node 1 ({} waiting): {}",
+        waiting(),
+        cluster.describe(&ids)
+    );
+    // Reconnected, node 1 hears from the members that it was removed.
+    firewall.heal();
+    let replies: Vec<String> = streams
+        .into_iter()
+        .map(|stream| {
+            raw_read(&mut BufReader::new(stream)).unwrap_or_else(|e| format!("no reply: {e}"))
+        })
+        .collect();
+    assert!(
+        wait_until(CONVERGE_TIMEOUT, || {
+            cluster
+                .info(1)
+                .is_some_and(|i| field(&i, "raft_state") == "uninitialized")
+        }),
+        "node 1 did not leave: {}",
+        cluster.describe(&[1])
+    );
+    assert!(
+        replies.iter().all(|r| r == "-TIMEOUT not committed yet"),
+        "writes the removed leader had proposed must get TIMEOUT not committed yet: {replies:?}"
+    );
+}
+
 /// Minimal reproduction: a follower removed with RAFT.NODE REMOVE must stop serving and
 /// answer `NOCLUSTER ...` (INTERFACE: "A removed node stops serving (shuts down or goes
 /// uninitialized)"; ARCHITECTURE: it answers `NOCLUSTER ... (this node was removed ...)`).

@@ -301,6 +301,68 @@ fn watch_gives_optimistic_locking_without_lost_updates() {
     assert_identical(&cluster);
 }
 
+/// Issue #14 (item 8d): an EXEC with watches waits for the leader's quiet point (every
+/// entry applied, no write in flight) and then runs at its entry's time. A watched key
+/// that expires meanwhile was modified before the EXEC (Redis 7 fails an EXEC whose
+/// watched key has expired): the EXEC must answer null. Before, only the time of EXEC's
+/// arrival was checked, and the transaction ran.
+#[test]
+fn a_watched_key_expiring_while_exec_waits_aborts_the_exec() {
+    // Followers are stopped for about 2 s below: a long election timeout keeps the leader.
+    let cluster = Cluster::start(3, 10_000);
+    let (leader, mut con) = leader_client(&cluster);
+    let followers: Vec<u64> = cluster
+        .ids()
+        .into_iter()
+        .filter(|&id| id != leader)
+        .collect();
+    let ttl = Duration::from_millis(1500);
+    exec::<String>(
+        &mut con,
+        &["SET", "w", "old", "PX", &ttl.as_millis().to_string()],
+    )
+    .unwrap();
+    let set_at = std::time::Instant::now();
+    exec::<String>(&mut con, &["WATCH", "w"]).unwrap();
+    exec::<String>(&mut con, &["MULTI"]).unwrap();
+    exec::<String>(&mut con, &["SET", "w", "mine"]).unwrap();
+    for &id in &followers {
+        cluster.node(id).sigstop();
+    }
+    // A write in flight: nothing commits until the followers resume, so the EXEC waits.
+    let addr = cluster.addr(leader);
+    let in_flight = thread::spawn(move || {
+        let mut con = try_connect(&addr, Duration::from_secs(30)).unwrap();
+        exec::<String>(&mut con, &["SET", "other", "1"]).map_err(|e| err_text(&e))
+    });
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            num(&cluster.info(leader).unwrap(), "raft_waiting_requests") >= 1
+        }),
+        "the write never waited"
+    );
+    let exec_thread =
+        thread::spawn(move || exec::<Value>(&mut con, &["EXEC"]).map_err(|e| err_text(&e)));
+    assert!(
+        set_at.elapsed() < ttl - Duration::from_millis(500),
+        "EXEC arrived too late ({:?} after SET): the machine is too slow for this test",
+        set_at.elapsed()
+    );
+    thread::sleep(ttl + Duration::from_millis(500) - set_at.elapsed().min(ttl));
+    for &id in &followers {
+        cluster.node(id).sigcont();
+    }
+    assert_eq!(in_flight.join().unwrap(), Ok("OK".to_string()));
+    assert_eq!(
+        exec_thread.join().unwrap(),
+        Ok(Value::Nil),
+        "EXEC ran although its watched key expired before it"
+    );
+    let mut con = cluster.node(leader).client();
+    assert_eq!(exec::<Value>(&mut con, &["GET", "w"]).unwrap(), Value::Nil);
+    assert_identical(&cluster);
+}
+
 /// Runs `MULTI; INCR a; INCR b; EXEC` on one connection to whichever node leads.
 /// Ok(true) acknowledged, Ok(false) refused before anything was sent to the log
 /// (MOVED, CLUSTERDOWN), Err(()) unknown outcome.
@@ -688,6 +750,85 @@ fn expiry_is_decided_by_the_log() {
             .all(|&id| int(&cluster.local(id, &["EVAL", with_ttl, "0"])) == 0)
     });
     assert!(ok, "expired keys were not deleted everywhere");
+    assert_identical(&cluster);
+}
+
+/// Issue #14 (item 8a): absurd TTLs get Redis' replies, and no node keeps the key with a
+/// stored expiry its own clock can reach. Before, `EXPIRE k -70368744172` (about -2^46 ms)
+/// answered 1 but stored an expiry 5 s ahead of the real clock (the shift is 2^46 ms): the
+/// key stayed on every node until each server expired it on its own.
+#[test]
+fn absurd_ttls_answer_as_redis_and_never_reach_a_server_clock() {
+    let cluster = Cluster::start(3, ET_MS);
+    let (_, mut con) = leader_client(&cluster);
+    let plain = Server::start(ServerOpts::new().without_module());
+    let mut plain_con = plain.client();
+    let reply = |con: &mut Connection, args: &[&str]| -> String {
+        match exec::<Value>(con, args) {
+            Ok(v) => text(&v),
+            Err(e) => err_text(&e),
+        }
+    };
+    let cases: &[&[&str]] = &[
+        &["SET", "k", "v"],
+        &["EXPIRE", "k", "-70368744172"],
+        &["EXISTS", "k"],
+        &["SET", "k", "v"],
+        &["PEXPIRE", "k", "-70368744177664"],
+        &["EXISTS", "k"],
+        &["SET", "k", "v"],
+        &["EXPIREAT", "k", "-70366744172"],
+        &["EXISTS", "k"],
+        &["SET", "k", "v"],
+        &["EXPIRE", "k", "0"],
+        &["EXISTS", "k"],
+        &["SET", "k", "v"],
+        &["EXPIRE", "k", "9223372036854775"],
+        &["PEXPIRE", "k", "9223372036854775000"],
+        &["EXPIRE", "k", "-9223372036854775808"],
+        &["SET", "k", "v", "EX", "9223372036854775"],
+        &["SET", "k", "v", "PX", "9223372036854775000"],
+        &["SETEX", "k", "9223372036854775", "v"],
+        &["GETEX", "k", "PX", "9223372036854775000"],
+        &["TTL", "k"],
+        &["SET", "j", "v", "PXAT", "5"],
+        &["EXISTS", "j"],
+    ];
+    for args in cases {
+        assert_eq!(
+            reply(&mut con, args),
+            reply(&mut plain_con, args),
+            "{args:?}: cluster vs plain Redis"
+        );
+    }
+    cluster.wait_caught_up(&cluster.ids(), CONVERGE_TIMEOUT);
+    for id in cluster.ids() {
+        // Bypassing the module's reads (which would delete a logically expired key
+        // through the log): what the node itself stores.
+        assert_eq!(
+            cluster.local(id, &["EXISTS", "j"]),
+            Value::Int(0),
+            "node {id} stores j"
+        );
+        assert_eq!(
+            int(&cluster.local(id, &["PEXPIRETIME", "k"])),
+            -1,
+            "node {id}: k got an expiry"
+        );
+    }
+    exec::<String>(&mut con, &["SET", "gone", "v"]).unwrap();
+    assert_eq!(
+        exec::<i64>(&mut con, &["EXPIRE", "gone", "-70368744172"]).unwrap(),
+        1
+    );
+    cluster.wait_caught_up(&cluster.ids(), CONVERGE_TIMEOUT);
+    for id in cluster.ids() {
+        assert_eq!(
+            cluster.local(id, &["EXISTS", "gone"]),
+            Value::Int(0),
+            "node {id} still stores a key EXPIRE -70368744172 deleted"
+        );
+    }
     assert_identical(&cluster);
 }
 

@@ -90,7 +90,10 @@ fn compact_async_and_compact_while_a_snapshot_runs() {
     assert_eq!(reply, "OK");
     eprintln!("COMPACT waited {:?}", started.elapsed());
     let info = server.info("raft");
-    assert_eq!(info["raft_log_entries"], "0", "compacted when COMPACT answered: {info:?}");
+    assert_eq!(
+        info["raft_log_entries"], "0",
+        "compacted when COMPACT answered: {info:?}"
+    );
     // The running snapshot and the next one were both taken (the counter of INFO counts
     // log rewrites, which the driver may defer or merge).
     let taken = server.log().matches("taking a snapshot at index").count();

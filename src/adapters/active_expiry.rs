@@ -63,6 +63,9 @@ fn run_cycle(ctx: RawCtx) {
     if !due || crate::adapters::watch::barrier_up() || !any_key_has_a_ttl(ctx) {
         return;
     }
+    // Expired as reads judge it (the applied entry time if the clock is behind it), so
+    // the scan deletes what reads already treat as gone.
+    let expired_at = crate::adapters::execute::read_now_ms();
     let expired = CURSOR.with(|cursor| {
         let mut cursor = cursor.borrow_mut();
         let scan = cursor.get_or_insert_with(ScanCursor::new);
@@ -71,7 +74,7 @@ fn run_cycle(ctx: RawCtx) {
         loop {
             let more = data::scan_step(ctx, scan, |key, stored_expiry| {
                 visited += 1;
-                if expired.len() < KEYS_PER_ENTRY && expiry::is_expired(stored_expiry, now_ms) {
+                if expired.len() < KEYS_PER_ENTRY && expiry::is_expired(stored_expiry, expired_at) {
                     expired.push(key.to_vec());
                 }
             });

@@ -165,7 +165,7 @@ fn apply_payload(ctx: ffi::RawCtx, payload: Payload, me: u64, incarnation: u64) 
             transaction,
             commands,
         } => {
-            note_entry_time(time_ms);
+            let time_ms = note_entry_time(time_ms);
             let waiter_id = origin
                 .filter(|o| o.node_id == me && o.incarnation == incarnation)
                 .map(|o| o.request_id);
@@ -194,15 +194,16 @@ fn apply_payload(ctx: ffi::RawCtx, payload: Payload, me: u64, incarnation: u64) 
             }
         }
         Payload::ExpireKeys { time_ms, keys } => {
-            note_entry_time(time_ms);
+            let time_ms = note_entry_time(time_ms);
             execute::apply_expired_keys(ctx, time_ms, &keys);
             with_state(|state| state.expire_in_flight_until_ms = 0);
         }
     }
 }
 
-fn note_entry_time(time_ms: i64) {
-    with_state(|state| state.note_applied_time(time_ms));
+/// The time the entry runs at (see `MainState::note_applied_time`).
+fn note_entry_time(time_ms: i64) -> i64 {
+    with_state(|state| state.note_applied_time(time_ms))
 }
 
 /// Loads the snapshot raft just installed, replacing the whole dataset.
@@ -232,7 +233,7 @@ fn install_snapshot(index: u64, file: std::fs::File) {
     with_state(|state| {
         state.applied_index = snapshot.index;
         state.applied_term = snapshot.term;
-        state.note_applied_time(snapshot.applied_time_ms);
+        state.note_snapshot_time(snapshot.applied_time_ms);
         state.membership = crate::adapters::snapshots::members_of(&snapshot);
     });
     serve_confirmed_reads();
@@ -275,11 +276,8 @@ fn apply_membership_change(entry: &Entry, me: u64, incarnation: u64) {
 /// This node applied its own removal: it stops serving and keeps its log aside.
 fn leave_after_removal() {
     let waiters = with_state(|state| state.leave_cluster("removed from the cluster"));
-    for waiter in waiters {
-        ffi::unblock(
-            waiter.client,
-            Answer::Error(crate::adapters::handlers::ERR_REMOVED.into()),
-        );
+    for (waiter, answer) in waiters {
+        ffi::unblock(waiter.client, answer);
     }
     let path = crate::adapters::handlers::log_path();
     let snapshot = crate::adapters::snapshots::SnapshotFiles::for_log(&path).current;

@@ -28,6 +28,15 @@ pub fn wall_clock_ms() -> i64 {
         .map_or(0, |elapsed| elapsed.as_millis() as i64)
 }
 
+/// "Now" for serving a read (or checking a WATCH) on this node: its clock, but never
+/// before the time of the last entry it applied. After a failover to a node whose clock
+/// is behind, a key the log already treated as expired (deleted by a write at a later
+/// entry time on the others, or judged expired there) must not reappear here.
+pub fn read_now_ms() -> i64 {
+    let applied_time_ms = crate::adapters::state::with_state(|state| state.applied_time_ms);
+    crate::core::expiry::read_time(wall_clock_ms(), applied_time_ms)
+}
+
 /// The time expiry is judged at right now (see `LOGICAL_NOW`).
 pub fn logical_now() -> i64 {
     LOGICAL_NOW.with(Cell::get).unwrap_or_else(wall_clock_ms)
@@ -251,7 +260,7 @@ pub fn reads_expired_key(ctx: RawCtx, argv: &[Vec<u8>]) -> bool {
     {
         return false;
     }
-    let now_ms = wall_clock_ms();
+    let now_ms = read_now_ms();
     let mut args = Args::new(argv);
     data::command_keys(ctx, &mut args)
         .into_iter()
@@ -260,9 +269,10 @@ pub fn reads_expired_key(ctx: RawCtx, argv: &[Vec<u8>]) -> bool {
         })
 }
 
-/// Serves a read at the local clock (read-only scripts as the caller's user).
+/// Serves a read at the local clock, or the applied entry time if that is later
+/// (`read_now_ms`; read-only scripts as the caller's user).
 pub fn run_read(ctx: RawCtx, argv: &[Vec<u8>], user: Option<&str>, resp3: bool) -> Answer {
-    with_logical_time(wall_clock_ms(), || match resolve_script(argv) {
+    with_logical_time(read_now_ms(), || match resolve_script(argv) {
         Resolved::Unchanged if is_script(argv) => run_script(ctx, argv, user, resp3),
         Resolved::Unchanged => to_answer(call_locally(ctx, argv, resp3)),
         resolved => answer_resolved(ctx, resolved, user, resp3),

@@ -12,7 +12,7 @@ use crate::adapters::logio::LogFile;
 use crate::adapters::state::{self, call_locally, with_state, with_table, NodeState, Waiter};
 use crate::adapters::{execute, transactions};
 use crate::core::commands::{arity_error, unknown_command_error, Class, CommandInfo, CommandTable};
-use crate::core::entry::{Argv, Origin, Payload};
+use crate::core::entry::{check_proposal_size, Argv, Origin, Payload};
 use crate::core::logfile::NodeMeta;
 use crate::core::membership::{single_change, ChangeContext};
 use crate::core::pending::RequestId;
@@ -239,6 +239,13 @@ pub fn submit(
         ffi::reply_answer(ctx, &execute::run_read(ctx, argv, user.as_deref(), resp3));
         return Ok(RedisValue::NoReply);
     }
+    if class != Class::Read {
+        // Refused before anything waits: over the record limit, the entry would stop
+        // every leader that tried to append it.
+        if let Err(too_large) = check_proposal_size(&commands, user.as_deref()) {
+            return reply_error(&too_large.to_string());
+        }
+    }
     let blocking = match (class, transaction) {
         (Class::Write, false) => crate::adapters::blocking::describe(ctx, &commands[0]),
         _ => None,
@@ -277,6 +284,23 @@ pub fn propose_commands(waiter: Waiter, commands: Vec<Argv>, transaction: bool) 
 
 /// Sends a proposal to the driver now.
 pub fn send_proposal(waiter: Waiter, commands: Vec<Argv>, transaction: bool) {
+    send_proposal_at(waiter, commands, transaction, None);
+}
+
+/// Sends a proposal to the driver now, carrying `time_ms` if given (taken from
+/// `MainState::next_entry_time_ms` by the caller), else the next entry time.
+pub fn send_proposal_at(
+    waiter: Waiter,
+    commands: Vec<Argv>,
+    transaction: bool,
+    time_ms: Option<i64>,
+) {
+    if let Err(too_large) = check_proposal_size(&commands, waiter.user.as_deref()) {
+        // `submit` refuses these before blocking; this covers the module's own proposals
+        // (a read of an expired key turned into a write).
+        ffi::unblock(waiter.client, Answer::Error(too_large.to_string()));
+        return;
+    }
     let sent = with_state(|state| {
         let request_id = state.new_request_id();
         let origin = state.meta.as_ref().map(|meta| Origin {
@@ -286,7 +310,7 @@ pub fn send_proposal(waiter: Waiter, commands: Vec<Argv>, transaction: bool) {
         });
         let payload = Payload::Commands {
             origin,
-            time_ms: state.next_entry_time_ms(),
+            time_ms: time_ms.unwrap_or_else(|| state.next_entry_time_ms()),
             user: waiter.user.clone(),
             transaction,
             commands,

@@ -151,6 +151,11 @@ impl<T> HoldingSender<T> {
         self.held.len()
     }
 
+    /// Gives back every held value without handing it over (the receiver never sees them).
+    pub fn take_held(&mut self) -> Vec<T> {
+        std::mem::take(&mut self.held)
+    }
+
     /// Hands every held value over at once. `Err` gives them back: the receiver is gone.
     pub fn flush(&mut self) -> Result<(), Vec<T>> {
         if self.held.is_empty() {

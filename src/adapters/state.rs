@@ -274,10 +274,19 @@ impl MainState {
         }
     }
 
-    /// The keyspace reached the logical time `time_ms` (an applied entry's, or a loaded
-    /// snapshot's); entry times stay increasing across leader changes
-    /// (see `next_entry_time_ms`).
-    pub fn note_applied_time(&mut self, time_ms: i64) {
+    /// An entry carrying `time_ms` is applied: returns the time it runs at, never before
+    /// the previous entry's (`core::expiry::applied_entry_time`), so time only moves
+    /// forward along the log even when a new leader proposed before applying the old
+    /// one's entries. New entries are proposed at or after it (`next_entry_time_ms`).
+    pub fn note_applied_time(&mut self, time_ms: i64) -> i64 {
+        let now = crate::core::expiry::applied_entry_time(self.applied_time_ms, time_ms);
+        self.last_entry_time_ms = self.last_entry_time_ms.max(now);
+        self.applied_time_ms = now;
+        now
+    }
+
+    /// The dataset was replaced by a snapshot taken at logical time `time_ms`.
+    pub fn note_snapshot_time(&mut self, time_ms: i64) {
         self.last_entry_time_ms = self.last_entry_time_ms.max(time_ms);
         self.applied_time_ms = time_ms;
     }
@@ -314,8 +323,26 @@ impl MainState {
     }
 
     /// Forgets the cluster after this node was removed: stops the driver and transport,
-    /// keeps the log aside for diagnosis, answers everyone still waiting.
-    pub fn leave_cluster(&mut self, reason: &str) -> Vec<Waiter> {
+    /// keeps the log aside for diagnosis. Returns everyone still waiting with their
+    /// answer: a request that may be in the log (a proposal raft may have taken: this
+    /// node may have led, and its entries may still commit on the others) gets
+    /// `TIMEOUT not committed yet`; only requests known not to be in the log (reads,
+    /// inputs still held for the driver) get the definite `NOCLUSTER ... removed`.
+    pub fn leave_cluster(&mut self, reason: &str) -> Vec<(Waiter, Answer)> {
+        let never_sent: std::collections::HashSet<RequestId> = self
+            .to_driver
+            .as_mut()
+            .map(HoldingSender::take_held)
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|input| match input {
+                DriverInput::Propose { request_id, .. } | DriverInput::Read { request_id } => {
+                    Some(request_id)
+                }
+                DriverInput::ConfChange { request_id, .. } => request_id,
+                _ => None,
+            })
+            .collect();
         self.to_driver = None;
         self.from_driver = None;
         if let Some(transport) = self.transport.take() {
@@ -326,11 +353,22 @@ impl MainState {
         self.meta = None;
         self.membership = Membership::default();
         self.applied_index = 0;
+        self.applied_time_ms = 0;
         self.confirmed_reads.clear();
         self.shared = Arc::new(SharedStatus::default());
         crate::adapters::configs::release_identity();
         log::warn!("raft: this node left the cluster: {reason}");
-        self.waiters.drain().map(|(_, waiter)| waiter).collect()
+        self.waiters
+            .drain()
+            .map(|(request_id, waiter)| {
+                let error = if waiter.read.is_some() || never_sent.contains(&request_id) {
+                    crate::adapters::handlers::ERR_REMOVED
+                } else {
+                    crate::adapters::driver::ERR_NOT_COMMITTED
+                };
+                (waiter, Answer::Error(error.to_string()))
+            })
+            .collect()
     }
 }
 
@@ -511,7 +549,7 @@ pub fn start_node(
     state.loading_until = commit_on_disk.max(applied);
     state.applied_index = applied;
     state.applied_term = snapshot.map_or(0, |s| s.term);
-    state.note_applied_time(snapshot.map_or(0, |s| s.applied_time_ms));
+    state.note_snapshot_time(snapshot.map_or(0, |s| s.applied_time_ms));
     state.node_state = if state.loading_until > applied {
         NodeState::Loading
     } else {

@@ -138,7 +138,7 @@ pub fn exec(
     user: Option<String>,
 ) -> redis_module::RedisResult {
     let dirty = STATE.with(|state| state.borrow().clients.get(&client).is_some_and(|w| w.dirty));
-    if dirty || watched_key_expired(ctx, client) {
+    if dirty || watched_key_expired(ctx, client, crate::adapters::execute::read_now_ms()) {
         unwatch(client);
         ffi::reply_answer(ctx, &Answer::NullArray);
         return Ok(redis_module::RedisValue::NoReply);
@@ -165,8 +165,8 @@ pub fn exec(
     Ok(redis_module::RedisValue::NoReply)
 }
 
-/// A watched key whose time passed counts as modified (Redis 7 does the same).
-fn watched_key_expired(ctx: ffi::RawCtx, client: u64) -> bool {
+/// A watched key whose time passed by `now_ms` counts as modified (Redis 7 does the same).
+fn watched_key_expired(ctx: ffi::RawCtx, client: u64, now_ms: i64) -> bool {
     let keys: Vec<Vec<u8>> = STATE.with(|state| {
         state
             .borrow()
@@ -175,7 +175,6 @@ fn watched_key_expired(ctx: ffi::RawCtx, client: u64) -> bool {
             .map(|w| w.keys.iter().cloned().collect())
             .unwrap_or_default()
     });
-    let now_ms = crate::adapters::execute::wall_clock_ms();
     keys.iter().any(|key| {
         crate::core::expiry::is_expired(ffi::data::key_expiry(ctx, key).flatten(), now_ms)
     })
@@ -254,8 +253,13 @@ pub fn progress() {
                 .get(&exec.client)
                 .is_some_and(|w| w.dirty)
         });
+        // The EXEC runs at its entry's time, which can be well after it arrived (it
+        // waited for the quiet point): a watched key expired by then was modified before
+        // the EXEC, as Redis would see it at EXEC, so it is judged at that very time.
+        let (ctx, time_ms) = with_state(|state| (state.apply_ctx, state.next_entry_time_ms()));
+        let expired = !dirty && watched_key_expired(ctx, exec.client, time_ms);
         unwatch(exec.client);
-        if dirty {
+        if dirty || expired {
             ffi::unblock(exec.blocked, Answer::NullArray);
             continue;
         }
@@ -268,7 +272,7 @@ pub fn progress() {
             blocking: None,
         };
         // The next EXEC must see this one applied first: the loop waits for quiet again.
-        handlers::send_proposal(waiter, exec.commands, true);
+        handlers::send_proposal_at(waiter, exec.commands, true, Some(time_ms));
     }
     let held: Vec<HeldWrite> = STATE.with(|state| state.borrow_mut().held.drain(..).collect());
     for write in held {

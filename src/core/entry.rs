@@ -47,6 +47,79 @@ pub enum Payload {
 /// without limit while decoding.
 pub const MAX_PAYLOAD_BYTES: usize = 512 * 1024 * 1024;
 
+/// Largest encoded payload a client's request may be proposed with. The entry must fit
+/// one log record (`logfile::MAX_RECORD_BYTES`, which adds the entry's index, term and
+/// type), decode again on every node (`MAX_PAYLOAD_BYTES`), travel to followers in one
+/// `RAFT.MSG` bulk string (the server's default `proto-max-bulk-len` is 512 MiB, and the
+/// peer codec's limit too), and a value it writes must fit a snapshot record
+/// (`snapshot::MAX_SNAPSHOT_RECORD_BYTES`, with its key and DUMP framing). 1 MiB below
+/// the smallest of those leaves room for every one of these framings. A larger request
+/// is refused before it is proposed: once in the log it would stop every leader that
+/// tried to append it.
+pub const MAX_PROPOSAL_BYTES: usize = 511 * 1024 * 1024;
+
+/// A request whose entry would be over [`MAX_PROPOSAL_BYTES`]; nothing was proposed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProposalTooLarge {
+    /// Upper bound of the entry's encoded payload.
+    pub bytes: usize,
+}
+
+impl std::fmt::Display for ProposalTooLarge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "ERR request too large for the raft log: its entry would take {} bytes, the limit is {} bytes",
+            self.bytes, MAX_PROPOSAL_BYTES
+        )
+    }
+}
+
+impl std::error::Error for ProposalTooLarge {}
+
+/// Bytes of a length (or any unsigned integer) in bincode's standard varint encoding.
+fn varint_len(value: u64) -> usize {
+    match value {
+        0..=250 => 1,
+        251..=0xFFFF => 3,
+        0x1_0000..=0xFFFF_FFFF => 5,
+        _ => 9,
+    }
+}
+
+/// Bytes of a byte string (or an argv) encoded as a sequence: its length, then its bytes.
+fn bytes_len(bytes: &[u8]) -> usize {
+    varint_len(bytes.len() as u64) + bytes.len()
+}
+
+/// Upper bound of the encoded `Payload::Commands` carrying `commands` for `user`, whatever
+/// origin and time the entry gets: those are counted at their longest encoding. Computed
+/// from the lengths alone (a value of hundreds of MB is not walked through).
+pub fn commands_payload_bound(commands: &[Argv], user: Option<&str>) -> usize {
+    let variant = 1;
+    let origin = 1 + 3 * 9;
+    let time_ms = 9;
+    let user = 1 + user.map_or(0, |user| bytes_len(user.as_bytes()));
+    let transaction = 1;
+    let commands_len = varint_len(commands.len() as u64)
+        + commands
+            .iter()
+            .map(|argv| {
+                varint_len(argv.len() as u64) + argv.iter().map(|a| bytes_len(a)).sum::<usize>()
+            })
+            .sum::<usize>();
+    variant + origin + time_ms + user + transaction + commands_len
+}
+
+/// Refuses `commands` if their entry could be over [`MAX_PROPOSAL_BYTES`].
+pub fn check_proposal_size(commands: &[Argv], user: Option<&str>) -> Result<(), ProposalTooLarge> {
+    let bytes = commands_payload_bound(commands, user);
+    if bytes > MAX_PROPOSAL_BYTES {
+        return Err(ProposalTooLarge { bytes });
+    }
+    Ok(())
+}
+
 #[derive(Debug, PartialEq, Eq)]
 pub struct PayloadError(pub String);
 
@@ -143,6 +216,122 @@ mod tests {
         .encode();
         bytes.push(0);
         assert!(Payload::decode(&bytes).is_err());
+    }
+
+    #[test]
+    fn the_payload_bound_covers_every_origin_and_time() {
+        // Lengths on each side of every varint width.
+        let commands = vec![
+            vec![
+                b"MSET".to_vec(),
+                b"k".to_vec(),
+                vec![b'v'; 250],
+                b"j".to_vec(),
+            ],
+            vec![b"SET".to_vec(), vec![b'x'; 251], vec![b'y'; 65_535]],
+            vec![vec![b'z'; 65_536]; 251],
+            Vec::new(),
+        ];
+        let bound = commands_payload_bound(&commands, Some("alice"));
+        for (origin, time_ms) in [
+            (None, 0),
+            (
+                Some(Origin {
+                    node_id: u64::MAX,
+                    incarnation: u64::MAX,
+                    request_id: u64::MAX,
+                }),
+                i64::MAX,
+            ),
+            (
+                Some(Origin {
+                    node_id: 1,
+                    incarnation: 1,
+                    request_id: 1,
+                }),
+                i64::MIN,
+            ),
+        ] {
+            for transaction in [false, true] {
+                let encoded = Payload::Commands {
+                    origin,
+                    time_ms,
+                    user: Some("alice".into()),
+                    transaction,
+                    commands: commands.clone(),
+                }
+                .encode();
+                assert!(encoded.len() <= bound, "{} > {bound}", encoded.len());
+            }
+        }
+        let widest = Payload::Commands {
+            origin: Some(Origin {
+                node_id: u64::MAX,
+                incarnation: u64::MAX,
+                request_id: u64::MAX,
+            }),
+            time_ms: i64::MIN,
+            user: Some("alice".into()),
+            transaction: true,
+            commands,
+        };
+        assert_eq!(
+            widest.encode().len(),
+            bound,
+            "the bound is exact at the widest"
+        );
+    }
+
+    /// A `SET k <value>` whose bound is `MAX_PROPOSAL_BYTES + extra`.
+    fn set_of_bound(extra: usize) -> Vec<Argv> {
+        let mut commands = vec![vec![b"SET".to_vec(), b"k".to_vec(), Vec::new()]];
+        let overhead = commands_payload_bound(&commands, None);
+        // The value's length prefix grows from 1 to 5 bytes once it holds bytes.
+        let value_len = MAX_PROPOSAL_BYTES + extra - overhead - 4;
+        commands[0][2] = vec![b'v'; value_len];
+        assert_eq!(
+            commands_payload_bound(&commands, None),
+            MAX_PROPOSAL_BYTES + extra
+        );
+        commands
+    }
+
+    #[test]
+    fn proposals_up_to_the_limit_are_accepted_and_one_byte_more_refused() {
+        let at_limit = set_of_bound(0);
+        assert_eq!(check_proposal_size(&at_limit, None), Ok(()));
+        // The largest accepted entry still fits a log record at the widest index/term.
+        let entry = raft::eraftpb::Entry {
+            index: crate::core::logfile::MAX_LOG_INDEX,
+            term: u64::MAX,
+            data: Payload::Commands {
+                origin: Some(Origin {
+                    node_id: u64::MAX,
+                    incarnation: u64::MAX,
+                    request_id: u64::MAX,
+                }),
+                time_ms: i64::MIN,
+                user: None,
+                transaction: true,
+                commands: at_limit,
+            }
+            .encode()
+            .into(),
+            ..Default::default()
+        };
+        let mut record = Vec::new();
+        crate::core::logfile::encode_entry(&entry, &mut record)
+            .expect("an entry of MAX_PROPOSAL_BYTES fits a log record");
+        drop((entry, record));
+        let over = set_of_bound(1);
+        assert_eq!(
+            check_proposal_size(&over, None),
+            Err(ProposalTooLarge {
+                bytes: MAX_PROPOSAL_BYTES + 1
+            })
+        );
+        const { assert!(MAX_PROPOSAL_BYTES < crate::core::snapshot::MAX_SNAPSHOT_RECORD_BYTES) };
+        const { assert!(MAX_PROPOSAL_BYTES < MAX_PAYLOAD_BYTES) };
     }
 
     #[test]

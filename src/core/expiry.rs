@@ -30,6 +30,23 @@ pub fn to_logical(native_ms: i64) -> i64 {
     native_ms - NATIVE_OFFSET_MS
 }
 
+/// The time an applied entry runs at: the time it carries, but never before the previous
+/// entry's (`previous_ms`). A new leader can propose before it has applied the entries of
+/// the old one; if its clock is behind, its entry carries an earlier time than an entry
+/// just before it in the log (then `XADD *` would fail: its id would be below the
+/// stream's top). Every node applies the same log, so every node takes the same running
+/// maximum; a snapshot records it.
+pub fn applied_entry_time(previous_ms: i64, entry_ms: i64) -> i64 {
+    previous_ms.max(entry_ms)
+}
+
+/// The time a read on this node judges expiry at: the node's clock, but never before the
+/// time of the last entry it applied. After a failover to a node whose clock is behind,
+/// a key the log already had past its expiry must not come back.
+pub fn read_time(wall_clock_ms: i64, applied_ms: i64) -> i64 {
+    wall_clock_ms.max(applied_ms)
+}
+
 /// Whether a key whose stored expiry is `native_ms` (`None`: no expiry) is expired at
 /// `now_ms`, with Redis' rule: expired once now is past the expiry time.
 pub fn is_expired(native_ms: Option<i64>, now_ms: i64) -> bool {
@@ -62,12 +79,33 @@ fn parse_i64(arg: &[u8]) -> Option<i64> {
     text.parse().ok()
 }
 
-fn native_arg(logical_ms: i64) -> Vec<u8> {
-    to_native(logical_ms).to_string().into_bytes()
+/// What Redis is given for an expiry that has passed at the entry's time: 1 ms after the
+/// epoch, in the past of every server's clock, so every node deletes the key at once (as
+/// Redis does for a time in the past) and none keeps it with a stored expiry that its own
+/// clock could reach. Shifting a past time instead could land it near the real clock:
+/// `EXPIRE k -70368744172` (about -2^46 ms) stored an expiry 5 s ahead, which each server
+/// then expired on its own. Positive, as `SET ... PXAT` requires.
+pub const PAST_NATIVE_MS: i64 = 1;
+
+/// The stored expiry for a logical one at the entry's time `now_ms`: the shifted time
+/// (clamped, so a far-future TTL stays far in the future instead of overflowing), or
+/// [`PAST_NATIVE_MS`] once it has passed (Redis: expired once now is at or past it).
+fn native_arg(logical_ms: i64, now_ms: i64) -> Vec<u8> {
+    let native = if logical_ms <= now_ms {
+        PAST_NATIVE_MS
+    } else {
+        to_native(logical_ms)
+    };
+    native.to_string().into_bytes()
 }
 
-/// Logical absolute expiry from a TTL argument, or `None` when Redis itself must reply
-/// the error (bad number, overflow): those arguments are left untouched.
+/// A TTL argument whose absolute time overflows: Redis replies `ERR invalid expire time`.
+/// Left as it is, Redis would decide with its own clock (`value + now` overflows on one
+/// node and not on another whose clock is behind), so it is replaced by a value that
+/// overflows whatever the clock.
+const OVERFLOWING_ARG: &[u8] = b"9223372036854775807";
+
+/// Logical absolute expiry from a TTL argument, or `None` when it overflows.
 fn absolute(value: i64, unit_ms: i64, relative: bool, now_ms: i64) -> Option<i64> {
     let ms = value.checked_mul(unit_ms)?;
     if relative {
@@ -100,12 +138,14 @@ pub fn rewrite(argv: &[&[u8]], now_ms: i64) -> Vec<Rewrite> {
                 b"expireat" => (1000, false),
                 _ => (1, false),
             };
-            let Some(logical) = argv
-                .get(2)
-                .and_then(|arg| parse_i64(arg))
-                .and_then(|value| absolute(value, unit_ms, relative, now_ms))
-            else {
+            let Some(value) = argv.get(2).and_then(|arg| parse_i64(arg)) else {
                 return Vec::new();
+            };
+            let Some(logical) = absolute(value, unit_ms, relative, now_ms) else {
+                return vec![Rewrite::Replace {
+                    position: 2,
+                    value: OVERFLOWING_ARG.to_vec(),
+                }];
             };
             vec![
                 Rewrite::Replace {
@@ -114,7 +154,7 @@ pub fn rewrite(argv: &[&[u8]], now_ms: i64) -> Vec<Rewrite> {
                 },
                 Rewrite::Replace {
                     position: 2,
-                    value: native_arg(logical),
+                    value: native_arg(logical, now_ms),
                 },
             ]
         }
@@ -126,11 +166,14 @@ pub fn rewrite(argv: &[&[u8]], now_ms: i64) -> Vec<Rewrite> {
             if argv.len() != 4 {
                 return Vec::new();
             }
-            let Some(logical) = parse_i64(argv[2])
-                .filter(|value| *value > 0)
-                .and_then(|value| absolute(value, unit_ms, true, now_ms))
-            else {
+            let Some(value) = parse_i64(argv[2]).filter(|value| *value > 0) else {
                 return Vec::new();
+            };
+            let Some(logical) = absolute(value, unit_ms, true, now_ms) else {
+                return vec![Rewrite::Replace {
+                    position: 2,
+                    value: OVERFLOWING_ARG.to_vec(),
+                }];
             };
             vec![
                 Rewrite::Replace {
@@ -145,7 +188,7 @@ pub fn rewrite(argv: &[&[u8]], now_ms: i64) -> Vec<Rewrite> {
                     position: 3,
                     value: b"PXAT".to_vec(),
                 },
-                Rewrite::Append(native_arg(logical)),
+                Rewrite::Append(native_arg(logical, now_ms)),
             ]
         }
         b"restore" | b"restore-asking" => {
@@ -157,11 +200,19 @@ pub fn rewrite(argv: &[&[u8]], now_ms: i64) -> Vec<Rewrite> {
             }
             let absolute_given = argv[4..].iter().any(|arg| eq(arg, "absttl"));
             let Some(logical) = absolute(ttl, 1, !absolute_given, now_ms) else {
-                return Vec::new();
+                // RESTORE takes any positive TTL: only `ttl + now` can overflow. Redis
+                // would wrap it into the past; at the latest possible time instead.
+                return vec![
+                    Rewrite::Replace {
+                        position: 2,
+                        value: i64::MAX.to_string().into_bytes(),
+                    },
+                    Rewrite::Append(b"ABSTTL".to_vec()),
+                ];
             };
             let mut changes = vec![Rewrite::Replace {
                 position: 2,
-                value: native_arg(logical),
+                value: native_arg(logical, now_ms),
             }];
             if !absolute_given {
                 changes.push(Rewrite::Append(b"ABSTTL".to_vec()));
@@ -188,13 +239,18 @@ fn option_rewrite(argv: &[&[u8]], first_option: usize, now_ms: i64) -> Vec<Rewri
         } else {
             continue;
         };
-        let Some(logical) = argv
+        let Some(value) = argv
             .get(position + 1)
             .and_then(|arg| parse_i64(arg))
             .filter(|value| *value > 0)
-            .and_then(|value| absolute(value, unit_ms, relative, now_ms))
         else {
             return Vec::new();
+        };
+        let Some(logical) = absolute(value, unit_ms, relative, now_ms) else {
+            return vec![Rewrite::Replace {
+                position: position + 1,
+                value: OVERFLOWING_ARG.to_vec(),
+            }];
         };
         return vec![
             Rewrite::Replace {
@@ -203,7 +259,7 @@ fn option_rewrite(argv: &[&[u8]], first_option: usize, now_ms: i64) -> Vec<Rewri
             },
             Rewrite::Replace {
                 position: position + 1,
-                value: native_arg(logical),
+                value: native_arg(logical, now_ms),
             },
         ];
     }
@@ -368,12 +424,22 @@ mod tests {
             (vec!["EXPIRE", "k", "10"], NOW + 10_000),
             (vec!["pexpire", "k", "10"], NOW + 10),
             (vec!["EXPIREAT", "k", "1800000000"], 1_800_000_000_000),
-            (vec!["PEXPIREAT", "k", "5"], 5),
-            (vec!["expire", "k", "-5"], NOW - 5000),
+            (vec!["PEXPIREAT", "k", "1700000000005"], NOW + 5),
         ];
         for (argv, logical) in cases {
             let result = rewritten(&args(&argv), NOW).unwrap();
             assert_eq!(text(&result), ["PEXPIREAT", "k", &native(logical)]);
+        }
+        // Passed at the entry's time (Redis: at or before now): deleted at once.
+        for argv in [
+            vec!["expire", "k", "-5"],
+            vec!["EXPIRE", "k", "0"],
+            vec!["PEXPIRE", "k", "0"],
+            vec!["EXPIREAT", "k", "1700000000"],
+            vec!["PEXPIREAT", "k", "5"],
+        ] {
+            let result = rewritten(&args(&argv), NOW).unwrap();
+            assert_eq!(text(&result), ["PEXPIREAT", "k", "1"], "{argv:?}");
         }
         let with_flag = rewritten(&args(&["EXPIRE", "k", "10", "GT"]), NOW).unwrap();
         assert_eq!(text(&with_flag)[3], "GT");
@@ -386,7 +452,6 @@ mod tests {
             vec!["EXPIRE", "k", "+5"],
             vec!["EXPIRE", "k", "05"],
             vec!["EXPIRE", "k", " 5"],
-            vec!["EXPIRE", "k", "9223372036854775807"],
             vec!["SET", "k", "v", "EX", "0"],
             vec!["SET", "k", "v", "PX", "-1"],
             vec!["SETEX", "k", "0", "v"],
@@ -404,8 +469,13 @@ mod tests {
             text(&set),
             ["set", "k", "v", "NX", "PXAT", &native(NOW + 2000), "GET"]
         );
-        let exat = rewritten(&args(&["SET", "k", "v", "EXAT", "100"]), NOW).unwrap();
-        assert_eq!(text(&exat)[3..], ["PXAT".to_string(), native(100_000)]);
+        let exat = rewritten(&args(&["SET", "k", "v", "EXAT", "1800000000"]), NOW).unwrap();
+        assert_eq!(
+            text(&exat)[3..],
+            ["PXAT".to_string(), native(1_800_000_000_000)]
+        );
+        let past = rewritten(&args(&["SET", "k", "v", "EXAT", "100"]), NOW).unwrap();
+        assert_eq!(text(&past)[3..], ["PXAT", "1"]);
         assert_eq!(rewritten(&args(&["SET", "k", "v", "KEEPTTL"]), NOW), None);
         assert_eq!(rewritten(&args(&["SET", "k", "ex"]), NOW), None);
         let getex = rewritten(&args(&["GETEX", "k", "PX", "7"]), NOW).unwrap();
@@ -431,9 +501,107 @@ mod tests {
             text(&result),
             ["RESTORE", "k", &native(NOW + 100), "p", "REPLACE", "ABSTTL"]
         );
-        let result = rewritten(&args(&["RESTORE", "k", "100", "p", "absttl"]), NOW).unwrap();
-        assert_eq!(text(&result), ["RESTORE", "k", &native(100), "p", "absttl"]);
+        let at = (NOW + 100).to_string();
+        let result = rewritten(&args(&["RESTORE", "k", &at, "p", "absttl"]), NOW).unwrap();
+        assert_eq!(
+            text(&result),
+            ["RESTORE", "k", &native(NOW + 100), "p", "absttl"]
+        );
         assert_eq!(rewritten(&args(&["RESTORE", "k", "0", "p"]), NOW), None);
+    }
+
+    /// Issue #14: whatever the TTL, the stored expiry is never one a server's clock could
+    /// reach while the key lives (before, `EXPIRE k -70368744172` stored an expiry 5 s
+    /// ahead, and each server expired the key on its own): either in everybody's past
+    /// (deleted at once) or at least 2^45 ms (about 1,100 years) ahead of the entry time.
+    #[test]
+    fn no_ttl_stores_an_expiry_a_server_clock_can_reach() {
+        let minus_2_46_s = (-NATIVE_OFFSET_MS / 1000).to_string();
+        let minus_2_46_ms = (-NATIVE_OFFSET_MS).to_string();
+        let near = [
+            "-70368744172",
+            "-70368744177",
+            minus_2_46_s.as_str(),
+            minus_2_46_ms.as_str(),
+            "-70368744177664",
+            "-1",
+            "0",
+            "1",
+            "-9223372036854775",
+            "-9223372036854775807",
+            "-9223372036854775808",
+            "9223372036854775",
+            "9223372036854775807",
+        ];
+        for command in ["EXPIRE", "PEXPIRE", "EXPIREAT", "PEXPIREAT"] {
+            for value in near {
+                let argv = args(&[command, "k", value]);
+                let Some(result) = rewritten(&argv, NOW) else {
+                    panic!("{command} k {value} left to the server's clock");
+                };
+                if result[0] != b"PEXPIREAT" {
+                    // An overflow: the server answers ERR whatever its clock.
+                    assert_eq!(text(&result), [command, "k", "9223372036854775807"]);
+                    continue;
+                }
+                let stored: i64 = text(&result)[2].parse().unwrap();
+                assert!(
+                    stored == PAST_NATIVE_MS || stored >= NOW + NATIVE_OFFSET_MS / 2,
+                    "{command} k {value} stores {stored}, near the clock ({NOW})"
+                );
+            }
+        }
+        for (option, value) in [("EX", "9223372036854775"), ("PX", "9223372036854775000")] {
+            let set = rewritten(&args(&["SET", "k", "v", option, value]), NOW).unwrap();
+            assert_eq!(text(&set), ["SET", "k", "v", option, "9223372036854775807"]);
+        }
+        let set = rewritten(&args(&["SET", "k", "v", "PXAT", "5"]), NOW).unwrap();
+        assert_eq!(text(&set), ["SET", "k", "v", "PXAT", "1"]);
+        let setex = rewritten(&args(&["SETEX", "k", "9223372036854775", "v"]), NOW).unwrap();
+        assert_eq!(text(&setex), ["SETEX", "k", "9223372036854775807", "v"]);
+        let restore = rewritten(&args(&["RESTORE", "k", "9223372036854775000", "p"]), NOW);
+        assert_eq!(
+            text(&restore.unwrap()),
+            ["RESTORE", "k", "9223372036854775807", "p", "ABSTTL"]
+        );
+        let restore = rewritten(&args(&["RESTORE", "k", "5", "p", "ABSTTL"]), NOW);
+        assert_eq!(
+            text(&restore.unwrap()),
+            ["RESTORE", "k", "1", "p", "ABSTTL"]
+        );
+    }
+
+    /// Issue #14 (item 8b): leader A proposes at 1,000 and 2,000; leader B, whose clock
+    /// says 1,500, proposes before applying A's last entry. Along the log the times run
+    /// at 1,000, 2,000, 2,000: B's `XADD *` gets an id above A's instead of failing.
+    #[test]
+    fn applied_entry_times_never_decrease_across_leaders() {
+        let carried = [1_000, 2_000, 1_500, 2_500, 0];
+        let mut previous = 0;
+        let mut ids = Vec::new();
+        for entry_ms in carried {
+            let now = applied_entry_time(previous, entry_ms);
+            assert!(now >= previous && now >= entry_ms);
+            previous = now;
+            let xadd: Vec<&[u8]> = vec![b"XADD", b"s", b"*", b"f", b"v"];
+            let (_, id) = stream_id_rewrite(&xadd, now).unwrap();
+            ids.push(String::from_utf8(id).unwrap());
+        }
+        assert_eq!(ids, ["1000-*", "2000-*", "2000-*", "2500-*", "2500-*"]);
+    }
+
+    /// Issue #14 (item 8c): a key expiring at 1,800 was past its expiry at the last
+    /// applied entry (2,000); a new leader whose clock says 1,500 must not serve it.
+    #[test]
+    fn reads_judge_expiry_at_least_at_the_applied_time() {
+        let stored = Some(to_native(1_800));
+        assert!(is_expired(stored, read_time(1_500, 2_000)));
+        assert!(!is_expired(stored, read_time(1_500, 1_700)));
+        assert!(is_expired(stored, read_time(1_900, 0)));
+        assert_eq!(
+            ttl_reply(TtlQuery::Pttl, true, stored, read_time(1_500, 2_000)),
+            -2
+        );
     }
 
     #[test]
