@@ -81,6 +81,9 @@ fn compact_async_and_compact_while_a_snapshot_runs() {
     let reply: String = exec(&mut con, &["RAFT.DEBUG", "COMPACT", "1"]).unwrap();
     assert_eq!(reply, "OK");
     let _: () = exec(&mut con, &["SET", "after", "1"]).unwrap();
+    let applied: i64 = server.info("raft")["raft_last_applied_index"]
+        .parse()
+        .unwrap();
     let started = Instant::now();
     let reply: String = exec(
         &mut server.client_with_timeout(Duration::from_secs(120)),
@@ -90,14 +93,15 @@ fn compact_async_and_compact_while_a_snapshot_runs() {
     assert_eq!(reply, "OK");
     eprintln!("COMPACT waited {:?}", started.elapsed());
     let info = server.info("raft");
-    assert_eq!(
-        info["raft_log_entries"], "0",
-        "compacted when COMPACT answered: {info:?}"
+    let snapshot: i64 = info["raft_snapshot_last_idx"].parse().unwrap();
+    assert!(
+        snapshot >= applied,
+        "COMPACT answered with the log compacted to {snapshot}, before {applied}: {info:?}"
     );
     // The running snapshot and the next one were both taken (the counter of INFO counts
     // log rewrites, which the driver may defer or merge).
     let taken = server.log().matches("taking a snapshot at index").count();
-    assert_eq!(taken, 3, "snapshots started");
+    assert!(taken >= 3, "{taken} snapshots started");
 }
 
 /// `RAFT.NODESHUTDOWN <id>` shuts the node down when the id is its own; another id is

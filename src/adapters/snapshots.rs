@@ -431,8 +431,9 @@ pub fn in_progress() -> bool {
         .is_some()
 }
 
-/// Starts a snapshot of the current applied state in a forked child. Main thread only.
-pub fn start(log_path: &Path) -> Result<(), String> {
+/// Starts a snapshot of the current applied state in a forked child; returns its index.
+/// Main thread only.
+pub fn start(log_path: &Path) -> Result<u64, String> {
     if in_progress() {
         return Err(ALREADY_RUNNING.into());
     }
@@ -475,7 +476,7 @@ pub fn start(log_path: &Path) -> Result<(), String> {
                 conf_state,
                 started: std::time::Instant::now(),
             });
-            Ok(())
+            Ok(index)
         }
     }
 }
@@ -632,7 +633,7 @@ pub fn compact_now(ctx: &redis_module::Context, background: bool) -> redis_modul
     use redis_module::{RedisError, RedisValue};
     if background {
         return match start(&crate::adapters::handlers::log_path()) {
-            Ok(()) => Ok(RedisValue::SimpleStringStatic("OK")),
+            Ok(_) => Ok(RedisValue::SimpleStringStatic("OK")),
             Err(e) if e == NOTHING_NEW || e == ALREADY_RUNNING => {
                 Ok(RedisValue::SimpleStringStatic("OK"))
             }
@@ -654,6 +655,7 @@ fn compact_when_idle(client: ffi::BlockedClient) {
     const POLL: Duration = Duration::from_millis(10);
     const GIVE_UP: Duration = Duration::from_secs(600);
     if in_progress() {
+        log::info!("raft: RAFT.DEBUG COMPACT waits for the snapshot being taken");
         std::thread::spawn(move || {
             let deadline = Instant::now() + GIVE_UP;
             while in_progress() && Instant::now() < deadline {
@@ -663,21 +665,36 @@ fn compact_when_idle(client: ffi::BlockedClient) {
         });
         return;
     }
-    let before = crate::adapters::info::SNAPSHOTS_CREATED.load(Ordering::Relaxed);
-    match start(&crate::adapters::handlers::log_path()) {
-        Ok(()) => {}
+    let index = match start(&crate::adapters::handlers::log_path()) {
+        Ok(index) => index,
         Err(e) if e == NOTHING_NEW => {
             return ffi::unblock(client, ffi::Answer::Simple("OK".into()))
         }
         Err(e) => return ffi::unblock(client, ffi::Answer::Error(format!("ERR {e}"))),
-    }
+    };
+    log::info!("raft: RAFT.DEBUG COMPACT waits for the log to be compacted past {index}");
+    let shared = with_state(|state| state.shared.clone());
     std::thread::spawn(move || {
+        // Done once the driver compacted the log past the snapshot; failed once the child
+        // is gone and no snapshot that new was published (after a moment: the parent
+        // publishes right after it learns the child ended).
         let deadline = Instant::now() + GIVE_UP;
+        let mut gone_since = None;
         let answer = loop {
-            if crate::adapters::info::SNAPSHOTS_CREATED.load(Ordering::Relaxed) > before {
+            if shared.first_index.load(Ordering::Relaxed) > index {
                 break ffi::Answer::Simple("OK".into());
             }
-            if Instant::now() > deadline {
+            let now = Instant::now();
+            let failed = !in_progress() && current_index() < index;
+            gone_since = if failed {
+                gone_since.or(Some(now))
+            } else {
+                None
+            };
+            if gone_since.is_some_and(|since| now - since > Duration::from_secs(2)) {
+                break ffi::Answer::Error("ERR snapshot failed (see the server log)".into());
+            }
+            if now > deadline {
                 break ffi::Answer::Error("ERR snapshot did not complete".into());
             }
             std::thread::sleep(POLL);
