@@ -50,6 +50,24 @@ fn load_script_and_library(router: &mut Router) -> String {
     sha
 }
 
+/// The script `sha` and the library's `myincr` run once through the cluster and leave the
+/// same counters on every node of `ids`, which all list the library.
+fn script_and_function_run_alike(cluster: &Cluster, ids: &[u64], sha: &str) {
+    let mut router = cluster.router(ids);
+    assert_eq!(router_text(&mut router, &["EVALSHA", sha, "1", "cnt"]), "1");
+    assert_eq!(
+        router_text(&mut router, &["FCALL", "myincr", "1", "fcnt"]),
+        "1"
+    );
+    assert_eq!(agreed(cluster, ids, &["GET", "cnt"]), "1");
+    assert_eq!(agreed(cluster, ids, &["GET", "fcnt"]), "1");
+    let libraries = same_everywhere(cluster, ids, &["FUNCTION", "LIST"]);
+    assert!(
+        all_strings(&libraries).iter().any(|s| s == "counters"),
+        "{libraries:?}"
+    );
+}
+
 /// Item 1: a node that joins after the log was compacted receives a snapshot; it must
 /// know the scripts and libraries the others know.
 #[test]
@@ -81,23 +99,8 @@ fn scripts_and_functions_survive_a_snapshot_install() {
         "node 4 did not install a snapshot: {info:?}"
     );
 
-    let mut router = cluster.router(&ids);
-    assert_eq!(
-        router_text(&mut router, &["EVALSHA", &sha, "1", "cnt"]),
-        "1"
-    );
-    assert_eq!(
-        router_text(&mut router, &["FCALL", "myincr", "1", "fcnt"]),
-        "1"
-    );
-    assert_eq!(agreed(&cluster, &ids, &["GET", "cnt"]), "1");
-    assert_eq!(agreed(&cluster, &ids, &["GET", "fcnt"]), "1");
     assert_eq!(agreed(&cluster, &ids, &["GET", "before"]), "1");
-    let libraries = same_everywhere(&cluster, &ids, &["FUNCTION", "LIST"]);
-    assert!(
-        all_strings(&libraries).iter().any(|s| s == "counters"),
-        "{libraries:?}"
-    );
+    script_and_function_run_alike(&cluster, &ids, &sha);
 }
 
 /// Item 1, restart: with `save ""` a node restarts from its snapshot and log only; the
@@ -131,23 +134,8 @@ fn scripts_and_functions_survive_a_restart_from_a_snapshot() {
         cluster.node_mut(id).restart();
     }
     cluster.wait_caught_up(&ids, CONVERGE_TIMEOUT);
-    let mut router = cluster.router(&ids);
-    assert_eq!(
-        router_text(&mut router, &["EVALSHA", &sha, "1", "cnt"]),
-        "1"
-    );
-    assert_eq!(
-        router_text(&mut router, &["FCALL", "myincr", "1", "fcnt"]),
-        "1"
-    );
-    assert_eq!(agreed(&cluster, &ids, &["GET", "cnt"]), "1");
-    assert_eq!(agreed(&cluster, &ids, &["GET", "fcnt"]), "1");
     // Each node's own script cache was emptied by the restart; the registry answers.
-    let exists = same_everywhere(&cluster, &ids, &["FUNCTION", "LIST"]);
-    assert!(
-        all_strings(&exists).iter().any(|s| s == "counters"),
-        "{exists:?}"
-    );
+    script_and_function_run_alike(&cluster, &ids, &sha);
 }
 
 /// Item 1, EVAL_RO: served as a read on one node, it caches its body there only. An

@@ -114,14 +114,33 @@ pub fn spawn_clients(
     seed: u64,
     shared: &Arc<Shared>,
 ) -> Vec<JoinHandle<()>> {
-    (0..config.clients)
+    spawn_threads(
+        "chaos-client",
+        config.clients,
+        config,
+        seed,
+        shared,
+        run_client,
+    )
+}
+
+/// Starts `count` threads running `body(n, seed, config, shared)`.
+fn spawn_threads(
+    name: &str,
+    count: usize,
+    config: &WorkloadConfig,
+    seed: u64,
+    shared: &Arc<Shared>,
+    body: fn(u64, u64, &WorkloadConfig, &Shared),
+) -> Vec<JoinHandle<()>> {
+    (0..count)
         .map(|n| {
             let shared = Arc::clone(shared);
             let config = config.clone();
             thread::Builder::new()
-                .name(format!("chaos-client-{n}"))
-                .spawn(move || run_client(n as u64, seed, &config, &shared))
-                .expect("spawn client")
+                .name(format!("{name}-{n}"))
+                .spawn(move || body(n as u64, seed, &config, &shared))
+                .expect("spawn a workload thread")
         })
         .collect()
 }
@@ -132,35 +151,50 @@ fn run_client(n: u64, seed: u64, config: &WorkloadConfig, shared: &Shared) {
     let mut process = n;
     while !shared.stop.load(Ordering::Relaxed) {
         let call = choose_call(&mut rng, config, shared);
-        let invoke_ns = shared.history.now_ns();
-        let result = router.run(&call, &shared.topology);
-        let complete_ns = shared.history.now_ns();
-        let outcome = result.outcome;
-        shared.history.record(Op {
-            id: 0,
-            process,
-            call,
-            outcome,
-            reply: result.reply,
-            error: result.error,
-            node: result.node,
-            invoke_ns,
-            complete_ns,
+        let next_process = process + config.clients as u64;
+        run_one(shared, &mut process, next_process, &mut rng, call, |call| {
+            router.run(call, &shared.topology)
         });
-        match outcome {
-            Outcome::Ok => {}
-            Outcome::Unknown => {
-                // The operation may still be in flight: this "process" is crashed, the
-                // thread continues as a new one (Jepsen's convention).
-                process += config.clients as u64;
-                sleep(Duration::from_millis(rng.range(10, 60)));
-            }
-            Outcome::Fail => sleep(Duration::from_millis(rng.range(10, 60))),
-        }
         let think = config.think_max.as_micros() as u64;
         if think > 0 {
             sleep(Duration::from_micros(rng.below(think + 1)));
         }
+    }
+}
+
+/// Runs one operation with `run`, records it under `process`, and backs off after a
+/// failure. After an unknown outcome the operation may still be in flight: this
+/// "process" is crashed and the thread continues as `next_process` (Jepsen's convention).
+fn run_one(
+    shared: &Shared,
+    process: &mut u64,
+    next_process: u64,
+    rng: &mut Rng,
+    call: Call,
+    run: impl FnOnce(&Call) -> CallResult,
+) {
+    let invoke_ns = shared.history.now_ns();
+    let result = run(&call);
+    let complete_ns = shared.history.now_ns();
+    let outcome = result.outcome;
+    shared.history.record(Op {
+        id: 0,
+        process: *process,
+        call,
+        outcome,
+        reply: result.reply,
+        error: result.error,
+        node: result.node,
+        invoke_ns,
+        complete_ns,
+    });
+    match outcome {
+        Outcome::Ok => {}
+        Outcome::Unknown => {
+            *process = next_process;
+            sleep(Duration::from_millis(rng.range(10, 60)));
+        }
+        Outcome::Fail => sleep(Duration::from_millis(rng.range(10, 60))),
     }
 }
 
@@ -262,16 +296,14 @@ pub fn spawn_consumers(
     seed: u64,
     shared: &Arc<Shared>,
 ) -> Vec<JoinHandle<()>> {
-    (0..config.consumers)
-        .map(|n| {
-            let shared = Arc::clone(shared);
-            let config = config.clone();
-            thread::Builder::new()
-                .name(format!("chaos-consumer-{n}"))
-                .spawn(move || run_consumer(n as u64, seed, &config, &shared))
-                .expect("spawn consumer")
-        })
-        .collect()
+    spawn_threads(
+        "chaos-consumer",
+        config.consumers,
+        config,
+        seed,
+        shared,
+        run_consumer,
+    )
 }
 
 /// A BLPOP worker on the shared queues. One attempt in five it is "killed" instead: it
@@ -303,39 +335,28 @@ fn run_consumer(n: u64, seed: u64, config: &WorkloadConfig, shared: &Shared) {
                 abandoned: false,
             },
         };
-        let invoke_ns = shared.history.now_ns();
-        let result = match &call {
-            Call::Dequeue {
-                abandoned: true,
-                key,
-            } => {
-                after_trap = Some(key.clone());
-                let hold = Duration::from_millis(rng.range(20, 300));
-                router.abandon(&call, &shared.topology, hold)
-            }
-            _ => router.run(&call, &shared.topology),
-        };
-        let complete_ns = shared.history.now_ns();
-        let outcome = result.outcome;
-        shared.history.record(Op {
-            id: 0,
-            process,
-            call,
-            outcome,
-            reply: result.reply,
-            error: result.error,
-            node: result.node,
-            invoke_ns,
-            complete_ns,
-        });
-        match outcome {
-            Outcome::Ok => {}
-            Outcome::Unknown => {
-                process += config.consumers as u64;
-                sleep(Duration::from_millis(rng.range(10, 60)));
-            }
-            Outcome::Fail => sleep(Duration::from_millis(rng.range(10, 60))),
+        let hold = Duration::from_millis(rng.range(20, 300));
+        if let Call::Dequeue {
+            abandoned: true,
+            key,
+        } = &call
+        {
+            after_trap = Some(key.clone());
         }
+        let next_process = process + config.consumers as u64;
+        run_one(
+            shared,
+            &mut process,
+            next_process,
+            &mut rng,
+            call,
+            |call| match call {
+                Call::Dequeue {
+                    abandoned: true, ..
+                } => router.abandon(call, &shared.topology, hold),
+                _ => router.run(call, &shared.topology),
+            },
+        );
     }
 }
 
