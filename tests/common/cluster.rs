@@ -257,7 +257,13 @@ impl Cluster {
     /// Starts node `id` and joins it through every current member; returns once JOIN
     /// answered `OK`.
     pub fn join_new(&mut self, id: u64) {
-        let server = self.spawn(id);
+        self.join_with(id, |opts| opts);
+    }
+
+    /// `join_new` with the node's options changed by `adjust` (e.g. its environment).
+    pub fn join_with(&mut self, id: u64, adjust: impl FnOnce(ServerOpts) -> ServerOpts) {
+        let port = free_port("127.0.0.1");
+        let server = Server::start(adjust(node_opts(id, port, self.et_ms)));
         let mut args = vec!["RAFT.CLUSTER".to_string(), "JOIN".to_string()];
         args.extend(self.nodes.values().map(|s| s.addr()));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();

@@ -146,6 +146,8 @@ pub struct ServerOpts {
     /// Redis `dir` (where the raft log lives) when it must not be the server's temp dir,
     /// e.g. a small tmpfs for disk-full tests. The server log stays in the temp dir.
     pub data_dir: Option<PathBuf>,
+    /// Extra environment variables of the server process (e.g. `LD_PRELOAD`).
+    pub env: Vec<(String, String)>,
 }
 
 impl Default for ServerOpts {
@@ -157,6 +159,7 @@ impl Default for ServerOpts {
             raft: Vec::new(),
             args: Vec::new(),
             data_dir: None,
+            env: Vec::new(),
         }
     }
 }
@@ -186,6 +189,11 @@ impl ServerOpts {
     /// Redis `dir` outside the temp dir (see `data_dir`).
     pub fn data_dir(mut self, dir: &Path) -> Self {
         self.data_dir = Some(dir.to_path_buf());
+        self
+    }
+    /// Sets an environment variable of the server process.
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.to_string(), value.to_string()));
         self
     }
     /// A plain server without the module.
@@ -363,6 +371,7 @@ impl Server {
             }
         }
         cmd.args(&self.opts.args);
+        cmd.envs(self.opts.env.iter().map(|(k, v)| (k, v)));
         cmd
     }
 
