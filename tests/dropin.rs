@@ -339,3 +339,94 @@ fn a_small_log_max_file_size_triggers_a_snapshot() {
     );
     assert!(info_num(&server, "raft_snapshot_last_idx") >= 10);
 }
+
+/// Node `id` of a test cluster with extra `raft.*` settings.
+fn cluster_node(id: u64, extra: &[(&str, &str)]) -> Server {
+    let port = free_port("127.0.0.1");
+    let mut opts = common::cluster::node_opts(id, port, 500);
+    for (key, value) in extra {
+        opts = opts.raft(key, value);
+    }
+    Server::start(opts)
+}
+
+fn join(joiner: &Server, leader: &Server) {
+    let reply: String = joiner
+        .cmd(&["RAFT.CLUSTER", "JOIN", &leader.addr()])
+        .unwrap_or_else(|e| panic!("JOIN: {}", err_text(&e)));
+    assert!(reply.starts_with("OK"), "{reply}");
+}
+
+fn local_dbsize(server: &Server) -> i64 {
+    server.cmd(&["RAFT.DEBUG", "EXEC", "DBSIZE"]).unwrap_or(-1)
+}
+
+#[test]
+fn a_snapshot_transfer_counts_its_chunks_and_can_be_refused_by_the_joiner() {
+    let leader = cluster_node(1, &[("snapshot-req-max-size", "128")]);
+    init(&leader);
+    let mut con = leader.client();
+    let mut pipe = redis::pipe();
+    for i in 0..2000 {
+        pipe.set(format!("key:{i}"), format!("value-{i}")).ignore();
+    }
+    let _: () = pipe.query(&mut con).unwrap();
+    let _: String = exec(&mut con, &["RAFT.DEBUG", "COMPACT"]).unwrap();
+    let joiner = cluster_node(2, &[("snapshot-disable-load", "yes")]);
+    join(&joiner, &leader);
+    // Refused while snapshot-disable-load is on: the data does not arrive.
+    wait(
+        "the leader tries to send the snapshot",
+        Duration::from_secs(20),
+        || info_num(&joiner, "raft_snapshotreq_received") > 0,
+        || format!("{:?}", joiner.info("raft")),
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(info_num(&joiner, "raft_snapshots_received"), 0);
+    assert_eq!(local_dbsize(&joiner), 0);
+    let chunks_refused = info_num(&joiner, "raft_snapshotreq_received");
+    config_set(&mut joiner.client(), "raft.snapshot-disable-load", "no");
+    wait(
+        "the joiner loads the snapshot",
+        Duration::from_secs(30),
+        || local_dbsize(&joiner) == 2000,
+        || format!("{:?}", joiner.info("raft")),
+    );
+    let chunks = info_num(&joiner, "raft_snapshotreq_received") - chunks_refused;
+    let size = info_num(&leader, "raft_snapshot_size");
+    assert!(
+        chunks >= size / 128,
+        "{chunks} chunks counted for a {size}-byte snapshot in 128-byte chunks"
+    );
+    assert!(chunks >= 200, "{chunks} chunks");
+}
+
+#[test]
+fn a_joiner_catching_up_counts_appends_with_entries() {
+    let leader = cluster_node(1, &[("append-req-max-size", "1kb")]);
+    init(&leader);
+    let mut con = leader.client();
+    for batch in 0..10 {
+        let mut pipe = redis::pipe();
+        for i in 0..1000 {
+            pipe.set(format!("key:{batch}:{i}"), "v").ignore();
+        }
+        let _: () = pipe.query(&mut con).unwrap();
+    }
+    let joiner = cluster_node(2, &[]);
+    join(&joiner, &leader);
+    wait(
+        "the joiner catches up",
+        Duration::from_secs(60),
+        || local_dbsize(&joiner) == 10_000,
+        || format!("{:?}", joiner.info("raft")),
+    );
+    let with_entries = info_num(&joiner, "raft_appendreq_with_entry_received");
+    assert!(with_entries >= 100, "{with_entries} appends with entries");
+    assert!(info_num(&joiner, "raft_appendreq_received") >= with_entries);
+    assert_eq!(
+        info_num(&joiner, "raft_voted_for"),
+        -1,
+        "the joiner never voted"
+    );
+}
