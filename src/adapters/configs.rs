@@ -147,8 +147,10 @@ impl ConfigurationValue<RedisString> for ConfigKey {
 
 /// Registers every key; returns false (after logging) if a value given at load is invalid.
 pub fn register(ctx: &Context, module_args: &[RedisString]) -> Result<(), String> {
-    // A server built without TLS has no tls-port config (CONFIG GET answers nothing).
-    let has_tls = !super::state::server_config(ctx.ctx, "tls-port").is_empty();
+    // A server without TLS: no tls-port config, or (Valkey 9, which keeps the configs)
+    // no OpenSSL in the process.
+    let has_tls = !super::state::server_config(ctx.ctx, "tls-port").is_empty()
+        && super::ffi::server_has_tls();
     SERVER_HAS_TLS.store(has_tls, Ordering::SeqCst);
     let defaults = RaftConfig::default();
     for key in CONFIG_KEYS {
