@@ -252,10 +252,6 @@ pub fn receive_chunk(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
         return Err(RedisError::WrongArity);
     }
     check_peer(ctx, "RAFT.SNAPSHOT.CHUNK", &args)?;
-    // The original counts every snapshot request (one per chunk) in raft_snapshotreq_received.
-    crate::adapters::info::PEER_TRAFFIC
-        .snapshotreq_received
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let offset = args[4]
         .parse_unsigned_integer()
         .map_err(|_| RedisError::Str("ERR invalid offset"))?;
@@ -290,6 +286,10 @@ pub fn receive_chunk(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
         .write_all(args[5].as_slice())
         .map_err(|e| RedisError::String(format!("ERR cannot store snapshot: {e}")))?;
     current.written += args[5].as_slice().len() as u64;
+    // Accepted: the original counts every snapshot request (one per chunk) in raft_snapshotreq_received.
+    crate::adapters::info::PEER_TRAFFIC
+        .snapshotreq_received
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     Ok(RedisValue::SimpleStringStatic("OK"))
 }
 
