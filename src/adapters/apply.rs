@@ -138,6 +138,7 @@ fn apply_entry(entry: &Entry) {
         "raft: entries must be applied in order without gaps (applied {applied}, got {})",
         entry.index
     );
+    crate::adapters::configs::delay_before_apply();
     if entry.get_entry_type() == EntryType::EntryNormal && !entry.data.is_empty() {
         let payload = Payload::decode(&entry.data).unwrap_or_else(|e| {
             // The entry passed its checksum, so this is a bug or a newer format: stop

@@ -5,11 +5,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{LazyLock, Mutex, MutexGuard};
 
 use redis_module::configuration::{
-    register_string_configuration, ConfigurationContext, ConfigurationFlags, ConfigurationValue,
+    register_enum_configuration, register_string_configuration, ConfigurationContext,
+    ConfigurationFlags, ConfigurationValue,
 };
-use redis_module::{Context, RedisError, RedisString};
+use redis_module::{Context, EnumConfigurationValue, RedisError, RedisString};
 
-use crate::core::config::{RaftConfig, ALL_KEYS, IMMUTABLE_AFTER_INIT};
+use crate::core::config::{
+    parse_bool, RaftConfig, TraceFlags, ALL_KEYS, HIDDEN_KEYS, IMMUTABLE_AFTER_INIT,
+};
 
 /// Every config key, in registration order (the interface table's).
 pub const CONFIG_KEYS: &[&str] = ALL_KEYS;
@@ -20,6 +23,12 @@ static IDENTITY_FIXED: AtomicBool = AtomicBool::new(false);
 /// Cross-field checks run only once every value from the command line has been applied,
 /// so their order does not matter.
 static LOADING_DONE: AtomicBool = AtomicBool::new(false);
+/// Whether the server has TLS (a `tls-port` config); learnt at load, before any value.
+static SERVER_HAS_TLS: AtomicBool = AtomicBool::new(true);
+
+/// What `raft.tls-enabled yes` answers on a server built without TLS.
+pub const ERR_NO_TLS: &str =
+    "Build RedisRaft with TLS (and run it on a server built with TLS) to enable TLS";
 
 pub fn config() -> MutexGuard<'static, RaftConfig> {
     CONFIG
@@ -46,10 +55,17 @@ pub fn set_config(key: &str, value: &str) -> Result<(), String> {
         }
         return Ok(());
     }
+    if key == "tls-enabled"
+        && !SERVER_HAS_TLS.load(Ordering::SeqCst)
+        && parse_bool(key, value).unwrap_or(false)
+    {
+        return Err(ERR_NO_TLS.into());
+    }
     let mut candidate = config().clone();
     candidate.set(key, value).map_err(|e| e.to_string())?;
+    candidate.validate().map_err(|e| e.to_string())?;
     if LOADING_DONE.load(Ordering::SeqCst) {
-        candidate.validate().map_err(|e| e.to_string())?;
+        log_warnings(&candidate);
     }
     if key == "loglevel" {
         log::set_max_level(candidate.loglevel.to_log_filter());
@@ -58,7 +74,65 @@ pub fn set_config(key: &str, value: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// `raft.log-delay-apply`: a test knob that sleeps this many microseconds before each
+/// entry is applied (on the main thread, as the original does).
+pub fn delay_before_apply() {
+    let micros = config().log_delay_apply_us;
+    if micros > 0 {
+        std::thread::sleep(std::time::Duration::from_micros(micros));
+    }
+}
+
+/// Cross-key combinations raft resolves rather than refuses (see `RaftConfig::warnings`).
+fn log_warnings(config: &RaftConfig) {
+    for warning in config.warnings() {
+        log::warn!("raft: {warning}");
+    }
+}
+
 struct ConfigKey(&'static str);
+
+/// `raft.trace` as Redis sees it: a bit-flag enum config (`CONFIG SET raft.trace "node conn"`).
+#[derive(Clone, Copy)]
+struct TraceValue(i32);
+
+impl TryFrom<i32> for TraceValue {
+    type Error = RedisError;
+
+    fn try_from(bits: i32) -> Result<Self, Self::Error> {
+        if bits < 0 || bits as u32 & !TraceFlags::ALL.0 != 0 {
+            return Err(RedisError::String(format!("invalid trace flags {bits}")));
+        }
+        Ok(TraceValue(bits))
+    }
+}
+
+impl From<TraceValue> for i32 {
+    fn from(value: TraceValue) -> i32 {
+        value.0
+    }
+}
+
+impl EnumConfigurationValue for TraceValue {
+    fn get_options(&self) -> (Vec<String>, Vec<i32>) {
+        TraceFlags::names_and_values()
+            .into_iter()
+            .map(|(name, bits)| (name.to_string(), bits as i32))
+            .unzip()
+    }
+}
+
+struct TraceKey;
+
+impl ConfigurationValue<TraceValue> for TraceKey {
+    fn get(&self, _ctx: &ConfigurationContext) -> TraceValue {
+        TraceValue(config().trace.0 as i32)
+    }
+
+    fn set(&self, _ctx: &ConfigurationContext, value: TraceValue) -> Result<(), RedisError> {
+        set_config("trace", &TraceFlags(value.0 as u32).to_string()).map_err(RedisError::String)
+    }
+}
 
 impl ConfigurationValue<RedisString> for ConfigKey {
     fn get(&self, _ctx: &ConfigurationContext) -> RedisString {
@@ -73,13 +147,27 @@ impl ConfigurationValue<RedisString> for ConfigKey {
 
 /// Registers every key; returns false (after logging) if a value given at load is invalid.
 pub fn register(ctx: &Context, module_args: &[RedisString]) -> Result<(), String> {
+    // A server without TLS: no tls-port config, or (Valkey 9, which keeps the configs)
+    // no OpenSSL in the process.
+    let has_tls = !super::state::server_config(ctx.ctx, "tls-port").is_empty()
+        && super::ffi::server_has_tls();
+    SERVER_HAS_TLS.store(has_tls, Ordering::SeqCst);
     let defaults = RaftConfig::default();
     for key in CONFIG_KEYS {
-        let flags = if *key == "cluster-password" {
+        let mut flags = if *key == "cluster-password" {
             ConfigurationFlags::SENSITIVE
         } else {
             ConfigurationFlags::DEFAULT
         };
+        if HIDDEN_KEYS.contains(key) {
+            flags |= ConfigurationFlags::HIDDEN;
+        }
+        if *key == "trace" {
+            let default = TraceValue(defaults.trace.0 as i32);
+            flags |= ConfigurationFlags::BITFLAGS;
+            register_enum_configuration(ctx, key, &TraceKey, default, flags, None);
+            continue;
+        }
         let default = defaults.get(key).unwrap_or_default();
         let variable: &'static ConfigKey = Box::leak(Box::new(ConfigKey(key)));
         register_string_configuration(ctx, key, variable, &default, flags, None);
@@ -107,5 +195,6 @@ pub fn register(ctx: &Context, module_args: &[RedisString]) -> Result<(), String
     let config = config();
     config.validate().map_err(|e| e.to_string())?;
     log::set_max_level(config.loglevel.to_log_filter());
+    log_warnings(&config);
     Ok(())
 }

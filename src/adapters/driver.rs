@@ -99,6 +99,8 @@ pub struct SharedStatus {
     pub role: AtomicU8,
     pub leader_id: AtomicU64,
     pub term: AtomicU64,
+    /// The node this one voted for in the current term (0: none).
+    pub voted_for: AtomicU64,
     pub commit_index: AtomicU64,
     pub first_index: AtomicU64,
     pub last_index: AtomicU64,
@@ -133,7 +135,6 @@ pub struct DriverParams {
     pub tick: Duration,
     pub fsync: bool,
     pub read_timeout_ticks: u64,
-    pub log_max_file_size: u64,
     /// This node's `host:port`, for naming itself in the membership.
     pub my_addr: String,
     pub snapshot_files: SnapshotFiles,
@@ -178,6 +179,9 @@ pub struct Driver {
     sending_snapshot_to: std::collections::BTreeSet<u64>,
     /// The entry cache limit last given to the store.
     cache_limit_bytes: u64,
+    /// Committed entries held back while `raft.log-disable-apply` is on (a test knob),
+    /// in log order; handed over once it is off.
+    held_entries: Vec<Entry>,
 }
 
 impl Driver {
@@ -213,6 +217,7 @@ impl Driver {
             file_compaction_deferred: false,
             sending_snapshot_to: std::collections::BTreeSet::new(),
             cache_limit_bytes: u64::MAX,
+            held_entries: Vec::new(),
         }
     }
 
@@ -264,6 +269,7 @@ impl Driver {
                 self.promote_caught_up_learner();
                 self.maybe_request_snapshot();
                 self.follow_cache_limit();
+                self.release_held_entries();
                 if crate::adapters::transport::TOLD_REMOVED.swap(false, Ordering::SeqCst) {
                     self.push_main(MainTask::LeaveCluster);
                 }
@@ -447,7 +453,20 @@ impl Driver {
             let lost = self.proposals.on_committed(entry.index, entry.term);
             self.fail(lost, ERR_NOT_COMMITTED);
         }
+        if !self.held_entries.is_empty() || crate::adapters::configs::config().log_disable_apply {
+            self.held_entries.extend(committed);
+            return;
+        }
         self.push_main(MainTask::Apply(committed));
+    }
+
+    /// Hands over what `raft.log-disable-apply` held, once it is off again.
+    fn release_held_entries(&mut self) {
+        if self.held_entries.is_empty() || crate::adapters::configs::config().log_disable_apply {
+            return;
+        }
+        let held = std::mem::take(&mut self.held_entries);
+        self.push_main(MainTask::Apply(held));
     }
 
     fn on_role_change(&mut self) {
@@ -498,6 +517,9 @@ impl Driver {
     /// Raft accepted the leader's snapshot: make the verified received file of this index
     /// and term our snapshot, restart the log file at it, and have the main thread load it.
     fn install_received_snapshot(&mut self, metadata: &raft::eraftpb::SnapshotMetadata) {
+        // Held entries the snapshot covers are in it; the main thread applies from it on.
+        self.held_entries
+            .retain(|entry| entry.index > metadata.index);
         let files = &self.params.snapshot_files;
         let received = files.received(metadata.index, metadata.term);
         let (file, meta) = crate::adapters::snapshots::install(files, &received, metadata.index)
@@ -602,10 +624,14 @@ impl Driver {
     /// past its limit (a hard ceiling keeps the disk bounded under constant load).
     fn rewrite_can_wait(&self, tail_bytes: u64, size_bytes: u64) -> bool {
         let ceiling = self
-            .params
-            .log_max_file_size
+            .log_max_file_size()
             .saturating_mul(MAX_FILE_SIZE_FACTOR_BEFORE_FORCED_REWRITE);
         tail_bytes > MIN_DEFERRED_TAIL_BYTES && size_bytes <= ceiling
+    }
+
+    /// `log-max-file-size` as it is now: CONFIG SET may change it at run time.
+    fn log_max_file_size(&self) -> u64 {
+        crate::adapters::configs::config().log_max_file_size
     }
 
     /// `log-max-cache-size` may change at run time (CONFIG SET).
@@ -623,7 +649,7 @@ impl Driver {
         let store = self.node.store();
         let wanted_by_raft = store.take_snapshot_wanted();
         let size_bytes = self.log.size_bytes();
-        if !wanted_by_raft && size_bytes <= self.params.log_max_file_size {
+        if !wanted_by_raft && size_bytes <= self.log_max_file_size() {
             return;
         }
         // Compaction rewrites what follows the snapshot on this thread. While most of the
@@ -766,6 +792,9 @@ impl Driver {
         shared.role.store(role_code(status.role), Ordering::Relaxed);
         shared.leader_id.store(status.leader_id, Ordering::Relaxed);
         shared.term.store(status.term, Ordering::Relaxed);
+        shared
+            .voted_for
+            .store(self.node.store().hard_state().vote, Ordering::Relaxed);
         shared
             .commit_index
             .store(status.commit_index, Ordering::Relaxed);

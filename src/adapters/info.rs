@@ -106,6 +106,13 @@ fn build(ctx: &InfoContext) -> RedisResult<()> {
         .field("is_voting", if is_voting { "yes" } else { "no" })?
         .field("leader_id", leader_id)?
         .field("current_term", load(&shared.term))?
+        .field(
+            "voted_for",
+            match load(&shared.voted_for) {
+                0 => -1,
+                id => id as i64,
+            },
+        )?
         .field("num_nodes", lines.len() as u64)?
         .field("num_voting_nodes", voting_nodes as u64)?;
     for (position, line) in lines.iter().enumerate() {
@@ -124,6 +131,7 @@ fn build(ctx: &InfoContext) -> RedisResult<()> {
         )?;
     }
     let snapshot = crate::adapters::snapshots::current_info();
+    let in_progress = crate::adapters::snapshots::in_progress_position();
     let fsync_count = load(&shared.fsync_count);
     let fsync_avg_us = load(&shared.fsync_total_us)
         .checked_div(fsync_count)
@@ -146,19 +154,31 @@ fn build(ctx: &InfoContext) -> RedisResult<()> {
         .field("snapshot_last_idx", snapshot.index)?
         .field("snapshot_last_term", snapshot.term)?
         .field("snapshot_size", snapshot.size_bytes)?
-        .field("snapshot_time_secs", snapshot.age_secs)?
+        .field(
+            "snapshot_time_secs",
+            snapshot.age_secs.map_or(-1, |secs| secs as i64),
+        )?
         .field("snapshots_created", load(&SNAPSHOTS_CREATED))?
         .field("snapshots_received", load(&SNAPSHOTS_RECEIVED))?
         .field(
             "snapshot_in_progress",
-            if crate::adapters::snapshots::in_progress() {
-                "yes"
-            } else {
-                "no"
-            },
+            if in_progress.is_some() { "yes" } else { "no" },
+        )?
+        .field(
+            "snapshot_in_progress_last_idx",
+            in_progress.map_or(-1, |(index, _)| index as i64),
+        )?
+        .field(
+            "snapshot_in_progress_last_term",
+            in_progress.map_or(-1, |(_, term)| term as i64),
         )?
         .build_section()?
         .add_section("clients")
+        // The original's sessions are clients with WATCH state.
+        .field(
+            "num_sessions",
+            crate::adapters::watch::watching_count() as u64,
+        )?
         .field("proxy_reqs", load(&PROXY_REQS))?
         .field("proxy_failed_reqs", load(&PROXY_FAILED_REQS))?
         .field("proxy_outstanding_reqs", load(&PROXY_OUTSTANDING_REQS))?

@@ -286,6 +286,10 @@ pub fn receive_chunk(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
         .write_all(args[5].as_slice())
         .map_err(|e| RedisError::String(format!("ERR cannot store snapshot: {e}")))?;
     current.written += args[5].as_slice().len() as u64;
+    // Accepted: the original counts every snapshot request (one per chunk) in raft_snapshotreq_received.
+    crate::adapters::info::PEER_TRAFFIC
+        .snapshotreq_received
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     Ok(RedisValue::SimpleStringStatic("OK"))
 }
 
@@ -295,6 +299,13 @@ pub fn receive_done(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
         return Err(RedisError::WrongArity);
     }
     let sender = check_peer(ctx, "RAFT.SNAPSHOT.DONE", &args)?;
+    if crate::adapters::configs::config().snapshot_disable_load {
+        // Test knob: the snapshot is not loaded; the sender retries later.
+        INCOMING.lock().unwrap_or_else(|p| p.into_inner()).take();
+        return Err(RedisError::Str(
+            "ERR snapshot loading is disabled on this node (raft.snapshot-disable-load)",
+        ));
+    }
     let total = args[4]
         .parse_unsigned_integer()
         .map_err(|_| RedisError::Str("ERR invalid size"))?;

@@ -15,6 +15,7 @@ use std::ffi::{c_int, c_void};
 use std::fs::File;
 use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
 use std::sync::Mutex;
 
 use crate::adapters::ffi::{self, RawCtx};
@@ -424,11 +425,26 @@ struct InProgress {
 
 static IN_PROGRESS: Mutex<Option<InProgress>> = Mutex::new(None);
 
+/// Snapshots whose child failed or whose file could not be published.
+pub static SNAPSHOTS_FAILED: AtomicU64 = AtomicU64::new(0);
+
+/// What a snapshot answers while `raft.snapshot-disable` is on.
+pub const ERR_SNAPSHOT_DISABLED: &str = "snapshots are disabled (raft.snapshot-disable)";
+
 pub fn in_progress() -> bool {
     IN_PROGRESS
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .is_some()
+}
+
+/// Index and term of the snapshot being taken, if one is.
+pub fn in_progress_position() -> Option<(u64, u64)> {
+    IN_PROGRESS
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .as_ref()
+        .map(|p| (p.index, p.term))
 }
 
 /// Starts a snapshot of the current applied state in a forked child; returns its index.
@@ -455,11 +471,31 @@ pub fn start(log_path: &Path) -> Result<u64, String> {
     if meta.index == 0 || meta.index <= current_index() {
         return Err(NOTHING_NEW.into());
     }
+    // Test knobs of the original, read before the fork (the child must not take locks).
+    let (disabled, fail, delay_secs) = {
+        let config = crate::adapters::configs::config();
+        (
+            config.snapshot_disable,
+            config.snapshot_fail,
+            config.snapshot_delay_secs,
+        )
+    };
+    if disabled {
+        return Err(ERR_SNAPSHOT_DISABLED.into());
+    }
     let files = SnapshotFiles::for_log(log_path);
     let (index, term) = (meta.index, meta.term);
     match ffi::fork(on_fork_done)? {
         ffi::ForkSide::Child => {
-            let code = match write_keyspace(ctx, &files.temp, meta) {
+            if delay_secs > 0 {
+                std::thread::sleep(std::time::Duration::from_secs(delay_secs));
+            }
+            let written = if fail {
+                Err("raft.snapshot-fail is set".to_string())
+            } else {
+                write_keyspace(ctx, &files.temp, meta)
+            };
+            let code = match written {
                 Ok(()) => 0,
                 Err(e) => {
                     log::warn!("raft: snapshot child failed: {e}");
@@ -594,6 +630,9 @@ extern "C" fn on_fork_done(exit_code: c_int, by_signal: c_int, _: *mut c_void) {
         let _ = std::fs::remove_file(&files.temp);
         None
     };
+    if input.is_none() {
+        SNAPSHOTS_FAILED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
     let input = input.unwrap_or(crate::adapters::driver::DriverInput::SnapshotFailed);
     if let Err(e) = with_state(|state| state.send_to_driver(input)) {
         log::warn!("raft: cannot tell the driver about the snapshot: {e}");
@@ -604,7 +643,8 @@ pub struct CurrentSnapshotInfo {
     pub index: u64,
     pub term: u64,
     pub size_bytes: u64,
-    pub age_secs: u64,
+    /// Seconds since the snapshot file was written; None while there is none.
+    pub age_secs: Option<u64>,
 }
 
 /// For INFO: the snapshot file as it is on disk now.
@@ -620,8 +660,7 @@ pub fn current_info() -> CurrentSnapshotInfo {
         size_bytes: metadata.as_ref().map_or(0, |m| m.len()),
         age_secs: metadata
             .and_then(|m| m.modified().ok())
-            .and_then(|t| t.elapsed().ok())
-            .map_or(0, |d| d.as_secs()),
+            .map(|t| t.elapsed().map_or(0, |d| d.as_secs())),
     }
 }
 

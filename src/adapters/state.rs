@@ -482,8 +482,8 @@ pub fn start_node(
     }
     let params = NodeParams {
         id: meta.node_id,
-        election_ticks: (settings.election_timeout_ms / tick_ms).max(2) as usize,
-        heartbeat_ticks: (settings.request_timeout_ms / tick_ms).max(1) as usize,
+        election_ticks: settings.election_ticks(),
+        heartbeat_ticks: settings.heartbeat_ticks(),
         applied,
         max_append_bytes: settings.append_req_max_size,
         max_inflight_appends: settings.append_req_max_count.max(1) as usize,
@@ -514,7 +514,6 @@ pub fn start_node(
         tick: Duration::from_millis(tick_ms),
         fsync: settings.log_fsync,
         read_timeout_ticks: params.election_ticks as u64,
-        log_max_file_size: settings.log_max_file_size,
         my_addr: my_addr.clone(),
         snapshot_files: SnapshotFiles::for_log(&crate::adapters::handlers::log_path()),
         transfer: SendJob {

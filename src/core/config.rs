@@ -1,10 +1,10 @@
 //! Module configuration: values, defaults, parsing and validation.
 //!
 //! Keys are the contract names without the `raft.` prefix (`election-timeout`).
-//! Parsing one key checks only that key's own format and range; checks that
-//! involve several keys live in [`RaftConfig::validate`], because CONFIG SET
-//! changes one key at a time and must be able to pass through states that only
-//! make sense once the next key is set too.
+//! Each key is validated on its own (format and range): CONFIG SET changes one
+//! key at a time, in any order, so a value in range is always accepted. Relations
+//! between keys are warnings ([`RaftConfig::warnings`]) and are resolved where the
+//! values are used ([`RaftConfig::heartbeat_ticks`], [`RaftConfig::election_ticks`]).
 
 use std::fmt;
 use std::str::FromStr;
@@ -36,7 +36,35 @@ pub const ALL_KEYS: &[&str] = &[
     "cluster-password",
     "tls-enabled",
     "loglevel",
+    "trace",
+    "scan-size",
+    "sharding",
+    "external-sharding",
+    "slot-config",
+    "shardgroup-update-interval",
+    "log-delay-apply",
+    "log-disable-apply",
+    "snapshot-delay",
+    "snapshot-fail",
+    "snapshot-disable",
+    "snapshot-disable-load",
+    "migration-debug",
 ];
+
+/// The original's test knobs: registered hidden (`CONFIG GET *` does not list them,
+/// `CONFIG GET raft.<name>` does), as RedisRaft (C) does.
+pub const HIDDEN_KEYS: &[&str] = &[
+    "log-delay-apply",
+    "log-disable-apply",
+    "snapshot-delay",
+    "snapshot-fail",
+    "snapshot-disable",
+    "snapshot-disable-load",
+    "migration-debug",
+];
+
+/// Highest hash slot (Redis Cluster has 16384).
+pub const MAX_SLOT: u16 = 16383;
 
 /// Keys that cannot change after `RAFT.CLUSTER INIT` / `JOIN`: they name this
 /// node and its files, which the cluster and the disk already know.
@@ -92,6 +120,14 @@ pub const LIMITS: &[(&str, u64, u64)] = &[
     ("snapshot-req-max-count", 1, 1024),
     // Bytes per snapshot chunk: 0 would never progress.
     ("snapshot-req-max-size", 1, 512 * MIB),
+    // Keys per SCAN step of a (sharding) migration; the original's default is 1000.
+    ("scan-size", 1, i32::MAX as u64),
+    // How often a sharding node refreshes its shard groups.
+    ("shardgroup-update-interval", 1, 86_400_000),
+    // Test knob: microseconds slept before applying each entry (at most a minute).
+    ("log-delay-apply", 0, 60_000_000),
+    // Test knob: seconds the snapshot child waits before writing (at most an hour).
+    ("snapshot-delay", 0, 3600),
 ];
 
 /// Numeric keys that hold byte sizes and so also accept Redis memory units (`64mb`).
@@ -218,6 +254,197 @@ impl FromStr for LogLevel {
     }
 }
 
+/// `trace`: the original's debug trace categories, a set of bit flags. `off` is the
+/// empty set and `all` every category; Redis registers it as a bit-flag enum config, so
+/// `CONFIG SET raft.trace "node conn"` sets two at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct TraceFlags(pub u32);
+
+impl TraceFlags {
+    /// Each category's name and bit, the original's values (`off` 0 and `all` the union
+    /// are not categories).
+    pub const CATEGORIES: &'static [(&'static str, u32)] = &[
+        ("node", 1),
+        ("conn", 1 << 1),
+        ("raftlib", 1 << 2),
+        ("raftlog", 1 << 3),
+        ("generic", 1 << 4),
+        ("migration", 1 << 5),
+    ];
+    pub const OFF: TraceFlags = TraceFlags(0);
+    pub const ALL: TraceFlags = TraceFlags((1 << 6) - 1);
+
+    /// Every name Redis accepts, with its value, for the enum registration.
+    pub fn names_and_values() -> Vec<(&'static str, u32)> {
+        let mut all = vec![("off", 0)];
+        all.extend_from_slice(Self::CATEGORIES);
+        all.push(("all", Self::ALL.0));
+        all
+    }
+
+    pub fn contains(self, name: &str) -> bool {
+        Self::CATEGORIES
+            .iter()
+            .any(|&(known, bit)| known == name && self.0 & bit != 0)
+    }
+}
+
+impl fmt::Display for TraceFlags {
+    /// `off`, `all`, or the set categories separated by spaces (`node conn`).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if *self == Self::OFF {
+            return f.write_str("off");
+        }
+        if *self == Self::ALL {
+            return f.write_str("all");
+        }
+        let names: Vec<&str> = Self::CATEGORIES
+            .iter()
+            .filter(|&&(_, bit)| self.0 & bit != 0)
+            .map(|&(name, _)| name)
+            .collect();
+        f.write_str(&names.join(" "))
+    }
+}
+
+impl FromStr for TraceFlags {
+    type Err = ConfigError;
+
+    /// One or more names separated by spaces or commas, any case; the union of them.
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        let mut bits = 0;
+        let mut any = false;
+        for word in value.split(|c: char| c == ',' || c.is_whitespace()) {
+            if word.is_empty() {
+                continue;
+            }
+            let (_, bit) = Self::names_and_values()
+                .into_iter()
+                .find(|(name, _)| word.eq_ignore_ascii_case(name))
+                .ok_or_else(|| {
+                    ConfigError::new(
+                        "trace",
+                        format!(
+                            "invalid value '{word}': expected off, node, conn, raftlib, raftlog, \
+                             generic, migration or all"
+                        ),
+                    )
+                })?;
+            bits |= bit;
+            any = true;
+        }
+        if !any {
+            return Err(ConfigError::new(
+                "trace",
+                "empty value: expected off, all or categories",
+            ));
+        }
+        Ok(TraceFlags(bits))
+    }
+}
+
+/// `migration-debug`: a fault the original injects into slot migrations (test knob;
+/// stored until sharding exists).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum MigrationDebug {
+    #[default]
+    None,
+    FailConnect,
+    FailImport,
+    FailUnlock,
+}
+
+impl MigrationDebug {
+    pub const ALL: [MigrationDebug; 4] = [
+        MigrationDebug::None,
+        MigrationDebug::FailConnect,
+        MigrationDebug::FailImport,
+        MigrationDebug::FailUnlock,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MigrationDebug::None => "none",
+            MigrationDebug::FailConnect => "fail-connect",
+            MigrationDebug::FailImport => "fail-import",
+            MigrationDebug::FailUnlock => "fail-unlock",
+        }
+    }
+}
+
+impl FromStr for MigrationDebug {
+    type Err = ConfigError;
+
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|mode| value.eq_ignore_ascii_case(mode.as_str()))
+            .ok_or_else(|| {
+                ConfigError::new(
+                    "migration-debug",
+                    format!(
+                        "invalid value '{value}': expected none, fail-connect, fail-import or \
+                         fail-unlock"
+                    ),
+                )
+            })
+    }
+}
+
+/// A set of hash slots as `slot-config` spells it: ranges `start:end` and single slots,
+/// separated by commas or spaces (`0:16383`, `0:99,200`); empty means no slots.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SlotRanges(pub Vec<(u16, u16)>);
+
+impl fmt::Display for SlotRanges {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let parts: Vec<String> = self
+            .0
+            .iter()
+            .map(|&(start, end)| format!("{start}:{end}"))
+            .collect();
+        f.write_str(&parts.join(","))
+    }
+}
+
+impl FromStr for SlotRanges {
+    type Err = ConfigError;
+
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        let invalid = |why: String| {
+            ConfigError::new(
+                "slot-config",
+                format!("invalid slot ranges '{value}': {why}"),
+            )
+        };
+        let slot = |text: &str| -> Result<u16, ConfigError> {
+            match text.parse::<u16>() {
+                Ok(slot) if slot <= MAX_SLOT && text.bytes().all(|b| b.is_ascii_digit()) => {
+                    Ok(slot)
+                }
+                _ => Err(invalid(format!(
+                    "'{text}' is not a slot between 0 and {MAX_SLOT}"
+                ))),
+            }
+        };
+        let mut ranges = Vec::new();
+        for part in value.split(|c: char| c == ',' || c.is_whitespace()) {
+            if part.is_empty() {
+                continue;
+            }
+            let (start, end) = match part.split_once(':') {
+                Some((start, end)) => (slot(start)?, slot(end)?),
+                None => (slot(part)?, slot(part)?),
+            };
+            if start > end {
+                return Err(invalid(format!("range {part} ends before it starts")));
+            }
+            ranges.push((start, end));
+        }
+        Ok(SlotRanges(ranges))
+    }
+}
+
 /// All module configuration, with the contract's defaults.
 #[derive(Clone, PartialEq, Eq)]
 pub struct RaftConfig {
@@ -250,6 +477,21 @@ pub struct RaftConfig {
     pub cluster_password: String,
     pub tls_enabled: bool,
     pub loglevel: LogLevel,
+    pub trace: TraceFlags,
+    /// Sharding (accepted and stored; no effect until sharding exists).
+    pub scan_size: u64,
+    pub sharding: bool,
+    pub external_sharding: bool,
+    pub slot_config: SlotRanges,
+    pub shardgroup_update_interval_ms: u64,
+    /// Test knobs the original has, which test rigs use to stage faults.
+    pub log_delay_apply_us: u64,
+    pub log_disable_apply: bool,
+    pub snapshot_delay_secs: u64,
+    pub snapshot_fail: bool,
+    pub snapshot_disable: bool,
+    pub snapshot_disable_load: bool,
+    pub migration_debug: MigrationDebug,
 }
 
 impl Default for RaftConfig {
@@ -280,6 +522,19 @@ impl Default for RaftConfig {
             cluster_password: String::new(),
             tls_enabled: false,
             loglevel: LogLevel::Notice,
+            trace: TraceFlags::OFF,
+            scan_size: 1000,
+            sharding: false,
+            external_sharding: false,
+            slot_config: SlotRanges(vec![(0, MAX_SLOT)]),
+            shardgroup_update_interval_ms: 5000,
+            log_delay_apply_us: 0,
+            log_disable_apply: false,
+            snapshot_delay_secs: 0,
+            snapshot_fail: false,
+            snapshot_disable: false,
+            snapshot_disable_load: false,
+            migration_debug: MigrationDebug::None,
         }
     }
 }
@@ -350,6 +605,10 @@ impl RaftConfig {
         "append-req-max-size" => append_req_max_size,
         "snapshot-req-max-count" => snapshot_req_max_count,
         "snapshot-req-max-size" => snapshot_req_max_size,
+        "scan-size" => scan_size,
+        "shardgroup-update-interval" => shardgroup_update_interval_ms,
+        "log-delay-apply" => log_delay_apply_us,
+        "snapshot-delay" => snapshot_delay_secs,
     }
 
     bool_fields! {
@@ -357,6 +616,12 @@ impl RaftConfig {
         "follower-proxy" => follower_proxy,
         "quorum-reads" => quorum_reads,
         "tls-enabled" => tls_enabled,
+        "sharding" => sharding,
+        "external-sharding" => external_sharding,
+        "log-disable-apply" => log_disable_apply,
+        "snapshot-fail" => snapshot_fail,
+        "snapshot-disable" => snapshot_disable,
+        "snapshot-disable-load" => snapshot_disable_load,
     }
 
     /// Sets one key from its string form (CONFIG SET, MODULE LOADEX args, tests).
@@ -397,6 +662,9 @@ impl RaftConfig {
             }
             "cluster-password" => self.cluster_password = value.to_string(),
             "loglevel" => self.loglevel = value.parse()?,
+            "trace" => self.trace = value.parse()?,
+            "slot-config" => self.slot_config = value.parse()?,
+            "migration-debug" => self.migration_debug = value.parse()?,
             _ => unreachable!("canonical_key returned a key set() does not handle: {key}"),
         }
         Ok(())
@@ -430,18 +698,18 @@ impl RaftConfig {
             "cluster-password" if self.cluster_password.is_empty() => String::new(),
             "cluster-password" => HIDDEN_VALUE.to_string(),
             "loglevel" => self.loglevel.to_string(),
+            "trace" => self.trace.to_string(),
+            "slot-config" => self.slot_config.to_string(),
+            "migration-debug" => self.migration_debug.as_str().to_string(),
             _ => return None,
         };
         Some(value)
     }
 
-    /// Checks every field (they are public, so they may not have gone through
-    /// `set`) and the relations between them that raft-rs needs:
-    /// - `request-timeout` ≥ `periodic-interval`: a heartbeat every ≥ 1 tick;
-    /// - `election-timeout` ≥ 2 × `periodic-interval`: elections need ≥ 2 ticks;
-    /// - `election-timeout` spans more whole ticks than `request-timeout`, so
-    ///   followers hear a heartbeat before they time out (raft-rs refuses
-    ///   `election_tick <= heartbeat_tick`); this implies request < election.
+    /// Checks every field on its own (they are public, so they may not have gone
+    /// through `set`). Relations between keys are never an error: CONFIG SET changes
+    /// one key at a time, in any order, so each value in range is accepted; see
+    /// [`Self::warnings`] and the tick counts, which resolve them where they are used.
     pub fn validate(&self) -> Result<(), ConfigError> {
         for &(key, min, max) in LIMITS {
             let value = self
@@ -455,47 +723,60 @@ impl RaftConfig {
         }
         parse_log_filename(&self.log_filename)?;
         parse_cluster_user(&self.cluster_user)?;
-
-        let periodic_ms = self.periodic_interval_ms;
-        if self.request_timeout_ms < periodic_ms {
+        if self.trace.0 & !TraceFlags::ALL.0 != 0 {
             return Err(ConfigError::new(
-                "request-timeout",
-                format!(
-                    "{} ms is shorter than periodic-interval ({periodic_ms} ms)",
-                    self.request_timeout_ms
-                ),
+                "trace",
+                format!("unknown trace bits {:#x}", self.trace.0),
             ));
         }
-        if self.election_timeout_ms < 2 * periodic_ms {
-            return Err(ConfigError::new(
-                "election-timeout",
-                format!(
-                    "{} ms must be at least twice periodic-interval ({periodic_ms} ms)",
-                    self.election_timeout_ms
-                ),
-            ));
-        }
-        if self.election_ticks() <= self.heartbeat_ticks() {
-            return Err(ConfigError::new(
-                "election-timeout",
-                format!(
-                    "{} ms must be at least one periodic-interval ({periodic_ms} ms) longer than \
-                     request-timeout ({} ms), counted in whole ticks",
-                    self.election_timeout_ms, self.request_timeout_ms
-                ),
-            ));
+        for &(start, end) in &self.slot_config.0 {
+            if start > end || end > MAX_SLOT {
+                return Err(ConfigError::new(
+                    "slot-config",
+                    format!("invalid slot range {start}:{end}"),
+                ));
+            }
         }
         Ok(())
     }
 
-    /// `request-timeout` in whole ticks: raft-rs' `heartbeat_tick` (≥ 1 once valid).
-    pub fn heartbeat_ticks(&self) -> usize {
-        (self.request_timeout_ms / self.periodic_interval_ms.max(1)) as usize
+    /// Combinations of keys that raft cannot use as given, each with how it is
+    /// resolved (see [`Self::heartbeat_ticks`], [`Self::election_ticks`]). Logged as
+    /// warnings; the values stay as set.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        let periodic_ms = self.periodic_interval_ms;
+        if self.request_timeout_ms < periodic_ms {
+            warnings.push(format!(
+                "raft.request-timeout ({} ms) is shorter than raft.periodic-interval \
+                 ({periodic_ms} ms): heartbeats go every tick",
+                self.request_timeout_ms
+            ));
+        }
+        let given_election_ticks = self.election_timeout_ms / periodic_ms.max(1);
+        if given_election_ticks < 2 || given_election_ticks <= self.heartbeat_ticks() as u64 {
+            warnings.push(format!(
+                "raft.election-timeout ({} ms) must span at least two raft.periodic-interval \
+                 ticks ({periodic_ms} ms) and more than raft.request-timeout ({} ms): \
+                 elections time out after {} ticks",
+                self.election_timeout_ms,
+                self.request_timeout_ms,
+                self.election_ticks()
+            ));
+        }
+        warnings
     }
 
-    /// `election-timeout` in whole ticks: raft-rs' `election_tick` (> heartbeat once valid).
+    /// `request-timeout` in whole ticks: raft-rs' `heartbeat_tick`, at least 1.
+    pub fn heartbeat_ticks(&self) -> usize {
+        (self.request_timeout_ms / self.periodic_interval_ms.max(1)).max(1) as usize
+    }
+
+    /// `election-timeout` in whole ticks: raft-rs' `election_tick`, at least 2 and more
+    /// than [`Self::heartbeat_ticks`] (raft-rs refuses `election_tick <= heartbeat_tick`).
     pub fn election_ticks(&self) -> usize {
-        (self.election_timeout_ms / self.periodic_interval_ms.max(1)) as usize
+        let given = (self.election_timeout_ms / self.periodic_interval_ms.max(1)) as usize;
+        given.max(2).max(self.heartbeat_ticks() + 1)
     }
 }
 
@@ -720,6 +1001,19 @@ mod tests {
             ("cluster-password", ""),
             ("tls-enabled", "no"),
             ("loglevel", "notice"),
+            ("trace", "off"),
+            ("scan-size", "1000"),
+            ("sharding", "no"),
+            ("external-sharding", "no"),
+            ("slot-config", "0:16383"),
+            ("shardgroup-update-interval", "5000"),
+            ("log-delay-apply", "0"),
+            ("log-disable-apply", "no"),
+            ("snapshot-delay", "0"),
+            ("snapshot-fail", "no"),
+            ("snapshot-disable", "no"),
+            ("snapshot-disable-load", "no"),
+            ("migration-debug", "none"),
         ];
         assert_eq!(expected.len(), ALL_KEYS.len());
         for (key, value) in expected {
@@ -1012,56 +1306,195 @@ mod tests {
     }
 
     #[test]
-    fn validate_requires_request_timeout_of_at_least_one_tick() {
+    fn a_short_request_timeout_is_a_warning_and_heartbeats_go_every_tick() {
         let config = RaftConfig {
             periodic_interval_ms: 100,
             request_timeout_ms: 99,
             ..RaftConfig::default()
         };
-        assert_eq!(error_key(config.validate()), "request-timeout");
+        config.validate().unwrap();
+        let warnings = config.warnings();
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(warnings[0].contains("raft.request-timeout"), "{warnings:?}");
+        assert_eq!(config.heartbeat_ticks(), 1);
+        assert_eq!(config.election_ticks(), 10);
     }
 
     #[test]
-    fn validate_requires_election_timeout_of_two_ticks() {
+    fn a_short_election_timeout_is_a_warning_and_spans_two_ticks() {
         let config = RaftConfig {
             periodic_interval_ms: 100,
             request_timeout_ms: 100,
             election_timeout_ms: 199,
             ..RaftConfig::default()
         };
-        assert_eq!(error_key(config.validate()), "election-timeout");
-        RaftConfig {
+        config.validate().unwrap();
+        let warnings = config.warnings();
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(
+            warnings[0].contains("raft.election-timeout"),
+            "{warnings:?}"
+        );
+        assert_eq!((config.heartbeat_ticks(), config.election_ticks()), (1, 2));
+        let fine = RaftConfig {
             election_timeout_ms: 200,
             ..config
-        }
-        .validate()
-        .unwrap();
+        };
+        assert!(fine.warnings().is_empty());
+        assert_eq!((fine.heartbeat_ticks(), fine.election_ticks()), (1, 2));
     }
 
     #[test]
-    fn validate_requires_election_timeout_beyond_request_timeout_in_whole_ticks() {
+    fn an_election_timeout_not_beyond_request_timeout_is_resolved_to_one_tick_more() {
         let config = RaftConfig {
             request_timeout_ms: 1000,
             election_timeout_ms: 1000,
             ..RaftConfig::default()
         };
-        assert_eq!(error_key(config.validate()), "election-timeout");
+        config.validate().unwrap();
+        assert_eq!(config.warnings().len(), 1);
+        assert_eq!(
+            (config.heartbeat_ticks(), config.election_ticks()),
+            (10, 11)
+        );
         // 250 ms and 290 ms are both 2 ticks of 100 ms: raft-rs would refuse them.
         let same_ticks = RaftConfig {
             request_timeout_ms: 250,
             election_timeout_ms: 290,
             ..RaftConfig::default()
         };
-        assert_eq!(error_key(same_ticks.validate()), "election-timeout");
+        same_ticks.validate().unwrap();
+        assert_eq!(same_ticks.warnings().len(), 1);
+        assert_eq!(
+            (same_ticks.heartbeat_ticks(), same_ticks.election_ticks()),
+            (2, 3)
+        );
     }
 
     #[test]
-    fn set_checks_one_key_and_validate_checks_the_relations() {
+    fn any_order_of_in_range_sets_validates() {
+        // The original's test rigs set a slow tick before the timeouts that fit it.
         let mut config = RaftConfig::default();
-        config.set("periodic-interval", "1000").unwrap();
-        assert_eq!(error_key(config.validate()), "request-timeout");
+        config.set("periodic-interval", "999").unwrap();
+        config.validate().unwrap();
+        assert_eq!(config.warnings().len(), 2, "{:?}", config.warnings());
         config.set("request-timeout", "2000").unwrap();
         config.set("election-timeout", "10000").unwrap();
+        config.validate().unwrap();
+        assert!(config.warnings().is_empty(), "{:?}", config.warnings());
+        assert_eq!((config.heartbeat_ticks(), config.election_ticks()), (2, 10));
+        // The reverse order passes through a different odd state, also accepted.
+        let mut config = RaftConfig::default();
+        config.set("election-timeout", "10").unwrap();
+        config.validate().unwrap();
+        config.set("request-timeout", "5").unwrap();
+        config.set("periodic-interval", "1").unwrap();
+        config.validate().unwrap();
+        assert!(config.warnings().is_empty(), "{:?}", config.warnings());
+    }
+
+    #[test]
+    fn trace_takes_several_flags_at_once() {
+        let mut config = RaftConfig::default();
+        config.set("trace", "node conn").unwrap();
+        assert_eq!(config.trace, TraceFlags(0b11));
+        assert!(config.trace.contains("conn") && !config.trace.contains("raftlib"));
+        assert_eq!(config.get("trace").as_deref(), Some("node conn"));
+        config
+            .set("trace", "RAFTLIB,raftlog generic migration")
+            .unwrap();
+        assert_eq!(
+            config.trace.to_string(),
+            "raftlib raftlog generic migration"
+        );
+        config
+            .set("trace", "node conn raftlib raftlog generic migration")
+            .unwrap();
+        assert_eq!(config.get("trace").as_deref(), Some("all"));
+        config.set("trace", "all").unwrap();
+        assert_eq!(config.trace, TraceFlags::ALL);
+        config.set("trace", "off").unwrap();
+        assert_eq!(config.trace, TraceFlags::OFF);
+        assert_eq!(config.get("trace").as_deref(), Some("off"));
+        for bad in ["", "  ", "node loud", "on"] {
+            assert_eq!(error_key(config.set("trace", bad)), "trace", "{bad:?}");
+        }
+        let values: Vec<u32> = TraceFlags::names_and_values()
+            .iter()
+            .map(|&(_, v)| v)
+            .collect();
+        assert_eq!(values, [0, 1, 2, 4, 8, 16, 32, 63]);
+    }
+
+    #[test]
+    fn sharding_keys_are_accepted_and_stored() {
+        let mut config = RaftConfig::default();
+        config.set("sharding", "yes").unwrap();
+        config.set("external-sharding", "yes").unwrap();
+        config.set("scan-size", "50").unwrap();
+        config.set("shardgroup-update-interval", "1000").unwrap();
+        config.set("slot-config", "0:99, 200 300:16383").unwrap();
+        assert!(config.sharding && config.external_sharding);
+        assert_eq!(config.scan_size, 50);
+        assert_eq!(config.shardgroup_update_interval_ms, 1000);
+        assert_eq!(
+            config.slot_config,
+            SlotRanges(vec![(0, 99), (200, 200), (300, 16383)])
+        );
+        assert_eq!(
+            config.get("slot-config").as_deref(),
+            Some("0:99,200:200,300:16383")
+        );
+        config.set("slot-config", "").unwrap();
+        assert_eq!(config.slot_config, SlotRanges(Vec::new()));
+        for bad in ["0:16384", "5:1", "a:b", "-1", "1:2:3", "+1"] {
+            assert_eq!(
+                error_key(config.set("slot-config", bad)),
+                "slot-config",
+                "{bad}"
+            );
+        }
+        for (key, bad) in [("scan-size", "0"), ("shardgroup-update-interval", "0")] {
+            assert_eq!(error_key(config.set(key, bad)), key);
+        }
+        config.validate().unwrap();
+    }
+
+    #[test]
+    fn test_knobs_parse_within_their_ranges() {
+        let mut config = RaftConfig::default();
+        config.set("log-delay-apply", "250000").unwrap();
+        config.set("log-disable-apply", "yes").unwrap();
+        config.set("snapshot-delay", "3").unwrap();
+        config.set("snapshot-fail", "yes").unwrap();
+        config.set("snapshot-disable", "yes").unwrap();
+        config.set("snapshot-disable-load", "yes").unwrap();
+        config.set("migration-debug", "FAIL-IMPORT").unwrap();
+        assert_eq!(config.log_delay_apply_us, 250_000);
+        assert_eq!(config.snapshot_delay_secs, 3);
+        assert!(config.log_disable_apply && config.snapshot_fail);
+        assert!(config.snapshot_disable && config.snapshot_disable_load);
+        assert_eq!(config.migration_debug, MigrationDebug::FailImport);
+        assert_eq!(
+            config.get("migration-debug").as_deref(),
+            Some("fail-import")
+        );
+        for mode in MigrationDebug::ALL {
+            config.set("migration-debug", mode.as_str()).unwrap();
+            assert_eq!(config.migration_debug, mode);
+        }
+        for (key, bad) in [
+            ("log-delay-apply", "60000001"),
+            ("log-delay-apply", "-1"),
+            ("snapshot-delay", "3601"),
+            ("snapshot-fail", "maybe"),
+            ("migration-debug", "fail"),
+        ] {
+            assert_eq!(error_key(config.set(key, bad)), key, "{key} {bad}");
+        }
+        for key in HIDDEN_KEYS {
+            assert!(ALL_KEYS.contains(key), "{key}");
+        }
         config.validate().unwrap();
     }
 
@@ -1108,6 +1541,7 @@ mod tests {
             .iter()
             .chain(SENSITIVE_KEYS)
             .chain(BYTE_SIZE_KEYS)
+            .chain(HIDDEN_KEYS)
         {
             assert!(ALL_KEYS.contains(key), "{key}");
         }

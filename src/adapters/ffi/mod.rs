@@ -704,3 +704,17 @@ pub fn exit_from_child(code: i32) -> ! {
     }
     std::process::exit(code)
 }
+
+/// Whether the server process carries OpenSSL, i.e. was built with TLS. A server built
+/// without TLS still registers every `tls-*` config (Valkey 9 here answers `tls-port 0`),
+/// so the configs cannot tell; its symbols can: Redis and Valkey link with `-rdynamic`,
+/// and a shared libssl is global too, so `SSL_CTX_new` resolves exactly when TLS is in.
+pub fn server_has_tls() -> bool {
+    extern "C" {
+        fn dlsym(handle: *mut c_void, symbol: *const c_char) -> *mut c_void;
+    }
+    // SAFETY: a null handle is RTLD_DEFAULT (search the global symbols); the name is a
+    // NUL-terminated literal; the result is only compared with null, never called.
+    let symbol = unsafe { dlsym(std::ptr::null_mut(), c"SSL_CTX_new".as_ptr()) };
+    !symbol.is_null()
+}
