@@ -278,6 +278,8 @@ fn watch_gives_optimistic_locking_without_lost_updates() {
         aborted.load(Ordering::Relaxed) > 0,
         "four clients racing never conflicted: the test proves nothing"
     );
+    // Followers may still be applying the last increments.
+    cluster.wait_caught_up(&cluster.ids(), CONVERGE_TIMEOUT);
     for id in cluster.ids() {
         assert_eq!(
             text(&cluster.local(id, &["GET", "counter"])),
