@@ -10,7 +10,7 @@ SERVER_TESTS = $(foreach f,$(shell grep -l '^mod common;' tests/*.rs 2>/dev/null
 # The Valkey pass of `make test` runs the single-node, cluster, commands, consistency, security and
 # disk-fault suites (the snapshot and chaos suites are long; run them on Valkey with
 # `make test-valkey8` or by hand).
-VALKEY_TESTS = --test single_node --test cluster --test commands --test consistency --test security --test disk_faults --test dropin
+VALKEY_TESTS = --test single_node --test cluster --test commands --test consistency --test security --test disk_faults --test dropin --test original_commands
 
 .PHONY: all build deps cluster stop test test-valkey8 bench fmt fmt-check lint clean distclean help
 
