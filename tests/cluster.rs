@@ -591,27 +591,7 @@ fn add_and_remove_nodes_under_load() {
     // The removed node never serves data again, and soon answers NOCLUSTER (a member
     // answers its messages with REMOVED, after which it leaves the cluster).
     let victim_addr = cluster.addr(victim);
-    let deadline = Instant::now() + CONVERGE_TIMEOUT;
-    loop {
-        match try_cmd(&victim_addr, &["GET", "x"], Duration::from_secs(5)) {
-            Ok(v) => panic!("removed node {victim} served a read: {v:?}"),
-            Err(e) => {
-                let text = err_text(&e);
-                if text.starts_with("NOCLUSTER") {
-                    break;
-                }
-                assert!(
-                    ["CLUSTERDOWN", "MOVED"].iter().any(|p| text.starts_with(p)),
-                    "removed node {victim} answers {text:?}"
-                );
-                assert!(
-                    Instant::now() < deadline,
-                    "removed node {victim} still answers {text:?}"
-                );
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
-    }
+    wait_nocluster(&victim_addr, victim);
 
     // Writes keep succeeding.
     writers.wait_progress(50, CONVERGE_TIMEOUT, "after the removal");
@@ -649,10 +629,79 @@ fn add_and_remove_nodes_under_load() {
         expect_err(&mut con, &["RAFT.NODE", "REMOVE", &victim.to_string()]),
         "ERR node id does not exist"
     );
+}
+
+/// A removed node never serves data again, and soon answers NOCLUSTER.
+fn wait_nocluster(addr: &str, id: u64) {
+    let deadline = Instant::now() + CONVERGE_TIMEOUT;
+    loop {
+        match try_cmd(addr, &["GET", "x"], Duration::from_secs(5)) {
+            Ok(v) => panic!("removed node {id} served a read: {v:?}"),
+            Err(e) => {
+                let text = err_text(&e);
+                if text.starts_with("NOCLUSTER") {
+                    return;
+                }
+                assert!(
+                    ["CLUSTERDOWN", "MOVED"].iter().any(|p| text.starts_with(p)),
+                    "removed node {id} answers {text:?}"
+                );
+                assert!(
+                    Instant::now() < deadline,
+                    "removed node {id} still answers {text:?}"
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+}
+
+/// As in the original, `RAFT.NODE REMOVE <the leader's own id>` works: the leader hands
+/// leadership over and leaves. Removing the current leader again and again leaves one
+/// node, which keeps serving writes; writes run throughout; each removed node answers
+/// NOCLUSTER; the last voter cannot remove itself.
+#[test]
+fn remove_the_leader_until_one_node_is_left() {
+    let cluster = Cluster::start(3, ET_MS);
+    let all = cluster.ids();
+    let mut remaining = all.clone();
+    let writers = Writers::start(cluster.addrs(&all), "list", 2);
+    writers.wait_progress(20, CONVERGE_TIMEOUT, "before the removals");
+    let mut removed = Vec::new();
+    while remaining.len() > 1 {
+        let leader = cluster.wait_leader(&remaining, CONVERGE_TIMEOUT);
+        let mut con = cluster.node(leader).client();
+        let reply: String = exec(&mut con, &["RAFT.NODE", "REMOVE", &leader.to_string()])
+            .unwrap_or_else(|e| panic!("RAFT.NODE REMOVE {leader} on itself: {}", err_text(&e)));
+        assert_eq!(reply, "OK", "RAFT.NODE REMOVE {leader} on itself");
+        remaining.retain(|&id| id != leader);
+        removed.push(leader);
+        for &gone in &removed {
+            wait_nocluster(&cluster.addr(gone), gone);
+        }
+        cluster.wait_voters(&remaining, CONVERGE_TIMEOUT);
+        writers.wait_progress(20, CONVERGE_TIMEOUT, &format!("after removing {leader}"));
+        let leader = cluster.wait_caught_up(&remaining, CONVERGE_TIMEOUT);
+        let info = cluster.info(leader).expect("leader INFO");
+        assert_eq!(
+            info_nodes(&info).into_keys().collect::<Vec<_>>(),
+            remaining,
+            "members after removing {removed:?}"
+        );
+    }
+    let logs = writers.finish();
+    let last = remaining[0];
+    cluster.wait_caught_up(&remaining, CONVERGE_TIMEOUT);
+    let list = strings(cluster.local(last, &["LRANGE", "list", "0", "-1"]));
+    check_list(&list, &logs);
+    let mut con = cluster.node(last).client();
     assert_eq!(
-        expect_err(&mut con, &["RAFT.NODE", "REMOVE", &leader.to_string()]),
-        "ERR cannot remove the leader; move leadership first with RAFT.TRANSFER_LEADER"
+        expect_err(&mut con, &["RAFT.NODE", "REMOVE", &last.to_string()]),
+        "ERR cannot remove the last voting node of the cluster"
     );
+    // And it still serves.
+    let reply: String = exec(&mut con, &["SET", "after", "1"]).unwrap();
+    assert_eq!(reply, "OK");
 }
 
 #[test]

@@ -39,6 +39,31 @@ fn int(v: &Value) -> i64 {
     }
 }
 
+/// The server's wording of an ACL refusal of a key and of a command (Redis 7.2 reworded
+/// them; Valkey keeps 7.2's).
+fn noperm_words(server: &Server, user: &str, command: &str) -> (String, String) {
+    let info: String = server.cmd(&["INFO", "server"]).unwrap();
+    let version = info
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("redis_version:"))
+        .unwrap_or("0.0");
+    let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+    let new = info.contains("valkey_version:")
+        || (parts.next().unwrap_or(0), parts.next().unwrap_or(0)) >= (7, 2);
+    if new {
+        (
+            "NOPERM No permissions to access a key".into(),
+            format!("NOPERM User {user} has no permissions to run the '{command}' command"),
+        )
+    } else {
+        (
+            "NOPERM this user has no permissions to access one of the keys used as arguments"
+                .into(),
+            format!("NOPERM this user has no permissions to run the '{command}' command"),
+        )
+    }
+}
+
 fn leader_client(cluster: &Cluster) -> (u64, Connection) {
     let leader = cluster.wait_leader(&cluster.ids(), CONVERGE_TIMEOUT);
     (leader, cluster.node(leader).client())
@@ -1006,7 +1031,7 @@ fn follower_proxy_forwards_checked_commands_but_not_restricted_scripts() {
     );
     assert_eq!(
         expect_err(&mut carol, &["SET", "secret", "v"]),
-        "NOPERM this user has no permissions to access one of the keys used as arguments"
+        noperm_words(cluster.node(follower), "carol", "set").0
     );
     // Her script would run on the leader as the cluster user: not proxied.
     let script = "return redis.call('SET', KEYS[1], 'from-script')";
@@ -1061,7 +1086,7 @@ fn acl_is_checked_before_the_log_and_scripts_run_as_the_caller() {
     let before = current_index(&cluster, leader);
     assert_eq!(
         expect_err(&mut alice, &["SET", "k", "alice"]),
-        "NOPERM this user has no permissions to run the 'set' command"
+        noperm_words(cluster.node(leader), "alice", "set").1
     );
     let error = expect_err(
         &mut alice,
@@ -1073,7 +1098,9 @@ fn acl_is_checked_before_the_log_and_scripts_run_as_the_caller() {
         ],
     );
     assert!(
-        error.contains("can't run this command") || error.contains("no permissions"),
+        error.contains("can't run this command")
+            || error.contains("no permissions")
+            || error.contains("No permissions"),
         "{error}"
     );
     assert_eq!(
@@ -1085,7 +1112,7 @@ fn acl_is_checked_before_the_log_and_scripts_run_as_the_caller() {
     let mut bob = connect(&format!("redis://bob:pw@{addr}/"), Duration::from_secs(5)).unwrap();
     assert_eq!(
         expect_err(&mut bob, &["SET", "k", "bob"]),
-        "NOPERM this user has no permissions to access one of the keys used as arguments"
+        noperm_words(cluster.node(leader), "bob", "set").0
     );
     assert_eq!(
         exec::<String>(&mut bob, &["SET", "allowed1", "bob"]).unwrap(),
@@ -1216,4 +1243,155 @@ fn commands_doc(rows: &[(String, String)], version: &str) -> String {
         doc.push_str(&format!("| `{name}` | {class} |\n"));
     }
     doc
+}
+
+/// Issue #15: over `maxmemory`, the leader refuses what Redis refuses (`denyoom`) with
+/// Redis' own words, before anything is logged; deletes and the module's own entries
+/// (expiry, snapshots) still go through; raising the limit makes writes work again. On
+/// one node and on the leader of three.
+#[test]
+fn maxmemory_refuses_denyoom_writes_before_the_log() {
+    let plain = Server::start(ServerOpts::new().without_module());
+    let mut con = plain.client();
+    let _: String = exec(&mut con, &["CONFIG", "SET", "maxmemory", "1"]).unwrap();
+    let oom = expect_err(&mut con, &["SET", "k", "v"]);
+    assert!(oom.starts_with("OOM "), "plain server: {oom}");
+    // Inside MULTI Redis 7.0 refuses to queue anything, Valkey only `denyoom` commands.
+    let reply_text = |reply: redis::RedisResult<Value>| match reply {
+        Ok(v) => text(&v),
+        Err(e) => err_text(&e),
+    };
+    let _: String = exec(&mut con, &["MULTI"]).unwrap();
+    let queued_del = reply_text(exec(&mut con, &["DEL", "k"]));
+    assert_eq!(expect_err(&mut con, &["SET", "k", "v"]), oom);
+    let execabort = expect_err(&mut con, &["EXEC"]);
+
+    for size in [1, 3] {
+        let cluster = Cluster::start(size, ET_MS);
+        let (leader, mut con) = leader_client(&cluster);
+        let _: String = exec(&mut con, &["SET", "a", "1"]).unwrap();
+        let _: String = exec(&mut con, &["SET", "t", "x", "PX", "300"]).unwrap();
+        let _: String = exec(&mut con, &["CONFIG", "SET", "maxmemory", "1"]).unwrap();
+        cluster.wait_caught_up(&cluster.ids(), CONVERGE_TIMEOUT);
+        let index = current_index(&cluster, leader);
+        assert_eq!(
+            expect_err(&mut con, &["SET", "k", "v"]),
+            oom,
+            "{size} nodes"
+        );
+        assert_eq!(expect_err(&mut con, &["INCR", "n"]), oom, "{size} nodes");
+        assert_eq!(expect_err(&mut con, &["RAFT", "LPUSH", "l", "x"]), oom);
+        let _: String = exec(&mut con, &["MULTI"]).unwrap();
+        assert_eq!(reply_text(exec(&mut con, &["DEL", "k"])), queued_del);
+        assert_eq!(expect_err(&mut con, &["SET", "k", "v"]), oom);
+        assert_eq!(expect_err(&mut con, &["EXEC"]), execabort);
+        assert_eq!(
+            current_index(&cluster, leader),
+            index,
+            "{size} nodes: a refused write was logged"
+        );
+        // Deletes and the module's own entries are not refused.
+        assert_eq!(exec::<i64>(&mut con, &["DEL", "a"]).unwrap(), 1);
+        let ids = cluster.ids();
+        assert!(
+            wait_until(CONVERGE_TIMEOUT, || ids
+                .iter()
+                .all(|&id| int(&cluster.local(id, &["EXISTS", "t"])) == 0)),
+            "{size} nodes: the expired key was not deleted over maxmemory"
+        );
+        let _: String = exec(&mut con, &["RAFT.DEBUG", "COMPACT"]).unwrap();
+        // Raising the limit lets writes in again.
+        let _: String = exec(&mut con, &["CONFIG", "SET", "maxmemory", "0"]).unwrap();
+        let _: String = exec(&mut con, &["SET", "k", "after"]).unwrap();
+        cluster.wait_caught_up(&ids, CONVERGE_TIMEOUT);
+        for &id in &ids {
+            assert_eq!(
+                text(&cluster.local(id, &["GET", "k"])),
+                "after",
+                "node {id}"
+            );
+            assert_eq!(int(&cluster.local(id, &["EXISTS", "a"])), 0, "node {id}");
+        }
+        assert_identical(&cluster);
+    }
+}
+
+/// Issue #15: ACL refusals are worded as the running server words them (Redis 7.0:
+/// `NOPERM this user has no permissions to access one of the keys used as arguments`;
+/// Redis 7.2+ and Valkey: `NOPERM No permissions to access a key`, ...), for commands,
+/// subcommands, keys, channels, scripts and commands queued in MULTI: compared with a
+/// plain server of the same binary.
+#[test]
+fn acl_refusals_are_worded_as_the_server_words_them() {
+    let plain = Server::start(ServerOpts::new().without_module());
+    let cluster = Cluster::start(1, ET_MS);
+    let node = cluster.node(1);
+    let users: [&[&str]; 2] = [
+        &[
+            "ACL",
+            "SETUSER",
+            "u",
+            "on",
+            ">pw",
+            "+@all",
+            "-set",
+            "~allowed*",
+            "&allowed*",
+        ],
+        &[
+            "ACL",
+            "SETUSER",
+            "v",
+            "on",
+            ">pw",
+            "+@all",
+            "-object|encoding",
+            "~*",
+            "&*",
+        ],
+    ];
+    for server in [&plain, node] {
+        for user in users {
+            let reply: String = server.cmd(user).unwrap();
+            assert_eq!(reply, "OK");
+        }
+        let reply: String = server.cmd(&["SET", "allowed1", "x"]).unwrap();
+        assert_eq!(reply, "OK");
+    }
+    let script = "return redis.call('GET', 'secret')";
+    let cases: [(&str, &[&str]); 7] = [
+        ("u", &["SET", "allowed1", "v"]),
+        ("u", &["GET", "secret"]),
+        ("u", &["INCR", "secret"]),
+        ("u", &["PUBLISH", "secretchan", "m"]),
+        ("u", &["EVAL", "return 1", "1", "secret"]),
+        ("u", &["EVAL", script, "1", "allowed1"]),
+        ("v", &["OBJECT", "ENCODING", "allowed1"]),
+    ];
+    let connect_as = |server: &Server, user: &str| {
+        connect(
+            &format!("redis://{user}:pw@{}/", server.addr()),
+            Duration::from_secs(5),
+        )
+        .unwrap()
+    };
+    for (user, args) in cases {
+        let want = expect_err(&mut connect_as(&plain, user), args);
+        assert!(
+            want.starts_with("NOPERM") || want.contains("can't") || want.contains("ACL"),
+            "plain server: {want}"
+        );
+        let got = expect_err(&mut connect_as(node, user), args);
+        assert_eq!(got, want, "{user}: {args:?}");
+    }
+    // Queued inside MULTI: refused with the same words, and EXEC aborts.
+    let mut replies = Vec::new();
+    for server in [&plain, node] {
+        let mut con = connect_as(server, "u");
+        let _: String = exec(&mut con, &["MULTI"]).unwrap();
+        let refused = expect_err(&mut con, &["GET", "secret"]);
+        replies.push((refused, expect_err(&mut con, &["EXEC"])));
+    }
+    assert_eq!(replies[1], replies[0]);
+    assert_eq!(text(&cluster.local(1, &["GET", "allowed1"])), "x");
 }

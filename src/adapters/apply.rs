@@ -262,7 +262,13 @@ fn apply_membership_change(entry: &Entry, me: u64, incarnation: u64) {
         entry.index
     );
     if applied == (Applied::Removed { id: me }) {
-        with_state(|state| state.removed = true);
+        with_state(|state| {
+            // A leader that removed itself leaves once it handed leadership over: the
+            // driver sends LeaveCluster then.
+            if !state.shared.handing_over.load(Ordering::SeqCst) {
+                state.removed = true;
+            }
+        });
     }
     let waiter = context
         .origin

@@ -112,6 +112,9 @@ pub struct SharedStatus {
     pub fsync_count: AtomicU64,
     pub fsync_total_us: AtomicU64,
     pub fsync_max_us: AtomicU64,
+    /// This leader applied its own removal and is handing leadership over; it leaves
+    /// the cluster once another node leads (or after two election timeouts).
+    pub handing_over: AtomicBool,
 }
 
 pub fn role_code(role: Role) -> u8 {
@@ -182,6 +185,8 @@ pub struct Driver {
     /// Committed entries held back while `raft.log-disable-apply` is on (a test knob),
     /// in log order; handed over once it is off.
     held_entries: Vec<Entry>,
+    /// Tick by which a leader that removed itself leaves even if no other node leads yet.
+    handover_deadline: Option<u64>,
 }
 
 impl Driver {
@@ -218,6 +223,7 @@ impl Driver {
             sending_snapshot_to: std::collections::BTreeSet::new(),
             cache_limit_bytes: u64::MAX,
             held_entries: Vec::new(),
+            handover_deadline: None,
         }
     }
 
@@ -272,6 +278,16 @@ impl Driver {
                 self.release_held_entries();
                 if crate::adapters::transport::TOLD_REMOVED.swap(false, Ordering::SeqCst) {
                     self.push_main(MainTask::LeaveCluster);
+                }
+                if let Some(deadline) = self.handover_deadline {
+                    let leader = self.node.status().leader_id;
+                    if leader != 0 && leader != self.node.status().id {
+                        log::info!("raft: node {leader} leads now; this removed node leaves");
+                        self.finish_handover();
+                    } else if self.ticks >= deadline {
+                        log::warn!("raft: no other node took over leadership in time; leaving");
+                        self.finish_handover();
+                    }
                 }
             }
             self.pump_ready();
@@ -482,6 +498,30 @@ impl Driver {
         self.was_leader = is_leader;
     }
 
+    /// This leader applied a change that removed it: it steps down (raft-rs cannot lead
+    /// without being a member) and asks the most up-to-date voter to campaign at once.
+    /// Until the others have learned that the change committed they may still need this
+    /// node's vote (with two members left, the remaining one cannot win an election
+    /// without it), so the node leaves only once another node leads, or after two
+    /// election timeouts.
+    fn start_handover(&mut self) {
+        if self.handover_deadline.is_some() {
+            return;
+        }
+        self.shared.handing_over.store(true, Ordering::SeqCst);
+        self.handover_deadline = Some(self.ticks + 2 * self.params.read_timeout_ticks.max(1));
+        if let Some(target) = self.node.most_up_to_date_follower() {
+            log::info!("raft: this leader was removed; handing leadership to node {target}");
+            self.node.transfer_leader(target);
+        }
+        self.node.step_down();
+    }
+
+    fn finish_handover(&mut self) {
+        self.handover_deadline = None;
+        self.push_main(MainTask::LeaveCluster);
+    }
+
     fn send(&mut self, messages: Vec<Message>) {
         for message in messages {
             let to = message.to;
@@ -503,10 +543,20 @@ impl Driver {
             );
             std::process::abort();
         });
-        if let Err(e) = self.node.apply_conf_change(&change) {
-            // raft-rs refuses only invalid transitions, which the leader never proposes.
-            log::error!("raft: FATAL: cannot apply conf change {}: {e}", entry.index);
-            std::process::abort();
+        let conf_state = match self.node.apply_conf_change(&change) {
+            Ok(conf_state) => conf_state,
+            Err(e) => {
+                // raft-rs refuses only invalid transitions, which the leader never proposes.
+                log::error!("raft: FATAL: cannot apply conf change {}: {e}", entry.index);
+                std::process::abort();
+            }
+        };
+        let status = self.node.status();
+        if status.role == Role::Leader
+            && !conf_state.voters.contains(&status.id)
+            && !conf_state.learners.contains(&status.id)
+        {
+            self.start_handover();
         }
         if let Ok(context) = ChangeContext::decode(&entry.context) {
             self.membership.apply(&change, &context);
@@ -734,7 +784,7 @@ impl Driver {
             return;
         }
         let status = self.node.status();
-        if status.leader_ready && self.membership.get(status.id).is_none() {
+        if status.leader_ready && !self.membership.is_used(status.id) {
             // INIT's AddNode(itself) was lost in a crash before it was durable: every
             // cluster's log must name its first member, or joiners miscount the voters.
             let context = ChangeContext {

@@ -11,7 +11,9 @@ use crate::adapters::ffi::{self, Answer, FilterCtx, RawCtx};
 use crate::adapters::logio::LogFile;
 use crate::adapters::state::{self, call_locally, with_state, with_table, NodeState, Waiter};
 use crate::adapters::{execute, transactions};
-use crate::core::commands::{arity_error, unknown_command_error, Class, CommandInfo, CommandTable};
+use crate::core::commands::{
+    arity_error, unknown_command_error, AclDenied, Class, CommandInfo, CommandTable, ServerFlavor,
+};
 use crate::core::entry::{check_proposal_size, Argv, Origin, Payload};
 use crate::core::logfile::NodeMeta;
 use crate::core::membership::{single_change, ChangeContext};
@@ -23,6 +25,58 @@ const ERR_NO_CLUSTER: &str = "NOCLUSTER No Raft Cluster";
 const ERR_JOINING: &str = "NOCLUSTER No Raft Cluster (joining now)";
 pub const ERR_REMOVED: &str = "NOCLUSTER No Raft Cluster (this node was removed from the cluster)";
 const ERR_LOADING: &str = "LOADING Raft module is loading data";
+/// Redis' own refusal of a `denyoom` command over `maxmemory`.
+pub const ERR_OOM: &str = "OOM command not allowed when used memory > 'maxmemory'.";
+
+thread_local! {
+    /// The running server, read once from `INFO server`.
+    static FLAVOR: std::cell::Cell<Option<ServerFlavor>> = const { std::cell::Cell::new(None) };
+}
+
+/// Which server runs the module (Redis 7.0, 7.2+, Valkey), where their replies differ.
+pub fn server_flavor(ctx: RawCtx) -> ServerFlavor {
+    if let Some(flavor) = FLAVOR.with(std::cell::Cell::get) {
+        return flavor;
+    }
+    let info = call_locally(ctx, &[b"INFO".to_vec(), b"server".to_vec()], false)
+        .map(|reply| String::from_utf8_lossy(reply.bytes()).into_owned())
+        .unwrap_or_default();
+    let flavor = ServerFlavor::from_info(&info);
+    FLAVOR.with(|cell| cell.set(Some(flavor)));
+    flavor
+}
+
+/// Redis' refusal of a command queued inside MULTI over `maxmemory`: Redis refuses to
+/// queue anything then, Valkey only what it would refuse outside MULTI.
+pub fn check_oom_queued(ctx: RawCtx, argv: &Argv) -> Result<(), &'static str> {
+    if server_flavor(ctx).refuses_any_queued_command_on_oom() {
+        if over_maxmemory(ctx) {
+            return Err(ERR_OOM);
+        }
+        return Ok(());
+    }
+    check_oom(ctx, std::slice::from_ref(argv))
+}
+
+/// Whether the server is over `maxmemory` (Redis' own judgement, as for its commands).
+pub fn over_maxmemory(ctx: RawCtx) -> bool {
+    ffi::context_flags(ctx) & redis_module::raw::REDISMODULE_CTX_FLAGS_OOM != 0
+}
+
+/// Redis' OOM refusal if any of `commands` is one Redis refuses over `maxmemory`
+/// (`denyoom`; deletes and the like still go through) and the server is over it.
+fn check_oom(ctx: RawCtx, commands: &[Argv]) -> Result<(), &'static str> {
+    let denied = with_table(|table| {
+        commands.iter().any(|argv| {
+            let slices: Vec<&[u8]> = argv.iter().map(Vec::as_slice).collect();
+            table.denies_oom(&slices)
+        })
+    });
+    if denied && over_maxmemory(ctx) {
+        return Err(ERR_OOM);
+    }
+    Ok(())
+}
 
 /// Every client command passes here first. Commands raft must see are rewritten to
 /// `RAFT <command...>` so that our handler, which can block the client, receives them.
@@ -192,22 +246,27 @@ pub fn acl_check(ctx: RawCtx, argv: &[Vec<u8>]) -> Result<Option<String>, String
     if user.may_run(&mut ffi::data::Args::new(argv)) {
         return Ok(Some(name));
     }
-    // Redis 7.0's wording; ACL DRYRUN tells which rule refused.
-    let mut dry_run = vec![b"ACL".to_vec(), b"DRYRUN".to_vec(), name.into_bytes()];
+    // The server's own wording (Redis 7.0's, or 7.2's which Valkey keeps); ACL DRYRUN
+    // tells which rule refused.
+    let mut dry_run = vec![
+        b"ACL".to_vec(),
+        b"DRYRUN".to_vec(),
+        name.clone().into_bytes(),
+    ];
     dry_run.extend(argv.iter().cloned());
     let reason = call_locally(ctx, &dry_run, false)
         .map(|reply| String::from_utf8_lossy(reply.bytes()).into_owned())
         .unwrap_or_default();
-    Err(if reason.contains(" key") {
-        "NOPERM this user has no permissions to access one of the keys used as arguments".into()
+    let slices: Vec<&[u8]> = argv.iter().map(Vec::as_slice).collect();
+    let command = with_table(|table| table.full_name(&slices));
+    let denied = if reason.contains(" key") {
+        AclDenied::Key
     } else if reason.contains(" channel") {
-        "NOPERM this user has no permissions to access one of the channels used as arguments".into()
+        AclDenied::Channel
     } else {
-        format!(
-            "NOPERM this user has no permissions to run the '{}' command",
-            String::from_utf8_lossy(&argv[0]).to_ascii_lowercase()
-        )
-    })
+        AclDenied::Command(&command)
+    };
+    Err(server_flavor(ctx).acl_wording().noperm(denied, &name))
 }
 
 /// A script or function call by a user with restricted rights. The leader runs proxied
@@ -264,6 +323,11 @@ pub fn submit(
         // every leader that tried to append it.
         if let Err(too_large) = check_proposal_size(&commands, user.as_deref()) {
             return reply_error(&too_large.to_string());
+        }
+        // Refused before it is logged, as Redis refuses it before running it; the
+        // module's own entries (expiry, membership) never pass here.
+        if let Err(oom) = check_oom(ctx, &commands) {
+            return reply_error(oom);
         }
     }
     let blocking = match (class, transaction) {

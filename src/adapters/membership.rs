@@ -26,6 +26,8 @@ use crate::core::membership::{single_change, ChangeContext};
 use crate::core::peer_check::{check_sender, Refusal, SenderVerdict};
 use crate::core::resp::RespValue;
 
+/// Removing the only voter would leave a cluster that can never elect a leader.
+pub const ERR_LAST_VOTER: &str = "ERR cannot remove the last voting node of the cluster";
 const ERR_JOIN_FAILED: &str = "ERR failed to connect to cluster for join, please check logs";
 /// Pause between join rounds while the cluster has no leader or is busy with a change.
 const JOIN_RETRY_INTERVAL: Duration = Duration::from_millis(500);
@@ -260,10 +262,11 @@ pub fn raft_node(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
             if state.membership.get(node_id).is_none() {
                 return Err("ERR node id does not exist");
             }
-            if node_id == state.my_id() {
-                return Err(
-                    "ERR cannot remove the leader; move leadership first with RAFT.TRANSFER_LEADER",
-                );
+            // The leader may remove itself: once the change is applied it hands leadership
+            // to another voter and leaves (driver `start_handover`). Raft cannot run
+            // without a voter, so the last one stays.
+            if node_id == state.my_id() && state.membership.voting_count() <= 1 {
+                return Err(ERR_LAST_VOTER);
             }
             return Ok((node_id, Answer::Simple("OK".into()), false));
         }

@@ -131,7 +131,12 @@ pub fn queue(ctx: RawCtx, client: u64, argv: Argv, class: Class) -> RedisResult 
                 unknown_command_error(&slices)
             })
         }
-        Class::Read | Class::Write | Class::Transaction => handlers::acl_check(ctx, &argv).err(),
+        Class::Read | Class::Write | Class::Transaction => {
+            match handlers::check_oom_queued(ctx, &argv) {
+                Err(oom) => Some(oom.to_string()),
+                Ok(()) => handlers::acl_check(ctx, &argv).err(),
+            }
+        }
     };
     let bytes: usize = argv.iter().map(Vec::len).sum();
     OPEN.with(|open| {

@@ -188,6 +188,8 @@ struct Entry {
     nondeterministic: bool,
     /// Only the order of the output differs between nodes (sorted inside scripts).
     unordered: bool,
+    /// Redis' `denyoom` flag: refused while the server is over `maxmemory`.
+    denyoom: bool,
 }
 
 /// The bits `RAFT.DEBUG COMMANDSPEC` answers, numbered as the original's command specs.
@@ -204,6 +206,87 @@ pub mod spec_flags {
     pub const SORT_REPLY: u32 = 1 << 5;
     /// Its output differs between nodes: refused inside scripts.
     pub const RANDOM: u32 = 1 << 6;
+}
+
+/// Which server the module runs in, where replies differ between them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ServerFlavor {
+    /// `redis_version` (Valkey reports the Redis version it is compatible with, 7.2).
+    pub redis_version: (u32, u32),
+    pub valkey: bool,
+}
+
+impl ServerFlavor {
+    /// From `INFO server` text (`redis_version:7.0.15`, `valkey_version:9.1.2`).
+    pub fn from_info(info: &str) -> ServerFlavor {
+        let mut flavor = ServerFlavor::default();
+        for line in info.lines() {
+            let line = line.trim_end();
+            if let Some(version) = line.strip_prefix("redis_version:") {
+                let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+                flavor.redis_version = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+            } else if line.starts_with("valkey_version:") {
+                flavor.valkey = true;
+            }
+        }
+        flavor
+    }
+
+    /// Redis 7.2 reworded ACL refusals (`NOPERM No permissions to access a key`).
+    pub fn acl_wording(self) -> AclWording {
+        if self.valkey || self.redis_version >= (7, 2) {
+            AclWording::Redis72
+        } else {
+            AclWording::Redis70
+        }
+    }
+
+    /// Over maxmemory inside MULTI, Redis refuses to queue any command; Valkey (8+)
+    /// refuses only `denyoom` ones.
+    pub fn refuses_any_queued_command_on_oom(self) -> bool {
+        !self.valkey
+    }
+}
+
+/// How the server words an ACL refusal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AclWording {
+    Redis70,
+    Redis72,
+}
+
+/// What ACL refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AclDenied<'a> {
+    Command(&'a str),
+    Key,
+    Channel,
+}
+
+impl AclWording {
+    /// The server's own `NOPERM` reply. `command`: lowercase name (`set`, `config|set`).
+    pub fn noperm(self, denied: AclDenied<'_>, user: &str) -> String {
+        match (self, denied) {
+            (AclWording::Redis70, AclDenied::Key) => {
+                "NOPERM this user has no permissions to access one of the keys used as arguments"
+                    .into()
+            }
+            (AclWording::Redis70, AclDenied::Channel) => {
+                "NOPERM this user has no permissions to access one of the channels used as arguments"
+                    .into()
+            }
+            (AclWording::Redis70, AclDenied::Command(command)) => {
+                format!("NOPERM this user has no permissions to run the '{command}' command")
+            }
+            (AclWording::Redis72, AclDenied::Key) => "NOPERM No permissions to access a key".into(),
+            (AclWording::Redis72, AclDenied::Channel) => {
+                "NOPERM No permissions to access a channel".into()
+            }
+            (AclWording::Redis72, AclDenied::Command(command)) => {
+                format!("NOPERM User {user} has no permissions to run the '{command}' command")
+            }
+        }
+    }
 }
 
 /// What a script gets from a command whose output could differ between nodes.
@@ -243,6 +326,8 @@ struct Subcommand {
     unordered: bool,
     /// Named in `ignored-commands`: left alone everywhere, scripts included.
     ignored: bool,
+    /// Redis' `denyoom` flag.
+    denyoom: bool,
 }
 
 impl CommandTable {
@@ -426,6 +511,54 @@ impl CommandTable {
         Some(flags)
     }
 
+    /// The lowercase name Redis gives the command in errors: `set`, `config|set`.
+    pub fn full_name(&self, argv: &[&[u8]]) -> String {
+        let Some(name) = argv.first() else {
+            return String::new();
+        };
+        let lower = String::from_utf8_lossy(name).to_ascii_lowercase();
+        let container = name.len() <= self.longest_name_bytes
+            && with_lowercase(name, |l| self.commands.get(l))
+                .is_some_and(|entry| matches!(entry.rule, Rule::Subcommands { .. }));
+        match argv.get(1) {
+            Some(sub) if container => {
+                format!(
+                    "{lower}|{}",
+                    String::from_utf8_lossy(sub).to_ascii_lowercase()
+                )
+            }
+            _ => lower,
+        }
+    }
+
+    /// Whether Redis refuses this command while used memory is over `maxmemory` (its
+    /// `denyoom` flag; for a container, the subcommand's). Unknown commands are not.
+    pub fn denies_oom(&self, argv: &[&[u8]]) -> bool {
+        let Some(name) = argv.first() else {
+            return false;
+        };
+        if name.len() > self.longest_name_bytes {
+            return false;
+        }
+        let Some(entry) = with_lowercase(name, |lower| self.commands.get(lower)) else {
+            return false;
+        };
+        match (&entry.rule, argv.get(1)) {
+            (
+                Rule::Subcommands {
+                    by_name,
+                    longest_name_bytes,
+                },
+                Some(sub_name),
+            ) if sub_name.len() <= *longest_name_bytes => {
+                with_lowercase(sub_name, |lower| by_name.get(lower).map(|sub| sub.denyoom))
+                    .unwrap_or(false)
+            }
+            (Rule::Subcommands { .. }, _) => false,
+            _ => entry.denyoom,
+        }
+    }
+
     /// Whether the command's reply counts this node's subscribers (PUBLISH, SPUBLISH).
     pub fn counts_subscribers(argv: &[&[u8]]) -> bool {
         argv.first().is_some_and(|name| {
@@ -510,6 +643,7 @@ fn build_entry(
         rule,
         nondeterministic,
         unordered: has_tip(info, UNORDERED_TIP),
+        denyoom: has_flag(info, DENYOOM_FLAG),
     }
 }
 
@@ -541,6 +675,7 @@ fn build_subcommands(
             nondeterministic: has_tip(info, NONDETERMINISTIC_TIP),
             unordered: has_tip(info, UNORDERED_TIP),
             ignored: ignored.contains(&full_name),
+            denyoom: has_flag(info, DENYOOM_FLAG),
         };
         listing.push((full_name, class));
         by_name.insert(sub_name.into_bytes().into_boxed_slice(), subcommand);
@@ -550,6 +685,13 @@ fn build_subcommands(
         by_name,
         longest_name_bytes,
     }
+}
+
+/// The `COMMAND` flag of commands Redis refuses while used memory is over `maxmemory`.
+const DENYOOM_FLAG: &str = "denyoom";
+
+fn has_flag(info: &CommandInfo, flag: &str) -> bool {
+    info.flags.iter().any(|f| f == flag)
 }
 
 fn has_tip(info: &CommandInfo, tip: &str) -> bool {
@@ -843,6 +985,61 @@ mod tests {
         ] {
             assert_eq!(classify(&table, line), Class::Write, "{line}");
         }
+    }
+
+    #[test]
+    fn denyoom_follows_the_command_flag_and_the_subcommand() {
+        let table = table();
+        let denies = |line: &str| {
+            let argv: Vec<&[u8]> = line.split(' ').map(str::as_bytes).collect();
+            table.denies_oom(&argv)
+        };
+        for line in [
+            "set k v",
+            "SET k v",
+            "incr k",
+            "lpush l a",
+            "xgroup create s g $",
+        ] {
+            assert!(denies(line), "{line}");
+        }
+        for line in [
+            "del a",
+            "expire k 10",
+            "get k",
+            "eval return 0",
+            "xgroup",
+            "nosuch",
+        ] {
+            assert!(!denies(line), "{line}");
+        }
+    }
+
+    #[test]
+    fn server_flavor_from_info() {
+        let redis = ServerFlavor::from_info(
+            "# Server\r\nredis_version:7.0.15\r\nredis_mode:standalone\r\n",
+        );
+        assert_eq!(
+            redis,
+            ServerFlavor {
+                redis_version: (7, 0),
+                valkey: false
+            }
+        );
+        assert_eq!(redis.acl_wording(), AclWording::Redis70);
+        assert!(redis.refuses_any_queued_command_on_oom());
+        let valkey =
+            ServerFlavor::from_info("# Server\r\nredis_version:7.2.4\r\nvalkey_version:9.1.2\r\n");
+        assert!(valkey.valkey);
+        assert_eq!(valkey.acl_wording(), AclWording::Redis72);
+        assert!(!valkey.refuses_any_queued_command_on_oom());
+        let redis74 = ServerFlavor::from_info("redis_version:7.4.1\n");
+        assert_eq!(redis74.acl_wording(), AclWording::Redis72);
+        assert_eq!(
+            AclWording::Redis72.noperm(AclDenied::Command("set"), "bob"),
+            "NOPERM User bob has no permissions to run the 'set' command"
+        );
     }
 
     #[test]

@@ -239,6 +239,14 @@ impl RaftNode {
         self.raw.step(message)
     }
 
+    /// A leader that applied its own removal stops leading (same term, leader unknown):
+    /// raft-rs would keep it leading without a progress of its own, and its next commit
+    /// would panic. Messages already queued (a MsgTimeoutNow) are still sent.
+    pub fn step_down(&mut self) {
+        let term = self.raw.raft.term;
+        self.raw.raft.become_follower(term, raft::INVALID_ID);
+    }
+
     pub fn read_index(&mut self, context: Vec<u8>) {
         self.raw.read_index(context);
     }
