@@ -144,7 +144,7 @@ pub fn park(waiter: Waiter, blocking: Blocking) {
 /// later entry pops an element for it, and a `CLIENT UNBLOCK` caller gets Redis' null
 /// reply. A client whose attempt is in the log already cannot be recalled: that attempt is
 /// applied everywhere, but the client is not parked again when it finds nothing.
-pub fn cancel(key: ffi::ClientKey, _why: ffi::Cancel) -> Answer {
+pub fn cancel(key: ffi::ClientKey, _why: ffi::Cancel) -> Option<Answer> {
     let parked = PARKED.with(|parked| {
         let mut parked = parked.borrow_mut();
         let position = parked.iter().position(|p| p.waiter.client.key() == key)?;
@@ -152,15 +152,17 @@ pub fn cancel(key: ffi::ClientKey, _why: ffi::Cancel) -> Answer {
     });
     if let Some(Parked { waiter, blocking }) = parked {
         ffi::unblock(waiter.client, null_reply(&blocking.argv));
-        return null_reply(&blocking.argv);
+        return Some(null_reply(&blocking.argv));
     }
+    // An attempt in the log: answered (and freed) when it is applied.
     crate::adapters::state::with_state(|state| {
-        state
-            .waiters
-            .values()
-            .find(|waiter| waiter.client.key() == key)
-            .and_then(|waiter| waiter.blocking.as_ref())
-            .map_or(Answer::NullArray, |blocking| null_reply(&blocking.argv))
+        let waiter = state.waiters.values().find(|w| w.client.key() == key)?;
+        Some(
+            waiter
+                .blocking
+                .as_ref()
+                .map_or(Answer::NullArray, |blocking| null_reply(&blocking.argv)),
+        )
     })
 }
 

@@ -369,17 +369,21 @@ pub struct ClientKey(usize);
 
 /// Told when Redis ends a cancellable wait itself: `Disconnected` (the client went away)
 /// or `Unblocked` (`CLIENT UNBLOCK`, whose client gets the returned answer). The handle
-/// stays ours to `unblock` (Redis then only frees it).
+/// stays ours to `unblock` (Redis then only frees it). The handler's answer is what a
+/// `CLIENT UNBLOCK`ed client gets (`None`: the null array).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Cancel {
     Disconnected,
     Unblocked,
 }
 
-pub type CancelHandler = fn(ClientKey, Cancel) -> Answer;
+pub type CancelHandler = fn(ClientKey, Cancel) -> Option<Answer>;
 
 thread_local! {
-    /// Cancellable clients Redis has let go of, until the module unblocks their handle.
+    /// Cancellable clients blocked and not yet unblocked by the module.
+    static LIVE: std::cell::RefCell<std::collections::HashSet<ClientKey>> =
+        std::cell::RefCell::new(std::collections::HashSet::new());
+    /// Those of them Redis has let go of, until the module unblocks their handle.
     static GONE: std::cell::RefCell<std::collections::HashSet<ClientKey>> =
         std::cell::RefCell::new(std::collections::HashSet::new());
     static ON_CANCEL: std::cell::Cell<Option<CancelHandler>> = const { std::cell::Cell::new(None) };
@@ -392,11 +396,16 @@ pub fn set_cancel_handler(handler: CancelHandler) {
 
 fn cancelled(handle: *mut raw::RedisModuleBlockedClient, why: Cancel) -> Answer {
     let key = ClientKey(handle as usize);
-    GONE.with(|gone| gone.borrow_mut().insert(key));
-    match ON_CANCEL.with(std::cell::Cell::get) {
-        Some(handler) => handler(key, why),
-        None => Answer::NullArray,
+    // A client that leaves after the module unblocked it (before Redis handled that) is
+    // Redis' to free: its address may soon name another client, so it is not marked.
+    if !LIVE.with(|live| live.borrow().contains(&key)) {
+        return Answer::NullArray;
     }
+    GONE.with(|gone| gone.borrow_mut().insert(key));
+    ON_CANCEL
+        .with(std::cell::Cell::get)
+        .and_then(|handler| handler(key, why))
+        .unwrap_or(Answer::NullArray)
 }
 
 unsafe extern "C" fn on_unblock_request(
@@ -438,6 +447,7 @@ pub fn block_client_cancellable(ctx: RawCtx) -> BlockedClient {
                 raw::RedisModule_SetDisconnectCallback,
                 "SetDisconnectCallback",
             )(handle, Some(on_disconnect));
+            LIVE.with(|live| live.borrow_mut().insert(ClientKey(handle as usize)));
         }
         handle
     };
@@ -458,6 +468,7 @@ impl BlockedClient {
 
 pub fn unblock(client: BlockedClient, answer: Answer) {
     // Redis frees the handle now: its address may name another client later.
+    LIVE.with(|live| live.borrow_mut().remove(&client.key()));
     GONE.with(|gone| gone.borrow_mut().remove(&client.key()));
     let privdata = Box::into_raw(Box::new(answer)).cast::<c_void>();
     // SAFETY: the handle is live (blocked, not yet unblocked); ownership of privdata moves
