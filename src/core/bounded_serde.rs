@@ -9,6 +9,17 @@ use std::marker::PhantomData;
 
 use serde::de::{Deserialize, Deserializer, Error, SeqAccess, Visitor};
 
+/// Bytes of an unsigned integer (a length, a variant index) in bincode's standard varint
+/// encoding (`config::standard()`), for sizing an encoding before writing it.
+pub fn varint_len(value: u64) -> usize {
+    match value {
+        0..=250 => 1,
+        251..=0xFFFF => 3,
+        0x1_0000..=0xFFFF_FFFF => 5,
+        _ => 9,
+    }
+}
+
 pub mod bytes {
     use serde::de::{Deserializer, Error, Visitor};
     use serde::Serializer;

@@ -6,6 +6,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::core::bounded_serde::varint_len;
+
 /// Who is waiting for an entry's result. `incarnation` changes on every process start, so a
 /// request id from before a restart can never be confused with a new one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -76,16 +78,6 @@ impl std::fmt::Display for ProposalTooLarge {
 }
 
 impl std::error::Error for ProposalTooLarge {}
-
-/// Bytes of a length (or any unsigned integer) in bincode's standard varint encoding.
-fn varint_len(value: u64) -> usize {
-    match value {
-        0..=250 => 1,
-        251..=0xFFFF => 3,
-        0x1_0000..=0xFFFF_FFFF => 5,
-        _ => 9,
-    }
-}
 
 /// Bytes of a byte string (or an argv) encoded as a sequence: its length, then its bytes.
 fn bytes_len(bytes: &[u8]) -> usize {

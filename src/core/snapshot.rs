@@ -48,6 +48,7 @@ use std::fmt;
 use raft::eraftpb::ConfState;
 use serde::{Deserialize, Serialize};
 
+use crate::core::bounded_serde::varint_len;
 use crate::core::logfile::{self, FRAME_HEADER_LEN, MAX_LOG_INDEX};
 use crate::core::membership::Member;
 
@@ -316,16 +317,6 @@ fn check_key(key: &[u8], dump: &[u8], expire_at_ms: i64) -> Result<usize, Snapsh
 
 fn expiry_problem(expire_at_ms: i64) -> String {
     format!("expiry {expire_at_ms} is neither -1 (no expiry) nor an absolute time in ms")
-}
-
-/// Bytes of a bincode varint (`config::standard()`).
-fn varint_len(value: u64) -> usize {
-    match value {
-        0..=250 => 1,
-        251..=0xFFFF => 3,
-        0x1_0000..=0xFFFF_FFFF => 5,
-        _ => 9,
-    }
 }
 
 /// Exact payload length of a Key record.
