@@ -74,7 +74,11 @@ extern "C" fn on_wake(_: *mut c_void) {
 fn run_task(task: MainTask) {
     match task {
         MainTask::Apply(entries) => {
+            let delay = crate::adapters::configs::apply_delay();
             for entry in entries {
+                if let Some(delay) = delay {
+                    std::thread::sleep(delay);
+                }
                 apply_entry(&entry);
                 if with_state(|state| state.removed) {
                     leave_after_removal();
@@ -138,7 +142,6 @@ fn apply_entry(entry: &Entry) {
         "raft: entries must be applied in order without gaps (applied {applied}, got {})",
         entry.index
     );
-    crate::adapters::configs::delay_before_apply();
     if entry.get_entry_type() == EntryType::EntryNormal && !entry.data.is_empty() {
         let payload = Payload::decode(&entry.data).unwrap_or_else(|e| {
             // The entry passed its checksum, so this is a bug or a newer format: stop

@@ -70,17 +70,20 @@ pub fn set_config(key: &str, value: &str) -> Result<(), String> {
     if key == "loglevel" {
         log::set_max_level(candidate.loglevel.to_log_filter());
     }
+    if key == "ignored-commands" {
+        // The command filter reads them from the table, not from this config.
+        let ignored = candidate.ignored_commands.clone();
+        crate::adapters::state::update_table(|table| table.with_ignored(&ignored));
+    }
     *config() = candidate;
     Ok(())
 }
 
-/// `raft.log-delay-apply`: a test knob that sleeps this many microseconds before each
-/// entry is applied (on the main thread, as the original does).
-pub fn delay_before_apply() {
+/// `raft.log-delay-apply`: a test knob, the microseconds the main thread sleeps before
+/// it applies each entry (as the original does). Read once per batch of entries.
+pub fn apply_delay() -> Option<std::time::Duration> {
     let micros = config().log_delay_apply_us;
-    if micros > 0 {
-        std::thread::sleep(std::time::Duration::from_micros(micros));
-    }
+    (micros > 0).then(|| std::time::Duration::from_micros(micros))
 }
 
 /// Cross-key combinations raft resolves rather than refuses (see `RaftConfig::warnings`).

@@ -12,7 +12,7 @@ use crate::core::commands::{Class, CommandTable, InScript};
 use crate::core::entry::Argv;
 use crate::core::expiry::{self, Rewrite, TtlQuery};
 use crate::core::random_pick;
-use crate::core::scripts::{Resolved, NOSCRIPT_ERROR};
+use crate::core::scripts::{concerns_registry, Resolved, NOSCRIPT_ERROR};
 
 thread_local! {
     /// "Now" for commands the module runs: the entry's time while applying, the local
@@ -132,6 +132,15 @@ pub fn refused_command(
     )))
 }
 
+/// Runs a command a script's call was rewritten into, without the script restrictions
+/// (which would rewrite it again).
+fn call_outside_script(ctx: RawCtx, argv: &[Vec<u8>]) -> Result<ffi::CallReply, String> {
+    let was_in_script = IN_SCRIPT.with(|flag| flag.replace(false));
+    let reply = call_locally(ctx, argv, false);
+    IN_SCRIPT.with(|flag| flag.set(was_in_script));
+    reply
+}
+
 /// `RAFT._PUBLISH <PUBLISH|SPUBLISH> <channel> <message>`, what a script's PUBLISH runs:
 /// the message is published to this node's subscribers (as on every node), but the script
 /// sees 0 receivers everywhere, so it cannot branch on this node's subscriber count.
@@ -146,9 +155,7 @@ pub fn publish_in_script_command(
             "ERR RAFT._PUBLISH publishes only",
         ));
     }
-    let was_in_script = IN_SCRIPT.with(|flag| flag.replace(false));
-    let reply = call_locally(ctx.ctx, &argv, false);
-    IN_SCRIPT.with(|flag| flag.set(was_in_script));
+    let reply = call_outside_script(ctx.ctx, &argv);
     match reply {
         Ok(reply) if reply.is_error() => Err(redis_module::RedisError::String(
             String::from_utf8_lossy(reply.bytes()).into_owned(),
@@ -205,9 +212,7 @@ pub fn sort_reply_command(
         );
     }
     let pairs = matches!(in_script, InScript::Sorted { pairs: true });
-    let was_in_script = IN_SCRIPT.with(|flag| flag.replace(false));
-    let reply = call_locally(ctx.ctx, &argv, false);
-    IN_SCRIPT.with(|flag| flag.set(was_in_script));
+    let reply = call_outside_script(ctx.ctx, &argv);
     let reply = reply.map_err(redis_module::RedisError::String)?;
     if reply.is_error() {
         return Err(redis_module::RedisError::String(
@@ -323,8 +328,10 @@ pub fn apply_commands(
                     }
                     resolved => answer_resolved(ctx, resolved, user, resp3),
                 };
-                let error = error_text(&answer);
-                with_state(|state| state.scripts.note_applied(argv, error));
+                if concerns_registry(argv) {
+                    let error = error_text(&answer);
+                    with_state(|state| state.scripts.note_applied(argv, error));
+                }
                 answer
             })
             .collect()
@@ -333,10 +340,7 @@ pub fn apply_commands(
 
 /// What the replicated script registry makes of `argv` (`EVALSHA`, `SCRIPT EXISTS`).
 fn resolve_script(argv: &[Vec<u8>]) -> Resolved {
-    if !argv.first().is_some_and(|name| {
-        name.len() >= 6
-            && (name[..4].eq_ignore_ascii_case(b"eval") || name.eq_ignore_ascii_case(b"script"))
-    }) {
+    if !concerns_registry(argv) {
         return Resolved::Unchanged;
     }
     with_state(|state| state.scripts.resolve(argv))

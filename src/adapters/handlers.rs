@@ -96,7 +96,7 @@ pub extern "C" fn command_filter(fctx: FilterCtx) {
         crate::adapters::execute::filter_own_command(fctx, &argv);
         return;
     }
-    if is_ignored(&argv) {
+    if with_table(|table| table.is_ignored(&argv)) {
         // Never intercepted: the server runs it (or answers `unknown command`) as it would
         // without the module, also before INIT.
         return;
@@ -124,21 +124,6 @@ pub extern "C" fn command_filter(fctx: FilterCtx) {
     if intercept {
         ffi::filter_prepend(fctx, b"RAFT");
     }
-}
-
-/// Whether `raft.ignored-commands` names this command (`name`, or `container|sub`).
-fn is_ignored(argv: &[&[u8]]) -> bool {
-    let config = config();
-    config.ignored_commands.iter().any(|ignored| {
-        let ignored = ignored.as_bytes();
-        match ignored.iter().position(|&b| b == b'|') {
-            None => argv[0].eq_ignore_ascii_case(ignored),
-            Some(bar) => argv.get(1).is_some_and(|sub| {
-                argv[0].eq_ignore_ascii_case(&ignored[..bar])
-                    && sub.eq_ignore_ascii_case(&ignored[bar + 1..])
-            }),
-        }
-    })
 }
 
 fn reply_error(message: &str) -> RedisResult {

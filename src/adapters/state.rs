@@ -172,6 +172,14 @@ pub fn set_table(table: CommandTable) {
     TABLE.with(|current| *current.borrow_mut() = table);
 }
 
+/// Replaces the command table with one made from the current one (main thread).
+pub fn update_table(change: impl FnOnce(&CommandTable) -> CommandTable) {
+    TABLE.with(|current| {
+        let changed = change(&current.borrow());
+        *current.borrow_mut() = changed;
+    });
+}
+
 pub fn is_applying() -> bool {
     APPLYING.with(Cell::get)
 }

@@ -178,6 +178,10 @@ pub struct CommandTable {
     longest_name_bytes: usize,
     /// Every command and subcommand with its class, sorted by name (for docs).
     listing: Vec<(String, Class)>,
+    /// What the table was built from, so `with_ignored` rebuilds it without the server.
+    source: Vec<CommandInfo>,
+    /// `ignored-commands`, lowercase (`name` or `container|sub`), known or not.
+    ignored: HashSet<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -341,6 +345,7 @@ impl CommandTable {
             .collect();
         let mut commands = HashMap::with_capacity(infos.len());
         let mut listing = Vec::with_capacity(infos.len());
+        let source = infos.clone();
         for info in infos {
             let name = info.name.to_ascii_lowercase();
             let entry = build_entry(&name, &info, &ignored, &mut listing);
@@ -353,7 +358,33 @@ impl CommandTable {
             commands,
             longest_name_bytes,
             listing,
+            source,
+            ignored,
         }
+    }
+
+    /// The same commands with another `ignored-commands` (CONFIG SET at run time).
+    pub fn with_ignored(&self, ignored: &[String]) -> CommandTable {
+        CommandTable::new(self.source.clone(), ignored)
+    }
+
+    /// Whether `ignored-commands` names this command (`name`, or `container|sub`), known
+    /// to the server or not: such a command is never intercepted.
+    pub fn is_ignored(&self, argv: &[&[u8]]) -> bool {
+        let Some(name) = argv.first() else {
+            return false;
+        };
+        if self.ignored.is_empty() {
+            return false;
+        }
+        let name = String::from_utf8_lossy(name).to_ascii_lowercase();
+        if self.ignored.contains(&name) {
+            return true;
+        }
+        argv.get(1).is_some_and(|sub| {
+            let sub = String::from_utf8_lossy(sub).to_ascii_lowercase();
+            self.ignored.contains(&format!("{name}|{sub}"))
+        })
     }
 
     /// Classifies one client command; `argv[0]` is the command name in any case.
@@ -1303,6 +1334,22 @@ mod tests {
         assert!(CommandTable::is_kill(&[b"function", b"KILL"]));
         assert!(!CommandTable::is_kill(&[b"script", b"load", b"x"]));
         assert_eq!(classify(&table, "script debug yes"), Class::Refused);
+    }
+
+    #[test]
+    fn ignored_commands_are_known_to_the_table_and_follow_changes() {
+        let table = CommandTable::new(
+            redis_7_0_commands(),
+            &["Nosuch".into(), "object|help".into()],
+        );
+        assert!(table.is_ignored(&[b"NOSUCH", b"x"]));
+        assert!(table.is_ignored(&[b"object", b"HELP"]));
+        assert!(!table.is_ignored(&[b"object", b"encoding", b"k"]));
+        assert!(!table.is_ignored(&[b"set", b"k", b"v"]));
+        let changed = table.with_ignored(&["set".into()]);
+        assert!(changed.is_ignored(&[b"SET", b"k", b"v"]));
+        assert_eq!(classify(&changed, "set k v"), Class::PassThrough);
+        assert!(!changed.is_ignored(&[b"nosuch"]));
     }
 
     #[test]

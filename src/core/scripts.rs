@@ -43,6 +43,15 @@ enum ScriptCommand<'a> {
     Other,
 }
 
+/// Whether the registry has anything to do with this command (`EVAL*`, `SCRIPT`): a
+/// cheap test on the name before the registry is looked at, on every applied command.
+pub fn concerns_registry(argv: &[Vec<u8>]) -> bool {
+    argv.first().is_some_and(|name| {
+        (name.len() >= 4 && name[..4].eq_ignore_ascii_case(b"eval"))
+            || name.eq_ignore_ascii_case(b"script")
+    })
+}
+
 fn classify(argv: &[Vec<u8>]) -> ScriptCommand<'_> {
     let (Some(name), Some(first)) = (argv.first(), argv.get(1)) else {
         return ScriptCommand::Other;
