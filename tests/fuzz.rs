@@ -247,6 +247,7 @@ fn context_bytes(id: u64) -> Vec<u8> {
         origin: None,
         node_id: id,
         addr: format!("127.0.0.1:{}", 5000 + id),
+        held_as_learner: false,
     }
     .encode()
 }
@@ -324,6 +325,7 @@ fn members() -> Membership {
             origin: None,
             node_id: id,
             addr: format!("127.0.0.1:{}", 5000 + id),
+            held_as_learner: false,
         };
         membership.apply(&single_change(ConfChangeType::AddNode, id), &context);
     }
@@ -601,6 +603,7 @@ fn snapshot_with(keys: usize, finished: bool) -> Vec<u8> {
         members: Vec::new(),
         used_ids: vec![1, 2, 3, 4, 9],
         applied_time_ms: 1_700_000_000_000,
+        held_learners: Vec::new(),
     };
     let mut out = Vec::new();
     let mut encoder = SnapshotEncoder::new(&meta, &mut out).unwrap();

@@ -1,7 +1,7 @@
 //! Issue #15: the original RedisRaft's commands and replies that its users' tooling relies
 //! on: `RAFT.DEBUG COMMANDSPEC`, `RAFT.DEBUG COMPACT [n]`, `RAFT.NODESHUTDOWN`, the
 //! wording of `RAFT.TRANSFER_LEADER` errors, ACL refusals as the server words them,
-//! `maxmemory` refusals before the log.
+//! `maxmemory` refusals before the log, `RAFT.DEBUG NODECFG`, MULTI through `follower-proxy`.
 
 mod common;
 
@@ -147,4 +147,192 @@ fn transfer_leader_errors_are_worded_as_the_original() {
     }
     let reply: Value = exec(&mut con, &["RAFT.TRANSFER_LEADER", &follower.to_string()]).unwrap();
     assert_eq!(value_text(&reply), "OK");
+}
+
+/// `follower-proxy yes`: a follower forwards a whole `MULTI ... EXEC` to the leader as one
+/// transaction (one reply array, applied at once), and a queueing error still aborts it
+/// on the follower without anything reaching the leader.
+#[test]
+fn follower_proxy_forwards_multi_exec_as_one_transaction() {
+    let cluster = Cluster::start(3, 500);
+    for id in cluster.ids() {
+        let reply: String = cluster
+            .node(id)
+            .cmd(&["CONFIG", "SET", "raft.follower-proxy", "yes"])
+            .unwrap();
+        assert_eq!(reply, "OK");
+    }
+    let leader = cluster.wait_leader(&cluster.ids(), SERVE_TIMEOUT);
+    let follower = *cluster.ids().iter().find(|&&id| id != leader).unwrap();
+    let mut con = cluster.node(follower).client();
+    let mut transaction = redis::pipe();
+    transaction
+        .atomic()
+        .cmd("SET")
+        .arg("tx:a")
+        .arg("1")
+        .cmd("INCR")
+        .arg("tx:a")
+        .cmd("RPUSH")
+        .arg("tx:list")
+        .arg("x")
+        .arg("y")
+        .cmd("GET")
+        .arg("tx:a");
+    let replies: Vec<Value> = transaction
+        .query(&mut con)
+        .unwrap_or_else(|e| panic!("proxied MULTI/EXEC: {}", err_text(&e)));
+    assert_eq!(
+        replies,
+        vec![
+            Value::Okay,
+            Value::Int(2),
+            Value::Int(2),
+            Value::BulkString(b"2".to_vec())
+        ]
+    );
+    assert_eq!(value_text(&cluster.local(leader, &["GET", "tx:a"])), "2");
+    let index = num(&cluster.info(leader).unwrap(), "raft_commit_index");
+    cluster.wait_applied(&cluster.ids(), index, SERVE_TIMEOUT);
+    assert_eq!(
+        value_text(&cluster.local(follower, &["LLEN", "tx:list"])),
+        "2"
+    );
+
+    // An unknown command inside MULTI aborts on the follower; nothing is forwarded.
+    let reply: String = exec(&mut con, &["MULTI"]).unwrap();
+    assert_eq!(reply, "OK");
+    let queued: String = exec(&mut con, &["SET", "tx:b", "1"]).unwrap();
+    assert_eq!(queued, "QUEUED");
+    let error = expect_err(&mut con, &["NOSUCHCOMMAND"]);
+    assert!(error.contains("unknown command"), "{error}");
+    let error = expect_err(&mut con, &["EXEC"]);
+    assert!(error.starts_with("EXECABORT"), "{error}");
+    assert_eq!(value_text(&cluster.local(leader, &["EXISTS", "tx:b"])), "0");
+
+    // Without the proxy the follower redirects the EXEC instead.
+    let reply: String = cluster
+        .node(follower)
+        .cmd(&["CONFIG", "SET", "raft.follower-proxy", "no"])
+        .unwrap();
+    assert_eq!(reply, "OK");
+    let _: String = exec(&mut con, &["MULTI"]).unwrap();
+    let _: String = exec(&mut con, &["SET", "tx:c", "1"]).unwrap();
+    let error = expect_err(&mut con, &["EXEC"]);
+    assert!(error.starts_with("MOVED"), "{error}");
+}
+
+/// Whether node `id` is a voter, as the leader `leader` reports it in INFO raft.
+fn voting_on(cluster: &Cluster, leader: u64, id: u64) -> bool {
+    let info = cluster.info(leader).expect("INFO raft of the leader");
+    info_nodes(&info)
+        .get(&id)
+        .unwrap_or_else(|| panic!("node {id} is missing from INFO raft of {leader}"))
+        .0
+}
+
+fn nodecfg(cluster: &Cluster, on: u64, id: u64, flags: &str) -> Result<String, String> {
+    cluster
+        .node(on)
+        .cmd::<String>(&["RAFT.DEBUG", "NODECFG", &id.to_string(), flags])
+        .map_err(|e| err_text(&e))
+}
+
+/// Waits until the leader reports node `id` with the wanted role.
+fn wait_voting(cluster: &Cluster, leader: u64, id: u64, voting: bool) {
+    let deadline = Instant::now() + SERVE_TIMEOUT;
+    while voting_on(cluster, leader, id) != voting {
+        assert!(
+            Instant::now() < deadline,
+            "node {id} never became voting={voting}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `RAFT.DEBUG NODECFG <id> -voting` demotes a voter to a learner that stays one once it
+/// has caught up (across a leader change, a compacted log and a restart) until
+/// `+voting`; bad ids and options are refused.
+#[test]
+fn nodecfg_demotes_and_promotes_a_node() {
+    let et_ms = 500;
+    let mut cluster = Cluster::start(3, et_ms);
+    let ids = cluster.ids();
+    let leader = cluster.wait_leader(&ids, SERVE_TIMEOUT);
+    let others: Vec<u64> = ids.iter().copied().filter(|&id| id != leader).collect();
+    let (demoted, other) = (others[0], others[1]);
+
+    assert_eq!(
+        nodecfg(&cluster, leader, 999, "-voting").unwrap_err(),
+        "ERR node id does not exist"
+    );
+    let error = nodecfg(&cluster, leader, demoted, "+voting -bogus").unwrap_err();
+    assert!(error.contains("invalid nodecfg option"), "{error}");
+    let error = nodecfg(&cluster, leader, demoted, "-active").unwrap_err();
+    assert!(error.contains("-active is not supported"), "{error}");
+    let error = nodecfg(&cluster, leader, leader, "-voting").unwrap_err();
+    assert!(error.contains("cannot be demoted"), "{error}");
+    let error = nodecfg(&cluster, demoted, other, "-voting").unwrap_err();
+    assert!(
+        error.starts_with("MOVED") || error.contains("not leader"),
+        "{error}"
+    );
+    assert_eq!(
+        nodecfg(&cluster, leader, demoted, "+active +voting").unwrap(),
+        "OK"
+    );
+    assert!(voting_on(&cluster, leader, demoted));
+
+    assert_eq!(nodecfg(&cluster, leader, demoted, "-voting").unwrap(), "OK");
+    assert!(
+        !voting_on(&cluster, leader, demoted),
+        "the reply follows the change"
+    );
+    // Caught up and given time to be promoted, it stays a learner.
+    let mut router = cluster.router(&ids);
+    for i in 0..20 {
+        router.must(&["SET", &format!("k{i}"), "v"], SERVE_TIMEOUT);
+    }
+    cluster.wait_caught_up(&ids, SERVE_TIMEOUT);
+    std::thread::sleep(Duration::from_millis(4 * et_ms));
+    assert!(
+        !voting_on(&cluster, leader, demoted),
+        "a held learner was promoted"
+    );
+
+    // A new leader that knows the hold from its compacted log's snapshot, after a restart.
+    let reply: String = cluster
+        .node(leader)
+        .cmd(&["RAFT.TRANSFER_LEADER", &other.to_string()])
+        .unwrap();
+    assert_eq!(reply, "OK");
+    assert_eq!(cluster.wait_leader(&ids, SERVE_TIMEOUT), other);
+    let reply: String = cluster.node(other).cmd(&["RAFT.DEBUG", "COMPACT"]).unwrap();
+    assert_eq!(reply, "OK");
+    let snapshot_index = num(&cluster.info(other).unwrap(), "raft_snapshot_last_idx");
+    assert!(
+        snapshot_index > 20,
+        "the log was compacted (snapshot at {snapshot_index})"
+    );
+    cluster.node_mut(other).restart();
+    let voters = [leader, other];
+    let mut leading = cluster.wait_leader(&ids, SERVE_TIMEOUT);
+    if leading != other {
+        let reply: String = cluster
+            .node(leading)
+            .cmd(&["RAFT.TRANSFER_LEADER", &other.to_string()])
+            .unwrap();
+        assert_eq!(reply, "OK");
+        leading = cluster.wait_leader(&voters, SERVE_TIMEOUT);
+    }
+    assert_eq!(leading, other);
+    cluster.wait_caught_up(&ids, SERVE_TIMEOUT);
+    std::thread::sleep(Duration::from_millis(4 * et_ms));
+    assert!(
+        !voting_on(&cluster, other, demoted),
+        "the hold did not survive the snapshot and restart"
+    );
+
+    assert_eq!(nodecfg(&cluster, other, demoted, "+voting").unwrap(), "OK");
+    wait_voting(&cluster, other, demoted, true);
 }

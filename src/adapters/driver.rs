@@ -791,6 +791,7 @@ impl Driver {
                 origin: None,
                 node_id: status.id,
                 addr: self.params.my_addr.clone(),
+                held_as_learner: false,
             };
             let change = single_change(ConfChangeType::AddNode, status.id);
             if let Err(e) = self.node.propose_conf_change(context.encode(), change) {
@@ -798,13 +799,19 @@ impl Driver {
             }
             return;
         }
-        let Some(learner) = self.node.caught_up_learners().into_iter().next() else {
+        let Some(learner) = self
+            .node
+            .caught_up_learners()
+            .into_iter()
+            .find(|id| !self.membership.is_held_learner(*id))
+        else {
             return;
         };
         let context = ChangeContext {
             origin: None,
             node_id: learner,
             addr: String::new(),
+            held_as_learner: false,
         };
         let change = single_change(ConfChangeType::AddNode, learner);
         match self.node.propose_conf_change(context.encode(), change) {

@@ -279,12 +279,18 @@ pub fn submit(
 ) -> RedisResult {
     if let Err(message) = check_can_serve() {
         if let Some(leader) = message.strip_prefix("MOVED 0 ") {
-            if config().follower_proxy
-                && !transaction
-                && !restricted_script(ctx, &commands[0], user.as_deref())
-            {
-                let argv = commands.into_iter().next().unwrap_or_default();
-                if crate::adapters::proxy::forward(ctx, leader.to_string(), argv) {
+            let restricted = commands
+                .iter()
+                .any(|argv| restricted_script(ctx, argv, user.as_deref()));
+            if config().follower_proxy && !restricted {
+                let leader = leader.to_string();
+                let forwarded = if transaction {
+                    crate::adapters::proxy::forward_transaction(ctx, leader, commands)
+                } else {
+                    let argv = commands.into_iter().next().unwrap_or_default();
+                    crate::adapters::proxy::forward(ctx, leader, argv)
+                };
+                if forwarded {
                     return Ok(RedisValue::NoReply);
                 }
             }
@@ -500,6 +506,7 @@ fn cluster_init(ctx: &Context, args: &[RedisString]) -> RedisResult {
             origin: None,
             node_id,
             addr: my_addr,
+            held_as_learner: false,
         };
         let change = single_change(ConfChangeType::AddNode, node_id);
         state
@@ -568,6 +575,7 @@ pub fn raft_debug(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
             }
         }
         Some("commandspec") => Err(RedisError::WrongArity),
+        Some("nodecfg") => crate::adapters::membership::node_cfg(ctx, &args),
         // The replicated script registry EVALSHA runs from (tests compare it per node).
         Some("scripts") => Ok(RedisValue::Array(with_state(|state| {
             state
@@ -588,7 +596,7 @@ pub fn raft_debug(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
                 .collect()
         }))),
         _ => reply_error(
-            "ERR RAFT.DEBUG supports EXEC / USED_NODE_IDS / COMPACT / COMMANDS / COMMANDSPEC / SCRIPTS",
+            "ERR RAFT.DEBUG supports EXEC / USED_NODE_IDS / COMPACT / COMMANDS / COMMANDSPEC / NODECFG / SCRIPTS",
         ),
     }
 }

@@ -305,6 +305,19 @@ pub fn raft_node(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
         Ok((id, reply, false)) => (id, reply),
         Err(message) => return error(message),
     };
+    propose_change(ctx, change_type, node_id, addr, false, conf_reply)
+}
+
+/// Proposes a one-node change for the client of `ctx`, which gets `conf_reply` once it is
+/// applied (or an error).
+fn propose_change(
+    ctx: &Context,
+    change_type: ConfChangeType,
+    node_id: u64,
+    addr: String,
+    held_as_learner: bool,
+    conf_reply: Answer,
+) -> RedisResult {
     let client = ffi::block_client(ctx.ctx);
     let sent = with_state(|state| {
         let request_id = state.new_request_id();
@@ -317,6 +330,7 @@ pub fn raft_node(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
             origin: Some(origin),
             node_id,
             addr,
+            held_as_learner,
         };
         let input = DriverInput::ConfChange {
             request_id: Some(request_id),
@@ -340,6 +354,73 @@ pub fn raft_node(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
         with_state(|state| state.answer_waiter(request_id, Answer::Error(message.into())));
     }
     Ok(RedisValue::NoReply)
+}
+
+/// `RAFT.DEBUG NODECFG <id> <"+voting -voting +active -active">`: the original flips its
+/// raft library's local view of a node; raft-rs only changes a node's role through the
+/// log, so `-voting` demotes a voter to a learner the leader keeps as such (a replicated
+/// change) and `+voting` promotes it again. Members are always active: `+active` is
+/// accepted and `-active` refused (`RAFT.NODE REMOVE` takes a node out).
+pub fn node_cfg(ctx: &Context, args: &[RedisString]) -> RedisResult {
+    if args.len() < 4 {
+        return Err(RedisError::WrongArity);
+    }
+    let node_id = args[2]
+        .parse_unsigned_integer()
+        .map_err(|_| RedisError::Str("ERR invalid node id"))?;
+    let mut voting = None;
+    for arg in &args[3..] {
+        for token in arg.to_string_lossy().split_ascii_whitespace() {
+            match token.to_ascii_lowercase().as_str() {
+                "+voting" => voting = Some(true),
+                "-voting" => voting = Some(false),
+                "+active" => {}
+                "-active" => {
+                    return error(
+                        "ERR -active is not supported: members are always active, RAFT.NODE REMOVE takes a node out",
+                    )
+                }
+                _ => return error(&format!("ERR invalid nodecfg option '{token}'")),
+            }
+        }
+    }
+    if let Err(message) = leader_check() {
+        return error(&message);
+    }
+    let checked = with_state(|state| {
+        let Some(member) = state.membership.get(node_id) else {
+            return Err("ERR node id does not exist");
+        };
+        let held = state.membership.is_held_learner(node_id);
+        match voting {
+            None => Ok(None),
+            Some(true) if member.voting => Ok(None),
+            Some(true) => Ok(Some(ConfChangeType::AddNode)),
+            Some(false) if !member.voting && held => Ok(None),
+            Some(false) if node_id == state.my_id() => {
+                Err("ERR the leader cannot be demoted: transfer leadership first")
+            }
+            Some(false) if member.voting && state.membership.voting_count() <= 1 => {
+                Err(ERR_LAST_VOTER)
+            }
+            Some(false) => Ok(Some(ConfChangeType::AddLearnerNode)),
+        }
+    });
+    match checked {
+        Err(message) => error(message),
+        Ok(None) => Ok(RedisValue::SimpleStringStatic("OK")),
+        Ok(Some(change_type)) => {
+            let held = change_type == ConfChangeType::AddLearnerNode;
+            propose_change(
+                ctx,
+                change_type,
+                node_id,
+                String::new(),
+                held,
+                Answer::Simple("OK".into()),
+            )
+        }
+    }
 }
 
 fn unused_random_id(state: &state::MainState) -> u64 {

@@ -16,20 +16,42 @@ use crate::core::resp::RespValue;
 /// leader answers or `proxy-response-timeout` passes. Returns false when there is no
 /// transport to forward with (the caller then answers itself).
 pub fn forward(ctx: RawCtx, leader_addr: String, argv: Argv) -> bool {
+    let timeout_ms =
+        crate::adapters::blocking::proxy_timeout_ms(ctx, &argv, config().proxy_response_timeout_ms);
+    forward_pipeline(ctx, leader_addr, vec![argv], timeout_ms)
+}
+
+/// Forwards the commands of an EXEC as one `MULTI ... EXEC` on one connection; the
+/// client gets the leader's EXEC reply (the array of replies, or its error).
+pub fn forward_transaction(ctx: RawCtx, leader_addr: String, commands: Vec<Argv>) -> bool {
+    let mut pipeline = Vec::with_capacity(commands.len() + 2);
+    pipeline.push(vec![b"MULTI".to_vec()]);
+    pipeline.extend(commands);
+    pipeline.push(vec![b"EXEC".to_vec()]);
+    forward_pipeline(
+        ctx,
+        leader_addr,
+        pipeline,
+        config().proxy_response_timeout_ms,
+    )
+}
+
+fn forward_pipeline(
+    ctx: RawCtx,
+    leader_addr: String,
+    commands: Vec<Argv>,
+    timeout_ms: u64,
+) -> bool {
     let Some(transport) = with_state(|state| state.transport.clone()) else {
         return false;
     };
-    let timeout = Duration::from_millis(crate::adapters::blocking::proxy_timeout_ms(
-        ctx,
-        &argv,
-        config().proxy_response_timeout_ms,
-    ));
+    let timeout = Duration::from_millis(timeout_ms);
     let client = ffi::block_client(ctx);
     PROXY_REQS.fetch_add(1, Ordering::Relaxed);
     PROXY_OUTSTANDING_REQS.fetch_add(1, Ordering::Relaxed);
-    transport.request(
+    transport.request_pipeline(
         leader_addr,
-        argv,
+        commands,
         timeout,
         Box::new(move |result| {
             let answer = match result {

@@ -200,6 +200,7 @@ pub fn members_of(meta: &SnapshotMeta) -> Membership {
         })
         .collect();
     Membership::restore(members, meta.used_ids.iter().copied())
+        .with_held_learners(meta.held_learners.iter().copied())
 }
 
 pub fn meta_for(
@@ -226,6 +227,7 @@ pub fn meta_for(
             .collect(),
         used_ids: membership.used_ids().collect(),
         applied_time_ms: applied_time_ms.max(0),
+        held_learners: membership.held_learners().collect(),
     }
 }
 
@@ -756,6 +758,7 @@ mod tests {
             members: vec![],
             used_ids: vec![1],
             applied_time_ms: 0,
+            held_learners: vec![],
         }
     }
 

@@ -420,6 +420,19 @@ impl Transport {
     /// protocol error, timeout, shutdown). `done` runs on the transport thread, except
     /// when the transport is already stopped: then it runs at once on the caller's thread.
     pub fn request(&self, addr: String, argv: Vec<Vec<u8>>, timeout: Duration, done: RequestDone) {
+        self.request_pipeline(addr, vec![argv], timeout, done);
+    }
+
+    /// As [`Transport::request`], with `commands` pipelined on the one connection; `done`
+    /// gets the last command's reply (EXEC's, for a forwarded MULTI block).
+    pub fn request_pipeline(
+        &self,
+        addr: String,
+        commands: Vec<Vec<Vec<u8>>>,
+        timeout: Duration,
+        done: RequestDone,
+    ) {
+        assert!(!commands.is_empty(), "a request sends at least one command");
         let reply = ReplyOnce(Some(done));
         if self.inner.stopped.load(Ordering::Acquire) {
             reply.finish(Err("raft transport is shut down".into()));
@@ -429,7 +442,7 @@ impl Transport {
         // A task dropped by shutdown still answers: ReplyOnce's Drop reports the error.
         self.inner.runtime.spawn(async move {
             let result =
-                match tokio::time::timeout(timeout, one_request(&config, &addr, &argv)).await {
+                match tokio::time::timeout(timeout, one_request(&config, &addr, &commands)).await {
                     Ok(result) => result,
                     Err(_) => Err(format!(
                         "no reply from {addr} within {} ms",
@@ -880,7 +893,7 @@ fn encode_auth(config: &TransportConfig, out: &mut Vec<u8>) -> bool {
 async fn one_request(
     config: &TransportConfig,
     addr: &str,
-    argv: &[Vec<u8>],
+    commands: &[Vec<Vec<u8>>],
 ) -> Result<RespValue, String> {
     let connection = connect(addr, config)
         .await
@@ -904,13 +917,19 @@ async fn one_request(
         }
         frame.clear();
     }
-    let args: Vec<&[u8]> = argv.iter().map(Vec::as_slice).collect();
-    encode_command(&args, &mut frame);
+    for argv in commands {
+        let args: Vec<&[u8]> = argv.iter().map(Vec::as_slice).collect();
+        encode_command(&args, &mut frame);
+    }
     stream
         .write_all(&frame)
         .await
         .map_err(|error| format!("cannot send to {addr}: {error}"))?;
-    replies.next(&mut stream, addr).await
+    let mut last = replies.next(&mut stream, addr).await?;
+    for _ in 1..commands.len() {
+        last = replies.next(&mut stream, addr).await?;
+    }
+    Ok(last)
 }
 
 #[derive(Default)]

@@ -19,6 +19,18 @@ pub struct ChangeContext {
     pub node_id: u64,
     /// `host:port` of the node being added (empty on removal).
     pub addr: String,
+    /// A voter demoted by `RAFT.DEBUG NODECFG <id> -voting`: the leader does not promote
+    /// it back when it catches up, until `+voting`. Encoded last, so contexts written
+    /// before it existed still decode (as `false`).
+    pub held_as_learner: bool,
+}
+
+/// [`ChangeContext`] as logs written before `held_as_learner` carry it.
+#[derive(Deserialize)]
+struct ChangeContextV1 {
+    origin: Option<Origin>,
+    node_id: u64,
+    addr: String,
 }
 
 const MAX_CONTEXT_BYTES: usize = 64 * 1024;
@@ -34,9 +46,17 @@ impl ChangeContext {
     }
 
     pub fn decode(bytes: &[u8]) -> Result<ChangeContext, String> {
-        bincode::serde::decode_from_slice(bytes, bincode_config())
-            .map(|(context, _)| context)
-            .map_err(|e| format!("invalid conf change context: {e}"))
+        match bincode::serde::decode_from_slice(bytes, bincode_config()) {
+            Ok((context, _)) => Ok(context),
+            Err(error) => bincode::serde::decode_from_slice(bytes, bincode_config())
+                .map(|(old, _): (ChangeContextV1, usize)| ChangeContext {
+                    origin: old.origin,
+                    node_id: old.node_id,
+                    addr: old.addr,
+                    held_as_learner: false,
+                })
+                .map_err(|_| format!("invalid conf change context: {error}")),
+        }
     }
 }
 
@@ -51,6 +71,8 @@ pub struct Member {
 pub struct Membership {
     members: BTreeMap<u64, Member>,
     used_ids: BTreeSet<u64>,
+    /// Learners demoted on purpose (`NODECFG -voting`): not promoted when caught up.
+    held_learners: BTreeSet<u64>,
 }
 
 /// What applying a change did, for the caller's side effects.
@@ -88,11 +110,17 @@ impl Membership {
                     context.addr.clone()
                 };
                 self.members.insert(id, Member { id, addr, voting });
+                if !voting && context.held_as_learner {
+                    self.held_learners.insert(id);
+                } else {
+                    self.held_learners.remove(&id);
+                }
                 Applied::Added { id, voting }
             }
             ConfChangeType::RemoveNode => {
                 self.used_ids.insert(id);
                 self.members.remove(&id);
+                self.held_learners.remove(&id);
                 Applied::Removed { id }
             }
         }
@@ -103,7 +131,29 @@ impl Membership {
         let mut used_ids: BTreeSet<u64> = used_ids.into_iter().collect();
         used_ids.extend(members.iter().map(|m| m.id));
         let members = members.into_iter().map(|m| (m.id, m)).collect();
-        Membership { members, used_ids }
+        Membership {
+            members,
+            used_ids,
+            held_learners: BTreeSet::new(),
+        }
+    }
+
+    /// With the held learners a snapshot recorded (ids that are not learners are ignored).
+    pub fn with_held_learners(mut self, ids: impl IntoIterator<Item = u64>) -> Membership {
+        self.held_learners = ids
+            .into_iter()
+            .filter(|id| self.members.get(id).is_some_and(|m| !m.voting))
+            .collect();
+        self
+    }
+
+    /// Whether the leader may promote learner `id` once it has caught up.
+    pub fn is_held_learner(&self, id: u64) -> bool {
+        self.held_learners.contains(&id)
+    }
+
+    pub fn held_learners(&self) -> impl Iterator<Item = u64> + '_ {
+        self.held_learners.iter().copied()
     }
 
     /// Raft's view of this membership.
@@ -187,6 +237,7 @@ mod tests {
             origin: None,
             node_id: id,
             addr: addr.to_string(),
+            held_as_learner: false,
         }
     }
 
@@ -227,8 +278,49 @@ mod tests {
             }),
             node_id: 9,
             addr: "127.0.0.1:5001".into(),
+            held_as_learner: true,
         };
         assert_eq!(ChangeContext::decode(&original.encode()).unwrap(), original);
         assert!(ChangeContext::decode(&[0xff; 3]).is_err());
+    }
+
+    /// Logs written before `held_as_learner` existed end their contexts after `addr`.
+    #[test]
+    fn contexts_without_the_hold_flag_still_decode() {
+        let mut old = context(4, "h:4");
+        old.held_as_learner = true;
+        let mut bytes = old.encode();
+        bytes.pop();
+        let decoded = ChangeContext::decode(&bytes).unwrap();
+        assert_eq!(decoded.addr, "h:4");
+        assert!(!decoded.held_as_learner);
+    }
+
+    #[test]
+    fn a_demoted_voter_stays_held_until_promoted_or_removed() {
+        let mut membership = Membership::default();
+        for id in [1, 2] {
+            membership.apply(
+                &single_change(ConfChangeType::AddNode, id),
+                &context(id, "a:1"),
+            );
+        }
+        let mut demotion = context(2, "");
+        demotion.held_as_learner = true;
+        membership.apply(&single_change(ConfChangeType::AddLearnerNode, 2), &demotion);
+        assert!(membership.is_held_learner(2));
+        assert_eq!(membership.conf_state().learners, vec![2]);
+        let restored = Membership::restore(membership.members().cloned().collect(), [1, 2])
+            .with_held_learners(membership.held_learners().chain([1]));
+        assert!(restored.is_held_learner(2));
+        assert!(!restored.is_held_learner(1), "a voter is never held");
+        membership.apply(&single_change(ConfChangeType::AddNode, 2), &context(2, ""));
+        assert!(!membership.is_held_learner(2));
+        membership.apply(&single_change(ConfChangeType::AddLearnerNode, 2), &demotion);
+        membership.apply(
+            &single_change(ConfChangeType::RemoveNode, 2),
+            &context(2, ""),
+        );
+        assert!(!membership.is_held_learner(2));
     }
 }

@@ -268,6 +268,7 @@ mod tests {
                 origin: None,
                 node_id: id,
                 addr: format!("127.0.0.1:{}", 5000 + id),
+                held_as_learner: false,
             };
             m.apply(&single_change(kind, id), &context);
         };

@@ -14,7 +14,7 @@
 //!
 //! ```text
 //! file   = header Meta (Key | Functions | Script)* End
-//! header = "RRAFTSNP" (8 bytes) | format version, u32 LE (= 3; 1 and 2 are still read)
+//! header = "RRAFTSNP" (8 bytes) | format version, u32 LE (= 4; 1 to 3 are still read)
 //! frame  = payload_len u32 LE | header_check u32 LE | payload_crc u32 LE | payload
 //! ```
 //!
@@ -56,8 +56,9 @@ use crate::core::membership::Member;
 pub const SNAPSHOT_MAGIC: [u8; 8] = *b"RRAFTSNP";
 /// Version of the format described in this module. Version 1 files (a Meta
 /// record without `applied_time_ms`) are still read, with that time unknown (0);
-/// version 2 files carry no function libraries and no script registry.
-pub const SNAPSHOT_VERSION: u32 = 3;
+/// version 2 files carry no function libraries and no script registry; versions 1 to 3
+/// have no held learners in their Meta.
+pub const SNAPSHOT_VERSION: u32 = 4;
 /// The oldest version still read.
 const OLDEST_READ_VERSION: u32 = 1;
 /// Magic plus version.
@@ -99,6 +100,50 @@ pub struct SnapshotMeta {
     /// snapshot judges expiry as the nodes that applied the entries. 0 when unknown
     /// (version 1 files, or no timed entry yet). Since version 2.
     pub applied_time_ms: i64,
+    /// Learners the leader must not promote (`RAFT.DEBUG NODECFG <id> -voting`). Since
+    /// version 4.
+    #[serde(deserialize_with = "crate::core::bounded_serde::vec")]
+    pub held_learners: Vec<u64>,
+}
+
+/// [`SnapshotMeta`] as versions 2 and 3 wrote it (no `held_learners`).
+#[derive(Deserialize)]
+struct SnapshotMetaV3 {
+    #[serde(deserialize_with = "crate::core::bounded_serde::string")]
+    dbid: String,
+    index: u64,
+    term: u64,
+    #[serde(deserialize_with = "crate::core::bounded_serde::vec")]
+    voters: Vec<u64>,
+    #[serde(deserialize_with = "crate::core::bounded_serde::vec")]
+    learners: Vec<u64>,
+    #[serde(deserialize_with = "crate::core::bounded_serde::vec")]
+    members: Vec<SnapshotMember>,
+    #[serde(deserialize_with = "crate::core::bounded_serde::vec")]
+    used_ids: Vec<u64>,
+    applied_time_ms: i64,
+}
+
+/// The first record of a version 2 or 3 file (same tag as [`SnapshotRecord::Meta`]).
+#[derive(Deserialize)]
+enum SnapshotRecordV3 {
+    Meta(SnapshotMetaV3),
+}
+
+impl From<SnapshotMetaV3> for SnapshotMeta {
+    fn from(old: SnapshotMetaV3) -> Self {
+        SnapshotMeta {
+            dbid: old.dbid,
+            index: old.index,
+            term: old.term,
+            voters: old.voters,
+            learners: old.learners,
+            members: old.members,
+            used_ids: old.used_ids,
+            applied_time_ms: old.applied_time_ms,
+            held_learners: Vec::new(),
+        }
+    }
 }
 
 /// [`SnapshotMeta`] as version 1 wrote it (no `applied_time_ms`).
@@ -135,6 +180,7 @@ impl From<SnapshotMetaV1> for SnapshotMeta {
             members: old.members,
             used_ids: old.used_ids,
             applied_time_ms: 0,
+            held_learners: Vec::new(),
         }
     }
 }
@@ -598,6 +644,10 @@ fn check_meta(meta: &SnapshotMeta) -> Result<(), String> {
     if meta.applied_time_ms < 0 {
         return Err(format!("negative applied time {}", meta.applied_time_ms));
     }
+    let held = distinct_ids("held_learners", meta.held_learners.iter().copied())?;
+    if let Some(id) = held.difference(&learners).next() {
+        return Err(format!("held learner {id} is not a learner"));
+    }
     Ok(())
 }
 
@@ -792,7 +842,7 @@ impl SnapshotDecoder {
         if crc32fast::hash(payload) != read_u32_le(rest, 8) {
             return Err(SnapshotError::PayloadChecksum { offset });
         }
-        let legacy_meta = self.version == 1 && self.stage == Stage::Meta;
+        let legacy_meta = (self.stage == Stage::Meta).then_some(self.version);
         let record = decode_payload(payload, legacy_meta)
             .map_err(|reason| SnapshotError::UndecodableRecord { offset, reason })?;
         self.check_order(&record, offset)?;
@@ -864,17 +914,33 @@ impl SnapshotDecoder {
     }
 }
 
-/// `legacy_meta`: the first record of a version 1 file, read as a version 1 Meta when it
-/// is one (anything else decodes as usual, so misplaced records get their own error).
-fn decode_payload(payload: &[u8], legacy_meta: bool) -> Result<SnapshotRecord, String> {
-    if legacy_meta {
-        if let Ok((SnapshotRecordV1::Meta(old), used_len)) =
-            bincode::serde::decode_from_slice::<SnapshotRecordV1, _>(payload, bincode_config())
-        {
-            if used_len == payload.len() {
-                return Ok(SnapshotRecord::Meta(old.into()));
+/// `first_record_version`: the file's version when this is its first record, read as
+/// that version's Meta when it is one (anything else decodes as usual, so misplaced
+/// records get their own error).
+fn decode_payload(
+    payload: &[u8],
+    first_record_version: Option<u32>,
+) -> Result<SnapshotRecord, String> {
+    match first_record_version {
+        Some(1) => {
+            if let Ok((SnapshotRecordV1::Meta(old), used_len)) =
+                bincode::serde::decode_from_slice::<SnapshotRecordV1, _>(payload, bincode_config())
+            {
+                if used_len == payload.len() {
+                    return Ok(SnapshotRecord::Meta(old.into()));
+                }
             }
         }
+        Some(2 | 3) => {
+            if let Ok((SnapshotRecordV3::Meta(old), used_len)) =
+                bincode::serde::decode_from_slice::<SnapshotRecordV3, _>(payload, bincode_config())
+            {
+                if used_len == payload.len() {
+                    return Ok(SnapshotRecord::Meta(old.into()));
+                }
+            }
+        }
+        _ => {}
     }
     let (record, used_len) =
         bincode::serde::decode_from_slice::<SnapshotRecord, _>(payload, bincode_config())
@@ -946,6 +1012,7 @@ mod tests {
             ],
             used_ids: vec![1, 2, 3, 4, 5],
             applied_time_ms: 1_790_000_000_123,
+            held_learners: vec![5],
         }
     }
 
@@ -1433,7 +1500,7 @@ mod tests {
             key_count: keys.len() as u64,
         });
         let bytes = file_of_records(&records);
-        assert_eq!(&bytes[8..12], &3u32.to_le_bytes());
+        assert_eq!(&bytes[8..12], &SNAPSHOT_VERSION.to_le_bytes());
         let mut decoder = SnapshotDecoder::new();
         decoder.feed(&bytes);
         let mut decoded = Vec::new();
@@ -1460,6 +1527,7 @@ mod tests {
     fn version_1_files_are_read_with_an_unknown_time() {
         let mut old_meta = meta();
         old_meta.applied_time_ms = 0;
+        old_meta.held_learners.clear();
         let keys = keys(20, 5);
         let mut records = vec![SnapshotRecord::Meta(old_meta.clone())];
         records.extend(keys.iter().map(Key::record));
@@ -1467,17 +1535,18 @@ mod tests {
             key_count: keys.len() as u64,
         });
         let current = file_of_records(&records);
-        // Version 1 bytes: the same Meta payload without its last field (a zero i64 is one
-        // byte in bincode's varint encoding), and version 1 in the header.
+        // Version 1 bytes: the same Meta payload without its last two fields (a zero i64
+        // and an empty vector are one byte each in bincode's varint encoding), and
+        // version 1 in the header.
         let meta_start = SNAPSHOT_HEADER_LEN;
         let meta_len = u32::from_le_bytes(current[meta_start..meta_start + 4].try_into().unwrap());
         let meta_end = meta_start + FRAME_HEADER_LEN + meta_len as usize;
         assert_eq!(
-            current[meta_end - 1],
-            0,
-            "applied_time_ms 0 is the last byte"
+            current[meta_end - 2..meta_end],
+            [0, 0],
+            "applied_time_ms 0 and no held learners are the last bytes"
         );
-        let old_payload = &current[meta_start + FRAME_HEADER_LEN..meta_end - 1];
+        let old_payload = &current[meta_start + FRAME_HEADER_LEN..meta_end - 2];
         let mut old = Vec::new();
         old.extend_from_slice(&SNAPSHOT_MAGIC);
         old.extend_from_slice(&1u32.to_le_bytes());
@@ -1507,6 +1576,38 @@ mod tests {
         ));
     }
 
+    /// Versions 2 and 3 (Meta without `held_learners`) are still read, with none held.
+    #[test]
+    fn version_3_files_are_read_without_held_learners() {
+        let mut old_meta = meta();
+        old_meta.held_learners.clear();
+        let current = file_of_records(&[
+            SnapshotRecord::Meta(old_meta.clone()),
+            SnapshotRecord::End { key_count: 0 },
+        ]);
+        let meta_start = SNAPSHOT_HEADER_LEN;
+        let meta_len = u32::from_le_bytes(current[meta_start..meta_start + 4].try_into().unwrap());
+        let meta_end = meta_start + FRAME_HEADER_LEN + meta_len as usize;
+        assert_eq!(current[meta_end - 1], 0, "an empty vector is the last byte");
+        let old_payload = &current[meta_start + FRAME_HEADER_LEN..meta_end - 1];
+        for version in [2u32, 3] {
+            let mut old = Vec::new();
+            old.extend_from_slice(&SNAPSHOT_MAGIC);
+            old.extend_from_slice(&version.to_le_bytes());
+            old.extend_from_slice(&frame_header(
+                old_payload.len() as u32,
+                crc32fast::hash(old_payload),
+            ));
+            old.extend_from_slice(old_payload);
+            old.extend_from_slice(&current[meta_end..]);
+            assert_eq!(
+                validate_all(&old),
+                Ok(old_meta.clone()),
+                "version {version}"
+            );
+        }
+    }
+
     #[test]
     fn negative_applied_time_is_refused() {
         let mut bad = meta();
@@ -1528,12 +1629,12 @@ mod tests {
         );
 
         let mut bytes = file.bytes.clone();
-        bytes[8] = 4;
+        bytes[8] = 5;
         assert_eq!(
             validate_all(&bytes),
             Err(SnapshotError::UnsupportedVersion {
                 offset: 8,
-                version: 4
+                version: 5
             })
         );
 
