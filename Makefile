@@ -12,7 +12,7 @@ SERVER_TESTS = $(foreach f,$(shell grep -l '^mod common;' tests/*.rs 2>/dev/null
 # `make test-valkey8` or by hand).
 VALKEY_TESTS = --test single_node --test cluster --test commands --test consistency --test security --test disk_faults --test dropin --test original_commands
 
-.PHONY: all build deps cluster stop test test-valkey8 bench fmt fmt-check lint clean distclean help
+.PHONY: all build deps probe cluster stop test test-valkey8 bench fmt fmt-check lint clean distclean help
 
 all: build
 
@@ -47,7 +47,7 @@ stop:
 # Redis' allocator) serves both passes. Pass 1: unit tests, doc tests and every integration
 # test against redis-server. Pass 2: the server tests again, against Valkey 9. Both passes
 # run to the end (--no-fail-fast); the target fails if either failed.
-test: build
+test: build probe
 	@valkey="$$(scripts/install-valkey 9)" || exit 1; \
 	export REDISRAFT_MODULE=$(MODULE); rc=0; \
 	echo "== unit + integration tests, server: redis-server $$(redis-server --version | cut -d' ' -f3)"; \
@@ -57,7 +57,11 @@ test: build
 	[ $$rc -eq 0 ] || echo "== make test: FAILED (see above)"; \
 	exit $$rc
 
-test-valkey8: build
+# A second module (examples/probe_module.rs) tests load after redisraft.
+probe: deps
+	$(CARGO) build --release --example probe_module
+
+test-valkey8: build probe
 	@valkey="$$(scripts/install-valkey 8)" && \
 	REDISRAFT_MODULE=$(MODULE) REDISRAFT_SERVER="$$valkey" $(CARGO) test --release $(SERVER_TESTS)
 

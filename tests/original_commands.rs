@@ -336,3 +336,52 @@ fn nodecfg_demotes_and_promotes_a_node() {
     assert_eq!(nodecfg(&cluster, other, demoted, "+voting").unwrap(), "OK");
     wait_voting(&cluster, other, demoted, true);
 }
+
+/// The probe module `cargo test` builds from `examples/probe_module.rs`.
+fn probe_module() -> std::path::PathBuf {
+    let path = match std::env::var("REDISRAFT_PROBE_MODULE") {
+        Ok(path) => std::path::PathBuf::from(path),
+        Err(_) => {
+            let target = std::env::var("CARGO_TARGET_DIR")
+                .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/target").into());
+            std::path::Path::new(&target).join("release/examples/libprobe_module.so")
+        }
+    };
+    assert!(
+        path.exists(),
+        "probe module not found at {}: `cargo test --release` builds it \
+         (or `cargo build --release --example probe_module`)",
+        path.display()
+    );
+    path
+}
+
+/// The interception table follows `MODULE LOAD` / `MODULE UNLOAD`: a loaded module's
+/// write command is a write (and is replicated), its read a read; once unloaded, both are
+/// unknown again.
+#[test]
+fn commandspec_follows_module_load_and_unload() {
+    let server = initialized(ServerOpts::new().args(&["--enable-module-command", "yes"]));
+    let mut con = server.client();
+    let error = expect_err(&mut con, &["RAFT.DEBUG", "COMMANDSPEC", "probe.set"]);
+    assert!(error.contains("unknown command"), "{error}");
+    let module = probe_module();
+    let reply: String = exec(&mut con, &["MODULE", "LOAD", module.to_str().unwrap()])
+        .unwrap_or_else(|e| panic!("MODULE LOAD: {}", err_text(&e)));
+    assert_eq!(reply, "OK");
+    let set: i64 = exec(&mut con, &["RAFT.DEBUG", "COMMANDSPEC", "probe.set"]).unwrap();
+    assert_eq!(set, 1 << 2, "a module's write command is a write");
+    let get: i64 = exec(&mut con, &["RAFT.DEBUG", "COMMANDSPEC", "probe.get"]).unwrap();
+    assert_eq!(get, 1 << 1, "a module's read command is a read");
+    let before = num(&server.info("raft"), "raft_commit_index");
+    let reply: String = exec(&mut con, &["PROBE.SET", "probed", "1"]).unwrap();
+    assert_eq!(reply, "OK");
+    assert!(
+        num(&server.info("raft"), "raft_commit_index") > before,
+        "the module's write went through the log"
+    );
+    let reply: String = exec(&mut con, &["MODULE", "UNLOAD", "probe"]).unwrap();
+    assert_eq!(reply, "OK");
+    let error = expect_err(&mut con, &["RAFT.DEBUG", "COMMANDSPEC", "probe.set"]);
+    assert!(error.contains("unknown command"), "{error}");
+}
