@@ -361,8 +361,7 @@ impl Driver {
 
     /// The only voter needs no election timeout to lead again after a restart or INIT.
     fn campaign_if_alone(&mut self) {
-        let voters = self.node.conf_state().voters;
-        if voters == [self.node.status().id] && self.node.status().role != Role::Leader {
+        if self.node.should_campaign_alone() {
             if let Err(e) = self.node.campaign() {
                 log::warn!("raft: could not start an election: {e}");
             }
@@ -799,11 +798,10 @@ impl Driver {
             }
             return;
         }
+        let membership = &self.membership;
         let Some(learner) = self
             .node
-            .caught_up_learners()
-            .into_iter()
-            .find(|id| !self.membership.is_held_learner(*id))
+            .learner_to_promote(|id| membership.is_held_learner(id))
         else {
             return;
         };

@@ -318,6 +318,24 @@ impl RaftNode {
             .collect()
     }
 
+    /// The learner the leader promotes next, if any: one change at a time, a learner that
+    /// has caught up with the commit index, not one held back on purpose (`is_held`:
+    /// `Membership::is_held_learner`). The driver and the simulation both decide with it.
+    pub fn learner_to_promote(&self, is_held: impl Fn(u64) -> bool) -> Option<u64> {
+        if self.has_pending_conf_change() {
+            return None;
+        }
+        let mut caught_up = self.caught_up_learners();
+        caught_up.sort_unstable();
+        caught_up.into_iter().find(|&id| !is_held(id))
+    }
+
+    /// The only voter needs no election timeout to lead again after a restart or INIT.
+    pub fn should_campaign_alone(&self) -> bool {
+        let status = self.status();
+        self.conf_state().voters == [status.id] && status.role != Role::Leader
+    }
+
     /// The voter other than us with the longest log, a good leadership transfer target.
     pub fn most_up_to_date_follower(&self) -> Option<u64> {
         let raft = &self.raw.raft;

@@ -1907,9 +1907,7 @@ impl World {
             .nodes
             .get(&id)
             .and_then(|n| n.proc.as_ref())
-            .is_some_and(|p| {
-                p.raft.conf_state().voters == [id] && p.raft.status().role != Role::Leader
-            });
+            .is_some_and(|p| p.raft.should_campaign_alone());
         if alone {
             self.input(id, |raft| {
                 let _ = raft.campaign();
@@ -1985,13 +1983,11 @@ impl World {
 
     /// `Driver::promote_caught_up_learner`, run on every tick.
     fn promote_caught_up_learner(&mut self, id: u64) -> SimResult<()> {
-        let learner = self.nodes[&id].proc.as_ref().and_then(|p| {
-            if p.raft.has_pending_conf_change() {
-                None
-            } else {
-                p.raft.caught_up_learners().into_iter().next()
-            }
-        });
+        // The simulation never holds a learner back (no RAFT.DEBUG NODECFG).
+        let learner = self.nodes[&id]
+            .proc
+            .as_ref()
+            .and_then(|p| p.raft.learner_to_promote(|_| false));
         match learner {
             Some(learner) => self.propose_change(id, ConfChangeType::AddNode, learner),
             None => Ok(()),
