@@ -423,8 +423,10 @@ impl Transport {
         self.request_pipeline(addr, vec![argv], timeout, done);
     }
 
-    /// As [`Transport::request`], with `commands` pipelined on the one connection; `done`
-    /// gets the last command's reply (EXEC's, for a forwarded MULTI block).
+    /// As [`Transport::request`], with `commands` on the one connection; `done` gets the
+    /// last command's reply (EXEC's, for a forwarded MULTI block). The first command is
+    /// sent alone and, if it is refused, its error is the reply and nothing else is sent;
+    /// the others follow pipelined.
     pub fn request_pipeline(
         &self,
         addr: String,
@@ -917,19 +919,39 @@ async fn one_request(
         }
         frame.clear();
     }
-    for argv in commands {
-        let args: Vec<&[u8]> = argv.iter().map(Vec::as_slice).collect();
-        encode_command(&args, &mut frame);
-    }
-    stream
-        .write_all(&frame)
-        .await
-        .map_err(|error| format!("cannot send to {addr}: {error}"))?;
-    let mut last = replies.next(&mut stream, addr).await?;
-    for _ in 1..commands.len() {
-        last = replies.next(&mut stream, addr).await?;
+    // The first command goes alone, as AUTH does: were a forwarded MULTI refused, the
+    // commands pipelined behind it would run one by one instead of as a transaction.
+    let (first, rest) = commands.split_first().expect("at least one command");
+    let mut last = send_and_read(&mut stream, &mut replies, &mut frame, addr, &[first]).await?;
+    if !rest.is_empty() && last.as_error().is_none() {
+        let rest: Vec<&Vec<Vec<u8>>> = rest.iter().collect();
+        last = send_and_read(&mut stream, &mut replies, &mut frame, addr, &rest).await?;
     }
     Ok(last)
+}
+
+/// Sends `commands` pipelined and returns the last one's reply.
+async fn send_and_read(
+    stream: &mut (impl AsyncRead + AsyncWrite + Unpin),
+    replies: &mut ReplyReader,
+    frame: &mut Vec<u8>,
+    addr: &str,
+    commands: &[&Vec<Vec<u8>>],
+) -> Result<RespValue, String> {
+    for argv in commands {
+        let args: Vec<&[u8]> = argv.iter().map(Vec::as_slice).collect();
+        encode_command(&args, frame);
+    }
+    stream
+        .write_all(frame)
+        .await
+        .map_err(|error| format!("cannot send to {addr}: {error}"))?;
+    frame.clear();
+    let mut last = None;
+    for _ in commands {
+        last = Some(replies.next(stream, addr).await?);
+    }
+    Ok(last.expect("at least one command"))
 }
 
 #[derive(Default)]
@@ -1227,6 +1249,8 @@ mod tests {
         Silent,
         RejectAuth,
         RefuseMessages,
+        /// As `Answer`, but MULTI is refused.
+        RefuseMulti,
     }
 
     struct Received {
@@ -1345,6 +1369,9 @@ mod tests {
                     )),
                     (Behavior::RefuseMessages, b"RAFT.MSG") => {
                         Some(RespValue::Error("ERR wrong dbid".into()))
+                    }
+                    (Behavior::RefuseMulti, b"MULTI") => {
+                        Some(RespValue::Error("NOPERM no MULTI".into()))
                     }
                     (_, b"AUTH" | b"RAFT.MSG") => ok,
                     _ => Some(RespValue::Array(Some(
@@ -1822,6 +1849,62 @@ mod tests {
             ])))
         );
         assert_eq!(thread.as_deref(), Some("raft-transport"));
+        transport.shutdown();
+    }
+
+    fn pipeline_and_wait(
+        transport: &Transport,
+        addr: String,
+        commands: &[&[&str]],
+    ) -> Result<RespValue, String> {
+        let (reply_tx, reply_rx) = std_mpsc::channel();
+        let commands = commands
+            .iter()
+            .map(|argv| argv.iter().map(|arg| arg.as_bytes().to_vec()).collect())
+            .collect();
+        transport.request_pipeline(
+            addr,
+            commands,
+            Duration::from_secs(5),
+            Box::new(move |reply| {
+                let _ = reply_tx.send(reply);
+            }),
+        );
+        reply_rx.recv_timeout(WAIT).expect("the callback never ran")
+    }
+
+    /// The last command's reply comes back; a refused first command (a forwarded MULTI)
+    /// is the reply and the commands behind it are never sent, so they cannot run alone.
+    #[test]
+    fn a_pipelined_request_stops_at_a_refused_first_command() {
+        let fake = FakeNode::start("127.0.0.1:0", Behavior::Answer);
+        let transport = Transport::start(test_config());
+        let reply = pipeline_and_wait(
+            &transport,
+            fake.addr.to_string(),
+            &[&["MULTI"], &["SET", "k", "v"], &["EXEC"]],
+        );
+        let bulk = |text: &str| RespValue::Bulk(Some(text.as_bytes().to_vec()));
+        assert_eq!(reply, Ok(RespValue::Array(Some(vec![bulk("EXEC")]))));
+        for expected in ["MULTI", "SET", "EXEC"] {
+            assert_eq!(fake.next_command().argv[0], expected.as_bytes());
+        }
+
+        let refusing = FakeNode::start("127.0.0.1:0", Behavior::RefuseMulti);
+        let reply = pipeline_and_wait(
+            &transport,
+            refusing.addr.to_string(),
+            &[&["MULTI"], &["SET", "k", "v"], &["EXEC"]],
+        );
+        assert_eq!(reply, Ok(RespValue::Error("NOPERM no MULTI".into())));
+        assert_eq!(refusing.next_command().argv[0], b"MULTI");
+        assert!(
+            refusing
+                .received
+                .recv_timeout(Duration::from_millis(500))
+                .is_err(),
+            "a command was sent behind the refused MULTI"
+        );
         transport.shutdown();
     }
 
