@@ -520,6 +520,9 @@ fn error_class(e: &str) -> String {
         || lower.contains("unexpected end")
         || lower.contains("connection refused")
         || lower.contains("eof")
+        // A signal to the test process (e.g. a server child exiting) interrupted the
+        // client's read: the workload drops the connection and records the outcome unknown.
+        || lower.contains("interrupted system call")
     {
         return "connection lost".into();
     }
