@@ -1027,15 +1027,17 @@ impl Firewall {
         fw
     }
 
-    /// Drops all TCP between `a` and `b` (`host:port` each), both directions.
-    fn cut(&self, a: &str, b: &str) {
-        let split = |addr: &str| {
-            let (host, port) = addr.rsplit_once(':').unwrap();
-            (host.to_string(), port.to_string())
-        };
-        let (a, b) = (split(a), split(b));
-        for ((src, sport), (dst, dport)) in [(&a, &b), (&b, &a)] {
-            for (flag, port) in [("--dport", dport), ("--sport", sport)] {
+    /// Drops all TCP between nodes `a` and `b` (their Redis and raft peer ports), both
+    /// directions.
+    fn cut(&self, a: &Server, b: &Server) {
+        let (a, b) = ((&a.host, a.node_ports()), (&b.host, b.node_ports()));
+        for ((src, sports), (dst, dports)) in [(&a, &b), (&b, &a)] {
+            let rules = dports
+                .iter()
+                .map(|port| ("--dport", port.to_string()))
+                .chain(sports.iter().map(|port| ("--sport", port.to_string())));
+            for (flag, port) in rules {
+                let port = port.as_str();
                 iptables(&[
                     "-A",
                     &self.chain,
@@ -1112,8 +1114,8 @@ fn a_removed_leader_answers_its_waiting_writes_not_committed_yet() {
     cluster.wait_voters(&ids, CONVERGE_TIMEOUT);
     assert_eq!(cluster.wait_leader(&ids, CONVERGE_TIMEOUT), 1);
     let firewall = Firewall::new();
-    firewall.cut(&cluster.addr(1), &cluster.addr(2));
-    firewall.cut(&cluster.addr(1), &cluster.addr(3));
+    firewall.cut(&cluster.nodes[&1], &cluster.nodes[&2]);
+    firewall.cut(&cluster.nodes[&1], &cluster.nodes[&3]);
     let new = cluster.wait_leader(&[2, 3], CONVERGE_TIMEOUT);
     let mut removal = String::new();
     assert!(
@@ -1309,4 +1311,56 @@ fn quorum_read_on_minority_times_out() {
     } else {
         assert!(m == "(nil)" || m == "x", "m = {m:?}");
     }
+}
+
+/// `cmdstat_raft.msg` calls of a node: peer messages its Redis main thread handled.
+fn raft_msg_calls(server: &Server) -> u64 {
+    let text: String = server.cmd(&["INFO", "commandstats"]).unwrap();
+    text.lines()
+        .find_map(|line| line.strip_prefix("cmdstat_raft.msg:calls="))
+        .map_or(0, |rest| rest.split(',').next().unwrap().parse().unwrap())
+}
+
+/// Issue #16 (one raft thread owns the peers): raft messages go to each node's own peer
+/// listener, never through a Redis main thread, and a node that cannot listen (its peer
+/// port is taken) still takes part, reached on its Redis port as RAFT.MSG commands.
+#[test]
+fn peer_traffic_bypasses_the_redis_main_thread_with_a_fallback_when_it_cannot() {
+    let taken_port = free_port("127.0.0.1");
+    let _taken = std::net::TcpListener::bind(("127.0.0.1", taken_port)).unwrap();
+    let mut cluster = Cluster::start(2, ET_MS);
+    cluster.join_with(3, |opts| opts.raft("peer-port", &taken_port.to_string()));
+    let ids = cluster.ids();
+    cluster.wait_voters(&ids, FORM_TIMEOUT);
+    assert!(cluster
+        .node(3)
+        .log_contains(&format!("cannot listen on 127.0.0.1:{taken_port}")));
+    let mut router = cluster.router(&ids);
+    for i in 0..200 {
+        router.must(&["SET", &format!("k{i}"), &i.to_string()], CONVERGE_TIMEOUT);
+    }
+    let leader = cluster.wait_leader(&ids, CONVERGE_TIMEOUT);
+    let index = num(&cluster.info(leader).unwrap(), "raft_commit_index");
+    cluster.wait_applied(&ids, index, CONVERGE_TIMEOUT);
+    assert_eq!(
+        value_text(&same_everywhere(&cluster, &ids, &["GET", "k199"])),
+        "199"
+    );
+    for id in [1, 2] {
+        assert!(
+            cluster
+                .node(id)
+                .log_contains("raft: peers connect to 127.0.0.1:"),
+            "node {id} has a peer listener"
+        );
+        assert_eq!(
+            raft_msg_calls(cluster.node(id)),
+            0,
+            "node {id}: peer messages reached its main thread"
+        );
+    }
+    assert!(
+        raft_msg_calls(cluster.node(3)) > 0,
+        "node 3 has no listener: its peers must send RAFT.MSG to its Redis port"
+    );
 }

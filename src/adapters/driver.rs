@@ -10,6 +10,7 @@ use protobuf::Message as _;
 use raft::eraftpb::{ConfChangeType, ConfChangeV2, Entry, EntryType, Message, MessageType};
 
 use crate::adapters::logio::LogFile;
+use crate::adapters::peer_inbound::PeerGate;
 use crate::adapters::queue::{BoundedReceiver, BoundedSender};
 use crate::adapters::snapshot_transfer::SendJob;
 use crate::adapters::snapshots::SnapshotFiles;
@@ -145,6 +146,8 @@ pub struct DriverParams {
     pub transfer: SendJob,
     /// For transfer threads to report back.
     pub inbox_sender: BoundedSender<DriverInput>,
+    /// What the peer listener checks senders against, when this node has one.
+    pub peer_gate: Option<tokio::sync::watch::Sender<Arc<PeerGate>>>,
 }
 
 /// After a failed snapshot, wait this many ticks before asking for another.
@@ -764,6 +767,19 @@ impl Driver {
     }
 
     fn update_peers(&mut self) {
+        if let Some(gate) = &self.params.peer_gate {
+            let membership = &self.membership;
+            gate.send_if_modified(|current| {
+                if current.membership == *membership {
+                    return false;
+                }
+                *current = Arc::new(PeerGate {
+                    membership: membership.clone(),
+                    ..PeerGate::clone(current)
+                });
+                true
+            });
+        }
         let membership = &self.membership;
         self.address_hints
             .retain(|id, _| membership.get(*id).is_none());

@@ -5,7 +5,7 @@ use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use raft::eraftpb::{ConfChangeType, Message};
+use raft::eraftpb::ConfChangeType;
 use redis_module::{Context, RedisError, RedisResult, RedisString, RedisValue};
 
 use crate::adapters::apply::run_on_main;
@@ -15,15 +15,14 @@ use crate::adapters::ffi::{self, Answer, BlockedClient};
 use crate::adapters::handlers::{log_path, pick_node_id};
 use crate::adapters::logio::LogFile;
 use crate::adapters::peer_guard;
+use crate::adapters::peer_inbound;
 use crate::adapters::state::{self, with_state, NodeState, Waiter};
-use crate::adapters::transport::{
-    decode_raft_msg, Transport, TransportConfig, REMOVED_ERROR_PREFIX,
-};
+use crate::adapters::transport::{decode_raft_msg, Transport, TransportConfig};
 use crate::core::config::parse_addr;
 use crate::core::entry::Origin;
 use crate::core::logfile::NodeMeta;
 use crate::core::membership::{single_change, ChangeContext};
-use crate::core::peer_check::{check_sender, Refusal, SenderVerdict};
+use crate::core::peer_check::Refusal;
 use crate::core::resp::RespValue;
 
 /// Removing the only voter would leave a cluster that can never elect a leader.
@@ -73,7 +72,7 @@ pub fn cluster_join(ctx: &Context, args: &[RedisString]) -> RedisResult {
     let my_addr = state::my_addr(ctx.ctx);
     let settings = config().clone();
     let tls = match crate::adapters::tls::from_server(ctx.ctx) {
-        Ok(tls) => tls,
+        Ok(tls) => tls.map(|configs| configs.client),
         Err(message) => return error(&format!("ERR {message}")),
     };
     with_state(|state| {
@@ -525,6 +524,19 @@ pub fn timeout_now(_ctx: &Context, _args: Vec<RedisString>) -> RedisResult {
     })
 }
 
+/// `RAFT._PEER_PORT`: the port of this node's raft peer listener (0: none), which a peer
+/// asks for on this node's Redis port before it connects there.
+pub fn peer_port(ctx: &Context, _args: Vec<RedisString>) -> RedisResult {
+    peer_guard::check_caller(ctx.ctx, crate::adapters::transport::PEER_PORT_COMMAND)?;
+    // Before the node runs, as RAFT.MSG would: the peer retries instead of settling for
+    // the Redis port.
+    let port = with_state(|state| match (&state.node_state, &state.transport) {
+        (NodeState::Up | NodeState::Loading, Some(_)) => Ok(state.peer_port),
+        _ => Err(RedisError::Str("NOCLUSTER No Raft Cluster")),
+    })?;
+    Ok(RedisValue::Integer(i64::from(port)))
+}
+
 /// `RAFT.MSG <dbid> <sender id>[@addr] <message>...`: raft messages from a peer.
 ///
 /// Refused, with nothing handed to raft, unless the caller is the cluster user, every
@@ -545,65 +557,12 @@ pub fn raft_msg(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
             NodeState::Up | NodeState::Loading => {}
             _ => return error("NOCLUSTER No Raft Cluster"),
         }
-        let my_dbid = state
-            .meta
-            .as_ref()
-            .map(|m| m.dbid.clone())
-            .unwrap_or_default();
-        let sender = decoded.sender_id;
-        let me = state.my_id();
-        if let Some(message) = decoded.messages.iter().find(|m| m.to != me) {
-            let to = message.to;
-            peer_guard::refused(format!("peer:{sender}"), || {
-                format!(
-                    "refused a raft message from node {sender} for node {to}: this is node {me}"
-                )
-            });
-            return error("ERR raft message for another node");
-        }
-        let verdict = check_sender(
-            &my_dbid,
-            decoded.dbid.as_bytes(),
-            me,
-            sender,
-            &state.membership,
-            decoded.messages.iter().map(Message::get_msg_type),
-        );
-        match verdict {
-            SenderVerdict::Accept => {}
-            SenderVerdict::AcceptUnknownLeader => {
-                peer_guard::log_limited(
-                    format!("unknown-leader:{sender}"),
-                    log::Level::Info,
-                    || {
-                        format!(
-                            "following node {sender}, which this node's membership does not \
-                         know yet (this node has not applied the change that added it)"
-                        )
-                    },
-                );
-            }
-            SenderVerdict::Refuse(refusal) => {
-                return Err(refuse_sender(refusal, sender, &decoded.dbid))
-            }
-        }
-        if let Some(addr) = decoded
-            .sender_addr
-            .filter(|_| state.membership.get(decoded.sender_id).is_none())
-        {
-            // A node that just joined must answer the leader before the log told it where
-            // the leader is.
-            let hint = DriverInput::PeerAddress {
-                id: decoded.sender_id,
-                addr,
-            };
-            if let Err(e) = state.send_to_driver(hint) {
-                return error(e);
-            }
-        }
-        for message in decoded.messages {
-            count_received(&message);
-            if let Err(e) = state.send_to_driver(DriverInput::Peer(Box::new(message))) {
+        let my_dbid = state.meta.as_ref().map_or("", |m| m.dbid.as_str());
+        let inputs =
+            peer_inbound::admit_against(decoded, my_dbid, state.my_id(), &state.membership)
+                .map_err(RedisError::String)?;
+        for input in inputs {
+            if let Err(e) = state.send_to_driver(input) {
                 return error(e);
             }
         }
@@ -613,64 +572,5 @@ pub fn raft_msg(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
 
 /// The error for a refused sender, after counting and logging the refusal (rate-limited).
 pub fn refuse_sender(refusal: Refusal, sender: u64, dbid: &str) -> RedisError {
-    let dbid: String = dbid.chars().take(64).collect();
-    match refusal {
-        Refusal::OtherCluster => {
-            peer_guard::refused(format!("peer:{sender}"), || {
-                format!("refused a message from node {sender} of another cluster (dbid {dbid:?})")
-            });
-            RedisError::Str("ERR raft message for another cluster (dbid mismatch)")
-        }
-        Refusal::OwnId => {
-            peer_guard::refused(format!("peer:{sender}"), || {
-                format!(
-                    "refused a message that claims to come from this node's own id {sender} \
-                     (does another node use the same id?)"
-                )
-            });
-            RedisError::String(format!(
-                "ERR raft message from node {sender}, which is this node's own id"
-            ))
-        }
-        Refusal::Removed => {
-            peer_guard::refused(format!("peer:{sender}"), || {
-                format!("refused a message from node {sender}: it was removed from the cluster")
-            });
-            // Ids are never reused: this node's removal is committed. Telling it lets it
-            // stop instead of campaigning forever.
-            RedisError::String(format!(
-                "{REMOVED_ERROR_PREFIX} node {sender} was removed from the cluster"
-            ))
-        }
-        Refusal::NotMember => {
-            peer_guard::refused(format!("peer:{sender}"), || {
-                format!("refused a message from node {sender}: it is not a member of this cluster")
-            });
-            RedisError::String(format!(
-                "ERR raft message from node {sender}, which is not a member of this cluster"
-            ))
-        }
-    }
-}
-
-fn count_received(message: &Message) {
-    use crate::adapters::info::PEER_TRAFFIC;
-    match message.get_msg_type() {
-        raft::eraftpb::MessageType::MsgAppend => {
-            PEER_TRAFFIC
-                .appendreq_received
-                .fetch_add(1, Ordering::Relaxed);
-            if !message.entries.is_empty() {
-                PEER_TRAFFIC
-                    .appendreq_with_entry_received
-                    .fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        raft::eraftpb::MessageType::MsgSnapshot => {
-            PEER_TRAFFIC
-                .snapshotreq_received
-                .fetch_add(1, Ordering::Relaxed);
-        }
-        _ => {}
-    }
+    RedisError::String(peer_inbound::refusal_reply(refusal, sender, dbid))
 }

@@ -12,6 +12,8 @@ pub mod logio;
 pub mod membership;
 pub mod module;
 pub mod peer_guard;
+pub mod peer_inbound;
+pub mod peer_listener;
 pub mod proxy;
 pub mod queue;
 pub mod snapshot_transfer;

@@ -26,6 +26,7 @@ pub const COMMANDS: &[ffi::CommandSpec] = &[
     ("raft.timeout_now", membership::timeout_now, "admin"),
     ("raft.nodeshutdown", membership::node_shutdown, "admin"),
     ("raft.msg", membership::raft_msg, "admin"),
+    ("raft._peer_port", membership::peer_port, "admin fast"),
     ("raft._cluster", topology::cluster_command, ""),
     ("raft._info", handlers::info_command, ""),
     ("raft._ttl", execute::ttl_command, "readonly fast"),

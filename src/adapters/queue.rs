@@ -83,6 +83,21 @@ impl<T> BoundedSender<T> {
             })
     }
 
+    /// Queues every value of `values` in one parcel (one wake-up of the receiver), or
+    /// none of them if they do not all fit. Never blocks.
+    pub fn try_send_all(&self, values: Vec<T>) -> Result<(), TrySendError<Vec<T>>> {
+        let count = values.len();
+        if count == 0 {
+            return Ok(());
+        }
+        if self.queued.fetch_add(count, Ordering::AcqRel) + count > self.bound {
+            self.queued.fetch_sub(count, Ordering::AcqRel);
+            return Err(TrySendError::Full(values));
+        }
+        self.send_reserved(values)
+            .map_err(TrySendError::Disconnected)
+    }
+
     /// Takes one place in the queue, if there is one.
     fn reserve(&self) -> bool {
         if self.queued.fetch_add(1, Ordering::AcqRel) >= self.bound {
@@ -212,6 +227,25 @@ impl<T> BoundedReceiver<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_batch_goes_whole_or_not_at_all() {
+        let (sender, receiver) = bounded(3);
+        sender.try_send_all(vec![1, 2]).unwrap();
+        assert!(matches!(
+            sender.try_send_all(vec![3, 4]),
+            Err(TrySendError::Full(v)) if v == vec![3, 4]
+        ));
+        sender.try_send_all(vec![3]).unwrap();
+        assert_eq!(receiver.len(), 3);
+        let got: Vec<i32> = (0..3).map(|_| receiver.try_recv().unwrap()).collect();
+        assert_eq!(got, vec![1, 2, 3]);
+        drop(receiver);
+        assert!(matches!(
+            sender.try_send_all(vec![5]),
+            Err(TrySendError::Disconnected(_))
+        ));
+    }
 
     #[test]
     fn the_bound_refuses_and_frees_as_values_are_taken() {

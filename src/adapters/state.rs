@@ -17,11 +17,14 @@ use crate::adapters::driver::{Driver, DriverInput, DriverParams, MainTask, Share
 use crate::adapters::driver::{INBOX_BOUND, MAIN_QUEUE_BOUND};
 use crate::adapters::ffi::{self, Answer, BlockedClient, RawCtx};
 use crate::adapters::logio::LogFile;
-use crate::adapters::queue::{bounded, BoundedReceiver, HoldingSender};
+use crate::adapters::peer_inbound::PeerGate;
+use crate::adapters::peer_listener::ListenerConfig;
+use crate::adapters::queue::{bounded, BoundedReceiver, BoundedSender, HoldingSender};
 use crate::adapters::snapshot_transfer::SendJob;
 use crate::adapters::snapshots::SnapshotFiles;
 use crate::adapters::transport::{Transport, TransportConfig};
 use crate::core::commands::CommandTable;
+use crate::core::config::{RaftConfig, PEER_PORT_OFFSET};
 use crate::core::entry::Argv;
 use crate::core::logfile::{NodeMeta, Recovered};
 use crate::core::membership::Membership;
@@ -91,6 +94,8 @@ pub struct MainState {
     /// Replicated membership, as of `applied_index`.
     pub membership: Membership,
     pub transport: Option<Transport>,
+    /// The port of this node's raft peer listener, 0 when it has none (RAFT._PEER_PORT).
+    pub peer_port: u16,
     /// Set when this node applied its own removal: clients are told why it stopped.
     pub removed: bool,
     /// Latest entry time proposed or applied (see `next_entry_time_ms`).
@@ -152,6 +157,7 @@ pub fn init_state(apply_ctx: RawCtx, incarnation: u64) {
             expire_in_flight_until_ms: 0,
             scripts: ScriptRegistry::default(),
             former_id: None,
+            peer_port: 0,
         })
     });
 }
@@ -400,6 +406,58 @@ pub fn my_addr(ctx: RawCtx) -> String {
     format!("127.0.0.1:{port}")
 }
 
+/// Binds the raft thread's peer listener on this node's host and starts it on the
+/// transport's thread. Returns the sender of its gate and its port; `(None, 0)` when it
+/// cannot listen (the port is taken, the address is not local): peers then reach this
+/// node on its Redis port, as `RAFT.MSG` commands, which is slower but as safe.
+fn start_peer_listener(
+    transport: &Transport,
+    my_addr: &str,
+    settings: &RaftConfig,
+    tls: Option<crate::adapters::tls::PeerTlsServer>,
+    gate: PeerGate,
+    to_driver: BoundedSender<DriverInput>,
+) -> (Option<tokio::sync::watch::Sender<Arc<PeerGate>>>, u16) {
+    let (host, node_port) = match my_addr.rsplit_once(':') {
+        Some((host, port)) => (host, port.parse::<u16>().unwrap_or(0)),
+        None => (my_addr, 0),
+    };
+    let Some(port) = settings.peer_listener_port(node_port) else {
+        log::warn!(
+            "raft: no peer listener: port {node_port} + {PEER_PORT_OFFSET} is not a port \
+             (set raft.peer-port); peers use the Redis port"
+        );
+        return (None, 0);
+    };
+    let listener = match crate::adapters::peer_listener::bind(host, port) {
+        Ok(listener) => listener,
+        Err(error) => {
+            log::warn!(
+                "raft: no peer listener: cannot listen on {host}:{port} ({error}); peers use \
+                 the Redis port"
+            );
+            return (None, 0);
+        }
+    };
+    let config = ListenerConfig {
+        cluster_user: settings.cluster_user.clone(),
+        cluster_password: settings.cluster_password.clone(),
+        tls,
+        // As the Redis port (the server's default proto-max-bulk-len).
+        max_arg_bytes: crate::core::entry::MAX_PAYLOAD_BYTES,
+        handshake_timeout: Duration::from_millis(settings.connection_timeout_ms),
+    };
+    let (gate_sender, gate_receiver) = tokio::sync::watch::channel(Arc::new(gate));
+    transport.spawn(crate::adapters::peer_listener::run(
+        listener,
+        config,
+        gate_receiver,
+        to_driver,
+    ));
+    log::info!("raft: peers connect to {host}:{port}");
+    (Some(gate_sender), port)
+}
+
 /// One server setting by `CONFIG GET` (empty when unknown).
 pub fn server_config(ctx: RawCtx, name: &str) -> String {
     call_locally(
@@ -501,7 +559,8 @@ pub fn start_node(
     let source_host = my_addr
         .rsplit_once(':')
         .map(|(host, _)| host.trim_matches(['[', ']']).to_string());
-    let tls = crate::adapters::tls::from_server(state.apply_ctx)?;
+    let tls_configs = crate::adapters::tls::from_server(state.apply_ctx)?;
+    let tls = tls_configs.as_ref().map(|configs| configs.client.clone());
     let transport = Transport::start(TransportConfig {
         my_id: meta.node_id,
         my_addr: my_addr.clone(),
@@ -518,6 +577,20 @@ pub fn start_node(
     });
     let (to_driver, inbox) = bounded(INBOX_BOUND);
     let (outbox, from_driver) = bounded(MAIN_QUEUE_BOUND);
+    let gate = PeerGate {
+        dbid: meta.dbid.clone(),
+        my_id: meta.node_id,
+        membership: state.membership.clone(),
+    };
+    let (peer_gate, peer_port) = start_peer_listener(
+        &transport,
+        &my_addr,
+        &settings,
+        tls_configs.map(|configs| configs.server),
+        gate,
+        to_driver.clone(),
+    );
+    state.peer_port = peer_port;
     let driver_params = DriverParams {
         tick: Duration::from_millis(tick_ms),
         fsync: settings.log_fsync,
@@ -540,6 +613,7 @@ pub fn start_node(
             tls,
         },
         inbox_sender: to_driver.clone(),
+        peer_gate,
     };
     state.transport = Some(transport.clone());
     let driver = Driver::new(

@@ -1,7 +1,10 @@
-//! Inter-node TLS (`raft.tls-enabled yes`): the client side of peer connections.
+//! Inter-node TLS (`raft.tls-enabled yes`), both sides of peer connections.
 //!
-//! The server side is Redis' own TLS port; this node connects to its peers' TLS ports
-//! with the server's settings, read once when the transport starts:
+//! The server sides are Redis' own TLS port (joins, proxied commands, snapshots, and
+//! peers without a peer listener) and the raft thread's peer listener, which presents
+//! the server's `tls-cert-file`/`tls-key-file` and checks peers' certificates as Redis
+//! does per `tls-auth-clients`. This node connects to its peers with the server's
+//! settings, read once when the transport starts:
 //! - trust: `tls-ca-cert-file` and/or every certificate in `tls-ca-cert-dir`;
 //! - our certificate: `tls-client-cert-file`/`tls-client-key-file` when set, else
 //!   `tls-cert-file`/`tls-key-file` (as Redis does for its own outgoing connections).
@@ -18,7 +21,8 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::client::WebPkiServerVerifier;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig};
 
 /// The server's TLS file settings (paths; empty when unset).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -33,24 +37,32 @@ pub struct TlsFiles {
 
 /// The client configuration every peer connection of this node uses.
 pub type PeerTls = Arc<ClientConfig>;
+/// The server configuration of this node's peer listener.
+pub type PeerTlsServer = Arc<ServerConfig>;
+
+/// Redis' `tls-auth-clients`: whether a connecting peer must present a certificate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientAuth {
+    Required,
+    Optional,
+    None,
+}
+
+impl ClientAuth {
+    /// Redis' spelling (`yes`, `optional`, `no`); anything else is Redis' default, yes.
+    pub fn from_setting(value: &str) -> ClientAuth {
+        match value.to_ascii_lowercase().as_str() {
+            "no" => ClientAuth::None,
+            "optional" => ClientAuth::Optional,
+            _ => ClientAuth::Required,
+        }
+    }
+}
 
 /// Builds the client configuration, or says which setting is missing or unreadable.
 pub fn client_config(files: &TlsFiles) -> Result<PeerTls, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut roots = RootCertStore::empty();
-    if !files.ca_cert_file.is_empty() {
-        for cert in read_certs(&files.ca_cert_file)? {
-            roots
-                .add(cert)
-                .map_err(|e| format!("tls-ca-cert-file {}: {e}", files.ca_cert_file))?;
-        }
-    }
-    if !files.ca_cert_dir.is_empty() {
-        add_dir(&mut roots, &files.ca_cert_dir)?;
-    }
-    if roots.is_empty() {
-        return Err("TLS needs tls-ca-cert-file or tls-ca-cert-dir with a CA certificate".into());
-    }
+    let roots = trusted_roots(files)?;
     let (cert_file, key_file) = if files.client_cert_file.is_empty() {
         (&files.cert_file, &files.key_file)
     } else {
@@ -73,6 +85,62 @@ pub fn client_config(files: &TlsFiles) -> Result<PeerTls, String> {
         .with_client_auth_cert(chain, key)
         .map_err(|e| format!("{cert_file} / {key_file}: {e}"))?;
     Ok(Arc::new(config))
+}
+
+/// Builds the peer listener's configuration: the server's own certificate, peers'
+/// certificates chained to the trusted CAs as `client_auth` asks.
+pub fn server_config(files: &TlsFiles, client_auth: ClientAuth) -> Result<PeerTlsServer, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    if files.cert_file.is_empty() || files.key_file.is_empty() {
+        return Err("TLS needs tls-cert-file and tls-key-file".into());
+    }
+    let chain = read_certs(&files.cert_file)?;
+    let key = PrivateKeyDer::from_pem_file(&files.key_file)
+        .map_err(|e| format!("cannot read a private key from {}: {e}", files.key_file))?;
+    let builder = ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS protocol versions: {e}"))?;
+    let builder = match client_auth {
+        ClientAuth::None => builder.with_no_client_auth(),
+        ClientAuth::Required | ClientAuth::Optional => {
+            let verifier = WebPkiClientVerifier::builder_with_provider(
+                Arc::new(trusted_roots(files)?),
+                provider,
+            );
+            let verifier = if client_auth == ClientAuth::Optional {
+                verifier.allow_unauthenticated()
+            } else {
+                verifier
+            };
+            let verifier = verifier
+                .build()
+                .map_err(|e| format!("TLS trust settings: {e}"))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let config = builder
+        .with_single_cert(chain, key)
+        .map_err(|e| format!("{} / {}: {e}", files.cert_file, files.key_file))?;
+    Ok(Arc::new(config))
+}
+
+/// The CAs of `tls-ca-cert-file` and `tls-ca-cert-dir`; at least one is required.
+fn trusted_roots(files: &TlsFiles) -> Result<RootCertStore, String> {
+    let mut roots = RootCertStore::empty();
+    if !files.ca_cert_file.is_empty() {
+        for cert in read_certs(&files.ca_cert_file)? {
+            roots
+                .add(cert)
+                .map_err(|e| format!("tls-ca-cert-file {}: {e}", files.ca_cert_file))?;
+        }
+    }
+    if !files.ca_cert_dir.is_empty() {
+        add_dir(&mut roots, &files.ca_cert_dir)?;
+    }
+    if roots.is_empty() {
+        return Err("TLS needs tls-ca-cert-file or tls-ca-cert-dir with a CA certificate".into());
+    }
+    Ok(roots)
 }
 
 /// The name sent in the handshake (SNI) for `addr` (`host:port`).
@@ -162,8 +230,15 @@ impl ServerCertVerifier for ChainOnly {
     }
 }
 
-/// The peer TLS configuration when `raft.tls-enabled` is on, from the server's settings.
-pub fn from_server(ctx: crate::adapters::ffi::RawCtx) -> Result<Option<PeerTls>, String> {
+/// Both sides of peer TLS, built from the server's settings.
+#[derive(Clone)]
+pub struct PeerTlsConfigs {
+    pub client: PeerTls,
+    pub server: PeerTlsServer,
+}
+
+/// The peer TLS configurations when `raft.tls-enabled` is on, from the server's settings.
+pub fn from_server(ctx: crate::adapters::ffi::RawCtx) -> Result<Option<PeerTlsConfigs>, String> {
     if !crate::adapters::configs::config().tls_enabled {
         return Ok(None);
     }
@@ -176,7 +251,14 @@ pub fn from_server(ctx: crate::adapters::ffi::RawCtx) -> Result<Option<PeerTls>,
         client_cert_file: setting("tls-client-cert-file"),
         client_key_file: setting("tls-client-key-file"),
     };
-    client_config(&files)
+    let client_auth = ClientAuth::from_setting(&setting("tls-auth-clients"));
+    let configs = client_config(&files).and_then(|client| {
+        Ok(PeerTlsConfigs {
+            client,
+            server: server_config(&files, client_auth)?,
+        })
+    });
+    configs
         .map(Some)
         .map_err(|e| format!("raft.tls-enabled: {e}"))
 }

@@ -27,6 +27,8 @@ use crate::adapters::tls::{self, PeerTls};
 use crate::core::resp::{encode_command, parse_value, RespLimits, RespValue};
 
 pub const RAFT_MSG_COMMAND: &str = "RAFT.MSG";
+/// Asked on a peer's Redis port: the port of its own peer listener (0: none).
+pub const PEER_PORT_COMMAND: &str = "RAFT._PEER_PORT";
 /// A member answers `REMOVED ...` to messages from a node whose removal it applied.
 pub const REMOVED_ERROR_PREFIX: &str = "REMOVED";
 /// Set when a peer told us we were removed from the cluster; the driver acts on it.
@@ -276,6 +278,14 @@ impl Transport {
         *lock(&inner.thread) = Some(thread);
         Transport {
             inner: Arc::new(inner),
+        }
+    }
+
+    /// Runs `task` on the transport's thread until the transport stops (the peer
+    /// listener runs here, beside the outgoing connections).
+    pub fn spawn(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {
+        if !self.inner.stopped.load(Ordering::Acquire) {
+            self.inner.runtime.spawn(task);
         }
     }
 
@@ -551,7 +561,7 @@ async fn run_peer(link: PeerLink, mut queue: mpsc::Receiver<Message>) {
     let mut backoff = first_backoff;
     let mut log = LogThrottle::default();
     loop {
-        let end = match connect(&link.addr, &link.config).await {
+        let end = match connect_peer(&link, &mut log).await {
             Ok(connection) => {
                 if let Some(bind_error) = connection.bind_error {
                     log.line(
@@ -569,9 +579,13 @@ async fn run_peer(link: PeerLink, mut queue: mpsc::Receiver<Message>) {
                 log.line(
                     log::Level::Info,
                     format_args!(
-                        "raft transport: connected to node {} at {}{}",
+                        "raft transport: connected to node {} at {}{}{}",
                         link.id,
                         link.addr,
+                        match connection.peer_port {
+                            Some(port) => format!(", raft peer port {port}"),
+                            None => " (its Redis port)".to_string(),
+                        },
                         link.lane_label()
                     ),
                 );
@@ -614,6 +628,79 @@ async fn run_peer(link: PeerLink, mut queue: mpsc::Receiver<Message>) {
         }
         backoff = (backoff * 2).min(MAX_RECONNECT_BACKOFF.max(first_backoff));
     }
+}
+
+/// Connects to a peer's raft peer port, which its Redis port names (`RAFT._PEER_PORT`,
+/// after AUTH), so that its Redis main thread never sees our messages. A peer without one
+/// (no listener, or an older version), or whose peer port cannot be reached, is served on
+/// the Redis connection, as `RAFT.MSG` commands.
+async fn connect_peer(link: &PeerLink, log: &mut LogThrottle) -> io::Result<Connection> {
+    let mut connection = connect(&link.addr, &link.config).await?;
+    let config = &link.config;
+    let Some(port) = with_timeout(
+        config.response_timeout,
+        ask_peer_port(&mut connection.stream, config),
+    )
+    .await?
+    else {
+        return Ok(connection);
+    };
+    let addr = with_port(&link.addr, port);
+    match connect(&addr, config).await {
+        Ok(mut direct) => {
+            direct.peer_port = Some(port);
+            Ok(direct)
+        }
+        Err(error) => {
+            log.line(
+                log::Level::Warn,
+                format_args!(
+                    "raft transport: node {} ({}): its raft peer port {port} is unreachable \
+                     ({error}); using its Redis port",
+                    link.id, link.addr
+                ),
+            );
+            Ok(connection)
+        }
+    }
+}
+
+/// `Some(port)` when the peer answers `RAFT._PEER_PORT` with a port.
+async fn ask_peer_port(
+    stream: &mut PeerStream,
+    config: &TransportConfig,
+) -> io::Result<Option<u16>> {
+    let mut frame = Vec::new();
+    let authenticates = encode_auth(config, &mut frame);
+    encode_command(&[PEER_PORT_COMMAND.as_bytes()], &mut frame);
+    stream.write_all(&frame).await?;
+    let mut replies = ReplyReader::default();
+    let as_io = |error: String| io::Error::other(error);
+    if authenticates {
+        let auth = replies.next(stream, "peer").await.map_err(as_io)?;
+        if let Some(error) = auth.as_error() {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!("authentication refused: {error}"),
+            ));
+        }
+    }
+    let reply = replies.next(stream, "peer").await.map_err(as_io)?;
+    if let Some(error) = reply.as_error().filter(|e| e.starts_with("NOCLUSTER")) {
+        // Not running its raft node yet (e.g. still joining): ask again later rather than
+        // stay on its Redis port.
+        return Err(io::Error::other(format!("peer not started: {error}")));
+    }
+    Ok(match reply {
+        RespValue::Integer(port) => u16::try_from(port).ok().filter(|port| *port != 0),
+        _ => None,
+    })
+}
+
+/// `addr` (`host:port`, IPv6 hosts bracketed) with its port replaced.
+fn with_port(addr: &str, port: u16) -> String {
+    let host = addr.rsplit_once(':').map_or(addr, |(host, _)| host);
+    format!("{host}:{port}")
 }
 
 /// Waits `pause` while dropping whatever raft queues: by the time the peer is back those
@@ -992,6 +1079,8 @@ struct Connection {
     stream: PeerStream,
     /// Set when binding to the source host failed and the socket connected unbound.
     bind_error: Option<String>,
+    /// The peer's raft peer port when connected there, `None` on its Redis port.
+    peer_port: Option<u16>,
 }
 
 /// Connects to `addr` (and completes the TLS handshake when configured), from
@@ -1010,7 +1099,11 @@ async fn connect(addr: &str, config: &TransportConfig) -> io::Result<Connection>
             ),
             None => Box::new(stream),
         };
-        Ok(Connection { stream, bind_error })
+        Ok(Connection {
+            stream,
+            bind_error,
+            peer_port: None,
+        })
     };
     with_timeout(config.connection_timeout, attempt).await
 }
@@ -1231,6 +1324,7 @@ pub fn decode_raft_msg<A: AsRef<[u8]>>(args: &[A]) -> Result<RaftMsg, String> {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
     use std::sync::mpsc as std_mpsc;
 
     use raft::eraftpb::MessageType;
@@ -1251,6 +1345,10 @@ mod tests {
         RefuseMessages,
         /// As `Answer`, but MULTI is refused.
         RefuseMulti,
+        /// As `Answer`, and RAFT._PEER_PORT names this port.
+        PeerPortAt(u16),
+        /// As `Answer`, but RAFT._PEER_PORT answers NOCLUSTER (raft not started yet).
+        NotStarted,
     }
 
     struct Received {
@@ -1372,6 +1470,12 @@ mod tests {
                     }
                     (Behavior::RefuseMulti, b"MULTI") => {
                         Some(RespValue::Error("NOPERM no MULTI".into()))
+                    }
+                    (Behavior::PeerPortAt(port), b"RAFT._PEER_PORT") => {
+                        Some(RespValue::Integer(i64::from(port)))
+                    }
+                    (Behavior::NotStarted, b"RAFT._PEER_PORT") => {
+                        Some(RespValue::Error("NOCLUSTER No Raft Cluster".into()))
                     }
                     (_, b"AUTH" | b"RAFT.MSG") => ok,
                     _ => Some(RespValue::Array(Some(
@@ -1662,7 +1766,87 @@ mod tests {
     }
 
     #[test]
-    fn a_silent_peer_times_out_and_is_reconnected() {
+    fn messages_go_to_the_peer_port_the_redis_port_names() {
+        let listener = FakeNode::start("127.0.0.1:0", Behavior::Answer);
+        let redis = FakeNode::start("127.0.0.1:0", Behavior::PeerPortAt(listener.addr.port()));
+        let transport = Transport::start(TransportConfig {
+            cluster_password: "secret".into(),
+            ..test_config()
+        });
+        transport.set_peers(&[(2, redis.addr.to_string())]);
+        transport.send(2, append(1)).unwrap();
+        let mut before = Vec::new();
+        let message = loop {
+            let command = listener.next_command();
+            if command.argv[0] == b"RAFT.MSG" {
+                break command;
+            }
+            before.push(command);
+        };
+        let decoded = decode_raft_msg(&message.argv[1..]).unwrap();
+        assert_eq!(decoded.messages[0].index, 1);
+        // The peer port gets AUTH first too, on the connection that carries the messages.
+        assert_eq!(
+            before
+                .iter()
+                .find(|c| c.connection == message.connection)
+                .map(|c| c.argv[0].clone()),
+            Some(b"AUTH".to_vec())
+        );
+        // Each lane asked the Redis port (after AUTH), and sent it nothing else.
+        let mut asked: BTreeMap<u64, Vec<Vec<u8>>> = BTreeMap::new();
+        for _ in 0..4 {
+            let command = redis.next_command();
+            asked
+                .entry(command.connection)
+                .or_default()
+                .push(command.argv[0].clone());
+        }
+        assert_eq!(asked.len(), 2);
+        for commands in asked.values() {
+            assert_eq!(
+                commands,
+                &vec![b"AUTH".to_vec(), b"RAFT._PEER_PORT".to_vec()]
+            );
+        }
+        assert!(redis.received.try_recv().is_err());
+        transport.shutdown();
+    }
+
+    #[test]
+    fn an_unreachable_peer_port_falls_back_to_the_redis_port() {
+        let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let closed_port = free.local_addr().unwrap().port();
+        drop(free);
+        let redis = FakeNode::start("127.0.0.1:0", Behavior::PeerPortAt(closed_port));
+        let transport = Transport::start(test_config());
+        transport.set_peers(&[(2, redis.addr.to_string())]);
+        transport.send(2, append(7)).unwrap();
+        let (decoded, _) = redis.receive_messages(1).remove(0);
+        assert_eq!(decoded.messages[0].index, 7);
+        transport.shutdown();
+    }
+
+    #[test]
+    fn a_peer_not_started_yet_is_asked_again_rather_than_sent_to_its_redis_port() {
+        let redis = FakeNode::start("127.0.0.1:0", Behavior::NotStarted);
+        let transport = Transport::start(TransportConfig {
+            reconnect_interval: Duration::from_millis(10),
+            ..test_config()
+        });
+        transport.set_peers(&[(2, redis.addr.to_string())]);
+        transport.send(2, append(1)).unwrap();
+        wait_until("the peer is asked again", || {
+            stats_of(&transport, 2).conn_errors >= 3
+        });
+        transport.shutdown();
+        while let Ok(command) = redis.received.try_recv() {
+            assert_eq!(command.argv[0], b"RAFT._PEER_PORT");
+        }
+    }
+
+    #[test]
+    fn a_silent_peer_times_out_and_is_retried() {
         let fake = FakeNode::start("127.0.0.1:0", Behavior::Silent);
         let transport = Transport::start(TransportConfig {
             response_timeout: Duration::from_millis(200),
@@ -1670,10 +1854,11 @@ mod tests {
         });
         transport.set_peers(&[(2, fake.addr.to_string())]);
         transport.send(2, append(1)).unwrap();
+        // It never answers which peer port to use: every attempt times out and is retried.
         wait_until("the missing reply drops the connection", || {
-            let stats = stats_of(&transport, 2);
-            stats.conn_errors >= 1 && stats.conn_oks >= 2
+            stats_of(&transport, 2).conn_errors >= 2
         });
+        assert_eq!(stats_of(&transport, 2).conn_oks, 0);
         assert_eq!(transport.take_unreachable(), vec![2]);
         transport.shutdown();
     }

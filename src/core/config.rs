@@ -35,6 +35,7 @@ pub const ALL_KEYS: &[&str] = &[
     "cluster-user",
     "cluster-password",
     "tls-enabled",
+    "peer-port",
     "loglevel",
     "trace",
     "scan-size",
@@ -63,13 +64,18 @@ pub const HIDDEN_KEYS: &[&str] = &[
     "migration-debug",
 ];
 
+/// `peer-port 0` listens on the node's port plus this, as Redis Cluster's bus does.
+pub const PEER_PORT_OFFSET: u16 = 10_000;
+
 /// Highest hash slot (Redis Cluster has 16384).
 pub const MAX_SLOT: u16 = 16383;
 
 /// Keys that cannot change after `RAFT.CLUSTER INIT` / `JOIN`: they name this
 /// node and its files, which the cluster and the disk already know.
 /// `tls-enabled` is here because the transport is built once, when the node starts.
-pub const IMMUTABLE_AFTER_INIT: &[&str] = &["id", "addr", "log-filename", "tls-enabled"];
+/// `peer-port` too: the listener is bound once, when the node starts.
+pub const IMMUTABLE_AFTER_INIT: &[&str] =
+    &["id", "addr", "log-filename", "tls-enabled", "peer-port"];
 
 /// Keys whose value must never appear in logs, INFO or [`RaftConfig::get`].
 pub const SENSITIVE_KEYS: &[&str] = &["cluster-password"];
@@ -124,6 +130,8 @@ pub const LIMITS: &[(&str, u64, u64)] = &[
     ("scan-size", 1, i32::MAX as u64),
     // How often a sharding node refreshes its shard groups.
     ("shardgroup-update-interval", 1, 86_400_000),
+    // The raft thread's peer listener; 0 is the node's port + PEER_PORT_OFFSET.
+    ("peer-port", 0, 65_535),
     // Test knob: microseconds slept before applying each entry (at most a minute).
     ("log-delay-apply", 0, 60_000_000),
     // Test knob: seconds the snapshot child waits before writing (at most an hour).
@@ -476,6 +484,8 @@ pub struct RaftConfig {
     /// Sensitive: never printed by `Debug`, `get`, or errors.
     pub cluster_password: String,
     pub tls_enabled: bool,
+    /// The raft thread's own listener for peers; 0 = the node's port + [`PEER_PORT_OFFSET`].
+    pub peer_port: u64,
     pub loglevel: LogLevel,
     pub trace: TraceFlags,
     /// Sharding (accepted and stored; no effect until sharding exists).
@@ -521,6 +531,7 @@ impl Default for RaftConfig {
             cluster_user: "default".to_string(),
             cluster_password: String::new(),
             tls_enabled: false,
+            peer_port: 0,
             loglevel: LogLevel::Notice,
             trace: TraceFlags::OFF,
             scan_size: 1000,
@@ -605,6 +616,7 @@ impl RaftConfig {
         "append-req-max-size" => append_req_max_size,
         "snapshot-req-max-count" => snapshot_req_max_count,
         "snapshot-req-max-size" => snapshot_req_max_size,
+        "peer-port" => peer_port,
         "scan-size" => scan_size,
         "shardgroup-update-interval" => shardgroup_update_interval_ms,
         "log-delay-apply" => log_delay_apply_us,
@@ -770,6 +782,16 @@ impl RaftConfig {
     /// `request-timeout` in whole ticks: raft-rs' `heartbeat_tick`, at least 1.
     pub fn heartbeat_ticks(&self) -> usize {
         (self.request_timeout_ms / self.periodic_interval_ms.max(1)).max(1) as usize
+    }
+
+    /// The port of the raft thread's peer listener for a node whose Redis port (the one
+    /// in its address) is `node_port`: `peer-port`, or `node_port` + [`PEER_PORT_OFFSET`]
+    /// when that is 0; `None` when that sum is not a port.
+    pub fn peer_listener_port(&self, node_port: u16) -> Option<u16> {
+        match self.peer_port {
+            0 => node_port.checked_add(PEER_PORT_OFFSET),
+            port => u16::try_from(port).ok(),
+        }
     }
 
     /// `election-timeout` in whole ticks: raft-rs' `election_tick`, at least 2 and more
@@ -1000,6 +1022,7 @@ mod tests {
             ("cluster-user", "default"),
             ("cluster-password", ""),
             ("tls-enabled", "no"),
+            ("peer-port", "0"),
             ("loglevel", "notice"),
             ("trace", "off"),
             ("scan-size", "1000"),
@@ -1431,6 +1454,11 @@ mod tests {
         let mut config = RaftConfig::default();
         config.set("sharding", "yes").unwrap();
         config.set("external-sharding", "yes").unwrap();
+        assert_eq!(config.peer_listener_port(6379), Some(16379));
+        assert_eq!(config.peer_listener_port(60000), None);
+        config.set("peer-port", "7000").unwrap();
+        assert_eq!(config.peer_listener_port(6379), Some(7000));
+        assert!(config.set("peer-port", "65536").is_err());
         config.set("scan-size", "50").unwrap();
         config.set("shardgroup-update-interval", "1000").unwrap();
         config.set("slot-config", "0:99, 200 300:16383").unwrap();
@@ -1553,7 +1581,7 @@ mod tests {
         }
         assert_eq!(
             IMMUTABLE_AFTER_INIT,
-            ["id", "addr", "log-filename", "tls-enabled"]
+            ["id", "addr", "log-filename", "tls-enabled", "peer-port"]
         );
     }
 

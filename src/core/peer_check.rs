@@ -43,6 +43,25 @@ pub fn peer_user<'a>(cluster_user: &'a str, cluster_password: &str) -> &'a str {
     }
 }
 
+/// Whether `AUTH <args>` on the raft thread's own peer listener authenticates the cluster
+/// user: `AUTH <password>` names the default user, `AUTH <user> <password>` a user, as in
+/// Redis. The password is compared in time independent of where it differs.
+pub fn peer_auth_matches(args: &[&[u8]], cluster_user: &str, cluster_password: &str) -> bool {
+    let (user, password) = match args {
+        [password] => (&b"default"[..], *password),
+        [user, password] => (*user, *password),
+        _ => return false,
+    };
+    let expected = cluster_password.as_bytes();
+    let same_length = password.len() == expected.len();
+    let differing = password
+        .iter()
+        .zip(expected.iter().cycle())
+        .fold(0u8, |acc, (a, b)| acc | (a ^ b));
+    let user_ok = user == peer_user(cluster_user, cluster_password).as_bytes();
+    same_length && differing == 0 && user_ok && !expected.is_empty()
+}
+
 /// Redis' own wording for a command the caller's ACL user may not run.
 pub fn noperm_error(command: &str) -> String {
     format!(
@@ -256,6 +275,21 @@ impl<K: Eq + Hash + Clone> RateLimiter<K> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn peer_auth_accepts_only_the_cluster_user_and_its_password() {
+        assert!(peer_auth_matches(&[b"raft", b"secret"], "raft", "secret"));
+        assert!(!peer_auth_matches(&[b"raft", b"secreT"], "raft", "secret"));
+        assert!(!peer_auth_matches(&[b"raft", b"secret!"], "raft", "secret"));
+        assert!(!peer_auth_matches(&[b"raft", b""], "raft", "secret"));
+        assert!(!peer_auth_matches(&[b"other", b"secret"], "raft", "secret"));
+        assert!(!peer_auth_matches(&[b"secret"], "raft", "secret"));
+        assert!(peer_auth_matches(&[b"secret"], "default", "secret"));
+        assert!(peer_auth_matches(&[b"default", b"secret"], "", "secret"));
+        assert!(!peer_auth_matches(&[], "raft", "secret"));
+        // Without a password there is nothing to authenticate against.
+        assert!(!peer_auth_matches(&[b""], "default", ""));
+    }
     use crate::core::membership::{single_change, ChangeContext};
     use raft::eraftpb::ConfChangeType;
 

@@ -175,6 +175,57 @@ pub fn parse_value(
     }
 }
 
+/// A command's arguments, borrowed from the buffer, and the bytes it took.
+pub type ParsedCommand<'a> = (Vec<&'a [u8]>, usize);
+
+/// Parses one command as clients send it (an array of bulk strings) from the start of
+/// `buf` without copying: the arguments borrow from `buf`. A partial command costs one
+/// scan of its length lines, not a copy of what arrived so far, so a large command read
+/// in many pieces is not copied over and over. Inline commands are refused.
+/// `Ok(None)`: not complete yet. `Ok(Some((args, consumed)))`: drop `consumed` bytes.
+pub fn parse_command<'a>(
+    buf: &'a [u8],
+    limits: &RespLimits,
+) -> Result<Option<ParsedCommand<'a>>, RespError> {
+    let mut parser = Parser {
+        buf,
+        pos: 0,
+        limits,
+    };
+    let Some(len) = parser.header(b'*')? else {
+        return Ok(None);
+    };
+    if len > limits.max_array_len as u64 {
+        return Err(RespError::ArrayTooLong {
+            len,
+            limit: limits.max_array_len,
+        });
+    }
+    let mut args = Vec::with_capacity((len as usize).min(MAX_PREALLOCATED_ELEMENTS));
+    for _ in 0..len {
+        let Some(len) = parser.header(b'$')? else {
+            return Ok(None);
+        };
+        if len > limits.max_bulk_bytes as u64 {
+            return Err(RespError::BulkTooLong {
+                len,
+                limit: limits.max_bulk_bytes,
+            });
+        }
+        let len = len as usize;
+        let rest = &buf[parser.pos..];
+        if rest.len() < len + 2 {
+            return Ok(None);
+        }
+        if &rest[len..len + 2] != b"\r\n" {
+            return Err(RespError::MissingCrlf);
+        }
+        args.push(&rest[..len]);
+        parser.pos += len + 2;
+    }
+    Ok(Some((args, parser.pos)))
+}
+
 struct Parser<'a> {
     buf: &'a [u8],
     pos: usize,
@@ -201,6 +252,21 @@ impl<'a> Parser<'a> {
             b'$' => self.bulk(parse_integer(line)?),
             _ => self.array(parse_integer(line)?, depth),
         }
+    }
+
+    /// A `<kind><length>` line whose kind must be `kind` and whose length is not negative.
+    fn header(&mut self, kind: u8) -> Result<Option<u64>, RespError> {
+        let Some(&found) = self.buf.get(self.pos) else {
+            return Ok(None);
+        };
+        if found != kind {
+            return Err(RespError::UnknownType(found));
+        }
+        self.pos += 1;
+        let Some(line) = self.line()? else {
+            return Ok(None);
+        };
+        checked_len(parse_integer(line)?).map(Some)
     }
 
     /// The bytes up to the next CRLF, which is consumed.
@@ -299,6 +365,49 @@ fn checked_len(len: i64) -> Result<u64, RespError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parse_command_borrows_its_arguments_and_waits_for_the_whole_command() {
+        let mut wire = Vec::new();
+        encode_command(&[b"RAFT.MSG", b"db", b"", b"x\r\ny"], &mut wire);
+        wire.extend_from_slice(b"*1\r\n$4\r\nPING\r\n");
+        let limits = RespLimits::default();
+        let (args, used) = parse_command(&wire, &limits).unwrap().unwrap();
+        assert_eq!(args, vec![&b"RAFT.MSG"[..], b"db", b"", b"x\r\ny"]);
+        let (next, rest) = parse_command(&wire[used..], &limits).unwrap().unwrap();
+        assert_eq!(next, vec![&b"PING"[..]]);
+        assert_eq!(used + rest, wire.len());
+        for cut in 0..used {
+            assert_eq!(
+                parse_command(&wire[..cut], &limits),
+                Ok(None),
+                "cut at {cut}"
+            );
+        }
+    }
+
+    #[test]
+    fn parse_command_refuses_what_is_not_a_bounded_array_of_bulk_strings() {
+        let limits = RespLimits {
+            max_bulk_bytes: 4,
+            max_array_len: 2,
+            ..RespLimits::default()
+        };
+        let cases: [(&[u8], RespError); 5] = [
+            (b"PING\r\n", RespError::UnknownType(b'P')),
+            (b"*1\r\n:1\r\n", RespError::UnknownType(b':')),
+            (b"*3\r\n", RespError::ArrayTooLong { len: 3, limit: 2 }),
+            (b"*1\r\n$5\r\n", RespError::BulkTooLong { len: 5, limit: 4 }),
+            (b"*1\r\n$-1\r\n", RespError::InvalidLength(-1)),
+        ];
+        for (wire, error) in cases {
+            assert_eq!(parse_command(wire, &limits), Err(error), "{wire:?}");
+        }
+        assert_eq!(
+            parse_command(b"*1\r\n$2\r\nabXY", &limits),
+            Err(RespError::MissingCrlf)
+        );
+    }
 
     fn parse(buf: &[u8]) -> Result<Option<(RespValue, usize)>, RespError> {
         parse_value(buf, &RespLimits::default())

@@ -142,14 +142,18 @@ impl Firewall {
         Ok(fw)
     }
 
-    /// Drops all TCP between node `a` and node `b` (each `(host, port)`), both directions,
-    /// connections opened by either side.
-    pub fn cut(&self, a: (&str, u16), b: (&str, u16)) -> Result<(), String> {
-        for ((src, sport), (dst, dport)) in [(a, b), (b, a)] {
-            let (sport, dport) = (sport.to_string(), dport.to_string());
-            // src → dst's port (src's connection) and src's port → dst (replies on dst's
-            // connection to src).
-            for (flag, port) in [("--dport", &dport), ("--sport", &sport)] {
+    /// Drops all TCP between node `a` and node `b` (each `(host, ports)`: its Redis and
+    /// raft peer ports), both directions, connections opened by either side.
+    pub fn cut(&self, a: (&str, &[u16]), b: (&str, &[u16])) -> Result<(), String> {
+        for ((src, sports), (dst, dports)) in [(a, b), (b, a)] {
+            // src → dst's ports (src's connections) and src's ports → dst (replies on
+            // dst's connections to src).
+            let rules = dports
+                .iter()
+                .map(|port| ("--dport", port.to_string()))
+                .chain(sports.iter().map(|port| ("--sport", port.to_string())));
+            for (flag, port) in rules {
+                let port = &port;
                 iptables(&[
                     "-A",
                     &self.chain,
@@ -512,7 +516,8 @@ impl Nemesis<'_> {
             .nemesis("partition", format!("{kind}: cut {}", desc.join(" ")));
         for &(a, b) in &cut {
             let (na, nb) = (&self.cluster.nodes[a].server, &self.cluster.nodes[b].server);
-            if let Err(e) = fw.cut((&na.host, na.port), (&nb.host, nb.port)) {
+            let (ports_a, ports_b) = (na.node_ports(), nb.node_ports());
+            if let Err(e) = fw.cut((&na.host, &ports_a), (&nb.host, &ports_b)) {
                 self.cluster.problems.push(format!("iptables failed: {e}"));
             }
         }

@@ -270,7 +270,16 @@ impl Server {
         Server::start_inner(opts, std::env::var_os("REDISRAFT_KEEP_DIRS").is_some())
     }
 
-    fn start_inner(opts: ServerOpts, keep_dir_on_failure: bool) -> Result<Server, StartFailure> {
+    fn start_inner(
+        mut opts: ServerOpts,
+        keep_dir_on_failure: bool,
+    ) -> Result<Server, StartFailure> {
+        // The raft peer listener's port is picked like the server's, so that it can never
+        // be a port another test server is given (its default, port + 10000, could be).
+        if opts.module && !opts.raft.iter().any(|(k, _)| k == "peer-port") {
+            let peer_port = free_port(&opts.host);
+            opts.raft.push(("peer-port".into(), peer_port.to_string()));
+        }
         let tempdir = tempfile::Builder::new()
             .prefix("redisraft-test-")
             .tempdir()
@@ -299,6 +308,20 @@ impl Server {
                 Err(failure)
             }
         }
+    }
+
+    /// The ports other nodes reach this one on: its Redis port and, when it loads the
+    /// module, its raft peer port (partitions must cut both).
+    pub fn node_ports(&self) -> Vec<u16> {
+        let peer_port = self
+            .opts
+            .raft
+            .iter()
+            .rev()
+            .find(|(k, _)| k == "peer-port")
+            .and_then(|(_, v)| v.parse::<u16>().ok())
+            .filter(|port| *port != 0);
+        std::iter::once(self.port).chain(peer_port).collect()
     }
 
     /// `host:port`, the address clients and other nodes use.
