@@ -19,6 +19,7 @@ use crate::core::logfile::LogPosition;
 use crate::core::membership::{single_change, ChangeContext, Membership};
 use crate::core::node::{RaftNode, Role};
 use crate::core::pending::{ProposalTable, ReadBatches, RequestId};
+use crate::core::ready::{run_cycle, CycleSteps};
 
 /// Inputs waiting for the driver; main-thread senders never block on it.
 pub const INBOX_BOUND: usize = 65_536;
@@ -408,51 +409,9 @@ impl Driver {
 
     fn pump_ready_once(&mut self) {
         while let Some(ready) = self.node.poll_ready() {
-            let must_persist = ready.must_persist();
-            let must_sync = ready.must_sync();
-            // 1. Messages that need no durability go out first.
-            self.send(ready.send_now);
-            if let Some(metadata) = &ready.snapshot {
-                self.install_received_snapshot(metadata);
-            }
-            // 2. What earlier cycles committed does not wait for this cycle's sync.
-            self.commit(ready.committed_before_persist);
-            for read in ready.read_states {
-                if let Some(request_ids) = self.reads.confirm(&read.request_ctx) {
-                    self.push_main(MainTask::ReadReady {
-                        request_ids,
-                        index: read.index,
-                    });
-                }
-            }
-            // 3. Persist entries and hard state: one write and at most one sync per cycle.
-            if must_persist {
-                let frames = self.log.append(&ready.entries, ready.hard_state.as_ref());
-                if let Some(first) = ready.entries.first() {
-                    self.node.record_frames(first.index, &frames);
-                }
-                if self.params.fsync && must_sync {
-                    self.log.sync();
-                }
-            }
-            // 4. Messages that promise durability (votes, append acks). Conf changes
-            // this cycle commits take effect first, so the transport knows new peers.
-            let committed = ready.committed;
-            self.apply_conf_changes(&committed);
-            self.send(ready.send_after_persist);
-            // 5. Apply what this cycle's persistence committed.
-            self.hand_to_main(committed);
-            if ready.role_change.is_some() {
-                self.on_role_change();
-            }
+            // The driver never stops a cycle midway (that is the simulation's crashes).
+            let Ok(_) = run_cycle(ready, &mut DriverCycle(self));
         }
-    }
-
-    /// Resolves proposals and hands committed entries to the main thread in log order,
-    /// conf changes taking effect in raft first.
-    fn commit(&mut self, committed: Vec<Entry>) {
-        self.apply_conf_changes(&committed);
-        self.hand_to_main(committed);
     }
 
     fn apply_conf_changes(&mut self, committed: &[Entry]) {
@@ -889,5 +848,74 @@ impl Driver {
             .leader_ready
             .store(status.leader_ready, Ordering::Release);
         self.log.publish_stats(shared);
+    }
+}
+
+/// The driver's side of each step of `core::ready::run_cycle`: the real log file, the
+/// transport and the main thread.
+struct DriverCycle<'a>(&'a mut Driver);
+
+impl CycleSteps for DriverCycle<'_> {
+    type Error = std::convert::Infallible;
+
+    fn send(&mut self, messages: Vec<Message>) -> Result<(), Self::Error> {
+        self.0.send(messages);
+        Ok(())
+    }
+
+    fn install_snapshot(
+        &mut self,
+        metadata: &raft::eraftpb::SnapshotMetadata,
+    ) -> Result<(), Self::Error> {
+        self.0.install_received_snapshot(metadata);
+        Ok(())
+    }
+
+    fn apply_conf_changes(&mut self, committed: &[Entry]) -> Result<(), Self::Error> {
+        self.0.apply_conf_changes(committed);
+        Ok(())
+    }
+
+    fn apply(&mut self, committed: Vec<Entry>) -> Result<(), Self::Error> {
+        self.0.hand_to_main(committed);
+        Ok(())
+    }
+
+    fn confirm_reads(&mut self, reads: Vec<raft::ReadState>) -> Result<(), Self::Error> {
+        let driver = &mut *self.0;
+        for read in reads {
+            if let Some(request_ids) = driver.reads.confirm(&read.request_ctx) {
+                driver.push_main(MainTask::ReadReady {
+                    request_ids,
+                    index: read.index,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn write(
+        &mut self,
+        entries: &[Entry],
+        hard_state: Option<&raft::eraftpb::HardState>,
+    ) -> Result<(), Self::Error> {
+        let driver = &mut *self.0;
+        let frames = driver.log.append(entries, hard_state);
+        if let Some(first) = entries.first() {
+            driver.node.record_frames(first.index, &frames);
+        }
+        Ok(())
+    }
+
+    fn sync(&mut self) -> Result<(), Self::Error> {
+        if self.0.params.fsync {
+            self.0.log.sync();
+        }
+        Ok(())
+    }
+
+    fn role_changed(&mut self, _role: Role, _leader: u64) -> Result<(), Self::Error> {
+        self.0.on_role_change();
+        Ok(())
     }
 }

@@ -10,6 +10,7 @@ pub mod node;
 pub mod peer_check;
 pub mod pending;
 pub mod random_pick;
+pub mod ready;
 pub mod resp;
 pub mod scripts;
 pub mod snapshot;

@@ -11,6 +11,7 @@ use raft::eraftpb::{
 use raft::{GetEntriesContext, Storage};
 use redisraft::core::logfile::{self, LogPosition};
 use redisraft::core::node::{NodeParams, RaftNode, Role};
+use redisraft::core::ready::{run_cycle, CrashPoint, CycleSteps, Flow};
 use redisraft::core::storage::LogStore;
 
 use super::disk::{CrashDamage, Disk};
@@ -1057,13 +1058,22 @@ impl World {
     // ---------------------------------------------------------------- the Ready loop
 
     /// `Driver::pump_ready`, step for step, with a chance of crashing between steps.
+    /// Runs each Ready through `core::ready::run_cycle`, the driver's own order, with
+    /// the simulated disk and network, and sometimes a crash at one of its crash points.
     fn pump(&mut self, id: u64, proc: &mut Proc) -> SimResult<PumpEnd> {
         let mut removed = false;
-        while let Some(out) = proc.raft.poll_ready() {
-            // Crash points: 0 after sending, 1 after writing (half the time: the window
-            // where unsynced bytes exist), 2 after the fsync, 3 after the acks.
+        while let Some(mut out) = proc.raft.poll_ready() {
+            // Half the mid-cycle crashes come after the write, before its sync: the window
+            // where unsynced bytes exist.
             let crash_at = if self.chaos && self.rng.chance(self.f.midcycle_crash_p) {
-                Some(*self.rng.pick(&[0, 1, 1, 1, 2, 3]))
+                Some(*self.rng.pick(&[
+                    CrashPoint::AfterSend,
+                    CrashPoint::AfterWrite,
+                    CrashPoint::AfterWrite,
+                    CrashPoint::AfterWrite,
+                    CrashPoint::AfterSync,
+                    CrashPoint::AfterAcks,
+                ]))
             } else {
                 None
             };
@@ -1076,94 +1086,28 @@ impl World {
                     ));
                 }
             }
-            let must_persist = out.must_persist();
-            let must_sync = out.must_sync();
-            let mut acks = out.send_after_persist;
-            let mut hard_state = out.hard_state;
+            // Mutations (checks of the checker) bend the cycle before it runs.
             if self.p.mutation == Mutation::AckBeforeFsync {
-                self.send(id, std::mem::take(&mut acks));
+                self.send(id, std::mem::take(&mut out.send_after_persist));
             }
             if self.p.mutation == Mutation::ForgetVote {
-                if let Some(hs) = &mut hard_state {
+                if let Some(hs) = &mut out.hard_state {
                     hs.vote = 0;
                 }
             }
-            // 1. Messages that need no durability go out first; a snapshot from the
-            // leader is installed (the log file rewritten at it) before the entries.
-            self.send(id, out.send_now);
-            if let Some(metadata) = &out.snapshot {
-                self.install_snapshot(id, proc, metadata)?;
-            }
-            if crash_at == Some(0) {
-                self.crash_mid_cycle(
-                    id,
-                    "after sending (and installing a snapshot), before writing",
-                );
+            let mut cycle = SimCycle {
+                world: self,
+                id,
+                proc,
+                crash_at,
+                removed: false,
+                wrote: false,
+            };
+            let flow = run_cycle(out, &mut cycle)?;
+            removed |= cycle.removed;
+            if flow == Flow::Stopped {
                 return Ok(PumpEnd::Crashed);
             }
-            // 2. What earlier cycles committed is applied before this cycle's sync.
-            self.apply_conf_changes(id, proc, &out.committed_before_persist)?;
-            removed |= self.apply_committed(id, proc, &out.committed_before_persist)?;
-            self.check_reads(id, &out.read_states)?;
-            // 3. Persist entries and hard state: one write and at most one sync per cycle.
-            if must_persist {
-                let node = self.nodes.get_mut(&id).expect("exists");
-                let frames = node.disk.append(&out.entries, hard_state.as_ref());
-                if let Some(first) = out.entries.first() {
-                    proc.raft.record_frames(first.index, &frames);
-                }
-                node.unsynced
-                    .push((out.entries.clone(), hard_state.clone()));
-                proc.log
-                    .append_raft(&out.entries)
-                    .map_err(|e| format!("node {id}: raft handed out a bad batch: {e}"))?;
-                if crash_at == Some(1) {
-                    self.crash_mid_cycle(id, "after writing, before fsync");
-                    return Ok(PumpEnd::Crashed);
-                }
-                let synced = if self.p.mutation == Mutation::NoFsync || !must_sync {
-                    Vec::new()
-                } else {
-                    node.disk.sync();
-                    std::mem::take(&mut node.unsynced)
-                };
-                let mut replaced = None;
-                for (entries, hard_state) in synced {
-                    let from = node
-                        .durable
-                        .log
-                        .append_raft(&entries)
-                        .map_err(|e| format!("node {id}: {e}"))?;
-                    if let Some(from) = from {
-                        replaced = Some(replaced.map_or(from, |r: u64| r.min(from)));
-                    }
-                    if let Some(hs) = hard_state {
-                        node.durable.hard_state = logfile::SavedHardState {
-                            term: hs.term,
-                            vote: hs.vote,
-                            commit: hs.commit,
-                        };
-                    }
-                }
-                if let Some(from) = replaced {
-                    self.check_durable_quorums(from)?;
-                }
-                self.observe_commit(id, proc)?;
-            }
-            if crash_at == Some(2) {
-                self.crash_mid_cycle(id, "after fsync, before the acks");
-                return Ok(PumpEnd::Crashed);
-            }
-            // Committed conf changes take effect in raft now, before the acks below.
-            self.apply_conf_changes(id, proc, &out.committed)?;
-            // 4. Messages that promise durability (votes, append acks).
-            self.send(id, acks);
-            if crash_at == Some(3) {
-                self.crash_mid_cycle(id, "after the acks, before applying");
-                return Ok(PumpEnd::Crashed);
-            }
-            // 5. Apply what this cycle's persistence committed, in log order.
-            removed |= self.apply_committed(id, proc, &out.committed)?;
             self.observe_leadership(id, proc)?;
         }
         Ok(if removed {
@@ -2232,5 +2176,111 @@ impl World {
         mix(self.stats.sent);
         mix(self.stats.elections);
         state
+    }
+}
+
+/// The simulation's side of each step of `core::ready::run_cycle`.
+struct SimCycle<'a> {
+    world: &'a mut World,
+    id: u64,
+    proc: &'a mut Proc,
+    crash_at: Option<CrashPoint>,
+    /// An applied entry removed this node.
+    removed: bool,
+    /// This cycle wrote to the disk.
+    wrote: bool,
+}
+
+impl CycleSteps for SimCycle<'_> {
+    type Error = String;
+
+    fn send(&mut self, messages: Vec<Message>) -> SimResult<()> {
+        self.world.send(self.id, messages);
+        Ok(())
+    }
+
+    fn install_snapshot(&mut self, metadata: &SnapshotMetadata) -> SimResult<()> {
+        self.world.install_snapshot(self.id, self.proc, metadata)
+    }
+
+    fn apply_conf_changes(&mut self, committed: &[Entry]) -> SimResult<()> {
+        self.world.apply_conf_changes(self.id, self.proc, committed)
+    }
+
+    fn apply(&mut self, committed: Vec<Entry>) -> SimResult<()> {
+        self.removed |= self.world.apply_committed(self.id, self.proc, &committed)?;
+        Ok(())
+    }
+
+    fn confirm_reads(&mut self, reads: Vec<raft::ReadState>) -> SimResult<()> {
+        self.world.check_reads(self.id, &reads)
+    }
+
+    fn write(&mut self, entries: &[Entry], hard_state: Option<&HardState>) -> SimResult<()> {
+        let id = self.id;
+        let node = self.world.nodes.get_mut(&id).expect("exists");
+        let frames = node.disk.append(entries, hard_state);
+        if let Some(first) = entries.first() {
+            self.proc.raft.record_frames(first.index, &frames);
+        }
+        node.unsynced.push((entries.to_vec(), hard_state.cloned()));
+        self.proc
+            .log
+            .append_raft(entries)
+            .map_err(|e| format!("node {id}: raft handed out a bad batch: {e}"))?;
+        self.wrote = true;
+        Ok(())
+    }
+
+    fn sync(&mut self) -> SimResult<()> {
+        if self.world.p.mutation == Mutation::NoFsync {
+            return Ok(());
+        }
+        let id = self.id;
+        let node = self.world.nodes.get_mut(&id).expect("exists");
+        node.disk.sync();
+        let mut replaced = None;
+        for (entries, hard_state) in std::mem::take(&mut node.unsynced) {
+            let from = node
+                .durable
+                .log
+                .append_raft(&entries)
+                .map_err(|e| format!("node {id}: {e}"))?;
+            if let Some(from) = from {
+                replaced = Some(replaced.map_or(from, |r: u64| r.min(from)));
+            }
+            if let Some(hs) = hard_state {
+                node.durable.hard_state = logfile::SavedHardState {
+                    term: hs.term,
+                    vote: hs.vote,
+                    commit: hs.commit,
+                };
+            }
+        }
+        if let Some(from) = replaced {
+            self.world.check_durable_quorums(from)?;
+        }
+        Ok(())
+    }
+
+    fn role_changed(&mut self, _role: Role, _leader: u64) -> SimResult<()> {
+        Ok(())
+    }
+
+    fn reached(&mut self, point: CrashPoint) -> SimResult<Flow> {
+        if point == CrashPoint::AfterSync && self.wrote {
+            self.world.observe_commit(self.id, self.proc)?;
+        }
+        if self.crash_at != Some(point) {
+            return Ok(Flow::Continue);
+        }
+        let why = match point {
+            CrashPoint::AfterSend => "after sending (and installing a snapshot), before writing",
+            CrashPoint::AfterWrite => "after writing, before fsync",
+            CrashPoint::AfterSync => "after fsync, before the acks",
+            CrashPoint::AfterAcks => "after the acks, before applying",
+        };
+        self.world.crash_mid_cycle(self.id, why);
+        Ok(Flow::Stopped)
     }
 }
