@@ -715,7 +715,10 @@ async fn discard_queue_for(
         tokio::select! {
             _ = tokio::time::sleep_until(deadline) => return true,
             message = queue.recv() => match message {
-                Some(_) => {
+                Some(message) => {
+                    // Its bytes leave the queue's count too, or the per-peer byte bound
+                    // would refuse every large message later (a 100 MB entry, forever).
+                    link.dequeued(message);
                     link.count_dropped(1);
                     link.mark_unreachable();
                 }
@@ -1843,6 +1846,38 @@ mod tests {
         while let Ok(command) = redis.received.try_recv() {
             assert_eq!(command.argv[0], b"RAFT._PEER_PORT");
         }
+    }
+
+    #[test]
+    fn messages_dropped_while_waiting_to_reconnect_leave_the_byte_count() {
+        let redis = FakeNode::start("127.0.0.1:0", Behavior::NotStarted);
+        let transport = Transport::start(TransportConfig {
+            reconnect_interval: Duration::from_millis(200),
+            ..test_config()
+        });
+        transport.set_peers(&[(2, redis.addr.to_string())]);
+        wait_until("a first failed attempt", || {
+            stats_of(&transport, 2).conn_errors >= 1
+        });
+        for index in 1..=20 {
+            let mut message = append(index);
+            message.entries = vec![raft::eraftpb::Entry {
+                index,
+                data: vec![7u8; 1000].into(),
+                ..Default::default()
+            }]
+            .into();
+            let _ = transport.send(2, message);
+        }
+        wait_until("the messages are dropped", || {
+            stats_of(&transport, 2).messages_dropped >= 20
+        });
+        let queued = lock(&transport.inner.peers)[&2]
+            .counters
+            .queued_bytes
+            .load(Ordering::Relaxed);
+        assert_eq!(queued, 0, "dropped messages still counted as queued");
+        transport.shutdown();
     }
 
     #[test]
