@@ -290,7 +290,9 @@ fn redirect_now(serving: Result<(), String>, now_ms: i64) -> Result<(), String> 
     });
     match since_ms {
         Some(since_ms) => {
-            let grace_ms = (crate::adapters::configs::config().election_timeout_ms * 2) as i64;
+            let election_timeout_ms =
+                crate::adapters::state::with_state(|state| state.node_election_timeout_ms);
+            let grace_ms = (election_timeout_ms * 2) as i64;
             if now_ms - since_ms < grace_ms {
                 Ok(())
             } else {

@@ -11,7 +11,8 @@ use redis_module::configuration::{
 use redis_module::{Context, EnumConfigurationValue, RedisError, RedisString};
 
 use crate::core::config::{
-    parse_bool, RaftConfig, TraceFlags, ALL_KEYS, HIDDEN_KEYS, IMMUTABLE_AFTER_INIT,
+    parse_bool, RaftConfig, TraceFlags, ALL_KEYS, AT_NODE_START_KEYS, DRIVER_LIVE_KEYS,
+    HIDDEN_KEYS, IMMUTABLE_AFTER_INIT,
 };
 
 /// Every config key, in registration order (the interface table's).
@@ -75,7 +76,16 @@ pub fn set_config(key: &str, value: &str) -> Result<(), String> {
         let ignored = candidate.ignored_commands.clone();
         crate::adapters::state::update_table(|table| table.with_ignored(&ignored));
     }
+    let driver_settings = candidate.driver_settings();
     *config() = candidate;
+    if DRIVER_LIVE_KEYS.contains(&key) {
+        crate::adapters::state::driver_settings_changed(driver_settings);
+    } else if IDENTITY_FIXED.load(Ordering::SeqCst) && AT_NODE_START_KEYS.contains(&key) {
+        log::info!(
+            "raft: raft.{key} changed; this running node keeps the value it started with \
+             until it next starts (INIT, JOIN or restart)"
+        );
+    }
     Ok(())
 }
 

@@ -15,6 +15,7 @@ use crate::adapters::queue::{BoundedReceiver, BoundedSender};
 use crate::adapters::snapshot_transfer::SendJob;
 use crate::adapters::snapshots::SnapshotFiles;
 use crate::adapters::transport::Transport;
+use crate::core::config::DriverSettings;
 use crate::core::logfile::LogPosition;
 use crate::core::membership::{single_change, ChangeContext, Membership};
 use crate::core::node::{RaftNode, Role};
@@ -65,6 +66,8 @@ pub enum DriverInput {
         id: u64,
         addr: String,
     },
+    /// CONFIG SET changed a setting the driver follows.
+    Settings(DriverSettings),
 }
 
 pub enum MainTask {
@@ -149,6 +152,8 @@ pub struct DriverParams {
     pub inbox_sender: BoundedSender<DriverInput>,
     /// What the peer listener checks senders against, when this node has one.
     pub peer_gate: Option<tokio::sync::watch::Sender<Arc<PeerGate>>>,
+    /// As configured when the node started; `DriverInput::Settings` replaces it.
+    pub settings: DriverSettings,
 }
 
 /// After a failed snapshot, wait this many ticks before asking for another.
@@ -206,6 +211,8 @@ impl Driver {
         shared: Arc<SharedStatus>,
         params: DriverParams,
     ) -> Driver {
+        // start_node gave the store this limit.
+        let cache_limit_bytes = params.settings.log_max_cache_size_bytes;
         Driver {
             node,
             log,
@@ -225,7 +232,7 @@ impl Driver {
             snapshot_requested_at: None,
             file_compaction_deferred: false,
             sending_snapshot_to: std::collections::BTreeSet::new(),
-            cache_limit_bytes: u64::MAX,
+            cache_limit_bytes,
             held_entries: Vec::new(),
             handover_deadline: None,
         }
@@ -278,8 +285,6 @@ impl Driver {
                 }
                 self.promote_caught_up_learner();
                 self.maybe_request_snapshot();
-                self.follow_cache_limit();
-                self.release_held_entries();
                 if crate::adapters::transport::TOLD_REMOVED.swap(false, Ordering::SeqCst) {
                     self.push_main(MainTask::LeaveCluster);
                 }
@@ -354,6 +359,11 @@ impl Driver {
                     self.address_hints.insert(id, addr);
                     self.update_peers();
                 }
+            }
+            DriverInput::Settings(settings) => {
+                self.params.settings = settings;
+                self.follow_cache_limit();
+                self.release_held_entries();
             }
             DriverInput::Peer(message) => {
                 if let Err(e) = self.node.step(*message) {
@@ -430,7 +440,7 @@ impl Driver {
             let lost = self.proposals.on_committed(entry.index, entry.term);
             self.fail(lost, ERR_NOT_COMMITTED);
         }
-        if !self.held_entries.is_empty() || crate::adapters::configs::config().log_disable_apply {
+        if !self.held_entries.is_empty() || self.params.settings.log_disable_apply {
             self.held_entries.extend(committed);
             return;
         }
@@ -439,7 +449,7 @@ impl Driver {
 
     /// Hands over what `raft.log-disable-apply` held, once it is off again.
     fn release_held_entries(&mut self) {
-        if self.held_entries.is_empty() || crate::adapters::configs::config().log_disable_apply {
+        if self.held_entries.is_empty() || self.params.settings.log_disable_apply {
             return;
         }
         let held = std::mem::take(&mut self.held_entries);
@@ -642,12 +652,12 @@ impl Driver {
 
     /// `log-max-file-size` as it is now: CONFIG SET may change it at run time.
     fn log_max_file_size(&self) -> u64 {
-        crate::adapters::configs::config().log_max_file_size
+        self.params.settings.log_max_file_size_bytes
     }
 
     /// `log-max-cache-size` may change at run time (CONFIG SET).
     fn follow_cache_limit(&mut self) {
-        let limit = crate::adapters::configs::config().log_max_cache_size;
+        let limit = self.params.settings.log_max_cache_size_bytes;
         if limit != self.cache_limit_bytes {
             self.cache_limit_bytes = limit;
             self.node

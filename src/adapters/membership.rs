@@ -460,8 +460,14 @@ pub fn transfer_leader(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
         return error(e);
     }
     let client = ffi::block_client(ctx.ctx);
-    let (shared, me) = with_state(|state| (state.shared.clone(), state.my_id()));
-    let deadline = Instant::now() + Duration::from_millis(config().election_timeout_ms * 2);
+    let (shared, me, election_timeout_ms) = with_state(|state| {
+        (
+            state.shared.clone(),
+            state.my_id(),
+            state.node_election_timeout_ms,
+        )
+    });
+    let deadline = Instant::now() + Duration::from_millis(election_timeout_ms * 2);
     std::thread::spawn(move || {
         let answer = loop {
             let leader = shared.leader_id.load(Ordering::Relaxed);

@@ -96,6 +96,9 @@ pub struct MainState {
     pub transport: Option<Transport>,
     /// The port of this node's raft peer listener, 0 when it has none (RAFT._PEER_PORT).
     pub peer_port: u16,
+    /// The election timeout raft runs with (whole ticks, as the node started): waits that
+    /// span an election follow it, not a `CONFIG SET` the node has not restarted with.
+    pub node_election_timeout_ms: u64,
     /// Set when this node applied its own removal: clients are told why it stopped.
     pub removed: bool,
     /// Latest entry time proposed or applied (see `next_entry_time_ms`).
@@ -158,6 +161,7 @@ pub fn init_state(apply_ctx: RawCtx, incarnation: u64) {
             scripts: ScriptRegistry::default(),
             former_id: None,
             peer_port: 0,
+            node_election_timeout_ms: RaftConfig::default().election_timeout_ms,
         })
     });
 }
@@ -406,6 +410,25 @@ pub fn my_addr(ctx: RawCtx) -> String {
     format!("127.0.0.1:{port}")
 }
 
+/// `CONFIG SET` changed a setting the running driver follows: it gets the new value with
+/// the next hand-over. Before the node runs there is no driver; `start_node` reads them.
+pub fn driver_settings_changed(settings: crate::core::config::DriverSettings) {
+    STATE.with(|state| {
+        let Ok(mut state) = state.try_borrow_mut() else {
+            // Never seen: CONFIG SET runs as a command, outside any state borrow.
+            log::warn!("raft: a setting changed while the module state was busy; the driver keeps the old value until the next change");
+            return;
+        };
+        if let Some(state) = state.as_mut() {
+            if state.to_driver.is_some() {
+                if let Err(e) = state.send_to_driver(DriverInput::Settings(settings)) {
+                    log::warn!("raft: the driver did not get the new settings: {e}");
+                }
+            }
+        }
+    });
+}
+
 /// Binds the raft thread's peer listener on this node's host and starts it on the
 /// transport's thread. Returns the sender of its gate and its port; `(None, 0)` when it
 /// cannot listen (the port is taken, the address is not local): peers then reach this
@@ -591,6 +614,7 @@ pub fn start_node(
         to_driver.clone(),
     );
     state.peer_port = peer_port;
+    state.node_election_timeout_ms = params.election_ticks as u64 * tick_ms;
     let driver_params = DriverParams {
         tick: Duration::from_millis(tick_ms),
         fsync: settings.log_fsync,
@@ -614,6 +638,7 @@ pub fn start_node(
         },
         inbox_sender: to_driver.clone(),
         peer_gate,
+        settings: settings.driver_settings(),
     };
     state.transport = Some(transport.clone());
     let driver = Driver::new(

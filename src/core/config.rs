@@ -453,6 +453,40 @@ impl FromStr for SlotRanges {
     }
 }
 
+/// What the raft driver follows while it runs. It gets a new value (not a lock on the
+/// config) whenever `CONFIG SET` changes one of [`DRIVER_LIVE_KEYS`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DriverSettings {
+    pub log_max_file_size_bytes: u64,
+    pub log_max_cache_size_bytes: u64,
+    pub log_disable_apply: bool,
+}
+
+/// Keys a running driver follows at once (see [`DriverSettings`]).
+pub const DRIVER_LIVE_KEYS: &[&str] = &[
+    "log-max-file-size",
+    "log-max-cache-size",
+    "log-disable-apply",
+];
+
+/// Keys the raft node and its transport are built with: a change on a running node takes
+/// effect when the node next starts (INIT, JOIN or restart).
+pub const AT_NODE_START_KEYS: &[&str] = &[
+    "periodic-interval",
+    "request-timeout",
+    "election-timeout",
+    "connection-timeout",
+    "response-timeout",
+    "reconnect-interval",
+    "append-req-max-count",
+    "append-req-max-size",
+    "snapshot-req-max-count",
+    "snapshot-req-max-size",
+    "log-fsync",
+    "cluster-user",
+    "cluster-password",
+];
+
 /// All module configuration, with the contract's defaults.
 #[derive(Clone, PartialEq, Eq)]
 pub struct RaftConfig {
@@ -782,6 +816,14 @@ impl RaftConfig {
     /// `request-timeout` in whole ticks: raft-rs' `heartbeat_tick`, at least 1.
     pub fn heartbeat_ticks(&self) -> usize {
         (self.request_timeout_ms / self.periodic_interval_ms.max(1)).max(1) as usize
+    }
+
+    pub fn driver_settings(&self) -> DriverSettings {
+        DriverSettings {
+            log_max_file_size_bytes: self.log_max_file_size,
+            log_max_cache_size_bytes: self.log_max_cache_size,
+            log_disable_apply: self.log_disable_apply,
+        }
     }
 
     /// The port of the raft thread's peer listener for a node whose Redis port (the one
@@ -1572,6 +1614,23 @@ mod tests {
             .chain(HIDDEN_KEYS)
         {
             assert!(ALL_KEYS.contains(key), "{key}");
+        }
+        for key in DRIVER_LIVE_KEYS.iter().chain(AT_NODE_START_KEYS) {
+            assert!(ALL_KEYS.contains(key), "{key}");
+            assert!(!IMMUTABLE_AFTER_INIT.contains(key), "{key}");
+        }
+        assert!(DRIVER_LIVE_KEYS
+            .iter()
+            .all(|key| !AT_NODE_START_KEYS.contains(key)));
+        let mut config = RaftConfig::default();
+        for (key, value) in [
+            ("log-max-file-size", "1000"),
+            ("log-max-cache-size", "2000"),
+            ("log-disable-apply", "yes"),
+        ] {
+            let before = config.driver_settings();
+            config.set(key, value).unwrap();
+            assert_ne!(config.driver_settings(), before, "{key} reaches the driver");
         }
         let config = RaftConfig::default();
         for &(key, min, max) in LIMITS {
