@@ -238,7 +238,7 @@ fn checker_catches_acks_sent_before_the_fsync() {
 #[test]
 fn checker_catches_acks_sent_before_the_fsync_with_snapshots() {
     assert_fails(
-        528,
+        537,
         60,
         |p| p.mutation = Mutation::AckBeforeFsync,
         &["durability"],
@@ -347,8 +347,8 @@ fn regression_snapshot_install_persists_no_commit_beyond_the_log() {
 #[test]
 fn regression_received_snapshots_are_named_by_index() {
     let one_name = |p: &mut Params| p.received_one_name = true;
-    assert_fails(43, 100, one_name, &["changed under us", "never received"]);
-    assert_fails(424, 400, one_name, &["changed under us", "never received"]);
-    assert_passes(43, 100, |_| {});
-    assert_passes(424, 400, |_| {});
+    assert_fails(216, 100, one_name, &["changed under us", "never received"]);
+    assert_fails(731, 400, one_name, &["changed under us", "never received"]);
+    assert_passes(216, 100, |_| {});
+    assert_passes(731, 400, |_| {});
 }

@@ -21,6 +21,7 @@ use crate::core::membership::{single_change, ChangeContext, Membership};
 use crate::core::node::{RaftNode, Role};
 use crate::core::pending::{ProposalTable, ReadBatches, RequestId};
 use crate::core::ready::{run_cycle, CycleSteps};
+use crate::core::snapshot_policy::{rewrite_can_wait, should_request_snapshot, LogFileState};
 
 /// Inputs waiting for the driver; main-thread senders never block on it.
 pub const INBOX_BOUND: usize = 65_536;
@@ -155,13 +156,6 @@ pub struct DriverParams {
     /// As configured when the node started; `DriverInput::Settings` replaces it.
     pub settings: DriverSettings,
 }
-
-/// After a failed snapshot, wait this many ticks before asking for another.
-const SNAPSHOT_RETRY_TICKS: u64 = 20;
-/// Below this, the copy a log rewrite makes is cheap enough to do at once.
-const MIN_DEFERRED_TAIL_BYTES: u64 = 8 * 1024 * 1024;
-/// A log file this many times `log-max-file-size` is rewritten however much it copies.
-const MAX_FILE_SIZE_FACTOR_BEFORE_FORCED_REWRITE: u64 = 4;
 
 pub struct Driver {
     node: RaftNode,
@@ -595,7 +589,7 @@ impl Driver {
         if index > compacted_before {
             self.node.compact_log(index, term, conf_state);
         }
-        if self.rewrite_can_wait(tail_bytes, size_bytes) {
+        if rewrite_can_wait(tail_bytes, size_bytes, self.log_max_file_size()) {
             // Most of the file follows the snapshot (e.g. a large entry applied just after
             // it was taken): rewriting would copy it all on this thread and delay
             // heartbeats. Raft's log is compacted in memory (followers get this snapshot);
@@ -640,16 +634,6 @@ impl Driver {
         );
     }
 
-    /// Whether rewriting the log file, which would copy `tail_bytes` on this thread, had
-    /// better wait for a later snapshot: the copy is large, and the file is not yet far
-    /// past its limit (a hard ceiling keeps the disk bounded under constant load).
-    fn rewrite_can_wait(&self, tail_bytes: u64, size_bytes: u64) -> bool {
-        let ceiling = self
-            .log_max_file_size()
-            .saturating_mul(MAX_FILE_SIZE_FACTOR_BEFORE_FORCED_REWRITE);
-        tail_bytes > MIN_DEFERRED_TAIL_BYTES && size_bytes <= ceiling
-    }
-
     /// `log-max-file-size` as it is now: CONFIG SET may change it at run time.
     fn log_max_file_size(&self) -> u64 {
         self.params.settings.log_max_file_size_bytes
@@ -668,25 +652,20 @@ impl Driver {
     fn maybe_request_snapshot(&mut self) {
         let handed_out = self.node.handed_out_index();
         let store = self.node.store();
-        let wanted_by_raft = store.take_snapshot_wanted();
-        let size_bytes = self.log.size_bytes();
-        if !wanted_by_raft && size_bytes <= self.log_max_file_size() {
-            return;
+        let file_bytes = self.log.size_bytes();
+        let state = LogFileState {
+            wanted_by_raft: store.take_snapshot_wanted(),
+            file_bytes,
+            unapplied_tail_bytes: store.bytes_after(handed_out, file_bytes),
+            max_file_size_bytes: self.log_max_file_size(),
+        };
+        let since = self
+            .snapshot_requested_at
+            .map(|at| self.ticks.saturating_sub(at));
+        if should_request_snapshot(&state, since) {
+            self.snapshot_requested_at = Some(self.ticks);
+            self.push_main(MainTask::TakeSnapshot);
         }
-        // Compaction rewrites what follows the snapshot on this thread. While most of the
-        // file is not applied yet (e.g. one 100 MB entry in flight) it would copy nearly
-        // everything and delay heartbeats for nothing: wait until that tail is applied.
-        let tail_bytes = store.bytes_after(handed_out, size_bytes);
-        if !wanted_by_raft && self.rewrite_can_wait(tail_bytes, size_bytes) {
-            return;
-        }
-        if let Some(at) = self.snapshot_requested_at {
-            if self.ticks.saturating_sub(at) < SNAPSHOT_RETRY_TICKS {
-                return;
-            }
-        }
-        self.snapshot_requested_at = Some(self.ticks);
-        self.push_main(MainTask::TakeSnapshot);
     }
 
     /// Streams our snapshot file to a follower on its own thread; raft waits for the report.

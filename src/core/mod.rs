@@ -14,4 +14,5 @@ pub mod ready;
 pub mod resp;
 pub mod scripts;
 pub mod snapshot;
+pub mod snapshot_policy;
 pub mod storage;

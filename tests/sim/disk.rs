@@ -99,6 +99,11 @@ impl Disk {
         }
     }
 
+    /// The file's length, as `LogFile::size_bytes` reports it (written bytes, synced or not).
+    pub fn len_bytes(&self) -> u64 {
+        self.bytes.len() as u64
+    }
+
     /// A process starts on this file: its reader sees the bytes as they are now and every
     /// later append.
     pub fn reader(&mut self, reads: Arc<AtomicU64>) -> DiskReader {

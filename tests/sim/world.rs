@@ -12,6 +12,7 @@ use raft::{GetEntriesContext, Storage};
 use redisraft::core::logfile::{self, LogPosition};
 use redisraft::core::node::{NodeParams, RaftNode, Role};
 use redisraft::core::ready::{run_cycle, CrashPoint, CycleSteps, Flow};
+use redisraft::core::snapshot_policy::{should_request_snapshot, LogFileState};
 use redisraft::core::storage::LogStore;
 
 use super::disk::{CrashDamage, Disk};
@@ -326,8 +327,9 @@ struct SimNode {
     /// Verified received files raft has not installed yet, by (index, term) (by (0, 0)
     /// with `Params::received_one_name`). Deleted at start (`remove_leftovers`).
     received: BTreeMap<(u64, u64), SimSnapshot>,
-    /// Applied entries after the last snapshot that make the node take a new one.
-    snapshot_every: u64,
+    /// `log-max-file-size` of this node: past it, the driver's own decision
+    /// (`core::snapshot_policy`) asks for a snapshot.
+    log_max_file_size_bytes: u64,
 }
 
 /// A snapshot file: the state machine at `index` (its digest is the prefix hash of the
@@ -501,7 +503,8 @@ impl World {
         // Not drawn from the run's stream: with SIM_SNAPSHOTS=0 a seed runs exactly as it
         // did before the simulation had snapshots.
         let mut state = self.p.seed ^ id.rotate_left(32);
-        let snapshot_every = [8u64, 20, 50][(super::rng::splitmix64(&mut state) % 3) as usize];
+        let log_max_file_size_bytes =
+            [500u64, 1_200, 3_000][(super::rng::splitmix64(&mut state) % 3) as usize];
         self.nodes.insert(
             id,
             SimNode {
@@ -519,7 +522,7 @@ impl World {
                 last_damage: CrashDamage::Clean,
                 snapshot: None,
                 received: BTreeMap::new(),
-                snapshot_every,
+                log_max_file_size_bytes,
             },
         );
         self.event(format!("node {id} created (tick every {tick_period})"));
@@ -968,8 +971,8 @@ impl World {
         Ok(())
     }
 
-    /// The log outgrew its limit (here: `snapshot_every` applied entries), or raft wants a
-    /// snapshot it does not have: the fork child writes the applied state, the parent
+    /// The log outgrew its limit, or raft wants a snapshot it does not have (decided by
+    /// `core::snapshot_policy::should_request_snapshot`, as the driver decides): the fork child writes the applied state, the parent
     /// publishes it, and the driver compacts the log (`Driver::compact_to`). A crash may
     /// fall between publishing and compacting.
     fn maybe_take_snapshot(&mut self, id: u64) -> SimResult<()> {
@@ -981,9 +984,17 @@ impl World {
             return Ok(());
         };
         let current = node.snapshot.as_ref().map_or(0, |s| s.index);
-        let wanted = proc.raft.store().take_snapshot_wanted();
+        let store = proc.raft.store();
+        let file_bytes = node.disk.len_bytes();
+        let log = LogFileState {
+            wanted_by_raft: store.take_snapshot_wanted(),
+            file_bytes,
+            unapplied_tail_bytes: store.bytes_after(proc.applied, file_bytes),
+            max_file_size_bytes: node.log_max_file_size_bytes,
+        };
         let index = proc.applied;
-        if index <= current || (!wanted && index < current + node.snapshot_every) {
+        // Taking a snapshot here is immediate and never fails: no request is outstanding.
+        if index <= current || !should_request_snapshot(&log, None) {
             return Ok(());
         }
         let entry = proc
