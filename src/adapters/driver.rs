@@ -18,7 +18,7 @@ use crate::adapters::transport::Transport;
 use crate::core::config::DriverSettings;
 use crate::core::logfile::LogPosition;
 use crate::core::membership::{single_change, ChangeContext, Membership};
-use crate::core::node::{RaftNode, Role};
+use crate::core::node::{RaftNode, ReadRound, Role};
 use crate::core::pending::{ProposalTable, ReadBatches, RequestId};
 use crate::core::ready::{run_cycle, CycleSteps};
 use crate::core::snapshot_policy::{rewrite_can_wait, should_request_snapshot, LogFileState};
@@ -172,8 +172,6 @@ pub struct Driver {
     shared: Arc<SharedStatus>,
     proposals: ProposalTable,
     reads: ReadBatches,
-    /// Reads waiting for the ReadIndex round in flight to finish (see start_queued_reads).
-    queued_reads: Vec<RequestId>,
     params: DriverParams,
     ticks: u64,
     was_leader: bool,
@@ -219,7 +217,6 @@ impl Driver {
             shared,
             proposals: ProposalTable::default(),
             reads: ReadBatches::default(),
-            queued_reads: Vec::new(),
             params,
             ticks: 0,
             was_leader: false,
@@ -260,7 +257,7 @@ impl Driver {
                     Err(_) => break,
                 }
             }
-            self.queued_reads.extend(new_reads);
+            self.reads.queue(new_reads);
             let _started = self.start_queued_reads();
             if Instant::now() >= next_tick {
                 self.node.tick();
@@ -377,26 +374,18 @@ impl Driver {
         }
     }
 
-    /// Many concurrent reads share one ReadIndex round, and only one round is in flight:
-    /// reads arriving meanwhile wait for the next one, so a read-heavy load costs one
-    /// heartbeat round per batch instead of one per driver iteration.
-    /// True if a round was started (its heartbeats wait in the next Ready).
+    /// Starts the next ReadIndex round of the queued reads (`ReadBatches::next_round`:
+    /// one round in flight). True if a round was started (its heartbeats wait in the next
+    /// Ready).
     fn start_queued_reads(&mut self) -> bool {
-        if self.queued_reads.is_empty() || !self.reads.is_empty() {
-            return false;
+        match self.node.start_read_round(&mut self.reads, self.ticks) {
+            ReadRound::Started => true,
+            ReadRound::None => false,
+            ReadRound::NotLeader(queued) => {
+                self.fail(queued, ERR_NO_LEADER);
+                false
+            }
         }
-        let request_ids = std::mem::take(&mut self.queued_reads);
-        self.start_read_batch(request_ids);
-        true
-    }
-
-    fn start_read_batch(&mut self, request_ids: Vec<RequestId>) {
-        if self.node.status().role != Role::Leader {
-            self.fail(request_ids, ERR_NO_LEADER);
-            return;
-        }
-        let context = self.reads.start(request_ids, self.ticks);
-        self.node.read_index(context);
     }
 
     /// The Ready loop, steps named as in raft-rs' documentation.
@@ -457,8 +446,6 @@ impl Driver {
             self.fail(proposals, ERR_NOT_COMMITTED);
             let reads = self.reads.drain_all();
             self.fail(reads, ERR_NO_QUORUM_READ);
-            let queued = std::mem::take(&mut self.queued_reads);
-            self.fail(queued, ERR_NO_QUORUM_READ);
         }
         self.was_leader = is_leader;
     }

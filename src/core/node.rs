@@ -7,6 +7,7 @@ use raft::eraftpb::{ConfChangeV2, ConfState, Entry, HardState, Message};
 use raft::{RawNode, ReadState, StateRole};
 use slog::Drain;
 
+use crate::core::pending::{ReadBatches, RequestId};
 use crate::core::storage::LogStore;
 
 /// Timing and flow-control knobs, in ticks and bytes (the adapter converts from ms).
@@ -100,6 +101,17 @@ pub struct NodeStatus {
     pub last_index: u64,
     /// Leader that has committed an entry of its own term: only then may it serve.
     pub leader_ready: bool,
+}
+
+/// What [`RaftNode::start_read_round`] did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ReadRound {
+    /// A round started; its heartbeats leave in the next Ready.
+    Started,
+    /// Nothing to start (no read queued, or a round is in flight).
+    None,
+    /// This node does not lead: these queued reads cannot be confirmed here.
+    NotLeader(Vec<RequestId>),
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -345,6 +357,22 @@ impl RaftNode {
             .filter(|(id, _)| **id != raft.id && voters.contains(id))
             .max_by_key(|(id, progress)| (progress.matched, std::cmp::Reverse(**id)))
             .map(|(id, _)| *id)
+    }
+
+    /// Starts the next ReadIndex round of `reads` (one round in flight, see
+    /// `ReadBatches::next_round`). A node that does not lead cannot: the queued reads are
+    /// returned, for the caller to fail.
+    pub fn start_read_round(&mut self, reads: &mut ReadBatches, now_tick: u64) -> ReadRound {
+        if self.status().role != Role::Leader {
+            return ReadRound::NotLeader(reads.take_queued());
+        }
+        match reads.next_round(now_tick) {
+            Some(context) => {
+                self.read_index(context);
+                ReadRound::Started
+            }
+            None => ReadRound::None,
+        }
     }
 
     pub fn store(&self) -> &LogStore {

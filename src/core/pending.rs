@@ -90,9 +90,33 @@ impl ProposalTable {
 pub struct ReadBatches {
     next_batch_id: u64,
     waiting: BTreeMap<u64, (u64, Vec<RequestId>)>,
+    /// Reads waiting for the round in flight to finish (see [`ReadBatches::next_round`]).
+    queued: Vec<RequestId>,
 }
 
 impl ReadBatches {
+    /// Reads to confirm in a later round.
+    pub fn queue(&mut self, request_ids: impl IntoIterator<Item = RequestId>) {
+        self.queued.extend(request_ids);
+    }
+
+    /// Many concurrent reads share one ReadIndex round, and only one round is in flight:
+    /// reads queued meanwhile wait for the next one, so a read-heavy load costs one
+    /// heartbeat round per batch instead of one per driver iteration. Returns the context
+    /// of the round to start (all queued reads), or `None`.
+    pub fn next_round(&mut self, now_tick: u64) -> Option<Vec<u8>> {
+        if self.queued.is_empty() || !self.waiting.is_empty() {
+            return None;
+        }
+        let request_ids = std::mem::take(&mut self.queued);
+        Some(self.start(request_ids, now_tick))
+    }
+
+    /// The queued reads, taken out (a node that does not lead cannot start their round).
+    pub fn take_queued(&mut self) -> Vec<RequestId> {
+        std::mem::take(&mut self.queued)
+    }
+
     /// Starts a batch; the returned bytes are the ReadIndex context raft echoes back.
     pub fn start(&mut self, request_ids: Vec<RequestId>, now_tick: u64) -> Vec<u8> {
         assert!(!request_ids.is_empty(), "an empty read batch is a bug");
@@ -127,11 +151,14 @@ impl ReadBatches {
             .collect()
     }
 
+    /// Every read, in a round or queued.
     pub fn drain_all(&mut self) -> Vec<RequestId> {
-        std::mem::take(&mut self.waiting)
+        let mut ids: Vec<RequestId> = std::mem::take(&mut self.waiting)
             .into_values()
             .flat_map(|(_, ids)| ids)
-            .collect()
+            .collect();
+        ids.append(&mut self.queued);
+        ids
     }
 
     pub fn len(&self) -> usize {
@@ -226,5 +253,23 @@ mod tests {
         assert_eq!(reads.expire(18, 5), vec![3]);
         assert_eq!(reads.confirm(&second), None);
         assert!(reads.is_empty());
+    }
+
+    #[test]
+    fn one_round_is_in_flight_and_the_queue_waits_for_the_next() {
+        let mut reads = ReadBatches::default();
+        assert_eq!(reads.next_round(1), None);
+        reads.queue([1, 2]);
+        let first = reads.next_round(1).expect("a round starts");
+        reads.queue([3]);
+        assert_eq!(reads.next_round(2), None, "one round in flight");
+        assert_eq!(reads.confirm(&first), Some(vec![1, 2]));
+        let second = reads.next_round(3).expect("the queue goes next");
+        reads.queue([4]);
+        assert_eq!(reads.drain_all(), vec![3, 4]);
+        assert_eq!(reads.confirm(&second), None);
+        reads.queue([5]);
+        assert_eq!(reads.take_queued(), vec![5]);
+        assert_eq!(reads.next_round(4), None);
     }
 }

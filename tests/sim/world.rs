@@ -10,7 +10,8 @@ use raft::eraftpb::{
 };
 use raft::{GetEntriesContext, Storage};
 use redisraft::core::logfile::{self, LogPosition};
-use redisraft::core::node::{NodeParams, RaftNode, Role};
+use redisraft::core::node::{NodeParams, RaftNode, ReadRound, Role};
+use redisraft::core::pending::ReadBatches;
 use redisraft::core::ready::{run_cycle, CrashPoint, CycleSteps, Flow};
 use redisraft::core::snapshot_policy::{should_request_snapshot, LogFileState};
 use redisraft::core::storage::LogStore;
@@ -178,6 +179,8 @@ pub struct Stats {
     pub elections: u64,
     pub reads: u64,
     pub reads_confirmed: u64,
+    /// Reads whose round timed out, or that were queued on a node that stopped leading.
+    pub reads_expired: u64,
     pub max_term: u64,
     pub committed: u64,
     pub applied: u64,
@@ -209,6 +212,7 @@ impl Stats {
         self.elections += other.elections;
         self.reads += other.reads;
         self.reads_confirmed += other.reads_confirmed;
+        self.reads_expired += other.reads_expired;
         self.max_term = self.max_term.max(other.max_term);
         self.committed += other.committed;
         self.applied += other.applied;
@@ -240,7 +244,7 @@ impl std::fmt::Display for Stats {
         write!(
             f,
             "elections {} (max term {}), committed {}, applied {}, proposals {}, \
-             reads {} ({} confirmed), \
+             reads {} ({} confirmed, {} expired), \
              crashes {} ({} mid-cycle, {} power losses and {} kills with unsynced bytes, \
              {} torn tails cut), restarts {}, partitions {}, conf changes committed {}, \
              nodes removed {}, messages sent {} delivered {} dropped {} duplicated {}, \
@@ -253,6 +257,7 @@ impl std::fmt::Display for Stats {
             self.proposals,
             self.reads,
             self.reads_confirmed,
+            self.reads_expired,
             self.crashes,
             self.midcycle_crashes,
             self.power_losses_with_unsynced,
@@ -293,6 +298,10 @@ struct Proc {
     leader_checked_term: u64,
     /// A peer answered REMOVED: the driver leaves the cluster at its next tick.
     told_removed: bool,
+    /// Reads queued and in their ReadIndex round, batched as the driver batches them.
+    reads: ReadBatches,
+    /// Ticks since this process started (read rounds expire in ticks).
+    ticks: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -353,6 +362,7 @@ struct Flight {
     inbox: bool,
 }
 
+#[derive(PartialEq, Eq)]
 enum PumpEnd {
     Alive,
     Crashed,
@@ -387,7 +397,8 @@ pub struct World {
     leaders: BTreeMap<u64, u64>,
     writes: u64,
     /// ReadIndex requests in flight: context -> (node, committed prefix when it started).
-    reads: BTreeMap<Vec<u8>, (u64, u64)>,
+    /// Read request id -> (node it started on, committed entries when it started).
+    reads: BTreeMap<u64, (u64, u64)>,
     /// Index of the committed AddNode(1) (InitAddsSelf).
     self_added_at: Option<u64>,
     pub stats: Stats,
@@ -589,7 +600,7 @@ impl World {
                 ));
                 continue;
             }
-            self.input(id, |raft| raft.tick())?;
+            self.tick(id)?;
             self.promote_caught_up_learner(id)?;
             self.maybe_take_snapshot(id)?;
         }
@@ -684,6 +695,29 @@ impl World {
 
     /// Hands one input to a running node, then pumps its Ready loop, like the driver does
     /// after each batch of inputs.
+    /// `Driver::run` on a tick: raft ticks, read rounds older than an election timeout
+    /// fail.
+    fn tick(&mut self, id: u64) -> SimResult<()> {
+        if let Some(proc) = self.nodes.get_mut(&id).and_then(|n| n.proc.as_mut()) {
+            proc.ticks += 1;
+            let expired = proc.reads.expire(proc.ticks, ELECTION_TICKS as u64);
+            self.stats.reads_expired += expired.len() as u64;
+        }
+        self.input(id, |raft| raft.tick()).map(|_| ())
+    }
+
+    /// `Driver::start_queued_reads`. True if a round started.
+    fn start_read_round(&mut self, proc: &mut Proc) -> bool {
+        match proc.raft.start_read_round(&mut proc.reads, proc.ticks) {
+            ReadRound::Started => true,
+            ReadRound::None => false,
+            ReadRound::NotLeader(queued) => {
+                self.stats.reads_expired += queued.len() as u64;
+                false
+            }
+        }
+    }
+
     fn input<R>(&mut self, id: u64, f: impl FnOnce(&mut RaftNode) -> R) -> SimResult<Option<R>> {
         let Some(mut proc) = self.nodes.get_mut(&id).and_then(|n| n.proc.take()) else {
             return Ok(None);
@@ -695,7 +729,12 @@ impl World {
     }
 
     fn pump_and_keep(&mut self, id: u64, mut proc: Proc) -> SimResult<()> {
-        match self.pump(id, &mut proc)? {
+        // `Driver::pump_ready`: a confirmed round lets the reads queued behind it start.
+        let mut end = self.pump(id, &mut proc)?;
+        while end == PumpEnd::Alive && self.start_read_round(&mut proc) {
+            end = self.pump(id, &mut proc)?;
+        }
+        match end {
             PumpEnd::Alive => {
                 self.nodes.get_mut(&id).expect("exists").proc = Some(proc);
             }
@@ -1785,6 +1824,8 @@ impl World {
             commit_seen: 0,
             leader_checked_term: 0,
             told_removed: false,
+            reads: ReadBatches::default(),
+            ticks: 0,
         };
         // Replay what is already committed first: conf changes in it decide who votes.
         self.pump_and_keep(id, proc)?;
@@ -1903,34 +1944,51 @@ impl World {
         }
         let id = *self.rng.pick(&leaders);
         self.writes += 1;
-        let context = format!("read-{}", self.writes).into_bytes();
+        let request_id = self.writes;
+        let Some(proc) = self.nodes.get_mut(&id).and_then(|n| n.proc.as_mut()) else {
+            return Ok(());
+        };
+        // The driver queues the read; its round starts once none is in flight.
+        proc.reads.queue([request_id]);
         self.reads
-            .insert(context.clone(), (id, self.committed.len() as u64));
+            .insert(request_id, (id, self.committed.len() as u64));
         self.stats.reads += 1;
-        self.input(id, |raft| raft.read_index(context)).map(|_| ())
+        self.input(id, |_| ()).map(|_| ())
     }
 
     /// Reads confirmed in a Ready: the index must cover everything committed before the
     /// read started, or the read could miss an acknowledged write.
-    fn check_reads(&mut self, id: u64, read_states: &[raft::ReadState]) -> SimResult<()> {
+    fn check_reads(
+        &mut self,
+        id: u64,
+        proc: &mut Proc,
+        read_states: &[raft::ReadState],
+    ) -> SimResult<()> {
         for read in read_states {
-            let Some((node, committed_before)) = self.reads.remove(&read.request_ctx) else {
+            // `DriverCycle::confirm_reads`: the round's context names its reads.
+            let Some(request_ids) = proc.reads.confirm(&read.request_ctx) else {
                 continue;
             };
-            if node != id {
-                return Err(format!(
-                    "read {:?} started on node {node} was confirmed on node {id}",
-                    String::from_utf8_lossy(&read.request_ctx)
-                ));
-            }
-            self.stats.reads_confirmed += 1;
-            if read.index < committed_before {
-                return Err(format!(
-                    "linearizability: node {id} confirmed read {:?} at index {}, but index \
-                     {committed_before} was already committed when the read started",
-                    String::from_utf8_lossy(&read.request_ctx),
-                    read.index
-                ));
+            for request_id in request_ids {
+                let Some((node, committed_before)) = self.reads.remove(&request_id) else {
+                    return Err(format!(
+                        "node {id} confirmed read {request_id}, never started"
+                    ));
+                };
+                if node != id {
+                    return Err(format!(
+                        "read {request_id} started on node {node} was confirmed on node {id}"
+                    ));
+                }
+                self.stats.reads_confirmed += 1;
+                if read.index < committed_before {
+                    return Err(format!(
+                        "linearizability: node {id} confirmed read {request_id} at index {}, \
+                         but index {committed_before} was already committed when the read \
+                         started",
+                        read.index
+                    ));
+                }
             }
         }
         Ok(())
@@ -2224,7 +2282,7 @@ impl CycleSteps for SimCycle<'_> {
     }
 
     fn confirm_reads(&mut self, reads: Vec<raft::ReadState>) -> SimResult<()> {
-        self.world.check_reads(self.id, &reads)
+        self.world.check_reads(self.id, self.proc, &reads)
     }
 
     fn write(&mut self, entries: &[Entry], hard_state: Option<&HardState>) -> SimResult<()> {
