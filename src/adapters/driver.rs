@@ -643,13 +643,13 @@ impl Driver {
         let state = LogFileState {
             wanted_by_raft: store.take_snapshot_wanted(),
             file_bytes,
-            unapplied_tail_bytes: store.bytes_after(handed_out, file_bytes),
             max_file_size_bytes: self.log_max_file_size(),
         };
         let since = self
             .snapshot_requested_at
             .map(|at| self.ticks.saturating_sub(at));
-        if should_request_snapshot(&state, since) {
+        let tail = || store.bytes_after(handed_out, file_bytes);
+        if should_request_snapshot(&state, tail, since) {
             self.snapshot_requested_at = Some(self.ticks);
             self.push_main(MainTask::TakeSnapshot);
         }

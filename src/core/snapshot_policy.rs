@@ -16,9 +16,6 @@ pub struct LogFileState {
     /// raft-rs asked for a snapshot (a follower needs one the log cannot give it).
     pub wanted_by_raft: bool,
     pub file_bytes: u64,
-    /// Bytes of the file after the last entry handed to the state machine: what a
-    /// rewrite at a snapshot of the applied state would copy.
-    pub unapplied_tail_bytes: u64,
     pub max_file_size_bytes: u64,
 }
 
@@ -30,10 +27,13 @@ pub fn rewrite_can_wait(tail_bytes: u64, file_bytes: u64, max_file_size_bytes: u
     tail_bytes > MIN_DEFERRED_TAIL_BYTES && file_bytes <= ceiling
 }
 
-/// Whether to ask for a snapshot now. `ticks_since_last_request` is `None` when no
-/// request is outstanding.
+/// Whether to ask for a snapshot now. `unapplied_tail_bytes` gives the bytes of the file
+/// after the last entry handed to the state machine (what a rewrite at a snapshot of the
+/// applied state would copy); it walks the log, so it is asked only past the limit.
+/// `ticks_since_last_request` is `None` when no request is outstanding.
 pub fn should_request_snapshot(
     state: &LogFileState,
+    unapplied_tail_bytes: impl FnOnce() -> u64,
     ticks_since_last_request: Option<u64>,
 ) -> bool {
     if !state.wanted_by_raft {
@@ -44,7 +44,7 @@ pub fn should_request_snapshot(
         // snapshot would be followed by a rewrite copying nearly all of it: wait until
         // that tail is applied.
         if rewrite_can_wait(
-            state.unapplied_tail_bytes,
+            unapplied_tail_bytes(),
             state.file_bytes,
             state.max_file_size_bytes,
         ) {
@@ -60,55 +60,54 @@ mod tests {
 
     const MIB: u64 = 1024 * 1024;
 
-    fn state(wanted_by_raft: bool, file_bytes: u64, tail_bytes: u64) -> LogFileState {
-        LogFileState {
+    /// A log file's state and its unapplied tail.
+    fn state(wanted_by_raft: bool, file_bytes: u64, tail_bytes: u64) -> (LogFileState, u64) {
+        let state = LogFileState {
             wanted_by_raft,
             file_bytes,
-            unapplied_tail_bytes: tail_bytes,
             max_file_size_bytes: 100 * MIB,
-        }
+        };
+        (state, tail_bytes)
+    }
+
+    fn ask((state, tail_bytes): (LogFileState, u64), since: Option<u64>) -> bool {
+        should_request_snapshot(&state, || tail_bytes, since)
+    }
+
+    #[test]
+    fn the_tail_is_measured_only_past_the_limit() {
+        let (below, _) = state(false, MIB, 0);
+        let measured = std::cell::Cell::new(false);
+        let tail = || {
+            measured.set(true);
+            0
+        };
+        assert!(!should_request_snapshot(&below, tail, None));
+        assert!(!measured.get());
     }
 
     #[test]
     fn a_snapshot_is_asked_for_past_the_limit_or_when_raft_needs_one() {
-        assert!(!should_request_snapshot(&state(false, 100 * MIB, 0), None));
-        assert!(should_request_snapshot(
-            &state(false, 100 * MIB + 1, 0),
-            None
-        ));
-        assert!(should_request_snapshot(&state(true, 1, 0), None));
+        assert!(!ask(state(false, 100 * MIB, 0), None));
+        assert!(ask(state(false, 100 * MIB + 1, 0), None));
+        assert!(ask(state(true, 1, 0), None));
     }
 
     #[test]
     fn a_large_unapplied_tail_defers_the_snapshot_until_the_ceiling() {
         let tail = MIN_DEFERRED_TAIL_BYTES + 1;
-        assert!(!should_request_snapshot(
-            &state(false, 150 * MIB, tail),
-            None
-        ));
-        assert!(should_request_snapshot(
-            &state(false, 150 * MIB, MIN_DEFERRED_TAIL_BYTES),
-            None
-        ));
-        assert!(should_request_snapshot(
-            &state(false, 400 * MIB + 1, tail),
-            None
-        ));
+        assert!(!ask(state(false, 150 * MIB, tail), None));
+        assert!(ask(state(false, 150 * MIB, MIN_DEFERRED_TAIL_BYTES), None));
+        assert!(ask(state(false, 400 * MIB + 1, tail), None));
         // raft's need is not deferred.
-        assert!(should_request_snapshot(&state(true, 150 * MIB, tail), None));
+        assert!(ask(state(true, 150 * MIB, tail), None));
     }
 
     #[test]
     fn an_outstanding_request_is_repeated_only_after_the_retry_interval() {
         let past_limit = state(false, 200 * MIB, 0);
-        assert!(!should_request_snapshot(&past_limit, Some(0)));
-        assert!(!should_request_snapshot(
-            &past_limit,
-            Some(SNAPSHOT_RETRY_TICKS - 1)
-        ));
-        assert!(should_request_snapshot(
-            &past_limit,
-            Some(SNAPSHOT_RETRY_TICKS)
-        ));
+        assert!(!ask(past_limit, Some(0)));
+        assert!(!ask(past_limit, Some(SNAPSHOT_RETRY_TICKS - 1)));
+        assert!(ask(past_limit, Some(SNAPSHOT_RETRY_TICKS)));
     }
 }

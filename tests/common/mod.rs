@@ -310,16 +310,22 @@ impl Server {
         }
     }
 
+    /// The last value given for module config `key` (the server uses the last one).
+    fn raft_option(&self, key: &str) -> Option<&str> {
+        self.opts
+            .raft
+            .iter()
+            .rev()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
     /// The ports other nodes reach this one on: its Redis port and, when it loads the
     /// module, its raft peer port (partitions must cut both).
     pub fn node_ports(&self) -> Vec<u16> {
         let peer_port = self
-            .opts
-            .raft
-            .iter()
-            .rev()
-            .find(|(k, _)| k == "peer-port")
-            .and_then(|(_, v)| v.parse::<u16>().ok())
+            .raft_option("peer-port")
+            .and_then(|v| v.parse::<u16>().ok())
             .filter(|port| *port != 0);
         std::iter::once(self.port).chain(peer_port).collect()
     }
@@ -356,14 +362,7 @@ impl Server {
 
     /// Path of the module's raft log file (`<dir>/<log-filename>`, default `redisraft.db`).
     pub fn raft_log_path(&self) -> PathBuf {
-        let name = self
-            .opts
-            .raft
-            .iter()
-            .rev()
-            .find(|(k, _)| k == "log-filename")
-            .map(|(_, v)| v.as_str())
-            .unwrap_or("redisraft.db");
+        let name = self.raft_option("log-filename").unwrap_or("redisraft.db");
         self.data_dir().join(name)
     }
 

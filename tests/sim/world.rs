@@ -1028,12 +1028,12 @@ impl World {
         let log = LogFileState {
             wanted_by_raft: store.take_snapshot_wanted(),
             file_bytes,
-            unapplied_tail_bytes: store.bytes_after(proc.applied, file_bytes),
             max_file_size_bytes: node.log_max_file_size_bytes,
         };
         let index = proc.applied;
+        let tail = || store.bytes_after(index, file_bytes);
         // Taking a snapshot here is immediate and never fails: no request is outstanding.
-        if index <= current || !should_request_snapshot(&log, None) {
+        if index <= current || !should_request_snapshot(&log, tail, None) {
             return Ok(());
         }
         let entry = proc
