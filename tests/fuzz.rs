@@ -797,7 +797,9 @@ fn fuzz_raft_step() {
         let outcome = catch_unwind(AssertUnwindSafe(|| {
             let mut node = follower();
             let _ = node.step(message.clone());
-            while node.poll_ready().is_some() {}
+            while let Some(ready) = node.poll_ready() {
+                node.on_persisted(ready.number);
+            }
         }));
         if outcome.is_err() {
             panics.push((i, format!("{:?}", message.get_msg_type())));
@@ -816,7 +818,9 @@ fn fuzz_raft_step() {
         }
         let mut node = follower();
         let _ = node.step(message);
-        while node.poll_ready().is_some() {}
+        while let Some(ready) = node.poll_ready() {
+            node.on_persisted(ready.number);
+        }
     });
 }
 
@@ -851,7 +855,9 @@ fn leader() -> redisraft::core::node::RaftNode {
     };
     let mut node = RaftNode::new(&params, store).unwrap();
     node.campaign().unwrap();
-    while node.poll_ready().is_some() {}
+    while let Some(ready) = node.poll_ready() {
+        node.on_persisted(ready.number);
+    }
     for kind in [
         MessageType::MsgRequestPreVoteResponse,
         MessageType::MsgRequestVoteResponse,
@@ -866,14 +872,18 @@ fn leader() -> redisraft::core::node::RaftNode {
                 term,
                 ..Default::default()
             });
-            while node.poll_ready().is_some() {}
+            while let Some(ready) = node.poll_ready() {
+                node.on_persisted(ready.number);
+            }
         }
     }
     assert_eq!(node.status().role, Role::Leader, "{:?}", node.status());
     for _ in 0..3 {
         let _ = node.propose(payload_bytes(9));
     }
-    while node.poll_ready().is_some() {}
+    while let Some(ready) = node.poll_ready() {
+        node.on_persisted(ready.number);
+    }
     node
 }
 
@@ -917,10 +927,16 @@ fn fuzz_raft_step_on_a_leader() {
         let mut node = leader();
         // Twice: the second copy finds the state the first left.
         let _ = node.step(message.clone());
-        while node.poll_ready().is_some() {}
+        while let Some(ready) = node.poll_ready() {
+            node.on_persisted(ready.number);
+        }
         let _ = node.step(message);
-        while node.poll_ready().is_some() {}
+        while let Some(ready) = node.poll_ready() {
+            node.on_persisted(ready.number);
+        }
         node.tick();
-        while node.poll_ready().is_some() {}
+        while let Some(ready) = node.poll_ready() {
+            node.on_persisted(ready.number);
+        }
     });
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use protobuf::Message as _;
 use raft::eraftpb::{ConfChangeType, ConfChangeV2, Entry, EntryType, Message, MessageType};
 
-use crate::adapters::logio::LogFile;
+use crate::adapters::logio::{LogFile, LogSyncer};
 use crate::adapters::peer_inbound::PeerGate;
 use crate::adapters::queue::{BoundedReceiver, BoundedSender};
 use crate::adapters::snapshot_transfer::SendJob;
@@ -20,7 +20,8 @@ use crate::core::logfile::LogPosition;
 use crate::core::membership::{single_change, ChangeContext, Membership};
 use crate::core::node::{RaftNode, ReadRound, Role};
 use crate::core::pending::{ProposalTable, ReadBatches, RequestId};
-use crate::core::ready::{run_cycle, CycleSteps};
+use crate::core::persist::PersistQueue;
+use crate::core::ready::{finish_sync, run_cycle, CycleSteps};
 use crate::core::snapshot_policy::{rewrite_can_wait, should_request_snapshot, LogFileState};
 
 /// Inputs waiting for the driver; main-thread senders never block on it.
@@ -69,6 +70,10 @@ pub enum DriverInput {
     },
     /// CONFIG SET changed a setting the driver follows.
     Settings(DriverSettings),
+    /// The sync thread made the log durable through Ready `number`.
+    Synced {
+        number: u64,
+    },
 }
 
 pub enum MainTask {
@@ -188,6 +193,10 @@ pub struct Driver {
     held_entries: Vec<Entry>,
     /// Tick by which a leader that removed itself leaves even if no other node leads yet.
     handover_deadline: Option<u64>,
+    /// Ready cycles written and not yet durable, and what waits for them.
+    persist: PersistQueue,
+    /// To the sync thread (when `log-fsync` is on): at most one sync is asked at a time.
+    sync_requests: Option<std::sync::mpsc::SyncSender<u64>>,
 }
 
 impl Driver {
@@ -205,6 +214,7 @@ impl Driver {
     ) -> Driver {
         // start_node gave the store this limit.
         let cache_limit_bytes = params.settings.log_max_cache_size_bytes;
+        let persist = PersistQueue::new(params.fsync);
         Driver {
             node,
             log,
@@ -226,10 +236,22 @@ impl Driver {
             cache_limit_bytes,
             held_entries: Vec::new(),
             handover_deadline: None,
+            persist,
+            sync_requests: None,
         }
     }
 
-    pub fn spawn(self) -> std::thread::JoinHandle<()> {
+    pub fn spawn(mut self) -> std::thread::JoinHandle<()> {
+        if self.params.fsync {
+            let (requests, queue) = std::sync::mpsc::sync_channel(1);
+            let syncer = self.log.syncer();
+            let done = self.params.inbox_sender.clone();
+            std::thread::Builder::new()
+                .name("raft-log-sync".into())
+                .spawn(move || run_sync_thread(&queue, &syncer, &done))
+                .expect("could not start the raft log sync thread");
+            self.sync_requests = Some(requests);
+        }
         std::thread::Builder::new()
             .name("raft-driver".into())
             .spawn(move || self.run())
@@ -361,6 +383,11 @@ impl Driver {
                     log::debug!("raft: dropped a peer message: {e}");
                 }
             }
+            DriverInput::Synced { number } => {
+                let mut persist = std::mem::take(&mut self.persist);
+                let Ok(_) = finish_sync(number, &mut persist, &mut DriverCycle(self));
+                self.persist = persist;
+            }
         }
     }
 
@@ -403,7 +430,9 @@ impl Driver {
     fn pump_ready_once(&mut self) {
         while let Some(ready) = self.node.poll_ready() {
             // The driver never stops a cycle midway (that is the simulation's crashes).
-            let Ok(_) = run_cycle(ready, &mut DriverCycle(self));
+            let mut persist = std::mem::take(&mut self.persist);
+            let Ok(_) = run_cycle(ready, &mut persist, &mut DriverCycle(self));
+            self.persist = persist;
         }
     }
 
@@ -883,15 +912,49 @@ impl CycleSteps for DriverCycle<'_> {
         Ok(())
     }
 
-    fn sync(&mut self) -> Result<(), Self::Error> {
-        if self.0.params.fsync {
+    fn start_sync(&mut self, number: u64) -> Result<(), Self::Error> {
+        let requests = self.0.sync_requests.as_ref();
+        let requests = requests.expect("syncs are asked for only with log-fsync on");
+        match requests.try_send(number) {
+            Ok(()) => {}
+            // The sync thread stops only with the process (a failed fsync exits).
+            Err(std::sync::mpsc::TrySendError::Disconnected(_)) => {}
+            Err(std::sync::mpsc::TrySendError::Full(_)) => {
+                panic!("a second sync was asked for while one is in flight")
+            }
+        }
+        Ok(())
+    }
+
+    fn sync_now(&mut self) -> Result<(), Self::Error> {
+        if self.0.sync_requests.is_some() {
             self.0.log.sync();
         }
+        Ok(())
+    }
+
+    fn durable(&mut self, number: u64) -> Result<(), Self::Error> {
+        self.0.node.on_persisted(number);
         Ok(())
     }
 
     fn role_changed(&mut self, _role: Role, _leader: u64) -> Result<(), Self::Error> {
         self.0.on_role_change();
         Ok(())
+    }
+}
+
+/// The sync thread: one `fdatasync` per request, then tells the driver. The driver asks
+/// again only after the answer, so the request queue holds at most one.
+fn run_sync_thread(
+    requests: &std::sync::mpsc::Receiver<u64>,
+    syncer: &LogSyncer,
+    done: &BoundedSender<DriverInput>,
+) {
+    while let Ok(number) = requests.recv() {
+        syncer.sync();
+        if done.send(DriverInput::Synced { number }).is_err() {
+            return;
+        }
     }
 }

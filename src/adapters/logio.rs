@@ -1,20 +1,22 @@
-//! The log file on disk: recovery at start, appends and syncs from the driver thread.
+//! The log file on disk: recovery at start, appends from the driver thread, syncs from
+//! the sync thread (and from the driver for a cycle that installs a snapshot).
 //! Encoding and recovery rules are the pure `core::logfile`; this is only the I/O.
 //!
 //! A failed write or sync stops the process (exit status 1, one `FATAL` log line naming
 //! the file, the operation and the OS error), like Redis itself when an `appendfsync
 //! always` AOF write fails. It never retries: after a failed fsync the kernel may have
 //! dropped the dirty pages and cleared the error, so a retry that "succeeds" would
-//! acknowledge writes that are not on disk. Exiting is safe because only the driver
-//! thread, which is the one stopping, acknowledges anything: entries it had not synced
-//! were never acknowledged, and on restart recovery cuts whatever tail the failed write
-//! left. See docs/SECURITY.md (disk faults).
+//! acknowledge writes that are not on disk. Exiting is safe because the driver sends an
+//! acknowledgement only after the sync covering it returned: whichever thread fails
+//! stops the whole process before that, entries not synced were never acknowledged, and
+//! on restart recovery cuts whatever tail the failed write left. See docs/SECURITY.md
+//! (disk faults).
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -52,9 +54,50 @@ pub struct LogFile {
     /// system that refuses): appends then just grow the file.
     preallocate: bool,
     buffer: Vec<u8>,
-    fsync_count: u64,
-    fsync_total_us: u64,
-    fsync_max_us: u64,
+    fsync_stats: Arc<FsyncStats>,
+}
+
+/// Counted by whichever thread syncs the log; published with the log's other figures.
+#[derive(Default)]
+struct FsyncStats {
+    count: AtomicU64,
+    total_us: AtomicU64,
+    max_us: AtomicU64,
+}
+
+impl FsyncStats {
+    fn record(&self, started: Instant) {
+        let elapsed_us = started.elapsed().as_micros() as u64;
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.total_us.fetch_add(elapsed_us, Ordering::Relaxed);
+        self.max_us.fetch_max(elapsed_us, Ordering::Relaxed);
+    }
+}
+
+/// Makes the log durable from the sync thread while the driver goes on appending: an
+/// `fdatasync` of the file in use when it runs covers every append made before it
+/// started. A rewrite in between is no gap: the new file was written durably with
+/// everything the old one held.
+pub struct LogSyncer {
+    current: CurrentFile,
+    path: PathBuf,
+    fsync_stats: Arc<FsyncStats>,
+}
+
+impl LogSyncer {
+    pub fn sync(&self) {
+        let file = Arc::clone(
+            &self
+                .current
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        );
+        let started = Instant::now();
+        if let Err(e) = file.sync_data() {
+            fatal(&self.path, "fsync", &e);
+        }
+        self.fsync_stats.record(started);
+    }
 }
 
 /// Stops the process after a failed write or sync of the log (see the module doc).
@@ -273,9 +316,16 @@ impl LogFile {
             allocated_bytes: size_bytes,
             preallocate: true,
             buffer: Vec::with_capacity(64 * 1024),
-            fsync_count: 0,
-            fsync_total_us: 0,
-            fsync_max_us: 0,
+            fsync_stats: Arc::default(),
+        }
+    }
+
+    /// A syncer of this log for the sync thread; it follows rewrites.
+    pub fn syncer(&self) -> LogSyncer {
+        LogSyncer {
+            current: Arc::clone(&self.current),
+            path: self.path.clone(),
+            fsync_stats: Arc::clone(&self.fsync_stats),
         }
     }
 
@@ -341,28 +391,26 @@ impl LogFile {
         }
     }
 
+    /// Makes every append so far durable on the calling thread (the driver uses a
+    /// [`LogSyncer`] on the sync thread instead).
     pub fn sync(&mut self) {
         let started = Instant::now();
         if let Err(e) = self.file.sync_data() {
             fatal(&self.path, "fsync", &e);
         }
-        let elapsed_us = started.elapsed().as_micros() as u64;
-        self.fsync_count += 1;
-        self.fsync_total_us += elapsed_us;
-        self.fsync_max_us = self.fsync_max_us.max(elapsed_us);
+        self.fsync_stats.record(started);
     }
 
     pub fn publish_stats(&self, shared: &SharedStatus) {
+        let stats = &self.fsync_stats;
         shared.file_size.store(self.size_bytes, Ordering::Relaxed);
-        shared
-            .fsync_count
-            .store(self.fsync_count, Ordering::Relaxed);
-        shared
-            .fsync_total_us
-            .store(self.fsync_total_us, Ordering::Relaxed);
-        shared
-            .fsync_max_us
-            .store(self.fsync_max_us, Ordering::Relaxed);
+        for (to, from) in [
+            (&shared.fsync_count, &stats.count),
+            (&shared.fsync_total_us, &stats.total_us),
+            (&shared.fsync_max_us, &stats.max_us),
+        ] {
+            to.store(from.load(Ordering::Relaxed), Ordering::Relaxed);
+        }
     }
 }
 

@@ -9,6 +9,7 @@ pub mod membership;
 pub mod node;
 pub mod peer_check;
 pub mod pending;
+pub mod persist;
 pub mod random_pick;
 pub mod ready;
 pub mod resp;

@@ -49,26 +49,25 @@ impl Role {
     }
 }
 
-/// What one Ready cycle asks of the caller, in this order:
-/// 1. send `send_now` (a leader may send appends before its own disk write);
-/// 2. apply `committed_before_persist` in order and answer `read_states`: they do not
-///    depend on this cycle's write, so they need not wait for its sync;
-/// 3. write `entries` and then `hard_state` to the log, and sync it if `must_sync()`
-///    (one sync per cycle);
-/// 4. send `send_after_persist` (votes and append acks promise durability);
-/// 5. apply `committed` in order.
+/// What one Ready cycle asks of the caller (`core::ready::run_cycle` is the order):
+/// send `send_now` (a leader may send appends before its own disk write), install
+/// `snapshot`, apply `committed` and answer `read_states` (raft hands out only entries
+/// durable here and on a quorum), write `entries` then `hard_state`, and send
+/// `send_after_persist` (votes, append acks: they promise durability) only once this
+/// cycle is durable, then report it with [`RaftNode::on_persisted`]. Persistence is
+/// asynchronous: later cycles may run before this one is durable.
 #[derive(Debug, Default)]
 pub struct ReadyOutput {
+    /// raft-rs' number of this Ready: cycles are durable in this order.
+    pub number: u64,
     pub send_now: Vec<Message>,
     pub entries: Vec<Entry>,
     pub hard_state: Option<HardState>,
     /// The hard state's term or vote changed (not only its commit index).
     pub term_or_vote_changed: bool,
     pub send_after_persist: Vec<Message>,
-    /// Committed in an earlier cycle, and raft hands out only entries durable on this
-    /// node: a quorum has them on disk whatever happens to this cycle's write.
-    pub committed_before_persist: Vec<Entry>,
-    /// Committed by this cycle's own persistence (a leader counting its new entries).
+    /// Committed, and raft hands out only entries durable on this node: a quorum has
+    /// them on disk whatever happens to this cycle's write.
     pub committed: Vec<Entry>,
     pub read_states: Vec<ReadState>,
     /// A snapshot from the leader that replaces the log up to its index: before the
@@ -79,10 +78,6 @@ pub struct ReadyOutput {
 }
 
 impl ReadyOutput {
-    pub fn must_persist(&self) -> bool {
-        !self.entries.is_empty() || self.hard_state.is_some() || self.snapshot.is_some()
-    }
-
     /// A commit index alone need not be synced: a lost one is learned again from the
     /// leader (or recomputed by a lone leader), and recovery accepts any earlier value.
     pub fn must_sync(&self) -> bool {
@@ -125,6 +120,9 @@ pub struct RaftNode {
     raw: RawNode<LogStore>,
     /// Peer messages refused by `peer_check::check_step` so far.
     refused_steps: u64,
+    /// A received snapshot's Ready number and index: raft counts it as applied once
+    /// that Ready is durable.
+    snapshot_awaiting_persist: Option<(u64, u64)>,
 }
 
 /// raft-rs logs through slog; bridge it to the `log` facade the adapters configure.
@@ -152,6 +150,7 @@ impl RaftNode {
         Ok(RaftNode {
             raw,
             refused_steps: 0,
+            snapshot_awaiting_persist: None,
         })
     }
 
@@ -394,6 +393,20 @@ impl RaftNode {
         self.raw.mut_store().set_cache_limit(limit_bytes);
     }
 
+    /// Ready cycles through `number` are durable (`core::persist`): the leader counts
+    /// its own entries for commitment from now on.
+    pub fn on_persisted(&mut self, number: u64) {
+        self.raw.on_persist_ready(number);
+        if let Some((ready_number, index)) = self.snapshot_awaiting_persist {
+            if number >= ready_number {
+                self.snapshot_awaiting_persist = None;
+                if index > self.raw.raft.raft_log.applied() {
+                    self.raw.advance_apply_to(index);
+                }
+            }
+        }
+    }
+
     pub fn conf_state(&self) -> ConfState {
         self.raw.raft.prs().conf().to_conf_state()
     }
@@ -404,21 +417,24 @@ impl RaftNode {
             return None;
         }
         let mut ready = self.raw.ready();
-        let mut out = ReadyOutput::default();
+        let mut out = ReadyOutput {
+            number: ready.number(),
+            ..ReadyOutput::default()
+        };
         if let Some(soft) = ready.ss() {
             out.role_change = Some((Role::from_raft(soft.raft_state), soft.leader_id));
         }
-        // Step 1: messages that need no durability (leader appends, heartbeats).
+        // Messages that need no durability (leader appends, heartbeats).
         out.send_now = ready.take_messages();
         if ready.snapshot().get_metadata().index != 0 {
             let metadata = ready.snapshot().get_metadata().clone();
             self.raw.mut_store().apply_snapshot(&metadata);
+            self.snapshot_awaiting_persist = Some((out.number, metadata.index));
             out.snapshot = Some(metadata);
         }
-        // Step 2 input: entries already durable on a majority and here.
-        out.committed_before_persist = ready.take_committed_entries();
-        // Step 2: new entries and hard state go to the in-memory store now (raft reads them
-        // back to build messages) and to disk before anything below is acted on.
+        out.committed = ready.take_committed_entries();
+        // New entries and hard state go to the in-memory store now (raft reads them back
+        // to build messages) and to disk by the caller.
         if !ready.entries().is_empty() {
             out.entries = ready.take_entries();
             self.raw.mut_store().append(&out.entries);
@@ -431,18 +447,12 @@ impl RaftNode {
             out.hard_state = Some(hard_state.clone());
         }
         out.read_states = ready.take_read_states();
-        // Step 3: messages that promise durability.
+        // Messages that promise durability: they leave once this cycle is durable.
         out.send_after_persist = ready.take_persisted_messages();
-        let mut light = self.raw.advance(ready);
-        if let Some(commit) = light.commit_index() {
-            self.raw.mut_store().set_commit(commit);
-            out.hard_state = Some(self.raw.store().hard_state().clone());
-        }
-        out.send_after_persist.extend(light.take_messages());
-        out.committed = light.take_committed_entries();
-        if let Some(last) = out.committed.last().or(out.committed_before_persist.last()) {
-            // The caller applies strictly in order after this cycle; conf changes are applied
-            // to raft by the caller through `apply_conf_change` before the next cycle.
+        self.raw.advance_append_async(ready);
+        if let Some(last) = out.committed.last() {
+            // The caller applies strictly in order; conf changes are applied to raft by
+            // the caller through `apply_conf_change` before the next cycle.
             self.raw.advance_apply_to(last.index);
         }
         Some(out)
@@ -468,7 +478,6 @@ mod tests {
             hard_state: hard_state(2, 1, 7),
             ..ReadyOutput::default()
         };
-        assert!(commit_only.must_persist());
         assert!(!commit_only.must_sync());
         let new_term = ReadyOutput {
             hard_state: hard_state(3, 0, 7),
@@ -481,7 +490,6 @@ mod tests {
             ..ReadyOutput::default()
         };
         assert!(with_entries.must_sync());
-        assert!(!ReadyOutput::default().must_persist());
     }
 
     #[test]

@@ -1,12 +1,18 @@
 //! The one order in which a Ready cycle's work is done. The driver and the simulation
-//! both hand every [`ReadyOutput`] to [`run_cycle`] with their own [`CycleSteps`] (real
-//! disk and network, or simulated ones), so the simulation proves the order production
-//! runs, and stops a node at any [`CrashPoint`] between the steps.
+//! both hand every [`ReadyOutput`] to [`run_cycle`], and every finished sync to
+//! [`finish_sync`], with their own [`CycleSteps`] (real disk and network, or simulated
+//! ones), so the simulation proves the order production runs, and stops a node at any
+//! [`CrashPoint`] between the steps.
+//!
+//! Persistence is off the cycle: a cycle writes, and a sync (one at a time, on the
+//! executor's own thread or schedule) makes the writes durable later; what waits for
+//! durability is kept by [`PersistQueue`].
 
 use raft::eraftpb::{Entry, HardState, Message, SnapshotMetadata};
 use raft::ReadState;
 
 use crate::core::node::{ReadyOutput, Role};
+use crate::core::persist::{PersistQueue, PersistStep};
 
 /// Where a cycle can be cut short (the simulation crashes the node there).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -15,9 +21,9 @@ pub enum CrashPoint {
     AfterSend,
     /// Entries and hard state are written, not yet durable (only in a cycle that writes).
     AfterWrite,
-    /// What was written is durable (when it had to be); no ack has left.
+    /// A sync finished; no ack it releases has left.
     AfterSync,
-    /// Votes and acks have left; this cycle's commits are not applied.
+    /// The acks of durable cycles have left.
     AfterAcks,
 }
 
@@ -28,13 +34,13 @@ pub enum Flow {
     Stopped,
 }
 
-/// What an executor does for each step of [`run_cycle`].
+/// What an executor does for each step of [`run_cycle`] and [`finish_sync`].
 pub trait CycleSteps {
     type Error;
 
     fn send(&mut self, messages: Vec<Message>) -> Result<(), Self::Error>;
-    /// Makes the leader's snapshot this node's own (log rewritten at it, state machine
-    /// restored from it) before any entry after it is written.
+    /// Makes the leader's snapshot this node's own (log rewritten at it, durably, and
+    /// the state machine restored from it) before any entry after it is written.
     fn install_snapshot(&mut self, metadata: &SnapshotMetadata) -> Result<(), Self::Error>;
     /// Conf changes among `committed` take effect in raft.
     fn apply_conf_changes(&mut self, committed: &[Entry]) -> Result<(), Self::Error>;
@@ -47,8 +53,14 @@ pub trait CycleSteps {
         entries: &[Entry],
         hard_state: Option<&HardState>,
     ) -> Result<(), Self::Error>;
-    /// Makes everything written so far durable (one sync per cycle at most).
-    fn sync(&mut self) -> Result<(), Self::Error>;
+    /// Starts making everything written so far durable; when it is, the executor calls
+    /// [`finish_sync`] with `number`.
+    fn start_sync(&mut self, number: u64) -> Result<(), Self::Error>;
+    /// Makes everything written so far durable before returning (with `log-fsync` off,
+    /// nothing), on the executor's own thread.
+    fn sync_now(&mut self) -> Result<(), Self::Error>;
+    /// Ready cycles through `number` are durable: tell raft (`RaftNode::on_persisted`).
+    fn durable(&mut self, number: u64) -> Result<(), Self::Error>;
     fn role_changed(&mut self, role: Role, leader: u64) -> Result<(), Self::Error>;
     /// Called at each crash point; `Flow::Stopped` ends the cycle there.
     fn reached(&mut self, _point: CrashPoint) -> Result<Flow, Self::Error> {
@@ -59,15 +71,18 @@ pub trait CycleSteps {
 /// Runs one cycle, in this order:
 /// 1. send `send_now` (a leader's appends may leave before its own write), install a
 ///    received snapshot;
-/// 2. conf changes then entries committed in earlier cycles, and confirmed reads: raft
-///    hands out only entries durable on this node and on a quorum, so they do not wait
-///    for this cycle's sync;
-/// 3. write entries and hard state, sync them if [`ReadyOutput::must_sync`];
-/// 4. conf changes this cycle committed take effect (so the transport knows new peers),
-///    then the messages that promise durability (votes, append acks);
-/// 5. apply what this cycle committed; report a role change.
-pub fn run_cycle<S: CycleSteps>(ready: ReadyOutput, steps: &mut S) -> Result<Flow, S::Error> {
-    let must_persist = ready.must_persist();
+/// 2. conf changes then committed entries, and confirmed reads: raft hands out only
+///    entries durable on this node and on a quorum, so they wait for no write;
+/// 3. write entries and hard state;
+/// 4. hand the cycle to `persist`: its acks and votes leave once it is durable (at once
+///    if it needs no sync and nothing is ahead of it, else after a sync; a cycle that
+///    installed a snapshot syncs in place and releases everything held);
+/// 5. report a role change.
+pub fn run_cycle<S: CycleSteps>(
+    ready: ReadyOutput,
+    persist: &mut PersistQueue,
+    steps: &mut S,
+) -> Result<Flow, S::Error> {
     let must_sync = ready.must_sync();
     steps.send(ready.send_now)?;
     if let Some(metadata) = &ready.snapshot {
@@ -76,29 +91,63 @@ pub fn run_cycle<S: CycleSteps>(ready: ReadyOutput, steps: &mut S) -> Result<Flo
     if steps.reached(CrashPoint::AfterSend)? == Flow::Stopped {
         return Ok(Flow::Stopped);
     }
-    steps.apply_conf_changes(&ready.committed_before_persist)?;
-    steps.apply(ready.committed_before_persist)?;
+    steps.apply_conf_changes(&ready.committed)?;
+    steps.apply(ready.committed)?;
     steps.confirm_reads(ready.read_states)?;
-    if must_persist {
+    if !ready.entries.is_empty() || ready.hard_state.is_some() {
         steps.write(&ready.entries, ready.hard_state.as_ref())?;
         if steps.reached(CrashPoint::AfterWrite)? == Flow::Stopped {
             return Ok(Flow::Stopped);
         }
-        if must_sync {
-            steps.sync()?;
-        }
     }
+    let step = if ready.snapshot.is_some() {
+        // Raft counts the snapshot as applied only once this cycle is durable, and until
+        // then must not campaign (it would read the compacted log): sync here, at once.
+        steps.sync_now()?;
+        if steps.reached(CrashPoint::AfterSync)? == Flow::Stopped {
+            return Ok(Flow::Stopped);
+        }
+        persist.written_and_synced(ready.number, ready.send_after_persist)
+    } else {
+        let (early, step) = persist.written(ready.number, ready.send_after_persist, must_sync);
+        steps.send(early)?;
+        step
+    };
+    if follow(step, steps)? == Flow::Stopped {
+        return Ok(Flow::Stopped);
+    }
+    if let Some((role, leader)) = ready.role_change {
+        steps.role_changed(role, leader)?;
+    }
+    Ok(Flow::Continue)
+}
+
+/// The sync started for `number` finished: the cycles it covers are durable, their acks
+/// leave, and the next sync starts if cycles were written meanwhile.
+pub fn finish_sync<S: CycleSteps>(
+    number: u64,
+    persist: &mut PersistQueue,
+    steps: &mut S,
+) -> Result<Flow, S::Error> {
+    let step = persist.synced(number);
     if steps.reached(CrashPoint::AfterSync)? == Flow::Stopped {
         return Ok(Flow::Stopped);
     }
-    steps.apply_conf_changes(&ready.committed)?;
-    steps.send(ready.send_after_persist)?;
-    if steps.reached(CrashPoint::AfterAcks)? == Flow::Stopped {
-        return Ok(Flow::Stopped);
+    follow(step, steps)
+}
+
+fn follow<S: CycleSteps>(step: PersistStep, steps: &mut S) -> Result<Flow, S::Error> {
+    if let Some((through, messages)) = step.durable {
+        steps.durable(through)?;
+        if !messages.is_empty() {
+            steps.send(messages)?;
+            if steps.reached(CrashPoint::AfterAcks)? == Flow::Stopped {
+                return Ok(Flow::Stopped);
+            }
+        }
     }
-    steps.apply(ready.committed)?;
-    if let Some((role, leader)) = ready.role_change {
-        steps.role_changed(role, leader)?;
+    if let Some(number) = step.start_sync {
+        steps.start_sync(number)?;
     }
     Ok(Flow::Continue)
 }
@@ -156,8 +205,16 @@ mod tests {
             ));
             Ok(())
         }
-        fn sync(&mut self) -> Result<(), ()> {
-            self.steps.push("sync".into());
+        fn start_sync(&mut self, number: u64) -> Result<(), ()> {
+            self.steps.push(format!("sync#{number}"));
+            Ok(())
+        }
+        fn sync_now(&mut self) -> Result<(), ()> {
+            self.steps.push("sync-now".to_string());
+            Ok(())
+        }
+        fn durable(&mut self, number: u64) -> Result<(), ()> {
+            self.steps.push(format!("durable#{number}"));
             Ok(())
         }
         fn role_changed(&mut self, role: Role, leader: u64) -> Result<(), ()> {
@@ -193,26 +250,42 @@ mod tests {
 
     fn full_cycle() -> ReadyOutput {
         ReadyOutput {
+            number: 9,
             send_now: vec![message(MessageType::MsgAppend)],
             entries: vec![entry(7, false), entry(8, false)],
             hard_state: Some(HardState::default()),
             term_or_vote_changed: false,
-            send_after_persist: vec![message(MessageType::MsgAppendResponse)],
-            committed_before_persist: vec![entry(4, true), entry(5, false)],
-            committed: vec![entry(6, false)],
+            send_after_persist: vec![
+                message(MessageType::MsgAppendResponse),
+                message(MessageType::MsgHeartbeatResponse),
+            ],
+            committed: vec![entry(4, true), entry(5, false)],
             read_states: vec![ReadState::default()],
-            snapshot: Some(SnapshotMetadata {
-                index: 3,
-                ..Default::default()
-            }),
+            snapshot: None,
             role_change: Some((Role::Leader, 1)),
         }
     }
 
     #[test]
-    fn a_cycle_runs_its_steps_in_the_one_order() {
+    fn a_cycle_that_installs_a_snapshot_is_durable_before_it_ends() {
         let mut recorder = Recorder::default();
-        assert_eq!(run_cycle(full_cycle(), &mut recorder), Ok(Flow::Continue));
+        let mut persist = PersistQueue::new(true);
+        // An earlier cycle's sync is still running.
+        let earlier = ReadyOutput {
+            number: 8,
+            entries: vec![entry(2, false)],
+            send_after_persist: vec![message(MessageType::MsgAppendResponse)],
+            ..Default::default()
+        };
+        run_cycle(earlier, &mut persist, &mut Recorder::default()).unwrap();
+        let with_snapshot = ReadyOutput {
+            snapshot: Some(SnapshotMetadata {
+                index: 3,
+                ..Default::default()
+            }),
+            ..full_cycle()
+        };
+        run_cycle(with_snapshot, &mut persist, &mut recorder).unwrap();
         assert_eq!(
             recorder.steps,
             [
@@ -222,47 +295,102 @@ mod tests {
                 "apply[4,5]",
                 "reads[1]",
                 "write[2]+hs",
-                "sync",
-                "conf[0]",
-                "send[MsgAppendResponse]",
-                "apply[6]",
+                "sync-now",
+                "durable#9",
+                "send[MsgAppendResponse,MsgAppendResponse,MsgHeartbeatResponse]",
                 "role:leader/1",
             ]
         );
+        recorder.steps.clear();
+        finish_sync(8, &mut persist, &mut recorder).unwrap();
+        assert!(recorder.steps.is_empty(), "{:?}", recorder.steps);
+        assert!(persist.is_idle());
     }
 
     #[test]
-    fn a_commit_index_alone_is_written_but_not_synced_and_nothing_written_skips_both() {
+    fn a_cycle_runs_its_steps_in_the_one_order_and_its_acks_wait_for_the_sync() {
+        let mut recorder = Recorder::default();
+        let mut persist = PersistQueue::new(true);
+        assert_eq!(
+            run_cycle(full_cycle(), &mut persist, &mut recorder),
+            Ok(Flow::Continue)
+        );
+        assert_eq!(
+            recorder.steps,
+            [
+                "send[MsgAppend]",
+                "conf[1]",
+                "apply[4,5]",
+                "reads[1]",
+                "write[2]+hs",
+                "send[MsgHeartbeatResponse]",
+                "sync#9",
+                "role:leader/1",
+            ]
+        );
+        recorder.steps.clear();
+        assert_eq!(
+            finish_sync(9, &mut persist, &mut recorder),
+            Ok(Flow::Continue)
+        );
+        assert_eq!(recorder.steps, ["durable#9", "send[MsgAppendResponse]"]);
+    }
+
+    #[test]
+    fn a_commit_index_alone_is_written_and_durable_without_a_sync() {
         let commit_only = ReadyOutput {
+            number: 4,
             hard_state: Some(HardState::default()),
+            send_after_persist: vec![message(MessageType::MsgAppendResponse)],
             ..Default::default()
         };
         let mut recorder = Recorder::default();
-        run_cycle(commit_only, &mut recorder).unwrap();
+        let mut persist = PersistQueue::new(true);
+        run_cycle(commit_only, &mut persist, &mut recorder).unwrap();
         assert!(recorder.steps.contains(&"write[0]+hs".to_string()));
-        assert!(!recorder.steps.contains(&"sync".to_string()));
+        assert!(!recorder.steps.iter().any(|s| s.starts_with("sync")));
+        assert!(recorder.steps.contains(&"durable#4".to_string()));
         let mut recorder = Recorder::default();
-        run_cycle(ReadyOutput::default(), &mut recorder).unwrap();
+        run_cycle(ReadyOutput::default(), &mut persist, &mut recorder).unwrap();
         assert!(!recorder.steps.iter().any(|s| s.starts_with("write")));
     }
 
     #[test]
-    fn a_stop_at_a_crash_point_leaves_the_rest_of_the_cycle_undone() {
+    fn a_stop_at_a_crash_point_leaves_the_rest_undone() {
         let cases = [
-            (CrashPoint::AfterSend, "install@3"),
+            (CrashPoint::AfterSend, "send[MsgAppend]"),
             (CrashPoint::AfterWrite, "write[2]+hs"),
-            (CrashPoint::AfterSync, "sync"),
-            (CrashPoint::AfterAcks, "send[MsgAppendResponse]"),
         ];
         for (point, last_done) in cases {
             let mut recorder = Recorder {
                 stop_at: Some(point),
                 ..Default::default()
             };
-            assert_eq!(run_cycle(full_cycle(), &mut recorder), Ok(Flow::Stopped));
+            let mut persist = PersistQueue::new(true);
+            assert_eq!(
+                run_cycle(full_cycle(), &mut persist, &mut recorder),
+                Ok(Flow::Stopped)
+            );
             let stop = recorder.steps.pop().unwrap();
             assert_eq!(stop, format!("stop:{point:?}"));
             assert_eq!(recorder.steps.last().map(String::as_str), Some(last_done));
+        }
+        for (point, last_done) in [
+            (CrashPoint::AfterSync, None),
+            (CrashPoint::AfterAcks, Some("send[MsgAppendResponse]")),
+        ] {
+            let mut persist = PersistQueue::new(true);
+            run_cycle(full_cycle(), &mut persist, &mut Recorder::default()).unwrap();
+            let mut recorder = Recorder {
+                stop_at: Some(point),
+                ..Default::default()
+            };
+            assert_eq!(
+                finish_sync(9, &mut persist, &mut recorder),
+                Ok(Flow::Stopped)
+            );
+            recorder.steps.pop();
+            assert_eq!(recorder.steps.last().map(String::as_str), last_done);
         }
     }
 }

@@ -515,8 +515,20 @@ impl Server {
     }
 
     /// Freezes the process (SIGSTOP).
+    /// Freezes the process (SIGSTOP) and returns once every thread is stopped: `kill`
+    /// returns before the signal is taken, and a thread still running could answer one
+    /// more message (a heartbeat) after the test believes the node frozen.
     pub fn sigstop(&self) {
         self.signal("-STOP");
+        let pid = self.pid().expect("server is not running");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !all_threads_stopped(pid) {
+            assert!(
+                Instant::now() < deadline,
+                "pid {pid} did not stop within 10 s"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
 
     /// Resumes a frozen process (SIGCONT).
@@ -737,4 +749,19 @@ fn read_from(path: &Path, offset: u64) -> String {
         let _ = f.read_to_end(&mut buf);
     }
     String::from_utf8_lossy(&buf).into_owned()
+}
+
+/// Every thread of `pid` is in the stopped state (`T` in /proc/<pid>/task/*/stat).
+fn all_threads_stopped(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return true; // the process is gone: nothing runs
+    };
+    tasks.flatten().all(|task| {
+        std::fs::read_to_string(task.path().join("stat")).map_or(true, |stat| {
+            // The state follows the command name, which is in parentheses.
+            stat.rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().next())
+                .is_some_and(|state| state == "T" || state == "t")
+        })
+    })
 }

@@ -27,6 +27,8 @@ pub struct Disk {
     meta: NodeMeta,
     pub bytes: Vec<u8>,
     pub synced_len: usize,
+    /// Rewrites so far: a sync started before one has nothing left to do.
+    pub generation: u64,
     /// End offsets of the frames written after `synced_len`.
     unsynced_frame_ends: Vec<usize>,
     /// What the running process reads back through [`DiskReader`] (the page cache): a copy
@@ -94,6 +96,7 @@ impl Disk {
             meta,
             bytes,
             synced_len,
+            generation: 0,
             unsynced_frame_ends: Vec::new(),
             page_cache: None,
         }
@@ -162,6 +165,7 @@ impl Disk {
                 .expect("the rewritten log encodes");
         self.bytes = bytes;
         self.synced_len = self.bytes.len();
+        self.generation += 1;
         self.unsynced_frame_ends.clear();
         if let Some(cache) = &self.page_cache {
             *cache.lock().expect("page cache lock") = self.bytes.clone();
@@ -169,9 +173,14 @@ impl Disk {
         frames
     }
 
-    pub fn sync(&mut self) {
-        self.synced_len = self.bytes.len();
-        self.unsynced_frame_ends.clear();
+    /// A sync that started when the file (of rewrite `generation`) was `len` bytes long:
+    /// what was written later may still be lost.
+    pub fn sync_through(&mut self, generation: u64, len: usize) {
+        if generation != self.generation {
+            return;
+        }
+        self.synced_len = self.synced_len.max(len);
+        self.unsynced_frame_ends.retain(|&end| end > len);
     }
 
     pub fn has_unsynced(&self) -> bool {
@@ -266,6 +275,7 @@ impl Disk {
     pub fn truncate_and_sync(&mut self, valid_len: usize) {
         self.bytes.truncate(valid_len);
         self.synced_len = valid_len;
+        self.generation += 1;
         self.unsynced_frame_ends.clear();
     }
 }

@@ -12,7 +12,8 @@ use raft::{GetEntriesContext, Storage};
 use redisraft::core::logfile::{self, LogPosition};
 use redisraft::core::node::{NodeParams, RaftNode, ReadRound, Role};
 use redisraft::core::pending::ReadBatches;
-use redisraft::core::ready::{run_cycle, CrashPoint, CycleSteps, Flow};
+use redisraft::core::persist::PersistQueue;
+use redisraft::core::ready::{finish_sync, run_cycle, CrashPoint, CycleSteps, Flow};
 use redisraft::core::snapshot_policy::{should_request_snapshot, LogFileState};
 use redisraft::core::storage::LogStore;
 
@@ -302,6 +303,19 @@ struct Proc {
     reads: ReadBatches,
     /// Ticks since this process started (read rounds expire in ticks).
     ticks: u64,
+    /// Ready cycles written and not yet durable (the driver's own queue).
+    persist: PersistQueue,
+    /// The sync thread's one sync in flight; it dies with the process.
+    sync_in_flight: Option<SimSync>,
+}
+
+/// A sync started by `CycleSteps::start_sync`: it makes durable what was written before
+/// it started, and finishes at step `done_at`.
+struct SimSync {
+    number: u64,
+    disk_generation: u64,
+    disk_len: usize,
+    done_at: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -320,9 +334,10 @@ struct SimNode {
     bootstrap_voters: Vec<u64>,
     disk: Disk,
     durable: Durable,
-    /// Batches written but not yet synced, oldest first: the next fsync makes them durable.
-    /// Only a process kill carries them across a restart.
-    unsynced: Vec<(Vec<Entry>, Option<HardState>)>,
+    /// Batches written but not yet synced, oldest first, by Ready number: a sync makes
+    /// those written before it started durable. Only a process kill carries them across
+    /// a restart.
+    unsynced: Vec<(u64, Vec<Entry>, Option<HardState>)>,
     proc: Option<Proc>,
     life: Life,
     /// Highest index applied by any incarnation.
@@ -573,6 +588,7 @@ impl World {
         for flight in due {
             self.deliver(flight)?;
         }
+        self.finish_due_syncs()?;
         // End of the inbox batch: every node runs its Ready loop.
         for id in self.running_ids() {
             if let Some(proc) = self.nodes.get_mut(&id).and_then(|n| n.proc.take()) {
@@ -1107,6 +1123,86 @@ impl World {
 
     // ---------------------------------------------------------------- the Ready loop
 
+    /// The sync thread's answers that are due: what each sync covered becomes durable,
+    /// then `core::ready::finish_sync` releases the acks waiting for it, as the driver
+    /// does on `DriverInput::Synced`.
+    fn finish_due_syncs(&mut self) -> SimResult<()> {
+        let now = self.now;
+        for id in self.running_ids() {
+            let Some(node) = self.nodes.get_mut(&id) else {
+                continue;
+            };
+            let due = node.proc.as_ref().and_then(|p| p.sync_in_flight.as_ref());
+            if due.is_none_or(|sync| sync.done_at > now) {
+                continue;
+            }
+            let mut proc = node.proc.take().expect("a running node has a process");
+            let sync = proc.sync_in_flight.take().expect("checked above");
+            if self.p.mutation != Mutation::NoFsync {
+                self.make_durable(id, &sync)?;
+            }
+            let crash_at = if self.chaos && self.rng.chance(self.f.midcycle_crash_p) {
+                Some(
+                    *self
+                        .rng
+                        .pick(&[CrashPoint::AfterSync, CrashPoint::AfterAcks]),
+                )
+            } else {
+                None
+            };
+            let mut persist = std::mem::take(&mut proc.persist);
+            let mut cycle = SimCycle {
+                world: self,
+                id,
+                number: 0,
+                proc: &mut proc,
+                crash_at,
+                removed: false,
+            };
+            let flow = finish_sync(sync.number, &mut persist, &mut cycle)?;
+            proc.persist = persist;
+            if flow == Flow::Stopped {
+                continue;
+            }
+            self.pump_and_keep(id, proc)?;
+        }
+        Ok(())
+    }
+
+    /// `LogSyncer::sync`: the bytes written before the sync started are durable (all of
+    /// them if the log was rewritten since, which syncs the new file).
+    fn make_durable(&mut self, id: u64, sync: &SimSync) -> SimResult<()> {
+        let node = self.nodes.get_mut(&id).expect("exists");
+        node.disk.sync_through(sync.disk_generation, sync.disk_len);
+        let mut replaced = None;
+        let covered = node
+            .unsynced
+            .iter()
+            .take_while(|(number, _, _)| *number <= sync.number)
+            .count();
+        for (_, entries, hard_state) in node.unsynced.drain(..covered) {
+            let from = node
+                .durable
+                .log
+                .append_raft(&entries)
+                .map_err(|e| format!("node {id}: {e}"))?;
+            if let Some(from) = from {
+                replaced = Some(replaced.map_or(from, |r: u64| r.min(from)));
+            }
+            if let Some(hs) = hard_state {
+                node.durable.hard_state = logfile::SavedHardState {
+                    term: hs.term,
+                    vote: hs.vote,
+                    commit: hs.commit,
+                };
+            }
+        }
+        if let Some(from) = replaced {
+            self.check_durable_quorums(from)?;
+        }
+        Ok(())
+    }
+
     /// `Driver::pump_ready`, step for step, with a chance of crashing between steps.
     /// Runs each Ready through `core::ready::run_cycle`, the driver's own order, with
     /// the simulated disk and network, and sometimes a crash at one of its crash points.
@@ -1145,16 +1241,19 @@ impl World {
                     hs.vote = 0;
                 }
             }
+            let mut persist = std::mem::take(&mut proc.persist);
             let mut cycle = SimCycle {
                 world: self,
                 id,
+                number: out.number,
                 proc,
                 crash_at,
                 removed: false,
-                wrote: false,
             };
-            let flow = run_cycle(out, &mut cycle)?;
+            let flow = run_cycle(out, &mut persist, &mut cycle);
             removed |= cycle.removed;
+            proc.persist = persist;
+            let flow = flow?;
             if flow == Flow::Stopped {
                 return Ok(PumpEnd::Crashed);
             }
@@ -1826,6 +1925,8 @@ impl World {
             told_removed: false,
             reads: ReadBatches::default(),
             ticks: 0,
+            persist: PersistQueue::new(true),
+            sync_in_flight: None,
         };
         // Replay what is already committed first: conf changes in it decide who votes.
         self.pump_and_keep(id, proc)?;
@@ -2252,12 +2353,12 @@ impl World {
 struct SimCycle<'a> {
     world: &'a mut World,
     id: u64,
+    /// The Ready number of the cycle run (0 when finishing a sync).
+    number: u64,
     proc: &'a mut Proc,
     crash_at: Option<CrashPoint>,
     /// An applied entry removed this node.
     removed: bool,
-    /// This cycle wrote to the disk.
-    wrote: bool,
 }
 
 impl CycleSteps for SimCycle<'_> {
@@ -2292,44 +2393,57 @@ impl CycleSteps for SimCycle<'_> {
         if let Some(first) = entries.first() {
             self.proc.raft.record_frames(first.index, &frames);
         }
-        node.unsynced.push((entries.to_vec(), hard_state.cloned()));
+        let number = self.number;
+        node.unsynced
+            .push((number, entries.to_vec(), hard_state.cloned()));
         self.proc
             .log
             .append_raft(entries)
             .map_err(|e| format!("node {id}: raft handed out a bad batch: {e}"))?;
-        self.wrote = true;
         Ok(())
     }
 
-    fn sync(&mut self) -> SimResult<()> {
-        if self.world.p.mutation == Mutation::NoFsync {
-            return Ok(());
-        }
-        let id = self.id;
-        let node = self.world.nodes.get_mut(&id).expect("exists");
-        node.disk.sync();
-        let mut replaced = None;
-        for (entries, hard_state) in std::mem::take(&mut node.unsynced) {
-            let from = node
-                .durable
-                .log
-                .append_raft(&entries)
-                .map_err(|e| format!("node {id}: {e}"))?;
-            if let Some(from) = from {
-                replaced = Some(replaced.map_or(from, |r: u64| r.min(from)));
-            }
-            if let Some(hs) = hard_state {
-                node.durable.hard_state = logfile::SavedHardState {
-                    term: hs.term,
-                    vote: hs.vote,
-                    commit: hs.commit,
-                };
-            }
-        }
-        if let Some(from) = replaced {
-            self.world.check_durable_quorums(from)?;
+    fn start_sync(&mut self, number: u64) -> SimResult<()> {
+        assert!(
+            self.proc.sync_in_flight.is_none(),
+            "node {}: a second sync started while one is in flight",
+            self.id
+        );
+        let rng = &mut self.world.rng;
+        // Mostly quick; sometimes a slow disk holds a sync across several heartbeats.
+        let delay = if rng.chance(0.05) {
+            rng.range(10, 40)
+        } else {
+            rng.range(1, 4)
+        };
+        let disk = &self.world.nodes[&self.id].disk;
+        self.proc.sync_in_flight = Some(SimSync {
+            number,
+            disk_generation: disk.generation,
+            disk_len: disk.bytes.len(),
+            done_at: self.world.now + delay,
+        });
+        Ok(())
+    }
+
+    fn sync_now(&mut self) -> SimResult<()> {
+        let disk = &self.world.nodes[&self.id].disk;
+        let sync = SimSync {
+            number: self.number,
+            disk_generation: disk.generation,
+            disk_len: disk.bytes.len(),
+            done_at: self.world.now,
+        };
+        if self.world.p.mutation != Mutation::NoFsync {
+            self.world.make_durable(self.id, &sync)?;
         }
         Ok(())
+    }
+
+    fn durable(&mut self, number: u64) -> SimResult<()> {
+        self.proc.raft.on_persisted(number);
+        // A leader counts its own entries from now on: it may commit.
+        self.world.observe_commit(self.id, self.proc)
     }
 
     fn role_changed(&mut self, _role: Role, _leader: u64) -> SimResult<()> {
@@ -2337,9 +2451,6 @@ impl CycleSteps for SimCycle<'_> {
     }
 
     fn reached(&mut self, point: CrashPoint) -> SimResult<Flow> {
-        if point == CrashPoint::AfterSync && self.wrote {
-            self.world.observe_commit(self.id, self.proc)?;
-        }
         if self.crash_at != Some(point) {
             return Ok(Flow::Continue);
         }
@@ -2347,7 +2458,7 @@ impl CycleSteps for SimCycle<'_> {
             CrashPoint::AfterSend => "after sending (and installing a snapshot), before writing",
             CrashPoint::AfterWrite => "after writing, before fsync",
             CrashPoint::AfterSync => "after fsync, before the acks",
-            CrashPoint::AfterAcks => "after the acks, before applying",
+            CrashPoint::AfterAcks => "after the acks of durable cycles",
         };
         self.world.crash_mid_cycle(self.id, why);
         Ok(Flow::Stopped)
