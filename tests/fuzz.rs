@@ -22,9 +22,9 @@ use protobuf::Message as _;
 use raft::eraftpb::{
     ConfChangeType, ConfState, Entry, EntryType, Message, MessageType, Snapshot, SnapshotMetadata,
 };
+use redisraft::adapters::disk::logio::LogFile;
 use redisraft::adapters::ffi::alloc_probe::CountingAlloc;
-use redisraft::adapters::logio::LogFile;
-use redisraft::adapters::transport::decode_raft_msg;
+use redisraft::adapters::network::transport::decode_raft_msg;
 use redisraft::core::entry::{Origin, Payload};
 use redisraft::core::logfile::{self, Record};
 use redisraft::core::membership::{single_change, ChangeContext, Membership};

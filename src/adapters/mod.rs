@@ -1,26 +1,19 @@
-//! The thin adapters between the pure core and the outside world: Redis, threads, disk.
-pub mod active_expiry;
-pub mod apply;
-pub mod blocking;
-pub mod configs;
-pub mod driver;
-pub mod execute;
+//! The thin adapters between the pure core and the outside world, grouped by what they
+//! touch. Imports go one way only, down this list (`tests/layering.rs` checks it):
+//!
+//! 1. `redis`: the Redis main thread (and the snapshot fork child): commands, the
+//!    filter, applying committed entries, blocking, replies, configs, INFO.
+//! 2. `raft_thread`: the driver thread that owns the raft node and the log.
+//! 3. `network`: peer connections both ways (transport, listener, snapshot sending, TLS).
+//! 4. `disk`: the log file and the snapshot files.
+//! 5. shared leaves any layer may use: `queue` (bounded channels), `counters` (what INFO
+//!    counts) and `ffi` (the only `unsafe`, the Redis module API).
+//!
+//! Below all of them is `crate::core`, which imports no adapter.
+pub mod counters;
+pub mod disk;
 pub mod ffi;
-pub mod handlers;
-pub mod info;
-pub mod logio;
-pub mod membership;
-pub mod module;
-pub mod peer_guard;
-pub mod peer_inbound;
-pub mod peer_listener;
-pub mod proxy;
+pub mod network;
 pub mod queue;
-pub mod snapshot_transfer;
-pub mod snapshots;
-pub mod state;
-pub mod tls;
-pub mod topology;
-pub mod transactions;
-pub mod transport;
-pub mod watch;
+pub mod raft_thread;
+pub mod redis;

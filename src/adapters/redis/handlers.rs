@@ -5,12 +5,14 @@ use std::path::PathBuf;
 
 use redis_module::{Context, RedisError, RedisResult, RedisString, RedisValue};
 
-use crate::adapters::configs::config;
-use crate::adapters::driver::DriverInput;
+use crate::adapters::disk::logio::LogFile;
 use crate::adapters::ffi::{self, Answer, FilterCtx, RawCtx};
-use crate::adapters::logio::LogFile;
-use crate::adapters::state::{self, call_locally, with_state, with_table, NodeState, Waiter};
-use crate::adapters::{execute, transactions};
+use crate::adapters::raft_thread::driver::DriverInput;
+use crate::adapters::redis::configs::config;
+use crate::adapters::redis::state::{
+    self, call_locally, with_state, with_table, NodeState, Waiter,
+};
+use crate::adapters::redis::{execute, transactions};
 use crate::core::commands::{
     arity_error, unknown_command_error, AclDenied, Class, CommandInfo, CommandTable, ServerFlavor,
 };
@@ -93,7 +95,7 @@ pub extern "C" fn command_filter(fctx: FilterCtx) {
         return;
     }
     if state::is_applying() {
-        crate::adapters::execute::filter_own_command(fctx, &argv);
+        crate::adapters::redis::execute::filter_own_command(fctx, &argv);
         return;
     }
     if with_table(|table| table.is_ignored(&argv)) {
@@ -285,10 +287,10 @@ pub fn submit(
             if config().follower_proxy && !restricted {
                 let leader = leader.to_string();
                 let forwarded = if transaction {
-                    crate::adapters::proxy::forward_transaction(ctx, leader, commands)
+                    crate::adapters::redis::proxy::forward_transaction(ctx, leader, commands)
                 } else {
                     let argv = commands.into_iter().next().unwrap_or_default();
-                    crate::adapters::proxy::forward(ctx, leader, argv)
+                    crate::adapters::redis::proxy::forward(ctx, leader, argv)
                 };
                 if forwarded {
                     return Ok(RedisValue::NoReply);
@@ -322,7 +324,7 @@ pub fn submit(
         }
     }
     let blocking = match (class, transaction) {
-        (Class::Write, false) => crate::adapters::blocking::describe(ctx, &commands[0]),
+        (Class::Write, false) => crate::adapters::redis::blocking::describe(ctx, &commands[0]),
         _ => None,
     };
     let client = match blocking {
@@ -351,7 +353,7 @@ pub fn submit(
 /// while an EXEC with WATCH waits for its quiet point (see `watch`).
 pub fn propose_commands(waiter: Waiter, commands: Vec<Argv>, transaction: bool) {
     if let Some((waiter, commands, transaction)) =
-        crate::adapters::watch::hold_if_barrier(waiter, commands, transaction)
+        crate::adapters::redis::watch::hold_if_barrier(waiter, commands, transaction)
     {
         send_proposal(waiter, commands, transaction);
     }
@@ -391,7 +393,7 @@ pub fn send_proposal_at(
             commands,
         };
         state.waiters.insert(request_id, waiter);
-        crate::adapters::watch::proposed(request_id);
+        crate::adapters::redis::watch::proposed(request_id);
         state
             .send_to_driver(DriverInput::Propose {
                 request_id,
@@ -400,7 +402,7 @@ pub fn send_proposal_at(
             .map_err(|error| (request_id, error))
     });
     if let Err((request_id, _)) = &sent {
-        crate::adapters::watch::settled(*request_id);
+        crate::adapters::redis::watch::settled(*request_id);
     }
     fail_unsent(sent);
 }
@@ -455,7 +457,7 @@ pub fn raft_cluster(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
         .map(|a| a.to_string_lossy().to_ascii_lowercase());
     match sub.as_deref() {
         Some("init") => cluster_init(ctx, &args[2..]),
-        Some("join") => crate::adapters::membership::cluster_join(ctx, &args[2..]),
+        Some("join") => crate::adapters::redis::membership::cluster_join(ctx, &args[2..]),
         _ => reply_error("ERR RAFT.CLUSTER supports INIT / JOIN only"),
     }
 }
@@ -486,7 +488,7 @@ fn cluster_init(ctx: &Context, args: &[RedisString]) -> RedisResult {
         );
     }
     // Before the log exists: a node that cannot talk to peers must not become a member.
-    if let Err(message) = crate::adapters::tls::from_server(ctx.ctx) {
+    if let Err(message) = crate::adapters::redis::configs::peer_tls_from_server(ctx.ctx) {
         return reply_error(&format!("ERR {message}"));
     }
     let node_id = pick_node_id();
@@ -556,7 +558,7 @@ pub fn raft_debug(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
                     RedisError::Str("ERR RAFT.DEBUG COMPACT takes an integer (0: wait)")
                 })? != 0,
             };
-            crate::adapters::snapshots::compact_now(ctx, background)
+            crate::adapters::redis::snapshots::compact_now(ctx, background)
         }
         Some("commandspec") if args.len() >= 3 => {
             let words: Vec<Vec<u8>> = args[2..]
@@ -575,7 +577,7 @@ pub fn raft_debug(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
             }
         }
         Some("commandspec") => Err(RedisError::WrongArity),
-        Some("nodecfg") => crate::adapters::membership::node_cfg(ctx, &args),
+        Some("nodecfg") => crate::adapters::redis::membership::node_cfg(ctx, &args),
         // The replicated script registry EVALSHA runs from (tests compare it per node).
         Some("scripts") => Ok(RedisValue::Array(with_state(|state| {
             state

@@ -23,7 +23,7 @@ use tokio::net::TcpSocket;
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, Notify};
 
-use crate::adapters::tls::{self, PeerTls};
+use crate::adapters::network::tls::{self, PeerTls};
 use crate::core::resp::{encode_command, parse_value, RespLimits, RespValue};
 
 pub const RAFT_MSG_COMMAND: &str = "RAFT.MSG";
@@ -31,8 +31,6 @@ pub const RAFT_MSG_COMMAND: &str = "RAFT.MSG";
 pub const PEER_PORT_COMMAND: &str = "RAFT._PEER_PORT";
 /// A member answers `REMOVED ...` to messages from a node whose removal it applied.
 pub const REMOVED_ERROR_PREFIX: &str = "REMOVED";
-/// Set when a peer told us we were removed from the cluster; the driver acts on it.
-pub static TOLD_REMOVED: AtomicBool = AtomicBool::new(false);
 
 /// Batches written but not yet answered, per peer; beyond this the writer waits.
 const MAX_BATCHES_IN_FLIGHT: usize = 64;
@@ -140,6 +138,8 @@ struct Inner {
     runtime: tokio::runtime::Handle,
     peers: Mutex<HashMap<u64, PeerEntry>>,
     unreachable: Arc<Mutex<BTreeSet<u64>>>,
+    /// A peer answered that this node's removal is committed.
+    told_removed: Arc<AtomicBool>,
     stop: Arc<Notify>,
     stopped: AtomicBool,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
@@ -264,6 +264,7 @@ impl Transport {
             runtime: runtime.handle().clone(),
             peers: Mutex::new(HashMap::new()),
             unreachable: Arc::new(Mutex::new(BTreeSet::new())),
+            told_removed: Arc::new(AtomicBool::new(false)),
             stop: stop.clone(),
             stopped: AtomicBool::new(false),
             thread: Mutex::new(None),
@@ -331,6 +332,7 @@ impl Transport {
                 config: self.inner.config.clone(),
                 counters: counters.clone(),
                 unreachable: self.inner.unreachable.clone(),
+                told_removed: self.inner.told_removed.clone(),
             };
             (queue, self.inner.runtime.spawn(run_peer(link, queue_rx)))
         };
@@ -411,6 +413,11 @@ impl Transport {
         std::mem::take(&mut *lock(&self.inner.unreachable))
             .into_iter()
             .collect()
+    }
+
+    /// Whether a peer answered, since the last call, that this node was removed.
+    pub fn take_told_removed(&self) -> bool {
+        self.inner.told_removed.swap(false, Ordering::AcqRel)
     }
 
     /// One entry per peer, ordered by id.
@@ -509,6 +516,7 @@ struct PeerLink {
     config: Arc<TransportConfig>,
     counters: Arc<PeerCounters>,
     unreachable: Arc<Mutex<BTreeSet<u64>>>,
+    told_removed: Arc<AtomicBool>,
 }
 
 impl PeerLink {
@@ -923,7 +931,7 @@ async fn read_replies(
                 (InFlightKind::Batch, Some(error)) => {
                     link.counters.error_replies.fetch_add(1, Ordering::Relaxed);
                     if error.starts_with(REMOVED_ERROR_PREFIX) {
-                        TOLD_REMOVED.store(true, Ordering::SeqCst);
+                        link.told_removed.store(true, Ordering::Release);
                     }
                     log.line(
                         log::Level::Warn,

@@ -22,7 +22,6 @@ use std::time::Instant;
 
 use raft::eraftpb::{Entry, HardState};
 
-use crate::adapters::driver::SharedStatus;
 use crate::core::logfile::{self, FrameLocation, LogPosition, NodeMeta, Record, Recovered};
 use crate::core::storage::LogReader;
 
@@ -401,17 +400,22 @@ impl LogFile {
         self.fsync_stats.record(started);
     }
 
-    pub fn publish_stats(&self, shared: &SharedStatus) {
+    /// Syncs so far: how many, their total and their longest duration.
+    pub fn fsync_figures(&self) -> FsyncFigures {
         let stats = &self.fsync_stats;
-        shared.file_size.store(self.size_bytes, Ordering::Relaxed);
-        for (to, from) in [
-            (&shared.fsync_count, &stats.count),
-            (&shared.fsync_total_us, &stats.total_us),
-            (&shared.fsync_max_us, &stats.max_us),
-        ] {
-            to.store(from.load(Ordering::Relaxed), Ordering::Relaxed);
+        FsyncFigures {
+            count: stats.count.load(Ordering::Relaxed),
+            total_us: stats.total_us.load(Ordering::Relaxed),
+            max_us: stats.max_us.load(Ordering::Relaxed),
         }
     }
+}
+
+/// A reading of the log's fsync counters (INFO `raft_fsync_*`).
+pub struct FsyncFigures {
+    pub count: u64,
+    pub total_us: u64,
+    pub max_us: u64,
 }
 
 #[cfg(test)]
@@ -471,7 +475,7 @@ mod tests {
         std::process::Command::new(std::env::current_exe().unwrap())
             .args([
                 "--exact",
-                "adapters::logio::tests::fault_child",
+                "adapters::disk::logio::tests::fault_child",
                 "--nocapture",
                 "--test-threads=1",
             ])

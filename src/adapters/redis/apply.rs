@@ -10,10 +10,10 @@ use std::sync::Mutex;
 use protobuf::Message as _;
 use raft::eraftpb::{ConfChangeV2, Entry, EntryType};
 
-use crate::adapters::driver::MainTask;
 use crate::adapters::ffi::{self, Answer};
-use crate::adapters::state::{with_state, NodeState};
-use crate::adapters::{blocking, execute, watch};
+use crate::adapters::raft_thread::driver::MainTask;
+use crate::adapters::redis::state::{with_state, NodeState};
+use crate::adapters::redis::{blocking, execute, watch};
 use crate::core::entry::Payload;
 use crate::core::membership::{Applied, ChangeContext};
 use crate::core::pending::RequestId;
@@ -74,7 +74,7 @@ extern "C" fn on_wake(_: *mut c_void) {
 fn run_task(task: MainTask) {
     match task {
         MainTask::Apply(entries) => {
-            let delay = crate::adapters::configs::apply_delay();
+            let delay = crate::adapters::redis::configs::apply_delay();
             for entry in entries {
                 if let Some(delay) = delay {
                     std::thread::sleep(delay);
@@ -91,18 +91,21 @@ fn run_task(task: MainTask) {
             watch::progress();
         }
         MainTask::LeaveCluster => {
-            if with_state(|state| state.node_state == crate::adapters::state::NodeState::Up) {
+            if with_state(|state| state.node_state == crate::adapters::redis::state::NodeState::Up)
+            {
                 with_state(|state| state.removed = true);
                 leave_after_removal();
             }
         }
         MainTask::TakeSnapshot => {
-            if let Err(e) =
-                crate::adapters::snapshots::start(&crate::adapters::handlers::log_path())
-            {
+            if let Err(e) = crate::adapters::redis::snapshots::start(
+                &crate::adapters::redis::handlers::log_path(),
+            ) {
                 log::info!("raft: snapshot not started: {e}");
                 let _ = with_state(|state| {
-                    state.send_to_driver(crate::adapters::driver::DriverInput::SnapshotFailed)
+                    state.send_to_driver(
+                        crate::adapters::raft_thread::driver::DriverInput::SnapshotFailed,
+                    )
                 });
             }
         }
@@ -212,8 +215,9 @@ fn note_entry_time(time_ms: i64) -> i64 {
 
 /// Loads the snapshot raft just installed, replacing the whole dataset.
 fn install_snapshot(index: u64, file: std::fs::File) {
-    let files =
-        crate::adapters::snapshots::SnapshotFiles::for_log(&crate::adapters::handlers::log_path());
+    let files = crate::adapters::disk::snapshot_files::SnapshotFiles::for_log(
+        &crate::adapters::redis::handlers::log_path(),
+    );
     let (ctx, dbid) = with_state(|state| {
         (
             state.apply_ctx,
@@ -225,11 +229,12 @@ fn install_snapshot(index: u64, file: std::fs::File) {
         )
     });
     watch::everything_modified();
-    let snapshot = crate::adapters::snapshots::load_into_server(ctx, file, &files.current, &dbid)
-        .unwrap_or_else(|e| {
-            log::error!("raft: FATAL: cannot load the installed snapshot: {e}");
-            std::process::abort();
-        });
+    let snapshot =
+        crate::adapters::redis::snapshots::load_into_server(ctx, file, &files.current, &dbid)
+            .unwrap_or_else(|e| {
+                log::error!("raft: FATAL: cannot load the installed snapshot: {e}");
+                std::process::abort();
+            });
     assert_eq!(
         snapshot.index, index,
         "the installed snapshot file changed under us"
@@ -238,7 +243,7 @@ fn install_snapshot(index: u64, file: std::fs::File) {
         state.applied_index = snapshot.index;
         state.applied_term = snapshot.term;
         state.note_snapshot_time(snapshot.applied_time_ms);
-        state.membership = crate::adapters::snapshots::members_of(&snapshot);
+        state.membership = crate::adapters::disk::snapshot_files::members_of(&snapshot);
     });
     serve_confirmed_reads();
     finish_loading_if_caught_up();
@@ -289,8 +294,8 @@ fn leave_after_removal() {
     for (waiter, answer) in waiters {
         ffi::unblock(waiter.client, answer);
     }
-    let path = crate::adapters::handlers::log_path();
-    let snapshot = crate::adapters::snapshots::SnapshotFiles::for_log(&path).current;
+    let path = crate::adapters::redis::handlers::log_path();
+    let snapshot = crate::adapters::disk::snapshot_files::SnapshotFiles::for_log(&path).current;
     for file in [path, snapshot] {
         if !file.exists() {
             continue;
@@ -304,7 +309,7 @@ fn leave_after_removal() {
             Err(e) => log::warn!("raft: could not move {} aside: {e}", file.display()),
         }
     }
-    crate::adapters::snapshots::set_current_index(0);
+    crate::adapters::disk::snapshot_files::set_current_index(0);
 }
 
 /// Runs every confirmed read whose read index has been applied.
@@ -333,7 +338,7 @@ fn serve_confirmed_reads() {
             };
             if execute::reads_expired_key(ctx, &argv) {
                 // Only the log may delete an expired key on every node alike.
-                crate::adapters::handlers::propose_commands(waiter, vec![argv], false);
+                crate::adapters::redis::handlers::propose_commands(waiter, vec![argv], false);
                 continue;
             }
             let answer = execute::run_read(ctx, &argv, waiter.user.as_deref(), waiter.resp3);

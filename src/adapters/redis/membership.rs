@@ -8,21 +8,21 @@ use std::time::{Duration, Instant};
 use raft::eraftpb::ConfChangeType;
 use redis_module::{Context, RedisError, RedisResult, RedisString, RedisValue};
 
-use crate::adapters::apply::run_on_main;
-use crate::adapters::configs::config;
-use crate::adapters::driver::DriverInput;
-use crate::adapters::ffi::{self, Answer, BlockedClient};
-use crate::adapters::handlers::{log_path, pick_node_id};
-use crate::adapters::logio::LogFile;
-use crate::adapters::peer_guard;
-use crate::adapters::peer_inbound;
-use crate::adapters::state::{self, with_state, NodeState, Waiter};
-use crate::adapters::transport::{decode_raft_msg, Transport, TransportConfig};
+use crate::adapters::disk::logio::LogFile;
+use crate::adapters::ffi::{self, Answer, BlockedClient, RawCtx};
+use crate::adapters::network::peer_guard;
+use crate::adapters::network::peer_inbound;
+use crate::adapters::network::transport::{decode_raft_msg, Transport, TransportConfig};
+use crate::adapters::raft_thread::driver::DriverInput;
+use crate::adapters::redis::apply::run_on_main;
+use crate::adapters::redis::configs::config;
+use crate::adapters::redis::handlers::{log_path, pick_node_id};
+use crate::adapters::redis::state::{self, with_state, NodeState, Waiter};
 use crate::core::config::parse_addr;
 use crate::core::entry::Origin;
 use crate::core::logfile::NodeMeta;
 use crate::core::membership::{single_change, ChangeContext};
-use crate::core::peer_check::Refusal;
+use crate::core::peer_check::{check_peer_user, Refusal};
 use crate::core::resp::RespValue;
 
 /// Removing the only voter would leave a cluster that can never elect a leader.
@@ -71,7 +71,7 @@ pub fn cluster_join(ctx: &Context, args: &[RedisString]) -> RedisResult {
     let node_id = pick_node_id();
     let my_addr = state::my_addr(ctx.ctx);
     let settings = config().clone();
-    let tls = match crate::adapters::tls::from_server(ctx.ctx) {
+    let tls = match crate::adapters::redis::configs::peer_tls_from_server(ctx.ctx) {
         Ok(tls) => tls.map(|configs| configs.client),
         Err(message) => return error(&format!("ERR {message}")),
     };
@@ -178,7 +178,7 @@ fn ask_to_join(
                         return Err(format!("{target} refused node id {node_id}: {message}"));
                     }
                     // Our random id collided with one used before: draw another.
-                    node_id = crate::adapters::handlers::random_node_id();
+                    node_id = crate::adapters::redis::handlers::random_node_id();
                     targets.push_front(target);
                     continue;
                 }
@@ -424,7 +424,7 @@ pub fn node_cfg(ctx: &Context, args: &[RedisString]) -> RedisResult {
 
 fn unused_random_id(state: &state::MainState) -> u64 {
     loop {
-        let id = crate::adapters::handlers::random_node_id();
+        let id = crate::adapters::redis::handlers::random_node_id();
         if !state.membership.is_used(id) {
             return id;
         }
@@ -533,7 +533,10 @@ pub fn timeout_now(_ctx: &Context, _args: Vec<RedisString>) -> RedisResult {
 /// `RAFT._PEER_PORT`: the port of this node's raft peer listener (0: none), which a peer
 /// asks for on this node's Redis port before it connects there.
 pub fn peer_port(ctx: &Context, _args: Vec<RedisString>) -> RedisResult {
-    peer_guard::check_caller(ctx.ctx, crate::adapters::transport::PEER_PORT_COMMAND)?;
+    check_peer_caller(
+        ctx.ctx,
+        crate::adapters::network::transport::PEER_PORT_COMMAND,
+    )?;
     // Before the node runs, as RAFT.MSG would: the peer retries instead of settling for
     // the Redis port.
     let port = with_state(|state| match (&state.node_state, &state.transport) {
@@ -549,7 +552,7 @@ pub fn peer_port(ctx: &Context, _args: Vec<RedisString>) -> RedisResult {
 /// message decodes, is from the sender and for this node, the dbid is ours and the sender
 /// is a member (or a leader this node does not know yet): see `core::peer_check`.
 pub fn raft_msg(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
-    peer_guard::check_caller(ctx.ctx, "RAFT.MSG")?;
+    check_peer_caller(ctx.ctx, "RAFT.MSG")?;
     let raw_args: Vec<&[u8]> = args[1..].iter().map(|a| a.as_slice()).collect();
     let decoded = decode_raft_msg(&raw_args).map_err(|e| {
         let client = ffi::data::client_id(ctx.ctx);
@@ -568,7 +571,7 @@ pub fn raft_msg(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
             peer_inbound::admit_against(decoded, my_dbid, state.my_id(), &state.membership)
                 .map_err(RedisError::String)?;
         for input in inputs {
-            if let Err(e) = state.send_to_driver(input) {
+            if let Err(e) = state.send_to_driver(DriverInput::from(input)) {
                 return error(e);
             }
         }
@@ -579,4 +582,27 @@ pub fn raft_msg(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
 /// The error for a refused sender, after counting and logging the refusal (rate-limited).
 pub fn refuse_sender(refusal: Refusal, sender: u64, dbid: &str) -> RedisError {
     RedisError::String(peer_inbound::refusal_reply(refusal, sender, dbid))
+}
+
+/// Internal peer commands are for the cluster user only (`raft.cluster-user` when
+/// `raft.cluster-password` is set, else `default`): anyone else gets Redis' NOPERM.
+pub fn check_peer_caller(ctx: RawCtx, command: &str) -> Result<(), RedisError> {
+    let user = ffi::data::current_user_name(ctx);
+    let verdict = {
+        let config = config();
+        check_peer_user(
+            user.as_deref(),
+            &config.cluster_user,
+            &config.cluster_password,
+            command,
+        )
+    };
+    verdict.map_err(|message| {
+        let user = user.unwrap_or_default();
+        let client = ffi::data::client_id(ctx);
+        peer_guard::refused(format!("user:{user}"), || {
+            format!("refused {command} from client {client} authenticated as user '{user}': only the cluster user may send peer messages")
+        });
+        RedisError::String(message)
+    })
 }

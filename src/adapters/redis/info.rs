@@ -5,25 +5,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use redis_module::{InfoContext, RedisResult};
 
-use crate::adapters::driver::role_name;
-use crate::adapters::state::{with_state, NodeState};
-
-/// Counters of peer traffic, bumped by RAFT.MSG on the main thread.
-#[derive(Default)]
-pub struct PeerTrafficStats {
-    pub appendreq_received: AtomicU64,
-    pub appendreq_with_entry_received: AtomicU64,
-    pub snapshotreq_received: AtomicU64,
-}
-
-pub static PEER_TRAFFIC: PeerTrafficStats = PeerTrafficStats {
-    appendreq_received: AtomicU64::new(0),
-    appendreq_with_entry_received: AtomicU64::new(0),
-    snapshotreq_received: AtomicU64::new(0),
-};
-
-pub static SNAPSHOTS_CREATED: AtomicU64 = AtomicU64::new(0);
-pub static SNAPSHOTS_RECEIVED: AtomicU64 = AtomicU64::new(0);
+use crate::adapters::counters::{PEER_TRAFFIC, SNAPSHOTS_CREATED, SNAPSHOTS_RECEIVED};
+use crate::adapters::raft_thread::driver::role_name;
+use crate::adapters::redis::state::{with_state, NodeState};
 
 /// Proxied-command counters (follower-proxy).
 pub static PROXY_REQS: AtomicU64 = AtomicU64::new(0);
@@ -130,8 +114,8 @@ fn build(ctx: &InfoContext) -> RedisResult<()> {
             ),
         )?;
     }
-    let snapshot = crate::adapters::snapshots::current_info();
-    let in_progress = crate::adapters::snapshots::in_progress_position();
+    let snapshot = crate::adapters::redis::snapshots::current_info();
+    let in_progress = crate::adapters::redis::snapshots::in_progress_position();
     let fsync_count = load(&shared.fsync_count);
     let fsync_avg_us = load(&shared.fsync_total_us)
         .checked_div(fsync_count)
@@ -177,7 +161,7 @@ fn build(ctx: &InfoContext) -> RedisResult<()> {
         // The original's sessions are clients with WATCH state.
         .field(
             "num_sessions",
-            crate::adapters::watch::watching_count() as u64,
+            crate::adapters::redis::watch::watching_count() as u64,
         )?
         .field("proxy_reqs", load(&PROXY_REQS))?
         .field("proxy_failed_reqs", load(&PROXY_FAILED_REQS))?
@@ -186,16 +170,19 @@ fn build(ctx: &InfoContext) -> RedisResult<()> {
         .field("waiting_requests", waiting_requests as u64)?
         .field(
             "blocked_clients",
-            crate::adapters::blocking::parked_count() as u64,
+            crate::adapters::redis::blocking::parked_count() as u64,
         )?
         .field(
             "watching_clients",
-            crate::adapters::watch::watching_count() as u64,
+            crate::adapters::redis::watch::watching_count() as u64,
         )?
-        .field("held_writes", crate::adapters::watch::held_count() as u64)?
+        .field(
+            "held_writes",
+            crate::adapters::redis::watch::held_count() as u64,
+        )?
         .field(
             "open_transactions",
-            crate::adapters::transactions::open_count() as u64,
+            crate::adapters::redis::transactions::open_count() as u64,
         )?
         .build_section()?
         .add_section("stats")
@@ -210,7 +197,7 @@ fn build(ctx: &InfoContext) -> RedisResult<()> {
         )?
         .field(
             "peer_messages_refused",
-            load(&crate::adapters::peer_guard::REFUSED),
+            load(&crate::adapters::network::peer_guard::REFUSED),
         )?
         .build_section()?
         .build_info()?;

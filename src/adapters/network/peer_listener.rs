@@ -19,11 +19,10 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 
-use crate::adapters::driver::DriverInput;
-use crate::adapters::peer_guard;
-use crate::adapters::peer_inbound::{self, PeerGate};
+use crate::adapters::network::peer_guard;
+use crate::adapters::network::peer_inbound::{self, PeerGate, PeerInput};
+use crate::adapters::network::transport::{decode_raft_msg, RAFT_MSG_COMMAND};
 use crate::adapters::queue::BoundedSender;
-use crate::adapters::transport::{decode_raft_msg, RAFT_MSG_COMMAND};
 use crate::core::peer_check::peer_auth_matches;
 use crate::core::resp::{encode_value, parse_command, RespLimits, RespValue};
 
@@ -62,11 +61,11 @@ pub fn bind(host: &str, port: u16) -> io::Result<std::net::TcpListener> {
 }
 
 /// Accepts peers until the runtime running it stops.
-pub async fn run(
+pub async fn run<I: From<PeerInput> + Send + 'static>(
     listener: std::net::TcpListener,
     config: ListenerConfig,
     gate: GateReceiver,
-    to_driver: BoundedSender<DriverInput>,
+    to_driver: BoundedSender<I>,
 ) {
     let listener = match tokio::net::TcpListener::from_std(listener) {
         Ok(listener) => listener,
@@ -110,12 +109,12 @@ pub async fn run(
     }
 }
 
-async fn accept(
+async fn accept<I: From<PeerInput>>(
     stream: tokio::net::TcpStream,
     peer: SocketAddr,
     config: &ListenerConfig,
     gate: GateReceiver,
-    to_driver: BoundedSender<DriverInput>,
+    to_driver: BoundedSender<I>,
 ) -> Result<(), String> {
     match &config.tls {
         Some(tls) => {
@@ -141,11 +140,11 @@ async fn accept(
     }
 }
 
-struct Connection<'a> {
+struct Connection<'a, I> {
     peer: SocketAddr,
     config: &'a ListenerConfig,
     gate: GateReceiver,
-    to_driver: BoundedSender<DriverInput>,
+    to_driver: BoundedSender<I>,
     authenticated: bool,
 }
 
@@ -155,12 +154,12 @@ enum After {
     Close,
 }
 
-impl<'a> Connection<'a> {
+impl<'a, I: From<PeerInput>> Connection<'a, I> {
     fn new(
         peer: SocketAddr,
         config: &'a ListenerConfig,
         gate: GateReceiver,
-        to_driver: BoundedSender<DriverInput>,
+        to_driver: BoundedSender<I>,
     ) -> Self {
         Connection {
             peer,
@@ -291,7 +290,10 @@ impl<'a> Connection<'a> {
             Ok(inputs) => inputs,
             Err(reply) => return error(&reply, After::Continue),
         };
-        match self.to_driver.try_send_all(inputs) {
+        match self
+            .to_driver
+            .try_send_all(inputs.into_iter().map(I::from).collect())
+        {
             Ok(()) => (RespValue::Simple("OK".into()), After::Continue),
             // Raft resends what still matters once the driver catches up.
             Err(TrySendError::Full(_)) => error(ERR_DRIVER_BUSY, After::Continue),
@@ -323,7 +325,7 @@ mod tests {
     /// A listener on its own runtime thread, for node 1 of a cluster with node 2.
     struct Listening {
         port: u16,
-        inbox: BoundedReceiver<DriverInput>,
+        inbox: BoundedReceiver<PeerInput>,
         _runtime: std::thread::JoinHandle<()>,
         _stop: tokio::sync::oneshot::Sender<()>,
     }
@@ -440,9 +442,9 @@ mod tests {
         }
     }
 
-    fn next_peer_message(inbox: &BoundedReceiver<DriverInput>) -> Message {
+    fn next_peer_message(inbox: &BoundedReceiver<PeerInput>) -> Message {
         match inbox.recv_timeout(WAIT) {
-            Ok(DriverInput::Peer(message)) => *message,
+            Ok(PeerInput::Message(message)) => *message,
             Ok(_) => panic!("expected a peer message"),
             Err(e) => panic!("nothing reached the driver: {e}"),
         }

@@ -15,10 +15,10 @@ use std::ffi::{c_char, c_int};
 
 use redis_module::raw;
 
-use crate::adapters::execute::wall_clock_ms;
 use crate::adapters::ffi::data::{self, Args};
 use crate::adapters::ffi::{self, Answer, RawCtx};
-use crate::adapters::state::Waiter;
+use crate::adapters::redis::execute::wall_clock_ms;
+use crate::adapters::redis::state::Waiter;
 use crate::core::entry::Argv;
 
 /// What a waiting client needs besides its `Waiter`.
@@ -155,7 +155,7 @@ pub fn cancel(key: ffi::ClientKey, _why: ffi::Cancel) -> Option<Answer> {
         return Some(null_reply(&blocking.argv));
     }
     // An attempt in the log: answered (and freed) when it is applied.
-    crate::adapters::state::with_state(|state| {
+    crate::adapters::redis::state::with_state(|state| {
         let waiter = state.waiters.values().find(|w| w.client.key() == key)?;
         Some(
             waiter
@@ -176,7 +176,7 @@ pub unsafe extern "C" fn on_keyspace_event(
     _event: *const c_char,
     key: *mut raw::RedisModuleString,
 ) -> c_int {
-    crate::adapters::watch::key_modified(data::event_key(key));
+    crate::adapters::redis::watch::key_modified(data::event_key(key));
     if PARKED.with(|parked| !parked.borrow().is_empty()) {
         let key = data::event_key(key).to_vec();
         TOUCHED.with(|touched| touched.borrow_mut().insert(key));
@@ -219,11 +219,11 @@ pub fn retry_touched() {
         blocking,
     } in ready
     {
-        match crate::adapters::handlers::check_can_serve() {
+        match crate::adapters::redis::handlers::check_can_serve() {
             Ok(()) => {
                 let argv = blocking.argv.clone();
                 waiter.blocking = Some(blocking);
-                crate::adapters::handlers::propose_commands(waiter, vec![argv], false);
+                crate::adapters::redis::handlers::propose_commands(waiter, vec![argv], false);
             }
             // No leader known yet: keep waiting; `expire_waits` redirects or times out.
             Err(message) if message.starts_with("CLUSTERDOWN") => PARKED.with(|parked| {
@@ -238,7 +238,7 @@ pub fn retry_touched() {
 /// once this node cannot serve (it stopped leading).
 pub fn expire_waits() {
     let now_ms = wall_clock_ms();
-    let serving = redirect_now(crate::adapters::handlers::check_can_serve(), now_ms);
+    let serving = redirect_now(crate::adapters::redis::handlers::check_can_serve(), now_ms);
     let done: Vec<(Parked, Answer)> = PARKED.with(|parked| {
         let mut parked = parked.borrow_mut();
         let mut done = Vec::new();
@@ -291,7 +291,7 @@ fn redirect_now(serving: Result<(), String>, now_ms: i64) -> Result<(), String> 
     match since_ms {
         Some(since_ms) => {
             let election_timeout_ms =
-                crate::adapters::state::with_state(|state| state.node_election_timeout_ms);
+                crate::adapters::redis::state::with_state(|state| state.node_election_timeout_ms);
             let grace_ms = (election_timeout_ms * 2) as i64;
             if now_ms - since_ms < grace_ms {
                 Ok(())
@@ -314,7 +314,7 @@ const CHECK_PERIOD_MS: i64 = 20;
 
 unsafe extern "C" fn on_timer(ctx: RawCtx, _data: *mut std::ffi::c_void) {
     expire_waits();
-    crate::adapters::watch::progress();
+    crate::adapters::redis::watch::progress();
     data::create_timer(ctx, CHECK_PERIOD_MS, on_timer);
 }
 

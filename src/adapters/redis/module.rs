@@ -4,10 +4,12 @@ use std::ffi::c_void;
 
 use redis_module::{Context, InfoContext, RedisString, Status};
 
-use crate::adapters::state::{self, call_locally, with_state, NodeState};
-use crate::adapters::{
-    active_expiry, blocking, configs, execute, ffi, handlers, info, logio::LogFile, membership,
-    snapshot_transfer, snapshots, topology, transactions,
+use crate::adapters::disk::{logio::LogFile, snapshot_files};
+use crate::adapters::ffi;
+use crate::adapters::redis::state::{self, call_locally, with_state, NodeState};
+use crate::adapters::redis::{
+    active_expiry, blocking, configs, execute, handlers, info, membership, snapshot_receive,
+    snapshots, topology, transactions,
 };
 
 #[cfg(feature = "redis-alloc")]
@@ -44,12 +46,12 @@ pub const COMMANDS: &[ffi::CommandSpec] = &[
     ("raft._sort_reply", execute::sort_reply_command, "readonly"),
     (
         "raft.snapshot.chunk",
-        snapshot_transfer::receive_chunk,
+        snapshot_receive::receive_chunk,
         "admin",
     ),
     (
         "raft.snapshot.done",
-        snapshot_transfer::receive_done,
+        snapshot_receive::receive_done,
         "admin",
     ),
 ];
@@ -114,14 +116,14 @@ fn try_init(ctx: &Context, args: &[RedisString]) -> Result<(), String> {
     ) {
         return Err("cannot watch keyspace events (needed by blocking commands)".into());
     }
-    let files = snapshots::SnapshotFiles::for_log(&handlers::log_path());
+    let files = snapshot_files::SnapshotFiles::for_log(&handlers::log_path());
     files.remove_leftovers();
-    let cache_bytes = crate::adapters::configs::config().log_max_cache_size;
+    let cache_bytes = crate::adapters::redis::configs::config().log_max_cache_size;
     let cache_bytes = usize::try_from(cache_bytes).unwrap_or(usize::MAX);
     if let Some((log, recovered)) = LogFile::open(&handlers::log_path(), cache_bytes)? {
         if files.current.exists() {
             // Check the snapshot belongs with this log before the server starts serving.
-            let snapshot = snapshots::read_meta(&files.current)?;
+            let snapshot = snapshot_files::read_meta(&files.current)?;
             let dbid = recovered
                 .meta
                 .as_ref()
@@ -142,7 +144,7 @@ fn try_init(ctx: &Context, args: &[RedisString]) -> Result<(), String> {
                     snapshot.index
                 ));
             }
-            snapshots::set_current_index(snapshot.index);
+            snapshot_files::set_current_index(snapshot.index);
         } else if let Some(point) = recovered.compacted {
             return Err(format!(
                 "the log is compacted up to index {} but its snapshot {} is missing: refusing to start",
@@ -176,7 +178,7 @@ extern "C" fn boot_after_server_load(_: *mut c_void) {
             std::process::abort();
         }
     }
-    let files = snapshots::SnapshotFiles::for_log(&handlers::log_path());
+    let files = snapshot_files::SnapshotFiles::for_log(&handlers::log_path());
     let started = with_state(|state| state.boot.take()).and_then(|(log, recovered)| {
         let meta = recovered.meta.clone()?;
         // Libraries the server loaded from its RDB are as stale as its keys: the
@@ -185,7 +187,7 @@ extern "C" fn boot_after_server_load(_: *mut c_void) {
             return Some(Err(e));
         }
         let snapshot = if files.current.exists() {
-            match snapshots::open(&files.current)
+            match snapshot_files::open(&files.current)
                 .and_then(|file| snapshots::load_into_server(ctx, file, &files.current, &meta.dbid))
             {
                 Ok(snapshot) => Some(snapshot),
@@ -196,7 +198,7 @@ extern "C" fn boot_after_server_load(_: *mut c_void) {
         };
         Some(with_state(|state| {
             if let Some(snapshot) = &snapshot {
-                state.membership = snapshots::members_of(snapshot);
+                state.membership = snapshot_files::members_of(snapshot);
             }
             state::start_node(state, log, Some(recovered), meta, snapshot.as_ref())
         }))
@@ -229,7 +231,7 @@ extern "C" fn on_flush(
     _subevent: u64,
     _data: *mut c_void,
 ) {
-    crate::adapters::watch::everything_modified();
+    crate::adapters::redis::watch::everything_modified();
 }
 
 extern "C" fn on_event_loop(

@@ -7,11 +7,21 @@ use std::sync::atomic::Ordering;
 
 use raft::eraftpb::{Message, MessageType};
 
-use crate::adapters::driver::DriverInput;
-use crate::adapters::peer_guard;
-use crate::adapters::transport::{RaftMsg, REMOVED_ERROR_PREFIX};
+use crate::adapters::network::peer_guard;
+use crate::adapters::network::transport::{RaftMsg, REMOVED_ERROR_PREFIX};
 use crate::core::membership::Membership;
 use crate::core::peer_check::{check_sender, Refusal, SenderVerdict};
+
+/// What an admitted `RAFT.MSG` hands to the raft thread, in order.
+#[derive(Debug)]
+pub enum PeerInput {
+    /// Where a sender the membership does not know yet can be reached.
+    Address {
+        id: u64,
+        addr: String,
+    },
+    Message(Box<Message>),
+}
 
 /// What a receiver checks a sender against. The driver publishes a new value whenever
 /// its membership changes; the listener reads the latest one per batch.
@@ -22,10 +32,10 @@ pub struct PeerGate {
     pub membership: Membership,
 }
 
-/// Checks a decoded `RAFT.MSG` against `gate` and returns the driver inputs it becomes
+/// Checks a decoded `RAFT.MSG` against `gate` and returns the inputs it becomes
 /// (an address hint for a sender the membership does not know yet, then its messages),
 /// or the error reply. Refusals are counted and logged (rate-limited).
-pub fn admit(decoded: RaftMsg, gate: &PeerGate) -> Result<Vec<DriverInput>, String> {
+pub fn admit(decoded: RaftMsg, gate: &PeerGate) -> Result<Vec<PeerInput>, String> {
     admit_against(decoded, &gate.dbid, gate.my_id, &gate.membership)
 }
 
@@ -35,7 +45,7 @@ pub fn admit_against(
     my_dbid: &str,
     me: u64,
     membership: &Membership,
-) -> Result<Vec<DriverInput>, String> {
+) -> Result<Vec<PeerInput>, String> {
     let sender = decoded.sender_id;
     if let Some(message) = decoded.messages.iter().find(|m| m.to != me) {
         let to = message.to;
@@ -73,11 +83,11 @@ pub fn admit_against(
     {
         // A node that just joined must answer the leader before the log told it where
         // the leader is.
-        inputs.push(DriverInput::PeerAddress { id: sender, addr });
+        inputs.push(PeerInput::Address { id: sender, addr });
     }
     for message in decoded.messages {
         count_received(&message);
-        inputs.push(DriverInput::Peer(Box::new(message)));
+        inputs.push(PeerInput::Message(Box::new(message)));
     }
     Ok(inputs)
 }
@@ -113,7 +123,7 @@ pub fn refusal_reply(refusal: Refusal, sender: u64, dbid: &str) -> String {
 }
 
 fn count_received(message: &Message) {
-    use crate::adapters::info::PEER_TRAFFIC;
+    use crate::adapters::counters::PEER_TRAFFIC;
     match message.get_msg_type() {
         MessageType::MsgAppend => {
             PEER_TRAFFIC

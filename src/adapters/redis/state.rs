@@ -12,17 +12,19 @@ use std::time::Duration;
 
 use raft::eraftpb::ConfState;
 
-use crate::adapters::configs::config;
-use crate::adapters::driver::{Driver, DriverInput, DriverParams, MainTask, SharedStatus};
-use crate::adapters::driver::{INBOX_BOUND, MAIN_QUEUE_BOUND};
+use crate::adapters::disk::logio::LogFile;
+use crate::adapters::disk::snapshot_files::SnapshotFiles;
 use crate::adapters::ffi::{self, Answer, BlockedClient, RawCtx};
-use crate::adapters::logio::LogFile;
-use crate::adapters::peer_inbound::PeerGate;
-use crate::adapters::peer_listener::ListenerConfig;
+use crate::adapters::network::peer_inbound::PeerGate;
+use crate::adapters::network::peer_listener::ListenerConfig;
+use crate::adapters::network::snapshot_send::SendJob;
+use crate::adapters::network::transport::{Transport, TransportConfig};
 use crate::adapters::queue::{bounded, BoundedReceiver, BoundedSender, HoldingSender};
-use crate::adapters::snapshot_transfer::SendJob;
-use crate::adapters::snapshots::SnapshotFiles;
-use crate::adapters::transport::{Transport, TransportConfig};
+use crate::adapters::raft_thread::driver::{
+    Driver, DriverInput, DriverParams, MainTask, SharedStatus,
+};
+use crate::adapters::raft_thread::driver::{INBOX_BOUND, MAIN_QUEUE_BOUND};
+use crate::adapters::redis::configs::config;
 use crate::core::commands::CommandTable;
 use crate::core::config::{RaftConfig, PEER_PORT_OFFSET};
 use crate::core::entry::Argv;
@@ -67,7 +69,7 @@ pub struct Waiter {
     /// ACL user of the client: scripts run with its rights.
     pub user: Option<String>,
     /// A blocking command (BLPOP & co): waits instead of taking a null reply.
-    pub blocking: Option<crate::adapters::blocking::Blocking>,
+    pub blocking: Option<crate::adapters::redis::blocking::Blocking>,
 }
 
 pub struct MainState {
@@ -231,7 +233,7 @@ impl MainState {
     /// The time a new entry carries: the local clock, but never before an earlier
     /// entry's, so time only moves forward along the log even across leaders.
     pub fn next_entry_time_ms(&mut self) -> i64 {
-        let now = crate::adapters::execute::wall_clock_ms().max(self.last_entry_time_ms);
+        let now = crate::adapters::redis::execute::wall_clock_ms().max(self.last_entry_time_ms);
         self.last_entry_time_ms = now;
         now
     }
@@ -279,7 +281,7 @@ impl MainState {
                 DriverInput::Propose { request_id, .. } => {
                     // As for a proposal refused when offered (`handlers::send_proposal`):
                     // an EXEC with WATCH must not wait for it.
-                    crate::adapters::watch::settled(request_id);
+                    crate::adapters::redis::watch::settled(request_id);
                     Some(request_id)
                 }
                 DriverInput::Read { request_id } => Some(request_id),
@@ -374,15 +376,15 @@ impl MainState {
         self.applied_time_ms = 0;
         self.confirmed_reads.clear();
         self.shared = Arc::new(SharedStatus::default());
-        crate::adapters::configs::release_identity();
+        crate::adapters::redis::configs::release_identity();
         log::warn!("raft: this node left the cluster: {reason}");
         self.waiters
             .drain()
             .map(|(request_id, waiter)| {
                 let error = if waiter.read.is_some() || never_sent.contains(&request_id) {
-                    crate::adapters::handlers::ERR_REMOVED
+                    crate::adapters::redis::handlers::ERR_REMOVED
                 } else {
-                    crate::adapters::driver::ERR_NOT_COMMITTED
+                    crate::adapters::raft_thread::driver::ERR_NOT_COMMITTED
                 };
                 (waiter, Answer::Error(error.to_string()))
             })
@@ -437,7 +439,7 @@ fn start_peer_listener(
     transport: &Transport,
     my_addr: &str,
     settings: &RaftConfig,
-    tls: Option<crate::adapters::tls::PeerTlsServer>,
+    tls: Option<crate::adapters::network::tls::PeerTlsServer>,
     gate: PeerGate,
     to_driver: BoundedSender<DriverInput>,
 ) -> (Option<tokio::sync::watch::Sender<Arc<PeerGate>>>, u16) {
@@ -452,7 +454,7 @@ fn start_peer_listener(
         );
         return (None, 0);
     };
-    let listener = match crate::adapters::peer_listener::bind(host, port) {
+    let listener = match crate::adapters::network::peer_listener::bind(host, port) {
         Ok(listener) => listener,
         Err(error) => {
             log::warn!(
@@ -471,7 +473,7 @@ fn start_peer_listener(
         handshake_timeout: Duration::from_millis(settings.connection_timeout_ms),
     };
     let (gate_sender, gate_receiver) = tokio::sync::watch::channel(Arc::new(gate));
-    transport.spawn(crate::adapters::peer_listener::run(
+    transport.spawn(crate::adapters::network::peer_listener::run(
         listener,
         config,
         gate_receiver,
@@ -582,7 +584,7 @@ pub fn start_node(
     let source_host = my_addr
         .rsplit_once(':')
         .map(|(host, _)| host.trim_matches(['[', ']']).to_string());
-    let tls_configs = crate::adapters::tls::from_server(state.apply_ctx)?;
+    let tls_configs = crate::adapters::redis::configs::peer_tls_from_server(state.apply_ctx)?;
     let tls = tls_configs.as_ref().map(|configs| configs.client.clone());
     let transport = Transport::start(TransportConfig {
         my_id: meta.node_id,
@@ -620,7 +622,7 @@ pub fn start_node(
         fsync: settings.log_fsync,
         read_timeout_ticks: params.election_ticks as u64,
         my_addr: my_addr.clone(),
-        snapshot_files: SnapshotFiles::for_log(&crate::adapters::handlers::log_path()),
+        snapshot_files: SnapshotFiles::for_log(&crate::adapters::redis::handlers::log_path()),
         transfer: SendJob {
             addr: String::new(),
             source_host,
@@ -648,7 +650,7 @@ pub fn start_node(
         state.membership.clone(),
         inbox,
         outbox,
-        crate::adapters::apply::wake_main_thread,
+        crate::adapters::redis::apply::wake_main_thread,
         state.shared.clone(),
         driver_params,
     );
@@ -664,8 +666,7 @@ pub fn start_node(
     state.to_driver = Some(HoldingSender::new(to_driver));
     state.from_driver = Some(from_driver);
     state.meta = Some(meta);
-    crate::adapters::configs::fix_identity();
-    crate::adapters::transport::TOLD_REMOVED.store(false, Ordering::SeqCst);
+    crate::adapters::redis::configs::fix_identity();
     driver.spawn();
     Ok(())
 }

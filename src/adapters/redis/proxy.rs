@@ -4,11 +4,11 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use crate::adapters::apply::run_on_main;
-use crate::adapters::configs::config;
 use crate::adapters::ffi::{self, Answer, RawCtx};
-use crate::adapters::info::{PROXY_FAILED_REQS, PROXY_OUTSTANDING_REQS, PROXY_REQS};
-use crate::adapters::state::with_state;
+use crate::adapters::redis::apply::run_on_main;
+use crate::adapters::redis::configs::config;
+use crate::adapters::redis::info::{PROXY_FAILED_REQS, PROXY_OUTSTANDING_REQS, PROXY_REQS};
+use crate::adapters::redis::state::with_state;
 use crate::core::entry::Argv;
 use crate::core::resp::RespValue;
 
@@ -16,8 +16,11 @@ use crate::core::resp::RespValue;
 /// leader answers or `proxy-response-timeout` passes. Returns false when there is no
 /// transport to forward with (the caller then answers itself).
 pub fn forward(ctx: RawCtx, leader_addr: String, argv: Argv) -> bool {
-    let timeout_ms =
-        crate::adapters::blocking::proxy_timeout_ms(ctx, &argv, config().proxy_response_timeout_ms);
+    let timeout_ms = crate::adapters::redis::blocking::proxy_timeout_ms(
+        ctx,
+        &argv,
+        config().proxy_response_timeout_ms,
+    );
     forward_pipeline(ctx, leader_addr, vec![argv], timeout_ms)
 }
 

@@ -6,11 +6,11 @@
 use std::cell::RefCell;
 use std::ffi::c_void;
 
-use crate::adapters::driver::DriverInput;
-use crate::adapters::execute::wall_clock_ms;
 use crate::adapters::ffi::data::{self, ScanCursor};
 use crate::adapters::ffi::RawCtx;
-use crate::adapters::state::{call_locally, with_state, NodeState};
+use crate::adapters::raft_thread::driver::DriverInput;
+use crate::adapters::redis::execute::wall_clock_ms;
+use crate::adapters::redis::state::{call_locally, with_state, NodeState};
 use crate::core::entry::Payload;
 use crate::core::expiry;
 
@@ -60,12 +60,12 @@ fn run_cycle(ctx: RawCtx) {
             && state.is_leader_ready()
             && state.expire_in_flight_until_ms < now_ms
     });
-    if !due || crate::adapters::watch::barrier_up() || !any_key_has_a_ttl(ctx) {
+    if !due || crate::adapters::redis::watch::barrier_up() || !any_key_has_a_ttl(ctx) {
         return;
     }
     // Expired as reads judge it (the applied entry time if the clock is behind it), so
     // the scan deletes what reads already treat as gone.
-    let expired_at = crate::adapters::execute::read_now_ms();
+    let expired_at = crate::adapters::redis::execute::read_now_ms();
     let expired = CURSOR.with(|cursor| {
         let mut cursor = cursor.borrow_mut();
         let scan = cursor.get_or_insert_with(ScanCursor::new);

@@ -10,6 +10,9 @@ use redis_module::configuration::{
 };
 use redis_module::{Context, EnumConfigurationValue, RedisError, RedisString};
 
+use crate::adapters::ffi::{self, RawCtx};
+use crate::adapters::network::tls::{peer_configs, ClientAuth, PeerTlsConfigs, TlsFiles};
+use crate::adapters::redis::state::server_config;
 use crate::core::config::{
     parse_bool, RaftConfig, TraceFlags, ALL_KEYS, AT_NODE_START_KEYS, DRIVER_LIVE_KEYS,
     HIDDEN_KEYS, IMMUTABLE_AFTER_INIT,
@@ -74,12 +77,12 @@ pub fn set_config(key: &str, value: &str) -> Result<(), String> {
     if key == "ignored-commands" {
         // The command filter reads them from the table, not from this config.
         let ignored = candidate.ignored_commands.clone();
-        crate::adapters::state::update_table(|table| table.with_ignored(&ignored));
+        crate::adapters::redis::state::update_table(|table| table.with_ignored(&ignored));
     }
     let driver_settings = candidate.driver_settings();
     *config() = candidate;
     if DRIVER_LIVE_KEYS.contains(&key) {
-        crate::adapters::state::driver_settings_changed(driver_settings);
+        crate::adapters::redis::state::driver_settings_changed(driver_settings);
     } else if IDENTITY_FIXED.load(Ordering::SeqCst) && AT_NODE_START_KEYS.contains(&key) {
         log::info!(
             "raft: raft.{key} changed; this running node keeps the value it started with \
@@ -162,8 +165,7 @@ impl ConfigurationValue<RedisString> for ConfigKey {
 pub fn register(ctx: &Context, module_args: &[RedisString]) -> Result<(), String> {
     // A server without TLS: no tls-port config, or (Valkey 9, which keeps the configs)
     // no OpenSSL in the process.
-    let has_tls = !super::state::server_config(ctx.ctx, "tls-port").is_empty()
-        && super::ffi::server_has_tls();
+    let has_tls = !server_config(ctx.ctx, "tls-port").is_empty() && ffi::server_has_tls();
     SERVER_HAS_TLS.store(has_tls, Ordering::SeqCst);
     let defaults = RaftConfig::default();
     for key in CONFIG_KEYS {
@@ -185,7 +187,7 @@ pub fn register(ctx: &Context, module_args: &[RedisString]) -> Result<(), String
         let variable: &'static ConfigKey = Box::leak(Box::new(ConfigKey(key)));
         register_string_configuration(ctx, key, variable, &default, flags, None);
     }
-    if !super::ffi::load_configs(ctx.ctx) {
+    if !ffi::load_configs(ctx.ctx) {
         return Err("a raft.* config value was refused (see the line above)".into());
     }
     // RedisRaft (C) compatibility: `--loadmodule redisraft.so key value ...`.
@@ -210,4 +212,25 @@ pub fn register(ctx: &Context, module_args: &[RedisString]) -> Result<(), String
     log::set_max_level(config.loglevel.to_log_filter());
     log_warnings(&config);
     Ok(())
+}
+
+/// The peer TLS configurations when `raft.tls-enabled` is on, from the server's `tls-*`
+/// settings (the same files the server's own TLS port uses).
+pub fn peer_tls_from_server(ctx: RawCtx) -> Result<Option<PeerTlsConfigs>, String> {
+    if !config().tls_enabled {
+        return Ok(None);
+    }
+    let setting = |name: &str| server_config(ctx, name);
+    let files = TlsFiles {
+        ca_cert_file: setting("tls-ca-cert-file"),
+        ca_cert_dir: setting("tls-ca-cert-dir"),
+        cert_file: setting("tls-cert-file"),
+        key_file: setting("tls-key-file"),
+        client_cert_file: setting("tls-client-cert-file"),
+        client_key_file: setting("tls-client-key-file"),
+    };
+    let client_auth = ClientAuth::from_setting(&setting("tls-auth-clients"));
+    peer_configs(&files, client_auth)
+        .map(Some)
+        .map_err(|e| format!("raft.tls-enabled: {e}"))
 }

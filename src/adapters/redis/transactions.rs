@@ -8,8 +8,8 @@ use std::collections::HashMap;
 use redis_module::{RedisError, RedisResult, RedisValue};
 
 use crate::adapters::ffi::RawCtx;
-use crate::adapters::handlers::{self, ERR_NOT_SUPPORTED};
-use crate::adapters::watch;
+use crate::adapters::redis::handlers::{self, ERR_NOT_SUPPORTED};
+use crate::adapters::redis::watch;
 use crate::core::commands::{arity_error, unknown_command_error, Class};
 use crate::core::entry::Argv;
 
@@ -119,12 +119,12 @@ pub fn queue(ctx: RawCtx, client: u64, argv: Argv, class: Class) -> RedisResult 
         Class::Refused => Some(ERR_NOT_SUPPORTED.to_string()),
         Class::PassThrough => {
             let slices: Vec<&[u8]> = argv.iter().map(Vec::as_slice).collect();
-            let known = crate::adapters::state::with_table(|table| table.knows(&slices));
+            let known = crate::adapters::redis::state::with_table(|table| table.knows(&slices));
             if known {
                 // Connection and admin commands act at once, as they do outside MULTI.
                 return handlers::run_here(ctx, &argv, false);
             }
-            let exists = crate::adapters::state::with_table(|table| table.has(&argv[0]));
+            let exists = crate::adapters::redis::state::with_table(|table| table.has(&argv[0]));
             Some(if exists {
                 arity_error(&argv[0])
             } else {

@@ -1,18 +1,13 @@
-//! The gates in front of the internal peer commands (`RAFT.MSG`, `RAFT.SNAPSHOT.CHUNK`,
-//! `RAFT.SNAPSHOT.DONE`): only the cluster user may call them, only this cluster's members
-//! may send through them, and every refusal is counted and logged, at most one line per
-//! peer per `LOG_WINDOW_MS`. Decisions are the pure `core::peer_check`; see
-//! `docs/SECURITY.md`.
+//! Refusals of peer traffic (on the peer listener or the internal commands on the Redis
+//! port) are counted and logged, at most one line per peer per `LOG_WINDOW_MS`. The
+//! decisions are the pure `core::peer_check`; the caller check of the internal commands is
+//! `redis::membership::check_peer_caller`. See `docs/SECURITY.md`.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{LazyLock, Mutex};
 use std::time::Instant;
 
-use redis_module::RedisError;
-
-use crate::adapters::configs::config;
-use crate::adapters::ffi::{self, RawCtx};
-use crate::core::peer_check::{check_peer_user, RateLimiter};
+use crate::core::peer_check::RateLimiter;
 
 /// One log line per peer (and reason) per window.
 pub const LOG_WINDOW_MS: u64 = 5_000;
@@ -52,27 +47,4 @@ pub fn log_limited(key: String, level: log::Level, line: impl FnOnce() -> String
             log::log!(level, "raft: {line}");
         }
     }
-}
-
-/// Internal peer commands are for the cluster user only (`raft.cluster-user` when
-/// `raft.cluster-password` is set, else `default`): anyone else gets Redis' NOPERM.
-pub fn check_caller(ctx: RawCtx, command: &str) -> Result<(), RedisError> {
-    let user = ffi::data::current_user_name(ctx);
-    let verdict = {
-        let config = config();
-        check_peer_user(
-            user.as_deref(),
-            &config.cluster_user,
-            &config.cluster_password,
-            command,
-        )
-    };
-    verdict.map_err(|message| {
-        let user = user.unwrap_or_default();
-        let client = ffi::data::client_id(ctx);
-        refused(format!("user:{user}"), || {
-            format!("refused {command} from client {client} authenticated as user '{user}': only the cluster user may send peer messages")
-        });
-        RedisError::String(message)
-    })
 }

@@ -237,28 +237,10 @@ pub struct PeerTlsConfigs {
     pub server: PeerTlsServer,
 }
 
-/// The peer TLS configurations when `raft.tls-enabled` is on, from the server's settings.
-pub fn from_server(ctx: crate::adapters::ffi::RawCtx) -> Result<Option<PeerTlsConfigs>, String> {
-    if !crate::adapters::configs::config().tls_enabled {
-        return Ok(None);
-    }
-    let setting = |name: &str| crate::adapters::state::server_config(ctx, name);
-    let files = TlsFiles {
-        ca_cert_file: setting("tls-ca-cert-file"),
-        ca_cert_dir: setting("tls-ca-cert-dir"),
-        cert_file: setting("tls-cert-file"),
-        key_file: setting("tls-key-file"),
-        client_cert_file: setting("tls-client-cert-file"),
-        client_key_file: setting("tls-client-key-file"),
-    };
-    let client_auth = ClientAuth::from_setting(&setting("tls-auth-clients"));
-    let configs = client_config(&files).and_then(|client| {
-        Ok(PeerTlsConfigs {
-            client,
-            server: server_config(&files, client_auth)?,
-        })
-    });
-    configs
-        .map(Some)
-        .map_err(|e| format!("raft.tls-enabled: {e}"))
+/// Both sides of peer TLS from the server's `tls-*` files.
+pub fn peer_configs(files: &TlsFiles, client_auth: ClientAuth) -> Result<PeerTlsConfigs, String> {
+    Ok(PeerTlsConfigs {
+        client: client_config(files)?,
+        server: server_config(files, client_auth)?,
+    })
 }

@@ -18,8 +18,8 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::Ordering;
 
 use crate::adapters::ffi::{self, Answer, BlockedClient};
-use crate::adapters::handlers;
-use crate::adapters::state::{with_state, Waiter};
+use crate::adapters::redis::handlers;
+use crate::adapters::redis::state::{with_state, Waiter};
 use crate::core::entry::Argv;
 
 #[derive(Default)]
@@ -138,7 +138,7 @@ pub fn exec(
     user: Option<String>,
 ) -> redis_module::RedisResult {
     let dirty = STATE.with(|state| state.borrow().clients.get(&client).is_some_and(|w| w.dirty));
-    if dirty || watched_key_expired(ctx, client, crate::adapters::execute::read_now_ms()) {
+    if dirty || watched_key_expired(ctx, client, crate::adapters::redis::execute::read_now_ms()) {
         unwatch(client);
         ffi::reply_answer(ctx, &Answer::NullArray);
         return Ok(redis_module::RedisValue::NoReply);
@@ -290,7 +290,8 @@ fn is_quiet() -> bool {
             let last = state.shared.last_index.load(Ordering::Acquire);
             ready
                 && state.applied_index >= commit.max(last)
-                && state.expire_in_flight_until_ms < crate::adapters::execute::wall_clock_ms()
+                && state.expire_in_flight_until_ms
+                    < crate::adapters::redis::execute::wall_clock_ms()
         })
 }
 

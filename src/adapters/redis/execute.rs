@@ -7,7 +7,7 @@ use std::cell::Cell;
 
 use crate::adapters::ffi::data::{self, Args, ModuleUser};
 use crate::adapters::ffi::{self, Answer, FilterCtx, RawCtx};
-use crate::adapters::state::{call_locally, call_locally_prepared, with_state, with_table};
+use crate::adapters::redis::state::{call_locally, call_locally_prepared, with_state, with_table};
 use crate::core::commands::{Class, CommandTable, InScript};
 use crate::core::entry::Argv;
 use crate::core::expiry::{self, Rewrite, TtlQuery};
@@ -33,7 +33,7 @@ pub fn wall_clock_ms() -> i64 {
 /// is behind, a key the log already treated as expired (deleted by a write at a later
 /// entry time on the others, or judged expired there) must not reappear here.
 pub fn read_now_ms() -> i64 {
-    let applied_time_ms = crate::adapters::state::with_state(|state| state.applied_time_ms);
+    let applied_time_ms = crate::adapters::redis::state::with_state(|state| state.applied_time_ms);
     crate::core::expiry::read_time(wall_clock_ms(), applied_time_ms)
 }
 
@@ -195,14 +195,14 @@ pub fn sort_reply_command(
             "ERR RAFT._SORT_REPLY sorts the reply of a read command only",
         ));
     }
-    if !crate::adapters::state::is_applying() {
+    if !crate::adapters::redis::state::is_applying() {
         // From a client: a read through raft like any other, which runs this again.
         let full: Vec<Vec<u8>> = args.iter().map(|a| a.as_slice().to_vec()).collect();
         let resp3 =
             ffi::context_flags(ctx.ctx) & redis_module::raw::REDISMODULE_CTX_FLAGS_RESP3 != 0;
-        let user = crate::adapters::handlers::acl_check(ctx.ctx, &argv)
+        let user = crate::adapters::redis::handlers::acl_check(ctx.ctx, &argv)
             .map_err(redis_module::RedisError::String)?;
-        return crate::adapters::handlers::submit(
+        return crate::adapters::redis::handlers::submit(
             ctx.ctx,
             Class::Read,
             vec![full],
@@ -288,7 +288,7 @@ pub fn run_read(ctx: RawCtx, argv: &[Vec<u8>], user: Option<&str>, resp3: bool) 
 /// index answer alike (TTLs included), with no script restriction (diagnosis may use KEYS
 /// in a script; nothing it does is replicated).
 pub fn run_debug(ctx: RawCtx, argv: &[Vec<u8>], resp3: bool) -> Answer {
-    let applied_time_ms = crate::adapters::state::with_state(|state| state.applied_time_ms);
+    let applied_time_ms = crate::adapters::redis::state::with_state(|state| state.applied_time_ms);
     let now_ms = if applied_time_ms > 0 {
         applied_time_ms
     } else {
@@ -384,7 +384,7 @@ fn run_script(ctx: RawCtx, argv: &[Vec<u8>], user: Option<&str>, resp3: bool) ->
         user.attach(ctx);
     }
     IN_SCRIPT.with(|flag| flag.set(true));
-    let reply = crate::adapters::state::call_locally_as_user(ctx, argv, resp3);
+    let reply = crate::adapters::redis::state::call_locally_as_user(ctx, argv, resp3);
     IN_SCRIPT.with(|flag| flag.set(false));
     if user.is_some() {
         ModuleUser::detach(ctx);

@@ -9,12 +9,12 @@ use std::time::{Duration, Instant};
 use protobuf::Message as _;
 use raft::eraftpb::{ConfChangeType, ConfChangeV2, Entry, EntryType, Message, MessageType};
 
-use crate::adapters::logio::{LogFile, LogSyncer};
-use crate::adapters::peer_inbound::PeerGate;
+use crate::adapters::disk::logio::{LogFile, LogSyncer};
+use crate::adapters::disk::snapshot_files::SnapshotFiles;
+use crate::adapters::network::peer_inbound::{PeerGate, PeerInput};
+use crate::adapters::network::snapshot_send::SendJob;
+use crate::adapters::network::transport::Transport;
 use crate::adapters::queue::{BoundedReceiver, BoundedSender};
-use crate::adapters::snapshot_transfer::SendJob;
-use crate::adapters::snapshots::SnapshotFiles;
-use crate::adapters::transport::Transport;
 use crate::core::config::DriverSettings;
 use crate::core::logfile::LogPosition;
 use crate::core::membership::{single_change, ChangeContext, Membership};
@@ -74,6 +74,15 @@ pub enum DriverInput {
     Synced {
         number: u64,
     },
+}
+
+impl From<PeerInput> for DriverInput {
+    fn from(input: PeerInput) -> DriverInput {
+        match input {
+            PeerInput::Address { id, addr } => DriverInput::PeerAddress { id, addr },
+            PeerInput::Message(message) => DriverInput::Peer(message),
+        }
+    }
 }
 
 pub enum MainTask {
@@ -298,7 +307,7 @@ impl Driver {
                 }
                 self.promote_caught_up_learner();
                 self.maybe_request_snapshot();
-                if crate::adapters::transport::TOLD_REMOVED.swap(false, Ordering::SeqCst) {
+                if self.transport.take_told_removed() {
                     self.push_main(MainTask::LeaveCluster);
                 }
                 if let Some(deadline) = self.handover_deadline {
@@ -452,6 +461,13 @@ impl Driver {
             let lost = self.proposals.on_committed(entry.index, entry.term);
             self.fail(lost, ERR_NOT_COMMITTED);
         }
+        // INFO must never show an applied index past the commit index: publish the
+        // commit before the main thread can apply (publish_status runs after the cycle).
+        if let Some(last) = committed.last() {
+            self.shared
+                .commit_index
+                .fetch_max(last.index, Ordering::Relaxed);
+        }
         if !self.held_entries.is_empty() || self.params.settings.log_disable_apply {
             self.held_entries.extend(committed);
             return;
@@ -553,11 +569,12 @@ impl Driver {
             .retain(|entry| entry.index > metadata.index);
         let files = &self.params.snapshot_files;
         let received = files.received(metadata.index, metadata.term);
-        let (file, meta) = crate::adapters::snapshots::install(files, &received, metadata.index)
-            .unwrap_or_else(|e| {
-                log::error!("raft: FATAL: cannot install the received snapshot: {e}");
-                std::process::abort();
-            });
+        let (file, meta) =
+            crate::adapters::disk::snapshot_files::install(files, &received, metadata.index)
+                .unwrap_or_else(|e| {
+                    log::error!("raft: FATAL: cannot install the received snapshot: {e}");
+                    std::process::abort();
+                });
         if meta.index != metadata.index || meta.term != metadata.term {
             log::error!(
                 "raft: FATAL: the installed snapshot file is at index {} term {}, raft installed index {} term {}",
@@ -578,7 +595,7 @@ impl Driver {
         let hard_state = self.node.store().hard_state().clone();
         let frames = self.log.rewrite(point, &hard_state, &[]);
         self.node.replace_frames(&frames);
-        self.membership = crate::adapters::snapshots::members_of(&meta);
+        self.membership = crate::adapters::disk::snapshot_files::members_of(&meta);
         self.update_peers();
         log::info!(
             "raft: installed snapshot at index {} from the leader",
@@ -641,7 +658,7 @@ impl Driver {
             .log
             .rewrite(LogPosition { index, term }, &hard_state, &entries);
         self.node.replace_frames(&frames);
-        crate::adapters::info::SNAPSHOTS_CREATED.fetch_add(1, Ordering::Relaxed);
+        crate::adapters::counters::SNAPSHOTS_CREATED.fetch_add(1, Ordering::Relaxed);
         log::info!(
             "raft: log compacted up to index {index}; {} entries kept ({} bytes, {} ms)",
             entries.len(),
@@ -721,7 +738,7 @@ impl Driver {
         let started = std::thread::Builder::new()
             .name("raft-snapshot-send".into())
             .spawn(move || {
-                let delivered = crate::adapters::snapshot_transfer::send(&job);
+                let delivered = crate::adapters::network::snapshot_send::send(&job);
                 let _ = reply_to.send(DriverInput::SnapshotSent { to, delivered });
             });
         if started.is_err() {
@@ -852,7 +869,15 @@ impl Driver {
         shared
             .leader_ready
             .store(status.leader_ready, Ordering::Release);
-        self.log.publish_stats(shared);
+        shared
+            .file_size
+            .store(self.log.size_bytes(), Ordering::Relaxed);
+        let fsyncs = self.log.fsync_figures();
+        shared.fsync_count.store(fsyncs.count, Ordering::Relaxed);
+        shared
+            .fsync_total_us
+            .store(fsyncs.total_us, Ordering::Relaxed);
+        shared.fsync_max_us.store(fsyncs.max_us, Ordering::Relaxed);
     }
 }
 

@@ -4,7 +4,7 @@
 
 use redis_module::{Context, RedisError, RedisResult, RedisString, RedisValue};
 
-use crate::adapters::state::{with_state, NodeState};
+use crate::adapters::redis::state::{with_state, NodeState};
 use crate::core::membership::Member;
 
 const SLOT_COUNT_LAST: i64 = 16383;

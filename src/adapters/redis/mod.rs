@@ -1,0 +1,18 @@
+//! The Redis main thread's side: everything that calls the module API on a client's or
+//! the server's behalf. Hands work to the raft thread and takes its results back.
+pub mod active_expiry;
+pub mod apply;
+pub mod blocking;
+pub mod configs;
+pub mod execute;
+pub mod handlers;
+pub mod info;
+pub mod membership;
+pub mod module;
+pub mod proxy;
+pub mod snapshot_receive;
+pub mod snapshots;
+pub mod state;
+pub mod topology;
+pub mod transactions;
+pub mod watch;
