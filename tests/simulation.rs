@@ -56,6 +56,7 @@ fn params_from_env(seed: u64) -> Params {
     params.check_conf = env_u64("SIM_NO_CONF_CHECK").unwrap_or(0) == 0;
     params.snapshots = env_u64("SIM_SNAPSHOTS").unwrap_or(1) != 0;
     params.received_one_name = env_u64("SIM_RECEIVED_ONE_NAME").unwrap_or(0) != 0;
+    params.syncs_in_place = env_u64("SIM_SYNCS_IN_PLACE").unwrap_or(1) != 0;
     params.mutation = match std::env::var("SIM_MUTATION").as_deref() {
         Err(_) => Mutation::None,
         Ok("ack-before-fsync") => Mutation::AckBeforeFsync,
@@ -221,6 +222,7 @@ fn checker_catches_acks_sent_before_the_fsync() {
     let mutate = |p: &mut Params| {
         p.mutation = Mutation::AckBeforeFsync;
         p.snapshots = false; // the seeds were found before the simulation had snapshots
+        p.syncs_in_place = false; // and before syncs could run in place
     };
     assert_fails(11, 60, mutate, &["durability"]);
     // A follower that acked entries it then lost gets heartbeats committing past its log.
@@ -234,13 +236,25 @@ fn checker_catches_acks_sent_before_the_fsync() {
     );
 }
 
+/// The same with syncs that may run in place (`core::ready::sync_in_place`) and
+/// snapshots: most seeds find it.
+#[test]
+fn checker_catches_acks_sent_before_an_fsync_in_place() {
+    let mutate = |p: &mut Params| p.mutation = Mutation::AckBeforeFsync;
+    assert_fails(5, 100, mutate, &["durability"]);
+    assert_passes(5, 100, |_| {});
+}
+
 /// The same with snapshots, compaction and installs in the run.
 #[test]
 fn checker_catches_acks_sent_before_the_fsync_with_snapshots() {
     assert_fails(
         537,
         60,
-        |p| p.mutation = Mutation::AckBeforeFsync,
+        |p| {
+            p.mutation = Mutation::AckBeforeFsync;
+            p.syncs_in_place = false; // found before syncs could run in place
+        },
         &["durability"],
     );
 }
@@ -258,6 +272,7 @@ fn checker_catches_a_forgotten_vote() {
         |p| {
             p.mutation = Mutation::ForgetVote;
             p.snapshots = false; // found before the simulation had snapshots
+            p.syncs_in_place = false; // and before syncs could run in place
         },
         &["election safety"],
     );
@@ -346,9 +361,14 @@ fn regression_snapshot_install_persists_no_commit_beyond_the_log() {
 /// snapshot (or finds none). Received files named by index and term pass.
 #[test]
 fn regression_received_snapshots_are_named_by_index() {
-    let one_name = |p: &mut Params| p.received_one_name = true;
+    // Found before syncs could run in place.
+    let one_name = |p: &mut Params| {
+        p.received_one_name = true;
+        p.syncs_in_place = false;
+    };
     assert_fails(2144, 100, one_name, &["changed under us", "never received"]);
     assert_fails(635, 400, one_name, &["changed under us", "never received"]);
-    assert_passes(2144, 100, |_| {});
-    assert_passes(635, 400, |_| {});
+    let fixed = |p: &mut Params| p.syncs_in_place = false;
+    assert_passes(2144, 100, fixed);
+    assert_passes(635, 400, fixed);
 }

@@ -14,6 +14,21 @@ use raft::ReadState;
 use crate::core::node::{ReadyOutput, Role};
 use crate::core::persist::{PersistQueue, PersistStep};
 
+/// A sync that would start with nothing in flight runs in place, on the executor's own
+/// thread, when the cycle wrote at most this much and the last sync was quick: handing it
+/// to the sync thread and back costs two thread wake-ups, more than a quick fdatasync of a
+/// small write (measured: SET -c 1 p50 0.50 ms in place, 0.68 ms handed over). A large
+/// write or a slow disk goes to the sync thread, so ticks and heartbeats do not wait.
+pub const SYNC_IN_PLACE_MAX_BYTES: usize = 64 * 1024;
+/// See [`SYNC_IN_PLACE_MAX_BYTES`].
+pub const SYNC_IN_PLACE_MAX_LAST_SYNC_US: u64 = 2_000;
+
+/// Whether a sync of a cycle that wrote `written_bytes` runs in place (see
+/// [`SYNC_IN_PLACE_MAX_BYTES`]).
+pub fn sync_in_place(written_bytes: usize, last_sync_us: u64) -> bool {
+    written_bytes <= SYNC_IN_PLACE_MAX_BYTES && last_sync_us <= SYNC_IN_PLACE_MAX_LAST_SYNC_US
+}
+
 /// Where a cycle can be cut short (the simulation crashes the node there).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CrashPoint {
@@ -59,6 +74,9 @@ pub trait CycleSteps {
     /// Makes everything written so far durable before returning (with `log-fsync` off,
     /// nothing), on the executor's own thread.
     fn sync_now(&mut self) -> Result<(), Self::Error>;
+    /// How long the last sync took, in microseconds (0 before the first): with the bytes
+    /// a cycle wrote, it decides where that cycle's sync runs ([`sync_in_place`]).
+    fn last_sync_us(&mut self) -> u64;
     /// Ready cycles through `number` are durable: tell raft (`RaftNode::on_persisted`).
     fn durable(&mut self, number: u64) -> Result<(), Self::Error>;
     fn role_changed(&mut self, role: Role, leader: u64) -> Result<(), Self::Error>;
@@ -76,7 +94,8 @@ pub trait CycleSteps {
 /// 3. write entries and hard state;
 /// 4. hand the cycle to `persist`: its acks and votes leave once it is durable (at once
 ///    if it needs no sync and nothing is ahead of it, else after a sync; a cycle that
-///    installed a snapshot syncs in place and releases everything held);
+///    installed a snapshot syncs in place and releases everything held, and so does a
+///    small cycle whose sync would start now, see [`sync_in_place`]);
 /// 5. report a role change.
 pub fn run_cycle<S: CycleSteps>(
     ready: ReadyOutput,
@@ -84,6 +103,7 @@ pub fn run_cycle<S: CycleSteps>(
     steps: &mut S,
 ) -> Result<Flow, S::Error> {
     let must_sync = ready.must_sync();
+    let written_bytes: usize = ready.entries.iter().map(|e| e.data.len()).sum();
     steps.send(ready.send_now)?;
     if let Some(metadata) = &ready.snapshot {
         steps.install_snapshot(metadata)?;
@@ -113,8 +133,22 @@ pub fn run_cycle<S: CycleSteps>(
         steps.send(early)?;
         step
     };
+    let mut step = step;
+    let in_place = match step.start_sync {
+        Some(number) if sync_in_place(written_bytes, steps.last_sync_us()) => Some(number),
+        _ => None,
+    };
+    if in_place.is_some() {
+        step.start_sync = None;
+    }
     if follow(step, steps)? == Flow::Stopped {
         return Ok(Flow::Stopped);
+    }
+    if let Some(number) = in_place {
+        steps.sync_now()?;
+        if finish_sync(number, persist, steps)? == Flow::Stopped {
+            return Ok(Flow::Stopped);
+        }
     }
     if let Some((role, leader)) = ready.role_change {
         steps.role_changed(role, leader)?;
@@ -158,11 +192,13 @@ mod tests {
 
     use super::*;
 
-    /// Records each step as a word, and stops at `stop_at`.
+    /// Records each step as a word, and stops at `stop_at`. Its disk is slow (syncs go
+    /// to the sync thread) unless `quick_disk`.
     #[derive(Default)]
     struct Recorder {
         steps: Vec<String>,
         stop_at: Option<CrashPoint>,
+        quick_disk: bool,
     }
 
     impl CycleSteps for Recorder {
@@ -212,6 +248,13 @@ mod tests {
         fn sync_now(&mut self) -> Result<(), ()> {
             self.steps.push("sync-now".to_string());
             Ok(())
+        }
+        fn last_sync_us(&mut self) -> u64 {
+            if self.quick_disk {
+                SYNC_IN_PLACE_MAX_LAST_SYNC_US
+            } else {
+                SYNC_IN_PLACE_MAX_LAST_SYNC_US + 1
+            }
         }
         fn durable(&mut self, number: u64) -> Result<(), ()> {
             self.steps.push(format!("durable#{number}"));
@@ -334,6 +377,61 @@ mod tests {
             Ok(Flow::Continue)
         );
         assert_eq!(recorder.steps, ["durable#9", "send[MsgAppendResponse]"]);
+    }
+
+    #[test]
+    fn a_small_cycle_on_a_quick_disk_syncs_in_place_and_a_large_one_or_a_busy_sync_does_not() {
+        let mut recorder = Recorder {
+            quick_disk: true,
+            ..Default::default()
+        };
+        let mut persist = PersistQueue::new(true);
+        run_cycle(full_cycle(), &mut persist, &mut recorder).unwrap();
+        assert_eq!(
+            recorder.steps,
+            [
+                "send[MsgAppend]",
+                "conf[1]",
+                "apply[4,5]",
+                "reads[1]",
+                "write[2]+hs",
+                "send[MsgHeartbeatResponse]",
+                "sync-now",
+                "durable#9",
+                "send[MsgAppendResponse]",
+                "role:leader/1",
+            ]
+        );
+        assert!(persist.is_idle());
+
+        // Over the size limit: handed to the sync thread, and the acks wait.
+        let mut large = full_cycle();
+        large.number = 10;
+        large.entries[0].data = vec![0; SYNC_IN_PLACE_MAX_BYTES + 1].into();
+        recorder.steps.clear();
+        run_cycle(large, &mut persist, &mut recorder).unwrap();
+        assert!(recorder.steps.contains(&"sync#10".to_string()));
+        assert!(!recorder.steps.contains(&"sync-now".to_string()));
+        assert!(!recorder
+            .steps
+            .contains(&"send[MsgAppendResponse]".to_string()));
+
+        // With that sync in flight, a small cycle waits for the next one, not in place.
+        let mut small = full_cycle();
+        small.number = 11;
+        recorder.steps.clear();
+        run_cycle(small, &mut persist, &mut recorder).unwrap();
+        assert!(!recorder.steps.iter().any(|s| s.starts_with("sync")));
+        recorder.steps.clear();
+        finish_sync(10, &mut persist, &mut recorder).unwrap();
+        assert_eq!(
+            recorder.steps,
+            ["durable#10", "send[MsgAppendResponse]", "sync#11"]
+        );
+
+        // A slow last sync sends even a small cycle to the sync thread.
+        assert!(!sync_in_place(10, SYNC_IN_PLACE_MAX_LAST_SYNC_US + 1));
+        assert!(sync_in_place(SYNC_IN_PLACE_MAX_BYTES, 0));
     }
 
     #[test]

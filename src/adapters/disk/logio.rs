@@ -62,6 +62,7 @@ struct FsyncStats {
     count: AtomicU64,
     total_us: AtomicU64,
     max_us: AtomicU64,
+    last_us: AtomicU64,
 }
 
 impl FsyncStats {
@@ -70,6 +71,7 @@ impl FsyncStats {
         self.count.fetch_add(1, Ordering::Relaxed);
         self.total_us.fetch_add(elapsed_us, Ordering::Relaxed);
         self.max_us.fetch_max(elapsed_us, Ordering::Relaxed);
+        self.last_us.store(elapsed_us, Ordering::Relaxed);
     }
 }
 
@@ -398,6 +400,11 @@ impl LogFile {
             fatal(&self.path, "fsync", &e);
         }
         self.fsync_stats.record(started);
+    }
+
+    /// How long the latest sync took (0 before the first), whichever thread ran it.
+    pub fn last_sync_us(&self) -> u64 {
+        self.fsync_stats.last_us.load(Ordering::Relaxed)
     }
 
     /// Syncs so far: how many, their total and their longest duration.

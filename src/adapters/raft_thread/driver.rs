@@ -958,6 +958,10 @@ impl CycleSteps for DriverCycle<'_> {
         Ok(())
     }
 
+    fn last_sync_us(&mut self) -> u64 {
+        self.0.log.last_sync_us()
+    }
+
     fn durable(&mut self, number: u64) -> Result<(), Self::Error> {
         self.0.node.on_persisted(number);
         Ok(())
