@@ -69,6 +69,8 @@ pub fn describe(ctx: RawCtx, argv: &[Vec<u8>]) -> Option<Blocking> {
         .and_then(|text| text.parse::<f64>().ok())
         .filter(|t| t.is_finite() && *t >= 0.0)
         .unwrap_or(0.0);
+    // Past the deadline means after it (as Redis does): `now` is whole milliseconds, so
+    // "at it" could answer up to 1 ms before the timeout the client asked for.
     let deadline_ms = if timeout_s == 0.0 {
         None
     } else {
@@ -124,7 +126,7 @@ pub fn park(waiter: Waiter, blocking: Blocking) {
     }
     if blocking
         .deadline_ms
-        .is_some_and(|deadline| deadline <= wall_clock_ms())
+        .is_some_and(|deadline| deadline < wall_clock_ms())
     {
         ffi::unblock(waiter.client, null_reply(&blocking.argv));
         return;
@@ -250,7 +252,7 @@ pub fn expire_waits() {
                     if parked[index]
                         .blocking
                         .deadline_ms
-                        .is_some_and(|deadline| deadline <= now_ms) =>
+                        .is_some_and(|deadline| deadline < now_ms) =>
                 {
                     Some(null_reply(&parked[index].blocking.argv))
                 }
