@@ -72,7 +72,7 @@ fn rank(group: &str) -> usize {
 /// (`crate::adapters::redis::{a, b}`) name each module inside the braces.
 fn adapter_paths(source: &str) -> Vec<(usize, String)> {
     let mut found = Vec::new();
-    let joined: String = source.lines().collect::<Vec<_>>().join("\n");
+    let joined = source;
     let marker = "crate::adapters::";
     let mut at = 0;
     while let Some(offset) = joined[at..].find(marker) {

@@ -103,7 +103,6 @@ pub fn run_cycle<S: CycleSteps>(
     steps: &mut S,
 ) -> Result<Flow, S::Error> {
     let must_sync = ready.must_sync();
-    let written_bytes: usize = ready.entries.iter().map(|e| e.data.len()).sum();
     steps.send(ready.send_now)?;
     if let Some(metadata) = &ready.snapshot {
         steps.install_snapshot(metadata)?;
@@ -120,7 +119,7 @@ pub fn run_cycle<S: CycleSteps>(
             return Ok(Flow::Stopped);
         }
     }
-    let step = if ready.snapshot.is_some() {
+    let mut step = if ready.snapshot.is_some() {
         // Raft counts the snapshot as applied only once this cycle is durable, and until
         // then must not campaign (it would read the compacted log): sync here, at once.
         steps.sync_now()?;
@@ -133,11 +132,10 @@ pub fn run_cycle<S: CycleSteps>(
         steps.send(early)?;
         step
     };
-    let mut step = step;
-    let in_place = match step.start_sync {
-        Some(number) if sync_in_place(written_bytes, steps.last_sync_us()) => Some(number),
-        _ => None,
-    };
+    let written_bytes = || ready.entries.iter().map(|e| e.data.len()).sum();
+    let in_place = step
+        .start_sync
+        .filter(|_| sync_in_place(written_bytes(), steps.last_sync_us()));
     if in_place.is_some() {
         step.start_sync = None;
     }
