@@ -21,3 +21,9 @@ pub static PEER_TRAFFIC: PeerTrafficStats = PeerTrafficStats {
 pub static SNAPSHOTS_CREATED: AtomicU64 = AtomicU64::new(0);
 /// Snapshots received complete from a leader (INFO `raft_snapshots_received`).
 pub static SNAPSHOTS_RECEIVED: AtomicU64 = AtomicU64::new(0);
+
+/// Commands this follower proxied to the leader (INFO `proxy_*`); bumped by the main
+/// thread and the proxy connections' threads.
+pub static PROXY_REQS: AtomicU64 = AtomicU64::new(0);
+pub static PROXY_FAILED_REQS: AtomicU64 = AtomicU64::new(0);
+pub static PROXY_OUTSTANDING_REQS: AtomicU64 = AtomicU64::new(0);

@@ -9,7 +9,7 @@ use std::ffi::c_void;
 use crate::adapters::ffi::data::{self, ScanCursor};
 use crate::adapters::ffi::RawCtx;
 use crate::adapters::raft_thread::driver::DriverInput;
-use crate::adapters::redis::execute::wall_clock_ms;
+use crate::adapters::redis::clock::wall_clock_ms;
 use crate::adapters::redis::state::{call_locally, with_state, NodeState};
 use crate::core::entry::Payload;
 use crate::core::expiry;
@@ -65,7 +65,7 @@ fn run_cycle(ctx: RawCtx) {
     }
     // Expired as reads judge it (the applied entry time if the clock is behind it), so
     // the scan deletes what reads already treat as gone.
-    let expired_at = crate::adapters::redis::execute::read_now_ms();
+    let expired_at = crate::adapters::redis::state::read_now_ms();
     let expired = CURSOR.with(|cursor| {
         let mut cursor = cursor.borrow_mut();
         let scan = cursor.get_or_insert_with(ScanCursor::new);

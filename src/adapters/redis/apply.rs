@@ -1,11 +1,8 @@
 //! Main-thread side of the driver: applies committed entries in log order, answers the
 //! blocked clients by request id, runs confirmed reads.
 
-use std::collections::VecDeque;
-use std::ffi::c_void;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
+use std::sync::atomic::Ordering;
 
 use protobuf::Message as _;
 use raft::eraftpb::{ConfChangeV2, Entry, EntryType};
@@ -18,63 +15,24 @@ use crate::core::entry::Payload;
 use crate::core::membership::{Applied, ChangeContext};
 use crate::core::pending::RequestId;
 
-static WAKE_PENDING: AtomicBool = AtomicBool::new(false);
-
-type Job = Box<dyn FnOnce() + Send>;
-/// Work other threads (join, transfer waits, proxy replies) hand to the main thread.
-static JOBS: Mutex<VecDeque<Job>> = Mutex::new(VecDeque::new());
-/// Jobs are tiny and rare; a full queue means something is stuck, so refuse more.
-const MAX_JOBS: usize = 65_536;
-
-/// Runs `job` on the Redis main thread soon. Callable from any thread.
-pub fn run_on_main(job: Job) -> bool {
-    {
-        let mut jobs = JOBS.lock().unwrap_or_else(|p| p.into_inner());
-        if jobs.len() >= MAX_JOBS {
-            return false;
-        }
-        jobs.push_back(job);
-    }
-    wake_main_thread();
-    true
-}
-
-/// Called by the driver thread after queueing work; coalesces into one event-loop callback.
-pub fn wake_main_thread() {
-    if !WAKE_PENDING.swap(true, Ordering::SeqCst) && !ffi::run_on_main_thread(on_wake) {
-        WAKE_PENDING.store(false, Ordering::SeqCst);
-        log::warn!("raft: could not schedule work on the main thread");
-    }
-}
-
 /// Bound on tasks handled per callback so clients are not starved during a long replay.
 const MAX_TASKS_PER_WAKE: usize = 256;
 
-extern "C" fn on_wake(_: *mut c_void) {
-    WAKE_PENDING.store(false, Ordering::SeqCst);
-    let jobs: Vec<Job> = JOBS
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .drain(..)
-        .collect();
-    for job in jobs {
-        job();
-    }
-    let mut handled = 0;
-    while handled < MAX_TASKS_PER_WAKE {
+/// Handles the raft thread's results (at most `MAX_TASKS_PER_WAKE`); true if more may
+/// be queued. Registered with `main_jobs` at load.
+pub fn run_driver_tasks() -> bool {
+    for _ in 0..MAX_TASKS_PER_WAKE {
         let task = with_state(|state| state.from_driver.as_ref().and_then(|rx| rx.try_recv().ok()));
-        let Some(task) = task else { return };
+        let Some(task) = task else { return false };
         run_task(task);
-        handled += 1;
     }
-    // More work is queued: come back on the next event-loop iteration.
-    wake_main_thread();
+    true
 }
 
 fn run_task(task: MainTask) {
     match task {
         MainTask::Apply(entries) => {
-            let delay = crate::adapters::redis::configs::apply_delay();
+            let delay = crate::adapters::redis::settings::apply_delay();
             for entry in entries {
                 if let Some(delay) = delay {
                     std::thread::sleep(delay);
@@ -99,7 +57,7 @@ fn run_task(task: MainTask) {
         }
         MainTask::TakeSnapshot => {
             if let Err(e) = crate::adapters::redis::snapshots::start(
-                &crate::adapters::redis::handlers::log_path(),
+                &crate::adapters::redis::settings::log_path(),
             ) {
                 log::info!("raft: snapshot not started: {e}");
                 let _ = with_state(|state| {
@@ -112,7 +70,7 @@ fn run_task(task: MainTask) {
         MainTask::InstallSnapshot { index, file } => install_snapshot(index, file),
         MainTask::Fail { request_ids, error } => {
             for request_id in request_ids {
-                watch::settled(request_id);
+                with_state(|state| state.writes_in_flight.remove(&request_id));
                 answer(request_id, Answer::Error(error.to_string()));
             }
             watch::progress();
@@ -177,7 +135,7 @@ fn apply_payload(ctx: ffi::RawCtx, payload: Payload, me: u64, incarnation: u64) 
                 .filter(|o| o.node_id == me && o.incarnation == incarnation)
                 .map(|o| o.request_id);
             if let Some(id) = waiter_id {
-                watch::settled(id);
+                with_state(|state| state.writes_in_flight.remove(&id));
             }
             let resp3 = waiter_id
                 .and_then(|id| with_state(|state| state.waiters.get(&id).map(|w| w.resp3)))
@@ -216,7 +174,7 @@ fn note_entry_time(time_ms: i64) -> i64 {
 /// Loads the snapshot raft just installed, replacing the whole dataset.
 fn install_snapshot(index: u64, file: std::fs::File) {
     let files = crate::adapters::disk::snapshot_files::SnapshotFiles::for_log(
-        &crate::adapters::redis::handlers::log_path(),
+        &crate::adapters::redis::settings::log_path(),
     );
     let (ctx, dbid) = with_state(|state| {
         (
@@ -294,7 +252,7 @@ fn leave_after_removal() {
     for (waiter, answer) in waiters {
         ffi::unblock(waiter.client, answer);
     }
-    let path = crate::adapters::redis::handlers::log_path();
+    let path = crate::adapters::redis::settings::log_path();
     let snapshot = crate::adapters::disk::snapshot_files::SnapshotFiles::for_log(&path).current;
     for file in [path, snapshot] {
         if !file.exists() {
@@ -338,7 +296,7 @@ fn serve_confirmed_reads() {
             };
             if execute::reads_expired_key(ctx, &argv) {
                 // Only the log may delete an expired key on every node alike.
-                crate::adapters::redis::handlers::propose_commands(waiter, vec![argv], false);
+                watch::propose(waiter, vec![argv], false);
                 continue;
             }
             let answer = execute::run_read(ctx, &argv, waiter.user.as_deref(), waiter.resp3);

@@ -17,17 +17,8 @@ use redis_module::raw;
 
 use crate::adapters::ffi::data::{self, Args};
 use crate::adapters::ffi::{self, Answer, RawCtx};
-use crate::adapters::redis::execute::wall_clock_ms;
-use crate::adapters::redis::state::Waiter;
-use crate::core::entry::Argv;
-
-/// What a waiting client needs besides its `Waiter`.
-pub struct Blocking {
-    pub argv: Argv,
-    pub keys: Vec<Vec<u8>>,
-    /// Wall-clock ms after which the client gets the null reply; `None`: no timeout.
-    pub deadline_ms: Option<i64>,
-}
+use crate::adapters::redis::clock::wall_clock_ms;
+use crate::adapters::redis::state::{Blocking, Waiter};
 
 struct Parked {
     waiter: Waiter,
@@ -221,11 +212,11 @@ pub fn retry_touched() {
         blocking,
     } in ready
     {
-        match crate::adapters::redis::handlers::check_can_serve() {
+        match crate::adapters::redis::proposals::check_can_serve() {
             Ok(()) => {
                 let argv = blocking.argv.clone();
                 waiter.blocking = Some(blocking);
-                crate::adapters::redis::handlers::propose_commands(waiter, vec![argv], false);
+                crate::adapters::redis::watch::propose(waiter, vec![argv], false);
             }
             // No leader known yet: keep waiting; `expire_waits` redirects or times out.
             Err(message) if message.starts_with("CLUSTERDOWN") => PARKED.with(|parked| {
@@ -240,7 +231,7 @@ pub fn retry_touched() {
 /// once this node cannot serve (it stopped leading).
 pub fn expire_waits() {
     let now_ms = wall_clock_ms();
-    let serving = redirect_now(crate::adapters::redis::handlers::check_can_serve(), now_ms);
+    let serving = redirect_now(crate::adapters::redis::proposals::check_can_serve(), now_ms);
     let done: Vec<(Parked, Answer)> = PARKED.with(|parked| {
         let mut parked = parked.borrow_mut();
         let mut done = Vec::new();

@@ -1,8 +1,7 @@
 //! Registers `raft.*` module configs with Redis; values and validation live in
 //! `core::config::RaftConfig`, this file only moves strings across the border.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{LazyLock, Mutex, MutexGuard};
+use std::cell::Cell;
 
 use redis_module::configuration::{
     register_enum_configuration, register_string_configuration, ConfigurationContext,
@@ -12,6 +11,7 @@ use redis_module::{Context, EnumConfigurationValue, RedisError, RedisString};
 
 use crate::adapters::ffi::{self, RawCtx};
 use crate::adapters::network::tls::{peer_configs, ClientAuth, PeerTlsConfigs, TlsFiles};
+use crate::adapters::redis::settings::{self, config, identity_fixed, with_config};
 use crate::adapters::redis::state::server_config;
 use crate::core::config::{
     parse_bool, RaftConfig, TraceFlags, ALL_KEYS, AT_NODE_START_KEYS, DRIVER_LIVE_KEYS,
@@ -21,37 +21,23 @@ use crate::core::config::{
 /// Every config key, in registration order (the interface table's).
 pub const CONFIG_KEYS: &[&str] = ALL_KEYS;
 
-static CONFIG: LazyLock<Mutex<RaftConfig>> = LazyLock::new(|| Mutex::new(RaftConfig::default()));
-/// Set once the node has run INIT or JOIN (or restarted as a member): identity is fixed.
-static IDENTITY_FIXED: AtomicBool = AtomicBool::new(false);
-/// Cross-field checks run only once every value from the command line has been applied,
-/// so their order does not matter.
-static LOADING_DONE: AtomicBool = AtomicBool::new(false);
-/// Whether the server has TLS (a `tls-port` config); learnt at load, before any value.
-static SERVER_HAS_TLS: AtomicBool = AtomicBool::new(true);
+// Facts of the registration, on the main thread like the config.
+thread_local! {
+    /// Cross-field checks run only once every value from the command line has been
+    /// applied, so their order does not matter.
+    static LOADING_DONE: Cell<bool> = const { Cell::new(false) };
+    /// Whether the server has TLS (a `tls-port` config); learnt at load, before any value.
+    static SERVER_HAS_TLS: Cell<bool> = const { Cell::new(true) };
+}
 
 /// What `raft.tls-enabled yes` answers on a server built without TLS.
 pub const ERR_NO_TLS: &str =
     "Build RedisRaft with TLS (and run it on a server built with TLS) to enable TLS";
 
-pub fn config() -> MutexGuard<'static, RaftConfig> {
-    CONFIG
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-pub fn fix_identity() {
-    IDENTITY_FIXED.store(true, Ordering::SeqCst);
-}
-
-pub fn release_identity() {
-    IDENTITY_FIXED.store(false, Ordering::SeqCst);
-}
-
 /// Applies `key value` to a copy first, so a rejected value leaves the live config intact.
 pub fn set_config(key: &str, value: &str) -> Result<(), String> {
-    if IDENTITY_FIXED.load(Ordering::SeqCst) && IMMUTABLE_AFTER_INIT.contains(&key) {
-        let current = config().get(key).unwrap_or_default();
+    if identity_fixed() && IMMUTABLE_AFTER_INIT.contains(&key) {
+        let current = with_config(|config| config.get(key).unwrap_or_default());
         if current != value {
             return Err(
                 "Configuration change is not allowed after init/join for this parameter".into(),
@@ -59,16 +45,13 @@ pub fn set_config(key: &str, value: &str) -> Result<(), String> {
         }
         return Ok(());
     }
-    if key == "tls-enabled"
-        && !SERVER_HAS_TLS.load(Ordering::SeqCst)
-        && parse_bool(key, value).unwrap_or(false)
-    {
+    if key == "tls-enabled" && !SERVER_HAS_TLS.get() && parse_bool(key, value).unwrap_or(false) {
         return Err(ERR_NO_TLS.into());
     }
-    let mut candidate = config().clone();
+    let mut candidate = config();
     candidate.set(key, value).map_err(|e| e.to_string())?;
     candidate.validate().map_err(|e| e.to_string())?;
-    if LOADING_DONE.load(Ordering::SeqCst) {
+    if LOADING_DONE.get() {
         log_warnings(&candidate);
     }
     if key == "loglevel" {
@@ -80,23 +63,16 @@ pub fn set_config(key: &str, value: &str) -> Result<(), String> {
         crate::adapters::redis::state::update_table(|table| table.with_ignored(&ignored));
     }
     let driver_settings = candidate.driver_settings();
-    *config() = candidate;
+    settings::replace_config(candidate);
     if DRIVER_LIVE_KEYS.contains(&key) {
         crate::adapters::redis::state::driver_settings_changed(driver_settings);
-    } else if IDENTITY_FIXED.load(Ordering::SeqCst) && AT_NODE_START_KEYS.contains(&key) {
+    } else if identity_fixed() && AT_NODE_START_KEYS.contains(&key) {
         log::info!(
             "raft: raft.{key} changed; this running node keeps the value it started with \
              until it next starts (INIT, JOIN or restart)"
         );
     }
     Ok(())
-}
-
-/// `raft.log-delay-apply`: a test knob, the microseconds the main thread sleeps before
-/// it applies each entry (as the original does). Read once per batch of entries.
-pub fn apply_delay() -> Option<std::time::Duration> {
-    let micros = config().log_delay_apply_us;
-    (micros > 0).then(|| std::time::Duration::from_micros(micros))
 }
 
 /// Cross-key combinations raft resolves rather than refuses (see `RaftConfig::warnings`).
@@ -142,7 +118,7 @@ struct TraceKey;
 
 impl ConfigurationValue<TraceValue> for TraceKey {
     fn get(&self, _ctx: &ConfigurationContext) -> TraceValue {
-        TraceValue(config().trace.0 as i32)
+        TraceValue(with_config(|config| config.trace.0 as i32))
     }
 
     fn set(&self, _ctx: &ConfigurationContext, value: TraceValue) -> Result<(), RedisError> {
@@ -152,7 +128,8 @@ impl ConfigurationValue<TraceValue> for TraceKey {
 
 impl ConfigurationValue<RedisString> for ConfigKey {
     fn get(&self, _ctx: &ConfigurationContext) -> RedisString {
-        RedisString::create(None, config().get(self.0).unwrap_or_default().as_str())
+        let value = with_config(|config| config.get(self.0).unwrap_or_default());
+        RedisString::create(None, value.as_str())
     }
 
     fn set(&self, _ctx: &ConfigurationContext, value: RedisString) -> Result<(), RedisError> {
@@ -166,8 +143,9 @@ pub fn register(ctx: &Context, module_args: &[RedisString]) -> Result<(), String
     // A server without TLS: no tls-port config, or (Valkey 9, which keeps the configs)
     // no OpenSSL in the process.
     let has_tls = !server_config(ctx.ctx, "tls-port").is_empty() && ffi::server_has_tls();
-    SERVER_HAS_TLS.store(has_tls, Ordering::SeqCst);
+    SERVER_HAS_TLS.set(has_tls);
     let defaults = RaftConfig::default();
+    settings::install(defaults.clone());
     for key in CONFIG_KEYS {
         let mut flags = if *key == "cluster-password" {
             ConfigurationFlags::SENSITIVE
@@ -206,7 +184,7 @@ pub fn register(ctx: &Context, module_args: &[RedisString]) -> Result<(), String
         }
         set_config(&key, &pair[1])?;
     }
-    LOADING_DONE.store(true, Ordering::SeqCst);
+    LOADING_DONE.set(true);
     let config = config();
     config.validate().map_err(|e| e.to_string())?;
     log::set_max_level(config.loglevel.to_log_filter());
@@ -217,7 +195,7 @@ pub fn register(ctx: &Context, module_args: &[RedisString]) -> Result<(), String
 /// The peer TLS configurations when `raft.tls-enabled` is on, from the server's `tls-*`
 /// settings (the same files the server's own TLS port uses).
 pub fn peer_tls_from_server(ctx: RawCtx) -> Result<Option<PeerTlsConfigs>, String> {
-    if !config().tls_enabled {
+    if !with_config(|config| config.tls_enabled) {
         return Ok(None);
     }
     let setting = |name: &str| server_config(ctx, name);

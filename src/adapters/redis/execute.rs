@@ -7,7 +7,10 @@ use std::cell::Cell;
 
 use crate::adapters::ffi::data::{self, Args, ModuleUser};
 use crate::adapters::ffi::{self, Answer, FilterCtx, RawCtx};
-use crate::adapters::redis::state::{call_locally, call_locally_prepared, with_state, with_table};
+use crate::adapters::redis::clock::wall_clock_ms;
+use crate::adapters::redis::state::{
+    call_locally, call_locally_prepared, read_now_ms, with_state, with_table,
+};
 use crate::core::commands::{Class, CommandTable, InScript};
 use crate::core::entry::Argv;
 use crate::core::expiry::{self, Rewrite, TtlQuery};
@@ -20,21 +23,6 @@ thread_local! {
     static LOGICAL_NOW: Cell<Option<i64>> = const { Cell::new(None) };
     /// A script is running: its commands must be deterministic.
     static IN_SCRIPT: Cell<bool> = const { Cell::new(false) };
-}
-
-pub fn wall_clock_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |elapsed| elapsed.as_millis() as i64)
-}
-
-/// "Now" for serving a read (or checking a WATCH) on this node: its clock, but never
-/// before the time of the last entry it applied. After a failover to a node whose clock
-/// is behind, a key the log already treated as expired (deleted by a write at a later
-/// entry time on the others, or judged expired there) must not reappear here.
-pub fn read_now_ms() -> i64 {
-    let applied_time_ms = crate::adapters::redis::state::with_state(|state| state.applied_time_ms);
-    crate::core::expiry::read_time(wall_clock_ms(), applied_time_ms)
 }
 
 /// The time expiry is judged at right now (see `LOGICAL_NOW`).
@@ -134,7 +122,7 @@ pub fn refused_command(
 
 /// Runs a command a script's call was rewritten into, without the script restrictions
 /// (which would rewrite it again).
-fn call_outside_script(ctx: RawCtx, argv: &[Vec<u8>]) -> Result<ffi::CallReply, String> {
+pub fn call_outside_script(ctx: RawCtx, argv: &[Vec<u8>]) -> Result<ffi::CallReply, String> {
     let was_in_script = IN_SCRIPT.with(|flag| flag.replace(false));
     let reply = call_locally(ctx, argv, false);
     IN_SCRIPT.with(|flag| flag.set(was_in_script));
@@ -163,79 +151,6 @@ pub fn publish_in_script_command(
         Ok(_) => Ok(redis_module::RedisValue::Integer(0)),
         Err(message) => Err(redis_module::RedisError::String(message)),
     }
-}
-
-/// `RAFT._SORT_REPLY <command> [args]`: the command's reply with its elements sorted (by
-/// field/value pair for HGETALL), so its hash order cannot differ between nodes. What a
-/// script's `SMEMBERS`, `KEYS`, `HGETALL` & co become; a client may send it too (the
-/// original offers it), then it is a read like the command it wraps.
-pub fn sort_reply_command(
-    ctx: &redis_module::Context,
-    args: Vec<redis_module::RedisString>,
-) -> redis_module::RedisResult {
-    if args.len() < 2 {
-        return Err(redis_module::RedisError::WrongArity);
-    }
-    let argv: Vec<Vec<u8>> = args[1..].iter().map(|a| a.as_slice().to_vec()).collect();
-    let slices: Vec<&[u8]> = argv.iter().map(Vec::as_slice).collect();
-    let (in_script, class, known) = with_table(|table| {
-        (
-            table.in_script(&slices),
-            table.classify(&slices),
-            table.knows(&slices),
-        )
-    });
-    if !known {
-        return Err(redis_module::RedisError::String(
-            crate::core::commands::unknown_command_error(&slices),
-        ));
-    }
-    if class != Class::Read {
-        return Err(redis_module::RedisError::Str(
-            "ERR RAFT._SORT_REPLY sorts the reply of a read command only",
-        ));
-    }
-    if !crate::adapters::redis::state::is_applying() {
-        // From a client: a read through raft like any other, which runs this again.
-        let full: Vec<Vec<u8>> = args.iter().map(|a| a.as_slice().to_vec()).collect();
-        let resp3 =
-            ffi::context_flags(ctx.ctx) & redis_module::raw::REDISMODULE_CTX_FLAGS_RESP3 != 0;
-        let user = crate::adapters::redis::handlers::acl_check(ctx.ctx, &argv)
-            .map_err(redis_module::RedisError::String)?;
-        return crate::adapters::redis::handlers::submit(
-            ctx.ctx,
-            Class::Read,
-            vec![full],
-            false,
-            resp3,
-            user,
-        );
-    }
-    let pairs = matches!(in_script, InScript::Sorted { pairs: true });
-    let reply = call_outside_script(ctx.ctx, &argv);
-    let reply = reply.map_err(redis_module::RedisError::String)?;
-    if reply.is_error() {
-        return Err(redis_module::RedisError::String(
-            String::from_utf8_lossy(reply.bytes()).into_owned(),
-        ));
-    }
-    let mut elements: Vec<Vec<u8>> = (0..reply.len())
-        .filter_map(|i| reply.element(i).map(|e| e.bytes().to_vec()))
-        .collect();
-    if pairs {
-        let mut by_pair: Vec<(Vec<u8>, Vec<u8>)> = Vec::with_capacity(elements.len() / 2);
-        let mut items = elements.into_iter();
-        while let (Some(field), Some(value)) = (items.next(), items.next()) {
-            by_pair.push((field, value));
-        }
-        by_pair.sort();
-        elements = by_pair.into_iter().flat_map(|(f, v)| [f, v]).collect();
-    } else {
-        elements.sort();
-    }
-    let answer = Answer::Array(elements.into_iter().map(Answer::Bulk).collect());
-    ffi::reply_answer(ctx.ctx, &answer);
-    Ok(redis_module::RedisValue::NoReply)
 }
 
 /// `RAFT._NOKILL ...`: what `SCRIPT KILL` and `FUNCTION KILL` become. It runs while a

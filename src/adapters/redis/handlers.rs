@@ -1,84 +1,25 @@
 //! Client-facing commands: the command filter that routes every command through `RAFT`,
 //! and the `RAFT`, `RAFT.CLUSTER` and `RAFT.DEBUG` handlers.
 
-use std::path::PathBuf;
-
 use redis_module::{Context, RedisError, RedisResult, RedisString, RedisValue};
 
 use crate::adapters::disk::logio::LogFile;
 use crate::adapters::ffi::{self, Answer, FilterCtx, RawCtx};
 use crate::adapters::raft_thread::driver::DriverInput;
-use crate::adapters::redis::configs::config;
-use crate::adapters::redis::state::{
-    self, call_locally, with_state, with_table, NodeState, Waiter,
+use crate::adapters::redis::random_ids::{pick_node_id, random_hex};
+use crate::adapters::redis::settings::{log_path, with_config};
+use crate::adapters::redis::state::{self, call_locally, with_state, with_table, NodeState};
+use crate::adapters::redis::submit::{
+    self, acl_check, reply_error, run_here, submit, ERR_NOT_SUPPORTED,
 };
-use crate::adapters::redis::{execute, transactions};
+use crate::adapters::redis::{execute, node_start, transactions};
 use crate::core::commands::{
-    arity_error, unknown_command_error, AclDenied, Class, CommandInfo, CommandTable, ServerFlavor,
+    arity_error, unknown_command_error, Class, CommandInfo, CommandTable, InScript,
 };
-use crate::core::entry::{check_proposal_size, Argv, Origin, Payload};
+use crate::core::entry::Argv;
 use crate::core::logfile::NodeMeta;
 use crate::core::membership::{single_change, ChangeContext};
-use crate::core::pending::RequestId;
 use raft::eraftpb::ConfChangeType;
-
-pub const ERR_NOT_SUPPORTED: &str = "ERR not supported by RedisRaft";
-const ERR_NO_CLUSTER: &str = "NOCLUSTER No Raft Cluster";
-const ERR_JOINING: &str = "NOCLUSTER No Raft Cluster (joining now)";
-pub const ERR_REMOVED: &str = "NOCLUSTER No Raft Cluster (this node was removed from the cluster)";
-const ERR_LOADING: &str = "LOADING Raft module is loading data";
-/// Redis' own refusal of a `denyoom` command over `maxmemory`.
-pub const ERR_OOM: &str = "OOM command not allowed when used memory > 'maxmemory'.";
-
-thread_local! {
-    /// The running server, read once from `INFO server`.
-    static FLAVOR: std::cell::Cell<Option<ServerFlavor>> = const { std::cell::Cell::new(None) };
-}
-
-/// Which server runs the module (Redis 7.0, 7.2+, Valkey), where their replies differ.
-pub fn server_flavor(ctx: RawCtx) -> ServerFlavor {
-    if let Some(flavor) = FLAVOR.with(std::cell::Cell::get) {
-        return flavor;
-    }
-    let info = call_locally(ctx, &[b"INFO".to_vec(), b"server".to_vec()], false)
-        .map(|reply| String::from_utf8_lossy(reply.bytes()).into_owned())
-        .unwrap_or_default();
-    let flavor = ServerFlavor::from_info(&info);
-    FLAVOR.with(|cell| cell.set(Some(flavor)));
-    flavor
-}
-
-/// Redis' refusal of a command queued inside MULTI over `maxmemory`: Redis refuses to
-/// queue anything then, Valkey only what it would refuse outside MULTI.
-pub fn check_oom_queued(ctx: RawCtx, argv: &Argv) -> Result<(), &'static str> {
-    if server_flavor(ctx).refuses_any_queued_command_on_oom() {
-        if over_maxmemory(ctx) {
-            return Err(ERR_OOM);
-        }
-        return Ok(());
-    }
-    check_oom(ctx, std::slice::from_ref(argv))
-}
-
-/// Whether the server is over `maxmemory` (Redis' own judgement, as for its commands).
-pub fn over_maxmemory(ctx: RawCtx) -> bool {
-    ffi::context_flags(ctx) & redis_module::raw::REDISMODULE_CTX_FLAGS_OOM != 0
-}
-
-/// Redis' OOM refusal if any of `commands` is one Redis refuses over `maxmemory`
-/// (`denyoom`; deletes and the like still go through) and the server is over it.
-fn check_oom(ctx: RawCtx, commands: &[Argv]) -> Result<(), &'static str> {
-    let denied = with_table(|table| {
-        commands.iter().any(|argv| {
-            let slices: Vec<&[u8]> = argv.iter().map(Vec::as_slice).collect();
-            table.denies_oom(&slices)
-        })
-    });
-    if denied && over_maxmemory(ctx) {
-        return Err(ERR_OOM);
-    }
-    Ok(())
-}
 
 /// Every client command passes here first. Commands raft must see are rewritten to
 /// `RAFT <command...>` so that our handler, which can block the client, receives them.
@@ -110,7 +51,7 @@ pub extern "C" fn command_filter(fctx: FilterCtx) {
     }
     if argv[0].eq_ignore_ascii_case(b"acl") {
         // ACL rules may change: forget which users were unrestricted.
-        UNRESTRICTED_USERS.with(|users| users.borrow_mut().clear());
+        submit::forget_unrestricted_users();
     }
     if argv[0].eq_ignore_ascii_case(b"cluster") {
         // Cluster-aware clients ask CLUSTER SLOTS & co: answered from the raft membership.
@@ -126,10 +67,6 @@ pub extern "C" fn command_filter(fctx: FilterCtx) {
     if intercept {
         ffi::filter_prepend(fctx, b"RAFT");
     }
-}
-
-fn reply_error(message: &str) -> RedisResult {
-    Err(RedisError::String(message.to_string()))
 }
 
 fn args_to_argv(args: &[RedisString]) -> Argv {
@@ -180,276 +117,6 @@ pub fn raft_command(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     submit(ctx.ctx, class, vec![argv], false, resp3, user)
 }
 
-thread_local! {
-    /// Users found to have every permission (`+@all ~* &*`, no selectors): their commands
-    /// need no check. Cleared whenever an ACL command passes the filter.
-    static UNRESTRICTED_USERS: std::cell::RefCell<std::collections::HashMap<String, bool>> =
-        std::cell::RefCell::new(std::collections::HashMap::new());
-}
-
-fn is_unrestricted(ctx: RawCtx, name: &str) -> bool {
-    if let Some(known) = UNRESTRICTED_USERS.with(|users| users.borrow().get(name).copied()) {
-        return known;
-    }
-    let rules = call_locally(
-        ctx,
-        &[
-            b"ACL".to_vec(),
-            b"GETUSER".to_vec(),
-            name.as_bytes().to_vec(),
-        ],
-        false,
-    );
-    let unrestricted = rules.is_ok_and(|reply| {
-        let field = |wanted: &[u8]| {
-            (0..reply.len()).step_by(2).find_map(|i| {
-                let key = reply.element(i)?;
-                (key.bytes() == wanted).then(|| reply.element(i + 1))?
-            })
-        };
-        let text = |wanted: &[u8]| field(wanted).map(|value| value.bytes().to_vec());
-        text(b"commands").as_deref() == Some(b"+@all".as_slice())
-            && text(b"keys").as_deref() == Some(b"~*".as_slice())
-            && text(b"channels").as_deref() == Some(b"&*".as_slice())
-            && field(b"selectors").is_none_or(|selectors| selectors.is_empty())
-    });
-    UNRESTRICTED_USERS.with(|users| users.borrow_mut().insert(name.to_string(), unrestricted));
-    unrestricted
-}
-
-/// Checks a command against the caller's ACL user before it can enter the log, with
-/// Redis' own wording when it is refused.
-/// Returns the caller's user name.
-pub fn acl_check(ctx: RawCtx, argv: &[Vec<u8>]) -> Result<Option<String>, String> {
-    let Some(name) = ffi::data::current_user_name(ctx) else {
-        return Ok(None);
-    };
-    if is_unrestricted(ctx, &name) {
-        return Ok(Some(name));
-    }
-    let Some(user) = ffi::data::ModuleUser::find(&name) else {
-        return Err(format!("NOPERM user '{name}' does not exist"));
-    };
-    if user.may_run(&mut ffi::data::Args::new(argv)) {
-        return Ok(Some(name));
-    }
-    // The server's own wording (Redis 7.0's, or 7.2's which Valkey keeps); ACL DRYRUN
-    // tells which rule refused.
-    let mut dry_run = vec![
-        b"ACL".to_vec(),
-        b"DRYRUN".to_vec(),
-        name.clone().into_bytes(),
-    ];
-    dry_run.extend(argv.iter().cloned());
-    let reason = call_locally(ctx, &dry_run, false)
-        .map(|reply| String::from_utf8_lossy(reply.bytes()).into_owned())
-        .unwrap_or_default();
-    let slices: Vec<&[u8]> = argv.iter().map(Vec::as_slice).collect();
-    let command = with_table(|table| table.full_name(&slices));
-    let denied = if reason.contains(" key") {
-        AclDenied::Key
-    } else if reason.contains(" channel") {
-        AclDenied::Channel
-    } else {
-        AclDenied::Command(&command)
-    };
-    Err(server_flavor(ctx).acl_wording().noperm(denied, &name))
-}
-
-/// A script or function call by a user with restricted rights. The leader runs proxied
-/// commands as the cluster user, so the calls inside such a script would escape the
-/// caller's rights: it is not proxied (the client gets `MOVED`). Plain commands are
-/// checked here, against the caller, before they are forwarded.
-fn restricted_script(ctx: RawCtx, argv: &[Vec<u8>], user: Option<&str>) -> bool {
-    let runs_code = argv.first().is_some_and(|name| {
-        let name = name.to_ascii_lowercase();
-        name.starts_with(b"eval") || name.starts_with(b"fcall")
-    });
-    runs_code && user.is_some_and(|name| !is_unrestricted(ctx, name))
-}
-
-/// Sends commands through raft for the client of `ctx` (a write, or one read), which stays
-/// blocked until they are applied (or the read is confirmed). `transaction`: EXEC of a
-/// MULTI block, answered with the array of replies.
-pub fn submit(
-    ctx: RawCtx,
-    class: Class,
-    commands: Vec<Argv>,
-    transaction: bool,
-    resp3: bool,
-    user: Option<String>,
-) -> RedisResult {
-    if let Err(message) = check_can_serve() {
-        if let Some(leader) = message.strip_prefix("MOVED 0 ") {
-            let restricted = commands
-                .iter()
-                .any(|argv| restricted_script(ctx, argv, user.as_deref()));
-            if config().follower_proxy && !restricted {
-                let leader = leader.to_string();
-                let forwarded = if transaction {
-                    crate::adapters::redis::proxy::forward_transaction(ctx, leader, commands)
-                } else {
-                    let argv = commands.into_iter().next().unwrap_or_default();
-                    crate::adapters::redis::proxy::forward(ctx, leader, argv)
-                };
-                if forwarded {
-                    return Ok(RedisValue::NoReply);
-                }
-            }
-        }
-        return reply_error(&message);
-    }
-    let mut class = class;
-    let local_read = class == Class::Read && !config().quorum_reads;
-    // Quorum reads check this when they run (see apply::serve_confirmed_reads).
-    if local_read && execute::reads_expired_key(ctx, &commands[0]) {
-        // Only the log may delete an expired key on every node alike.
-        class = Class::Write;
-    }
-    if class == Class::Read && local_read {
-        let argv = &commands[0];
-        ffi::reply_answer(ctx, &execute::run_read(ctx, argv, user.as_deref(), resp3));
-        return Ok(RedisValue::NoReply);
-    }
-    if class != Class::Read {
-        // Refused before anything waits: over the record limit, the entry would stop
-        // every leader that tried to append it.
-        if let Err(too_large) = check_proposal_size(&commands, user.as_deref()) {
-            return reply_error(&too_large.to_string());
-        }
-        // Refused before it is logged, as Redis refuses it before running it; the
-        // module's own entries (expiry, membership) never pass here.
-        if let Err(oom) = check_oom(ctx, &commands) {
-            return reply_error(oom);
-        }
-    }
-    let blocking = match (class, transaction) {
-        (Class::Write, false) => crate::adapters::redis::blocking::describe(ctx, &commands[0]),
-        _ => None,
-    };
-    let client = match blocking {
-        // Redis ends these waits itself on disconnect or CLIENT UNBLOCK (blocking::cancel).
-        Some(_) => ffi::block_client_cancellable(ctx),
-        None => ffi::block_client(ctx),
-    };
-    let waiter = Waiter {
-        client,
-        resp3,
-        read: None,
-        conf_reply: None,
-        user,
-        blocking,
-    };
-    if class == Class::Read {
-        let argv = commands.into_iter().next().unwrap_or_default();
-        wait_for_read(waiter, argv);
-    } else {
-        propose_commands(waiter, commands, transaction);
-    }
-    Ok(RedisValue::NoReply)
-}
-
-/// Proposes commands as one entry; the waiter is answered when it is applied. Held back
-/// while an EXEC with WATCH waits for its quiet point (see `watch`).
-pub fn propose_commands(waiter: Waiter, commands: Vec<Argv>, transaction: bool) {
-    if let Some((waiter, commands, transaction)) =
-        crate::adapters::redis::watch::hold_if_barrier(waiter, commands, transaction)
-    {
-        send_proposal(waiter, commands, transaction);
-    }
-}
-
-/// Sends a proposal to the driver now.
-pub fn send_proposal(waiter: Waiter, commands: Vec<Argv>, transaction: bool) {
-    send_proposal_at(waiter, commands, transaction, None);
-}
-
-/// Sends a proposal to the driver now, carrying `time_ms` if given (taken from
-/// `MainState::next_entry_time_ms` by the caller), else the next entry time.
-pub fn send_proposal_at(
-    waiter: Waiter,
-    commands: Vec<Argv>,
-    transaction: bool,
-    time_ms: Option<i64>,
-) {
-    if let Err(too_large) = check_proposal_size(&commands, waiter.user.as_deref()) {
-        // `submit` refuses these before blocking; this covers the module's own proposals
-        // (a read of an expired key turned into a write).
-        ffi::unblock(waiter.client, Answer::Error(too_large.to_string()));
-        return;
-    }
-    let sent = with_state(|state| {
-        let request_id = state.new_request_id();
-        let origin = state.meta.as_ref().map(|meta| Origin {
-            node_id: meta.node_id,
-            incarnation: state.incarnation,
-            request_id,
-        });
-        let payload = Payload::Commands {
-            origin,
-            time_ms: time_ms.unwrap_or_else(|| state.next_entry_time_ms()),
-            user: waiter.user.clone(),
-            transaction,
-            commands,
-        };
-        state.waiters.insert(request_id, waiter);
-        crate::adapters::redis::watch::proposed(request_id);
-        state
-            .send_to_driver(DriverInput::Propose {
-                request_id,
-                data: payload.encode(),
-            })
-            .map_err(|error| (request_id, error))
-    });
-    if let Err((request_id, _)) = &sent {
-        crate::adapters::redis::watch::settled(*request_id);
-    }
-    fail_unsent(sent);
-}
-
-/// Registers a read that runs once a quorum confirmed leadership and the read index is
-/// applied.
-fn wait_for_read(mut waiter: Waiter, argv: Argv) {
-    waiter.read = Some(argv);
-    let sent = with_state(|state| {
-        let request_id = state.new_request_id();
-        state.waiters.insert(request_id, waiter);
-        state
-            .send_to_driver(DriverInput::Read { request_id })
-            .map_err(|error| (request_id, error))
-    });
-    fail_unsent(sent);
-}
-
-fn fail_unsent(sent: Result<(), (RequestId, &'static str)>) {
-    if let Err((request_id, error)) = sent {
-        with_state(|state| state.answer_waiter(request_id, Answer::Error(error.to_string())));
-    }
-}
-
-/// Whether this node may take reads and writes now, or the error a client gets:
-/// followers redirect to the leader they know, like a Redis Cluster replica would.
-pub fn check_can_serve() -> Result<(), String> {
-    with_state(|state| match state.node_state {
-        NodeState::Uninitialized if state.removed => Err(ERR_REMOVED.to_string()),
-        NodeState::Uninitialized => Err(ERR_NO_CLUSTER.to_string()),
-        NodeState::Joining => Err(ERR_JOINING.to_string()),
-        NodeState::Loading => Err(ERR_LOADING.to_string()),
-        NodeState::Up if state.is_leader_ready() => Ok(()),
-        NodeState::Up => Err(state.not_leader_error()),
-    })
-}
-
-pub fn run_here(ctx: RawCtx, argv: &[Vec<u8>], resp3: bool) -> RedisResult {
-    match call_locally(ctx, argv, resp3) {
-        Ok(reply) => {
-            ffi::reply_answer(ctx, &Answer::Reply(reply));
-            Ok(RedisValue::NoReply)
-        }
-        Err(message) => Err(RedisError::String(message)),
-    }
-}
-
 /// `RAFT.CLUSTER INIT [dbid]` (JOIN arrives with multi-node clusters).
 pub fn raft_cluster(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     let sub = args
@@ -492,7 +159,7 @@ fn cluster_init(ctx: &Context, args: &[RedisString]) -> RedisResult {
         return reply_error(&format!("ERR {message}"));
     }
     let node_id = pick_node_id();
-    let my_addr = state::my_addr(ctx.ctx);
+    let my_addr = node_start::my_addr(ctx.ctx);
     let meta = NodeMeta {
         dbid: dbid.clone(),
         node_id,
@@ -501,7 +168,7 @@ fn cluster_init(ctx: &Context, args: &[RedisString]) -> RedisResult {
     let log = LogFile::create(&log_path(), &meta).map_err(RedisError::String)?;
     with_state(|state| {
         state.removed = false;
-        state::start_node(state, log, None, meta, None)?;
+        node_start::start_node(state, log, None, meta, None)?;
         // The first entry of every cluster names its first member and its address, so
         // nodes that replay the log later know where everyone is.
         let context = ChangeContext {
@@ -524,8 +191,69 @@ fn cluster_init(ctx: &Context, args: &[RedisString]) -> RedisResult {
     Ok(RedisValue::SimpleString(format!("OK {dbid}")))
 }
 
-pub fn log_path() -> PathBuf {
-    PathBuf::from(config().log_filename.clone())
+/// `RAFT._SORT_REPLY <command> [args]`: the command's reply with its elements sorted (by
+/// field/value pair for HGETALL), so its hash order cannot differ between nodes. What a
+/// script's `SMEMBERS`, `KEYS`, `HGETALL` & co become; a client may send it too (the
+/// original offers it), then it is a read like the command it wraps.
+pub fn sort_reply_command(
+    ctx: &redis_module::Context,
+    args: Vec<redis_module::RedisString>,
+) -> redis_module::RedisResult {
+    if args.len() < 2 {
+        return Err(redis_module::RedisError::WrongArity);
+    }
+    let argv: Vec<Vec<u8>> = args[1..].iter().map(|a| a.as_slice().to_vec()).collect();
+    let slices: Vec<&[u8]> = argv.iter().map(Vec::as_slice).collect();
+    let (in_script, class, known) = with_table(|table| {
+        (
+            table.in_script(&slices),
+            table.classify(&slices),
+            table.knows(&slices),
+        )
+    });
+    if !known {
+        return Err(redis_module::RedisError::String(
+            crate::core::commands::unknown_command_error(&slices),
+        ));
+    }
+    if class != Class::Read {
+        return Err(redis_module::RedisError::Str(
+            "ERR RAFT._SORT_REPLY sorts the reply of a read command only",
+        ));
+    }
+    if !crate::adapters::redis::state::is_applying() {
+        // From a client: a read through raft like any other, which runs this again.
+        let full: Vec<Vec<u8>> = args.iter().map(|a| a.as_slice().to_vec()).collect();
+        let resp3 =
+            ffi::context_flags(ctx.ctx) & redis_module::raw::REDISMODULE_CTX_FLAGS_RESP3 != 0;
+        let user = submit::acl_check(ctx.ctx, &argv).map_err(redis_module::RedisError::String)?;
+        return submit::submit(ctx.ctx, Class::Read, vec![full], false, resp3, user);
+    }
+    let pairs = matches!(in_script, InScript::Sorted { pairs: true });
+    let reply = execute::call_outside_script(ctx.ctx, &argv);
+    let reply = reply.map_err(redis_module::RedisError::String)?;
+    if reply.is_error() {
+        return Err(redis_module::RedisError::String(
+            String::from_utf8_lossy(reply.bytes()).into_owned(),
+        ));
+    }
+    let mut elements: Vec<Vec<u8>> = (0..reply.len())
+        .filter_map(|i| reply.element(i).map(|e| e.bytes().to_vec()))
+        .collect();
+    if pairs {
+        let mut by_pair: Vec<(Vec<u8>, Vec<u8>)> = Vec::with_capacity(elements.len() / 2);
+        let mut items = elements.into_iter();
+        while let (Some(field), Some(value)) = (items.next(), items.next()) {
+            by_pair.push((field, value));
+        }
+        by_pair.sort();
+        elements = by_pair.into_iter().flat_map(|(f, v)| [f, v]).collect();
+    } else {
+        elements.sort();
+    }
+    let answer = Answer::Array(elements.into_iter().map(Answer::Bulk).collect());
+    ffi::reply_answer(ctx.ctx, &answer);
+    Ok(redis_module::RedisValue::NoReply)
 }
 
 /// `RAFT.DEBUG EXEC <cmd> [args]` runs a command on this node only, bypassing raft.
@@ -603,42 +331,6 @@ pub fn raft_debug(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     }
 }
 
-fn random_bytes(count: usize) -> Vec<u8> {
-    use std::io::Read;
-    let mut bytes = vec![0u8; count];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut bytes))
-        .expect("cannot read /dev/urandom");
-    bytes
-}
-
-fn random_hex(bytes: usize) -> String {
-    random_bytes(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
-/// `raft.id` when set, else a random id.
-pub fn pick_node_id() -> u64 {
-    match config().id {
-        0 => random_node_id(),
-        configured => configured,
-    }
-}
-
-/// Random id in 1..=i32::MAX, like RedisRaft (C) picks.
-pub fn random_node_id() -> u64 {
-    let bytes = random_bytes(4);
-    let value = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) & 0x7fff_ffff;
-    u64::from(value.max(1))
-}
-
-pub fn random_u64() -> u64 {
-    let bytes = random_bytes(8);
-    u64::from_le_bytes(bytes.try_into().expect("8 bytes"))
-}
-
 /// Reads the server's `COMMAND` output into the command table.
 pub fn build_command_table(ctx: RawCtx) -> Result<CommandTable, String> {
     let reply = call_locally(ctx, &[b"COMMAND".to_vec()], false)?;
@@ -648,7 +340,7 @@ pub fn build_command_table(ctx: RawCtx) -> Result<CommandTable, String> {
             infos.push(command_info(element));
         }
     }
-    let ignored = config().ignored_commands.clone();
+    let ignored = with_config(|config| config.ignored_commands.clone());
     Ok(CommandTable::new(infos, &ignored))
 }
 

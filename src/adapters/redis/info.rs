@@ -5,14 +5,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use redis_module::{InfoContext, RedisResult};
 
-use crate::adapters::counters::{PEER_TRAFFIC, SNAPSHOTS_CREATED, SNAPSHOTS_RECEIVED};
+use crate::adapters::counters::{self, PEER_TRAFFIC, SNAPSHOTS_CREATED, SNAPSHOTS_RECEIVED};
 use crate::adapters::raft_thread::driver::role_name;
 use crate::adapters::redis::state::{with_state, NodeState};
-
-/// Proxied-command counters (follower-proxy).
-pub static PROXY_REQS: AtomicU64 = AtomicU64::new(0);
-pub static PROXY_FAILED_REQS: AtomicU64 = AtomicU64::new(0);
-pub static PROXY_OUTSTANDING_REQS: AtomicU64 = AtomicU64::new(0);
 
 pub fn raft_info(ctx: &InfoContext, _for_crash_report: bool) {
     if let Err(e) = build(ctx) {
@@ -163,9 +158,12 @@ fn build(ctx: &InfoContext) -> RedisResult<()> {
             "num_sessions",
             crate::adapters::redis::watch::watching_count() as u64,
         )?
-        .field("proxy_reqs", load(&PROXY_REQS))?
-        .field("proxy_failed_reqs", load(&PROXY_FAILED_REQS))?
-        .field("proxy_outstanding_reqs", load(&PROXY_OUTSTANDING_REQS))?
+        .field("proxy_reqs", load(&counters::PROXY_REQS))?
+        .field("proxy_failed_reqs", load(&counters::PROXY_FAILED_REQS))?
+        .field(
+            "proxy_outstanding_reqs",
+            load(&counters::PROXY_OUTSTANDING_REQS),
+        )?
         // Back-pressure: clients waiting on the log, and what holds them.
         .field("waiting_requests", waiting_requests as u64)?
         .field(

@@ -14,9 +14,11 @@ use crate::adapters::network::peer_guard;
 use crate::adapters::network::peer_inbound;
 use crate::adapters::network::transport::{decode_raft_msg, Transport, TransportConfig};
 use crate::adapters::raft_thread::driver::DriverInput;
-use crate::adapters::redis::apply::run_on_main;
-use crate::adapters::redis::configs::config;
-use crate::adapters::redis::handlers::{log_path, pick_node_id};
+use crate::adapters::redis::main_jobs::run_on_main;
+use crate::adapters::redis::node_start::{my_addr, start_node};
+use crate::adapters::redis::random_ids::{pick_node_id, random_node_id};
+use crate::adapters::redis::settings::log_path;
+use crate::adapters::redis::settings::{config, with_config};
 use crate::adapters::redis::state::{self, with_state, NodeState, Waiter};
 use crate::core::config::parse_addr;
 use crate::core::entry::Origin;
@@ -69,8 +71,9 @@ pub fn cluster_join(ctx: &Context, args: &[RedisString]) -> RedisResult {
         return error("ERR the database is not empty: RAFT.CLUSTER JOIN needs an empty dataset");
     }
     let node_id = pick_node_id();
-    let my_addr = state::my_addr(ctx.ctx);
-    let settings = config().clone();
+    let my_addr = my_addr(ctx.ctx);
+    let settings = config();
+    let id_is_random = settings.id == 0;
     let tls = match crate::adapters::redis::configs::peer_tls_from_server(ctx.ctx) {
         Ok(tls) => tls.map(|configs| configs.client),
         Err(message) => return error(&format!("ERR {message}")),
@@ -107,6 +110,7 @@ pub fn cluster_join(ctx: &Context, args: &[RedisString]) -> RedisResult {
                 targets,
                 node_id,
                 &my_addr,
+                id_is_random,
                 deadline,
                 request_timeout,
             );
@@ -124,10 +128,10 @@ fn ask_to_join(
     mut targets: VecDeque<String>,
     mut node_id: u64,
     my_addr: &str,
+    id_is_random: bool,
     deadline: Instant,
     request_timeout: Duration,
 ) -> Result<(u64, String), String> {
-    let id_is_random = config().id == 0;
     let seeds: Vec<String> = targets.iter().cloned().collect();
     let mut moves = 0;
     while Instant::now() < deadline {
@@ -178,7 +182,7 @@ fn ask_to_join(
                         return Err(format!("{target} refused node id {node_id}: {message}"));
                     }
                     // Our random id collided with one used before: draw another.
-                    node_id = crate::adapters::redis::handlers::random_node_id();
+                    node_id = random_node_id();
                     targets.push_front(target);
                     continue;
                 }
@@ -212,7 +216,7 @@ fn finish_join(client: BlockedClient, outcome: Result<(u64, String), String>) {
             bootstrap_voters: Vec::new(),
         };
         let log = LogFile::create(&log_path(), &meta)?;
-        with_state(|state| state::start_node(state, log, None, meta, None))
+        with_state(|state| start_node(state, log, None, meta, None))
     });
     match result {
         Ok(()) => ffi::unblock(client, Answer::Simple("OK".into())),
@@ -424,7 +428,7 @@ pub fn node_cfg(ctx: &Context, args: &[RedisString]) -> RedisResult {
 
 fn unused_random_id(state: &state::MainState) -> u64 {
     loop {
-        let id = crate::adapters::redis::handlers::random_node_id();
+        let id = random_node_id();
         if !state.membership.is_used(id) {
             return id;
         }
@@ -589,13 +593,14 @@ pub fn refuse_sender(refusal: Refusal, sender: u64, dbid: &str) -> RedisError {
 pub fn check_peer_caller(ctx: RawCtx, command: &str) -> Result<(), RedisError> {
     let user = ffi::data::current_user_name(ctx);
     let verdict = {
-        let config = config();
-        check_peer_user(
-            user.as_deref(),
-            &config.cluster_user,
-            &config.cluster_password,
-            command,
-        )
+        with_config(|config| {
+            check_peer_user(
+                user.as_deref(),
+                &config.cluster_user,
+                &config.cluster_password,
+                command,
+            )
+        })
     };
     verdict.map_err(|message| {
         let user = user.unwrap_or_default();

@@ -8,8 +8,8 @@ use crate::adapters::disk::{logio::LogFile, snapshot_files};
 use crate::adapters::ffi;
 use crate::adapters::redis::state::{self, call_locally, with_state, NodeState};
 use crate::adapters::redis::{
-    active_expiry, blocking, configs, execute, handlers, info, membership, snapshot_receive,
-    snapshots, topology, transactions,
+    active_expiry, apply, blocking, configs, execute, handlers, info, main_jobs, membership,
+    node_start, random_ids, settings, snapshot_receive, snapshots, topology, transactions,
 };
 
 #[cfg(feature = "redis-alloc")]
@@ -43,7 +43,7 @@ pub const COMMANDS: &[ffi::CommandSpec] = &[
         execute::kill_refused_command,
         "allow-busy fast",
     ),
-    ("raft._sort_reply", execute::sort_reply_command, "readonly"),
+    ("raft._sort_reply", handlers::sort_reply_command, "readonly"),
     (
         "raft.snapshot.chunk",
         snapshot_receive::receive_chunk,
@@ -72,7 +72,8 @@ fn try_init(ctx: &Context, args: &[RedisString]) -> Result<(), String> {
         ctx.log_warning("raft: could not install the logger; raft messages will be missing");
     }
     configs::register(ctx, args)?;
-    state::init_state(ffi::detached_context(ctx.ctx), handlers::random_u64());
+    state::init_state(ffi::detached_context(ctx.ctx), random_ids::random_u64());
+    main_jobs::set_task_runner(apply::run_driver_tasks);
     state::set_table(handlers::build_command_table(ctx.ctx)?);
     if !ffi::register_command_filter(ctx.ctx, handlers::command_filter) {
         return Err("cannot register the command filter".into());
@@ -116,11 +117,11 @@ fn try_init(ctx: &Context, args: &[RedisString]) -> Result<(), String> {
     ) {
         return Err("cannot watch keyspace events (needed by blocking commands)".into());
     }
-    let files = snapshot_files::SnapshotFiles::for_log(&handlers::log_path());
+    let files = snapshot_files::SnapshotFiles::for_log(&settings::log_path());
     files.remove_leftovers();
-    let cache_bytes = crate::adapters::redis::configs::config().log_max_cache_size;
+    let cache_bytes = settings::with_config(|config| config.log_max_cache_size);
     let cache_bytes = usize::try_from(cache_bytes).unwrap_or(usize::MAX);
-    if let Some((log, recovered)) = LogFile::open(&handlers::log_path(), cache_bytes)? {
+    if let Some((log, recovered)) = LogFile::open(&settings::log_path(), cache_bytes)? {
         if files.current.exists() {
             // Check the snapshot belongs with this log before the server starts serving.
             let snapshot = snapshot_files::read_meta(&files.current)?;
@@ -178,7 +179,7 @@ extern "C" fn boot_after_server_load(_: *mut c_void) {
             std::process::abort();
         }
     }
-    let files = snapshot_files::SnapshotFiles::for_log(&handlers::log_path());
+    let files = snapshot_files::SnapshotFiles::for_log(&settings::log_path());
     let started = with_state(|state| state.boot.take()).and_then(|(log, recovered)| {
         let meta = recovered.meta.clone()?;
         // Libraries the server loaded from its RDB are as stale as its keys: the
@@ -200,7 +201,7 @@ extern "C" fn boot_after_server_load(_: *mut c_void) {
             if let Some(snapshot) = &snapshot {
                 state.membership = snapshot_files::members_of(snapshot);
             }
-            state::start_node(state, log, Some(recovered), meta, snapshot.as_ref())
+            node_start::start_node(state, log, Some(recovered), meta, snapshot.as_ref())
         }))
     });
     match started {

@@ -4,10 +4,10 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use crate::adapters::counters::{PROXY_FAILED_REQS, PROXY_OUTSTANDING_REQS, PROXY_REQS};
 use crate::adapters::ffi::{self, Answer, RawCtx};
-use crate::adapters::redis::apply::run_on_main;
-use crate::adapters::redis::configs::config;
-use crate::adapters::redis::info::{PROXY_FAILED_REQS, PROXY_OUTSTANDING_REQS, PROXY_REQS};
+use crate::adapters::redis::main_jobs::run_on_main;
+use crate::adapters::redis::settings::with_config;
 use crate::adapters::redis::state::with_state;
 use crate::core::entry::Argv;
 use crate::core::resp::RespValue;
@@ -19,7 +19,7 @@ pub fn forward(ctx: RawCtx, leader_addr: String, argv: Argv) -> bool {
     let timeout_ms = crate::adapters::redis::blocking::proxy_timeout_ms(
         ctx,
         &argv,
-        config().proxy_response_timeout_ms,
+        with_config(|config| config.proxy_response_timeout_ms),
     );
     forward_pipeline(ctx, leader_addr, vec![argv], timeout_ms)
 }
@@ -35,7 +35,7 @@ pub fn forward_transaction(ctx: RawCtx, leader_addr: String, commands: Vec<Argv>
         ctx,
         leader_addr,
         pipeline,
-        config().proxy_response_timeout_ms,
+        with_config(|config| config.proxy_response_timeout_ms),
     )
 }
 

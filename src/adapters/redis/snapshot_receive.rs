@@ -12,7 +12,7 @@ use redis_module::{Context, RedisError, RedisResult, RedisString, RedisValue};
 
 use crate::adapters::disk::snapshot_files::{verify, SnapshotFiles};
 use crate::adapters::raft_thread::driver::DriverInput;
-use crate::adapters::redis::handlers::log_path;
+use crate::adapters::redis::settings::log_path;
 use crate::adapters::redis::state::{with_state, NodeState};
 use crate::core::peer_check::{check_sender, Refusal, SenderVerdict};
 
@@ -121,7 +121,7 @@ pub fn receive_done(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
         return Err(RedisError::WrongArity);
     }
     let sender = check_peer(ctx, "RAFT.SNAPSHOT.DONE", &args)?;
-    if crate::adapters::redis::configs::config().snapshot_disable_load {
+    if crate::adapters::redis::settings::with_config(|config| config.snapshot_disable_load) {
         // Test knob: the snapshot is not loaded; the sender retries later.
         INCOMING.lock().unwrap_or_else(|p| p.into_inner()).take();
         return Err(RedisError::Str(

@@ -178,14 +178,13 @@ pub fn start(log_path: &Path) -> Result<u64, String> {
         return Err(NOTHING_NEW.into());
     }
     // Test knobs of the original, read before the fork (the child must not take locks).
-    let (disabled, fail, delay_secs) = {
-        let config = crate::adapters::redis::configs::config();
+    let (disabled, fail, delay_secs) = crate::adapters::redis::settings::with_config(|config| {
         (
             config.snapshot_disable,
             config.snapshot_fail,
             config.snapshot_delay_secs,
         )
-    };
+    });
     if disabled {
         return Err(ERR_SNAPSHOT_DISABLED.into());
     }
@@ -309,7 +308,7 @@ extern "C" fn on_fork_done(exit_code: c_int, by_signal: c_int, _: *mut c_void) {
     let Some(done) = IN_PROGRESS.lock().unwrap_or_else(|p| p.into_inner()).take() else {
         return;
     };
-    let files = SnapshotFiles::for_log(&crate::adapters::redis::handlers::log_path());
+    let files = SnapshotFiles::for_log(&crate::adapters::redis::settings::log_path());
     let input = if exit_code == 0 && by_signal == 0 {
         match publish(&files, &files.temp, done.index) {
             Ok(true) => {
@@ -357,7 +356,7 @@ pub struct CurrentSnapshotInfo {
 
 /// For INFO: the snapshot file as it is on disk now.
 pub fn current_info() -> CurrentSnapshotInfo {
-    let files = SnapshotFiles::for_log(&crate::adapters::redis::handlers::log_path());
+    let files = SnapshotFiles::for_log(&crate::adapters::redis::settings::log_path());
     let metadata = std::fs::metadata(&files.current).ok();
     let meta = metadata
         .as_ref()
@@ -379,7 +378,7 @@ pub fn current_info() -> CurrentSnapshotInfo {
 pub fn compact_now(ctx: &redis_module::Context, background: bool) -> redis_module::RedisResult {
     use redis_module::{RedisError, RedisValue};
     if background {
-        return match start(&crate::adapters::redis::handlers::log_path()) {
+        return match start(&crate::adapters::redis::settings::log_path()) {
             Ok(_) => Ok(RedisValue::SimpleStringStatic("OK")),
             Err(e) if e == NOTHING_NEW || e == ALREADY_RUNNING => {
                 Ok(RedisValue::SimpleStringStatic("OK"))
@@ -408,11 +407,13 @@ fn compact_when_idle(client: ffi::BlockedClient) {
             while in_progress() && Instant::now() < deadline {
                 std::thread::sleep(POLL);
             }
-            crate::adapters::redis::apply::run_on_main(Box::new(move || compact_when_idle(client)));
+            crate::adapters::redis::main_jobs::run_on_main(Box::new(move || {
+                compact_when_idle(client)
+            }));
         });
         return;
     }
-    let index = match start(&crate::adapters::redis::handlers::log_path()) {
+    let index = match start(&crate::adapters::redis::settings::log_path()) {
         Ok(index) => index,
         Err(e) if e == NOTHING_NEW => {
             return ffi::unblock(client, ffi::Answer::Simple("OK".into()))
@@ -446,6 +447,8 @@ fn compact_when_idle(client: ffi::BlockedClient) {
             }
             std::thread::sleep(POLL);
         };
-        crate::adapters::redis::apply::run_on_main(Box::new(move || ffi::unblock(client, answer)));
+        crate::adapters::redis::main_jobs::run_on_main(Box::new(move || {
+            ffi::unblock(client, answer)
+        }));
     });
 }

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use redis_module::{RedisError, RedisResult, RedisValue};
 
 use crate::adapters::ffi::RawCtx;
-use crate::adapters::redis::handlers::{self, ERR_NOT_SUPPORTED};
+use crate::adapters::redis::submit::{self, ERR_NOT_SUPPORTED};
 use crate::adapters::redis::watch;
 use crate::core::commands::{arity_error, unknown_command_error, Class};
 use crate::core::entry::Argv;
@@ -97,7 +97,7 @@ pub fn command(ctx: RawCtx, client: u64, argv: Argv, resp3: bool) -> RedisResult
             if queued.commands.is_empty() {
                 return Ok(RedisValue::Array(Vec::new()));
             }
-            handlers::submit(ctx, Class::Write, queued.commands, true, resp3, user)
+            submit::submit(ctx, Class::Write, queued.commands, true, resp3, user)
         }
         b"watch" if in_multi(client) => error("ERR WATCH inside MULTI is not allowed"),
         b"watch" if argv.len() < 2 => error("ERR wrong number of arguments for 'watch' command"),
@@ -122,7 +122,7 @@ pub fn queue(ctx: RawCtx, client: u64, argv: Argv, class: Class) -> RedisResult 
             let known = crate::adapters::redis::state::with_table(|table| table.knows(&slices));
             if known {
                 // Connection and admin commands act at once, as they do outside MULTI.
-                return handlers::run_here(ctx, &argv, false);
+                return submit::run_here(ctx, &argv, false);
             }
             let exists = crate::adapters::redis::state::with_table(|table| table.has(&argv[0]));
             Some(if exists {
@@ -132,9 +132,9 @@ pub fn queue(ctx: RawCtx, client: u64, argv: Argv, class: Class) -> RedisResult 
             })
         }
         Class::Read | Class::Write | Class::Transaction => {
-            match handlers::check_oom_queued(ctx, &argv) {
+            match submit::check_oom_queued(ctx, &argv) {
                 Err(oom) => Some(oom.to_string()),
-                Ok(()) => handlers::acl_check(ctx, &argv).err(),
+                Ok(()) => submit::acl_check(ctx, &argv).err(),
             }
         }
     };

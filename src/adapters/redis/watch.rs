@@ -18,7 +18,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::Ordering;
 
 use crate::adapters::ffi::{self, Answer, BlockedClient};
-use crate::adapters::redis::handlers;
+use crate::adapters::redis::proposals;
 use crate::adapters::redis::state::{with_state, Waiter};
 use crate::core::entry::Argv;
 
@@ -54,8 +54,6 @@ struct WatchState {
     watchers: HashMap<Vec<u8>, HashSet<u64>>,
     pending: VecDeque<PendingExec>,
     held: VecDeque<HeldWrite>,
-    /// Key-modifying proposals of this node not yet applied or failed, by request id.
-    in_flight: HashSet<u64>,
 }
 
 thread_local! {
@@ -64,7 +62,7 @@ thread_local! {
 
 /// `WATCH key [key ...]` outside MULTI.
 pub fn watch(client: u64, keys: &[Vec<u8>]) -> Result<(), String> {
-    handlers::check_can_serve()?;
+    proposals::check_can_serve()?;
     STATE.with(|state| {
         let mut state = state.borrow_mut();
         let watching = state.clients.entry(client).or_default();
@@ -138,12 +136,12 @@ pub fn exec(
     user: Option<String>,
 ) -> redis_module::RedisResult {
     let dirty = STATE.with(|state| state.borrow().clients.get(&client).is_some_and(|w| w.dirty));
-    if dirty || watched_key_expired(ctx, client, crate::adapters::redis::execute::read_now_ms()) {
+    if dirty || watched_key_expired(ctx, client, crate::adapters::redis::state::read_now_ms()) {
         unwatch(client);
         ffi::reply_answer(ctx, &Answer::NullArray);
         return Ok(redis_module::RedisValue::NoReply);
     }
-    if let Err(message) = handlers::check_can_serve() {
+    if let Err(message) = proposals::check_can_serve() {
         unwatch(client);
         return Err(redis_module::RedisError::String(message));
     }
@@ -182,7 +180,7 @@ fn watched_key_expired(ctx: ffi::RawCtx, client: u64, now_ms: i64) -> bool {
 
 /// A new write while an EXEC waits for its quiet point is kept and sent later (`None`);
 /// otherwise it is given back to be sent now.
-pub fn hold_if_barrier(
+fn hold_if_barrier(
     waiter: Waiter,
     commands: Vec<Argv>,
     transaction: bool,
@@ -209,18 +207,17 @@ pub fn hold_if_barrier(
     None
 }
 
+/// Proposes commands as one entry; the waiter is answered when it is applied. Held back
+/// while an EXEC with WATCH waits for its quiet point (see `watch`).
+pub fn propose(waiter: Waiter, commands: Vec<Argv>, transaction: bool) {
+    if let Some((waiter, commands, transaction)) = hold_if_barrier(waiter, commands, transaction) {
+        proposals::send_proposal(waiter, commands, transaction);
+    }
+}
+
 /// Whether the active expiry may propose now (not while an EXEC waits).
 pub fn barrier_up() -> bool {
     STATE.with(|state| !state.borrow().pending.is_empty())
-}
-
-pub fn proposed(request_id: u64) {
-    STATE.with(|state| state.borrow_mut().in_flight.insert(request_id));
-}
-
-/// A proposal of this node was applied or failed.
-pub fn settled(request_id: u64) {
-    STATE.with(|state| state.borrow_mut().in_flight.remove(&request_id));
 }
 
 /// Called after applies, failures and periodically: proposes the next waiting EXEC once
@@ -231,7 +228,7 @@ pub fn progress() {
         if !has_pending {
             break;
         }
-        if let Err(message) = handlers::check_can_serve() {
+        if let Err(message) = proposals::check_can_serve() {
             let pending: Vec<PendingExec> =
                 STATE.with(|state| state.borrow_mut().pending.drain(..).collect());
             for exec in pending {
@@ -272,27 +269,26 @@ pub fn progress() {
             blocking: None,
         };
         // The next EXEC must see this one applied first: the loop waits for quiet again.
-        handlers::send_proposal_at(waiter, exec.commands, true, Some(time_ms));
+        proposals::send_proposal_at(waiter, exec.commands, true, Some(time_ms));
     }
     let held: Vec<HeldWrite> = STATE.with(|state| state.borrow_mut().held.drain(..).collect());
     for write in held {
-        handlers::send_proposal(write.waiter, write.commands, write.transaction);
+        proposals::send_proposal(write.waiter, write.commands, write.transaction);
     }
 }
 
 /// Every entry in the log applied and no write of this node in flight.
 fn is_quiet() -> bool {
-    let no_writes = STATE.with(|state| state.borrow().in_flight.is_empty());
-    no_writes
-        && with_state(|state| {
-            let ready = state.is_leader_ready();
-            let commit = state.shared.commit_index.load(Ordering::Acquire);
-            let last = state.shared.last_index.load(Ordering::Acquire);
-            ready
-                && state.applied_index >= commit.max(last)
-                && state.expire_in_flight_until_ms
-                    < crate::adapters::redis::execute::wall_clock_ms()
-        })
+    with_state(|state| {
+        let no_writes = state.writes_in_flight.is_empty();
+        let ready = state.is_leader_ready();
+        let commit = state.shared.commit_index.load(Ordering::Acquire);
+        let last = state.shared.last_index.load(Ordering::Acquire);
+        no_writes
+            && ready
+            && state.applied_index >= commit.max(last)
+            && state.expire_in_flight_until_ms < crate::adapters::redis::clock::wall_clock_ms()
+    })
 }
 
 /// Clients with watches (INFO).
