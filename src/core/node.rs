@@ -146,6 +146,8 @@ impl RaftNode {
             ..Default::default()
         };
         config.validate()?;
+        let mut store = store;
+        store.set_applied(params.applied);
         let raw = RawNode::new(&config, store, &bridge_logger())?;
         Ok(RaftNode {
             raw,
@@ -402,6 +404,7 @@ impl RaftNode {
                 self.snapshot_awaiting_persist = None;
                 if index > self.raw.raft.raft_log.applied() {
                     self.raw.advance_apply_to(index);
+                    self.raw.mut_store().set_applied(index);
                 }
             }
         }
@@ -454,6 +457,7 @@ impl RaftNode {
             // The caller applies strictly in order; conf changes are applied to raft by
             // the caller through `apply_conf_change` before the next cycle.
             self.raw.advance_apply_to(last.index);
+            self.raw.mut_store().set_applied(last.index);
         }
         Some(out)
     }

@@ -96,12 +96,26 @@ pub struct LogStore {
     frame_lens: VecDeque<u32>,
     /// Bound on `cached_bytes`; `None` = keep everything.
     cache_limit_bytes: Option<usize>,
+    /// Raft's applied index. Entries after it stay cached past the limit (up to
+    /// [`UNAPPLIED_CACHE_FACTOR`] times it): raft reads them once more, to hand them over
+    /// for applying, and reading a 100 MB entry back from the file took the raft
+    /// thread 300-500 ms, enough to miss heartbeats.
+    applied_index: u64,
+    /// The entries the last read-back from the file gave, by the first index asked for:
+    /// raft asks for the same entries again for a follower it probes (on each heartbeat
+    /// answer), and each time a huge entry was read and decoded anew.
+    last_read_back: std::cell::RefCell<Option<(u64, Vec<Entry>)>>,
     /// The free end of the newest cache segment (see [`CACHE_SEGMENT_BYTES`]).
     cache_segment: BytesMut,
     /// Size the newest cache segment was allocated with.
     cache_segment_bytes: usize,
     reader: Option<Reader>,
 }
+
+/// Unapplied entries stay cached up to this many times the cache limit; beyond it they
+/// are evicted like applied ones (a leader cut off from its followers commits nothing,
+/// and its proposals must not fill memory).
+const UNAPPLIED_CACHE_FACTOR: usize = 4;
 
 /// Cached entries' data up to [`PACKED_ENTRY_MAX_BYTES`] is copied into shared segments
 /// of at most this size, in log order. The cache evicts its oldest entries first, so a segment is
@@ -246,8 +260,15 @@ impl LogStore {
         self.evict();
     }
 
+    /// Raft applied up to `index`: entries up to it may leave the cache.
+    pub fn set_applied(&mut self, index: u64) {
+        self.applied_index = index;
+        self.evict();
+    }
+
     /// Bounds the memory of the entry cache (`log-max-cache-size`); `None` keeps every
-    /// entry. Entries not yet written (no frame location) stay regardless.
+    /// entry. Entries not yet written (no frame location) stay regardless, and entries
+    /// not yet applied within a multiple of the limit.
     pub fn set_cache_limit(&mut self, limit_bytes: Option<usize>) {
         self.cache_limit_bytes = limit_bytes;
         self.evict();
@@ -301,6 +322,9 @@ impl LogStore {
 
     /// Drops entries `>= index` (`first_index <= index <= last_index + 1`).
     fn truncate_from(&mut self, index: u64) {
+        if index <= self.last_index {
+            self.last_read_back.replace(None);
+        }
         let kept = (index - self.first_index()) as usize;
         self.frame_offsets.truncate(kept);
         self.frame_lens.truncate(kept);
@@ -415,7 +439,11 @@ impl LogStore {
             return;
         }
         let located_end = self.located_end();
-        while self.cached_bytes > limit && self.cache_first() < located_end {
+        let hard_limit = limit.saturating_mul(UNAPPLIED_CACHE_FACTOR);
+        while self.cached_bytes > limit
+            && self.cache_first() < located_end
+            && (self.cache_first() <= self.applied_index || self.cached_bytes > hard_limit)
+        {
             let entry = self.cache.pop_front().expect("cache_first <= last_index");
             self.cached_bytes -= cached_size(&entry);
         }
@@ -471,6 +499,7 @@ impl LogStore {
         if compact_index <= self.snapshot_point.index {
             return;
         }
+        self.last_read_back.replace(None);
         if compact_index <= self.last_index() {
             let log_term = self.term_of_held(compact_index);
             assert_eq!(
@@ -503,6 +532,7 @@ impl LogStore {
     }
 
     fn clear_log(&mut self, last_index: u64) {
+        self.last_read_back.replace(None);
         self.cache.clear();
         self.cached_bytes = 0;
         self.frame_offsets.clear();
@@ -586,9 +616,40 @@ impl LogStore {
     }
 
     /// Reads entries `[low, high)` (all older than the cache, all located) back from the
-    /// log file into `taken`, within the size limit. Returns false when the limit was
-    /// reached.
+    /// log file into `taken`, within the size limit, starting with what the last
+    /// read-back from `low` gave. Returns false when the limit was reached.
     fn read_back(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: Option<u64>,
+        taken: &mut Vec<Entry>,
+        total_size: &mut u64,
+    ) -> bool {
+        let first_taken = taken.len();
+        let mut index = low;
+        let mut within = true;
+        if let Some((memo_low, memo)) = &*self.last_read_back.borrow() {
+            if *memo_low == low {
+                for entry in memo.iter().take_while(|entry| entry.index < high) {
+                    within = take_within(taken, total_size, entry.clone(), max_size);
+                    if !within {
+                        break;
+                    }
+                    index = entry.index + 1;
+                }
+            }
+        }
+        if within && index < high {
+            within = self.read_back_from_file(index, high, max_size, taken, total_size);
+        }
+        self.last_read_back
+            .replace(Some((low, taken[first_taken..].to_vec())));
+        within
+    }
+
+    /// `read_back` without the memo: reads and verifies the frames.
+    fn read_back_from_file(
         &self,
         low: u64,
         high: u64,
@@ -1272,10 +1333,15 @@ mod tests {
 
     /// A log file in memory that the store reads back through [`LogReader`].
     #[derive(Clone, Default)]
-    struct SharedFile(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+    struct SharedFile(
+        std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+        /// Reads made through it.
+        std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    );
 
     impl LogReader for SharedFile {
         fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), String> {
+            self.1.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let bytes = self.0.lock().unwrap();
             let start = offset as usize;
             let slice = bytes
@@ -1349,6 +1415,8 @@ mod tests {
         let mut store = LogStore::new();
         store.set_reader(Box::new(file.clone()));
         store.set_cache_limit(Some(limit));
+        // Everything counts as applied: only the limit decides (see the unapplied tests).
+        store.set_applied(u64::MAX);
         (store, LogStore::new(), file)
     }
 
@@ -1401,6 +1469,67 @@ mod tests {
         assert_eq!(store.cached_bytes(), limit);
         assert_eq!(store.entry_count(), 40);
         assert_eq!(store.cache_first(), 31);
+        assert_same_reads(&store, &twin);
+    }
+
+    #[test]
+    fn unapplied_entries_stay_cached_past_the_limit_up_to_a_multiple_of_it() {
+        let batch: Vec<Entry> = (1..=40).map(|index| data_entry(index, 1)).collect();
+        let limit = cost(&batch[30..]);
+        let (mut store, mut twin, file) = bounded_pair(limit);
+        store.set_applied(0);
+        append_written(&mut store, &mut twin, &file, &batch[..20]);
+        // Nothing applied: all 20 stay (their cost is under four times the limit).
+        assert!(cost(&batch[..20]) <= UNAPPLIED_CACHE_FACTOR * limit);
+        assert_eq!(store.cached_entry_count(), 20);
+        assert_same_reads(&store, &twin);
+        store.set_applied(15);
+        // Applied ones leave down to the limit; unapplied 16..=20 stay.
+        assert!(store.cache_first() <= 16);
+        assert!(store.cached_bytes() <= limit.max(cost(&batch[15..20])));
+        store.set_applied(20);
+        assert!(store.cached_bytes() <= limit);
+        // Never more than four times the limit, applied or not.
+        let (mut store, mut twin, file) = bounded_pair(cost(&batch[..2]));
+        store.set_applied(0);
+        append_written(&mut store, &mut twin, &file, &batch);
+        assert!(store.cached_bytes() <= UNAPPLIED_CACHE_FACTOR * cost(&batch[..2]));
+        assert_same_reads(&store, &twin);
+    }
+
+    #[test]
+    fn asking_again_for_entries_read_back_does_not_read_the_file_again() {
+        let batch: Vec<Entry> = (1..=10).map(|index| data_entry(index, 1)).collect();
+        let (mut store, mut twin, file) = bounded_pair(0);
+        append_written(&mut store, &mut twin, &file, &batch);
+        assert_eq!(store.cached_entry_count(), 0);
+        let reads = || file.1.load(std::sync::atomic::Ordering::Relaxed);
+        let first = store.entries(3, 8, None, any_context()).unwrap();
+        let after_first = reads();
+        assert!(after_first > 0);
+        // What a probed follower's heartbeat answers ask, again and again.
+        for _ in 0..5 {
+            assert_eq!(store.entries(3, 8, None, any_context()).unwrap(), first);
+        }
+        assert_eq!(reads(), after_first);
+        // A shorter or a longer range from the same index is served from it too (the
+        // longer one reads only what follows).
+        assert_eq!(
+            store.entries(3, 5, None, any_context()).unwrap(),
+            twin.entries(3, 5, None, any_context()).unwrap()
+        );
+        assert_eq!(reads(), after_first);
+        assert_eq!(
+            store.entries(3, 11, None, any_context()).unwrap(),
+            twin.entries(3, 11, None, any_context()).unwrap()
+        );
+        // Overwritten entries are never served from it.
+        let replacement: Vec<Entry> = (5..=6).map(|index| data_entry(index, 2)).collect();
+        append_written(&mut store, &mut twin, &file, &replacement);
+        assert_eq!(
+            store.entries(3, 7, None, any_context()).unwrap(),
+            twin.entries(3, 7, None, any_context()).unwrap()
+        );
         assert_same_reads(&store, &twin);
     }
 

@@ -1837,7 +1837,7 @@ impl World {
             hard_state: durable_hs,
         };
         let mut log = LogMirror::from_recovered(&recovered, &self.committed_mirror)?;
-        // `module.rs` and `state::start_node`: the snapshot and the log must agree.
+        // `module.rs` and `node_start::start_node`: the snapshot and the log must agree.
         let compacted = recovered.compacted.map_or(0, |point| point.index);
         match &snapshot {
             None if compacted > 0 => {

@@ -137,6 +137,31 @@ pub struct SharedStatus {
     pub handing_over: AtomicBool,
 }
 
+impl DriverInput {
+    /// The input's name, for the log line of a long iteration.
+    fn kind(&self) -> &'static str {
+        match self {
+            DriverInput::Propose { .. } => "proposal",
+            DriverInput::Read { .. } => "read",
+            DriverInput::ConfChange { .. } => "conf change",
+            DriverInput::Campaign => "campaign",
+            DriverInput::TransferLeader { .. } => "transfer",
+            DriverInput::Peer(message) => match message.get_msg_type() {
+                MessageType::MsgAppend => "append",
+                MessageType::MsgAppendResponse => "append response",
+                MessageType::MsgHeartbeat | MessageType::MsgHeartbeatResponse => "heartbeat",
+                _ => "peer message",
+            },
+            DriverInput::SnapshotTaken { .. } => "snapshot taken",
+            DriverInput::SnapshotFailed => "snapshot failed",
+            DriverInput::SnapshotSent { .. } => "snapshot sent",
+            DriverInput::PeerAddress { .. } => "peer address",
+            DriverInput::Settings(_) => "settings",
+            DriverInput::Synced { .. } => "synced",
+        }
+    }
+}
+
 pub fn role_code(role: Role) -> u8 {
     match role {
         Role::Follower => 1,
@@ -206,7 +231,25 @@ pub struct Driver {
     persist: PersistQueue,
     /// To the sync thread (when `log-fsync` is on): at most one sync is asked at a time.
     sync_requests: Option<std::sync::mpsc::SyncSender<u64>>,
+    /// Where the current loop iteration spent its time (logged when it was long).
+    busy: BusyTimes,
 }
+
+/// Time one driver loop iteration spent per step. A long iteration delays ticks and
+/// heartbeats, so it is logged with its breakdown.
+#[derive(Default)]
+struct BusyTimes {
+    inputs: Duration,
+    tick: Duration,
+    log_writes: Duration,
+    sends: Duration,
+    compaction: Duration,
+    slowest_input: (&'static str, Duration),
+}
+
+/// An iteration longer than this is logged (a tenth of the shortest election timeout
+/// anyone runs with in the tests is 100 ms).
+const LONG_ITERATION: Duration = Duration::from_millis(100);
 
 impl Driver {
     #[allow(clippy::too_many_arguments)]
@@ -247,6 +290,7 @@ impl Driver {
             handover_deadline: None,
             persist,
             sync_requests: None,
+            busy: BusyTimes::default(),
         }
     }
 
@@ -277,7 +321,10 @@ impl Driver {
         loop {
             let wait = next_tick.saturating_duration_since(Instant::now());
             let mut new_reads = Vec::new();
-            match self.inbox.recv_timeout(wait) {
+            let first = self.inbox.recv_timeout(wait);
+            let started = Instant::now();
+            self.busy = BusyTimes::default();
+            match first {
                 Ok(input) => self.handle(input, &mut new_reads),
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return,
@@ -290,7 +337,9 @@ impl Driver {
             }
             self.reads.queue(new_reads);
             let _started = self.start_queued_reads();
-            if Instant::now() >= next_tick {
+            self.busy.inputs = started.elapsed();
+            let tick_started = Instant::now();
+            if tick_started >= next_tick {
                 self.node.tick();
                 self.ticks += 1;
                 next_tick += self.params.tick;
@@ -321,11 +370,40 @@ impl Driver {
                     }
                 }
             }
+            self.busy.tick = tick_started.elapsed();
             self.pump_ready();
+            let total = started.elapsed();
+            if total >= LONG_ITERATION {
+                let ms = |d: Duration| d.as_millis();
+                let busy = &self.busy;
+                log::info!(
+                    "raft: the raft thread was busy for {} ms in one iteration (inputs {} ms, \
+                     slowest {} {} ms; tick {} ms, log writes {} ms, sends {} ms, log \
+                     compaction {} ms)",
+                    ms(total),
+                    ms(busy.inputs),
+                    busy.slowest_input.0,
+                    ms(busy.slowest_input.1),
+                    ms(busy.tick),
+                    ms(busy.log_writes),
+                    ms(busy.sends),
+                    ms(busy.compaction)
+                );
+            }
         }
     }
 
     fn handle(&mut self, input: DriverInput, new_reads: &mut Vec<RequestId>) {
+        let kind = input.kind();
+        let started = Instant::now();
+        self.handle_input(input, new_reads);
+        let took = started.elapsed();
+        if took > self.busy.slowest_input.1 {
+            self.busy.slowest_input = (kind, took);
+        }
+    }
+
+    fn handle_input(&mut self, input: DriverInput, new_reads: &mut Vec<RequestId>) {
         match input {
             DriverInput::Propose { request_id, data } => match self.node.propose(data) {
                 Ok((index, term)) => self.proposals.insert(index, term, request_id),
@@ -659,6 +737,7 @@ impl Driver {
             .rewrite(LogPosition { index, term }, &hard_state, &entries);
         self.node.replace_frames(&frames);
         crate::adapters::counters::SNAPSHOTS_CREATED.fetch_add(1, Ordering::Relaxed);
+        self.busy.compaction += started.elapsed();
         log::info!(
             "raft: log compacted up to index {index}; {} entries kept ({} bytes, {} ms)",
             entries.len(),
@@ -889,7 +968,9 @@ impl CycleSteps for DriverCycle<'_> {
     type Error = std::convert::Infallible;
 
     fn send(&mut self, messages: Vec<Message>) -> Result<(), Self::Error> {
+        let started = Instant::now();
         self.0.send(messages);
+        self.0.busy.sends += started.elapsed();
         Ok(())
     }
 
@@ -930,10 +1011,12 @@ impl CycleSteps for DriverCycle<'_> {
         hard_state: Option<&raft::eraftpb::HardState>,
     ) -> Result<(), Self::Error> {
         let driver = &mut *self.0;
+        let started = Instant::now();
         let frames = driver.log.append(entries, hard_state);
         if let Some(first) = entries.first() {
             driver.node.record_frames(first.index, &frames);
         }
+        driver.busy.log_writes += started.elapsed();
         Ok(())
     }
 
@@ -953,7 +1036,9 @@ impl CycleSteps for DriverCycle<'_> {
 
     fn sync_now(&mut self) -> Result<(), Self::Error> {
         if self.0.sync_requests.is_some() {
+            let started = Instant::now();
             self.0.log.sync();
+            self.0.busy.log_writes += started.elapsed();
         }
         Ok(())
     }
