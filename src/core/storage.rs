@@ -642,9 +642,11 @@ impl LogStore {
         }
         if within && index < high {
             within = self.read_back_from_file(index, high, max_size, taken, total_size);
+            // Served wholly from the memo, it stays as it was (a smaller ask must not
+            // shrink it); after a file read it holds everything this call took.
+            self.last_read_back
+                .replace(Some((low, taken[first_taken..].to_vec())));
         }
-        self.last_read_back
-            .replace(Some((low, taken[first_taken..].to_vec())));
         within
     }
 
@@ -1513,11 +1515,17 @@ mod tests {
         }
         assert_eq!(reads(), after_first);
         // A shorter or a longer range from the same index is served from it too (the
-        // longer one reads only what follows).
+        // longer one reads only what follows), and a shorter one or a smaller size limit
+        // does not shrink it.
         assert_eq!(
             store.entries(3, 5, None, any_context()).unwrap(),
             twin.entries(3, 5, None, any_context()).unwrap()
         );
+        assert_eq!(
+            store.entries(3, 8, Some(0), any_context()).unwrap(),
+            twin.entries(3, 8, Some(0), any_context()).unwrap()
+        );
+        assert_eq!(store.entries(3, 8, None, any_context()).unwrap(), first);
         assert_eq!(reads(), after_first);
         assert_eq!(
             store.entries(3, 11, None, any_context()).unwrap(),
