@@ -403,11 +403,17 @@ impl RaftNode {
             if number >= ready_number {
                 self.snapshot_awaiting_persist = None;
                 if index > self.raw.raft.raft_log.applied() {
-                    self.raw.advance_apply_to(index);
-                    self.raw.mut_store().set_applied(index);
+                    self.advance_apply_to(index);
                 }
             }
         }
+    }
+
+    /// Raft and the store learn together that entries up to `index` are applied (the
+    /// store may then drop them from its cache).
+    fn advance_apply_to(&mut self, index: u64) {
+        self.raw.advance_apply_to(index);
+        self.raw.mut_store().set_applied(index);
     }
 
     pub fn conf_state(&self) -> ConfState {
@@ -456,8 +462,7 @@ impl RaftNode {
         if let Some(last) = out.committed.last() {
             // The caller applies strictly in order; conf changes are applied to raft by
             // the caller through `apply_conf_change` before the next cycle.
-            self.raw.advance_apply_to(last.index);
-            self.raw.mut_store().set_applied(last.index);
+            self.advance_apply_to(last.index);
         }
         Some(out)
     }

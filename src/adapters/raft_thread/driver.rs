@@ -236,7 +236,8 @@ pub struct Driver {
 }
 
 /// Time one driver loop iteration spent per step. A long iteration delays ticks and
-/// heartbeats, so it is logged with its breakdown.
+/// heartbeats, so it is logged with its breakdown. Log writes include syncs made in
+/// place; a compaction runs inside an input (`SnapshotTaken`) and counts in both.
 #[derive(Default)]
 struct BusyTimes {
     inputs: Duration,

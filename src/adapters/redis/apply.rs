@@ -134,11 +134,13 @@ fn apply_payload(ctx: ffi::RawCtx, payload: Payload, me: u64, incarnation: u64) 
             let waiter_id = origin
                 .filter(|o| o.node_id == me && o.incarnation == incarnation)
                 .map(|o| o.request_id);
-            if let Some(id) = waiter_id {
-                with_state(|state| state.writes_in_flight.remove(&id));
-            }
             let resp3 = waiter_id
-                .and_then(|id| with_state(|state| state.waiters.get(&id).map(|w| w.resp3)))
+                .and_then(|id| {
+                    with_state(|state| {
+                        state.writes_in_flight.remove(&id);
+                        state.waiters.get(&id).map(|w| w.resp3)
+                    })
+                })
                 .unwrap_or(false);
             let mut answers =
                 execute::apply_commands(ctx, time_ms, user.as_deref(), &commands, resp3);

@@ -52,11 +52,11 @@ pub fn send_proposal_at(
                 request_id,
                 data: payload.encode(),
             })
-            .map_err(|error| (request_id, error))
+            .map_err(|error| {
+                state.writes_in_flight.remove(&request_id);
+                (request_id, error)
+            })
     });
-    if let Err((request_id, _)) = &sent {
-        with_state(|state| state.writes_in_flight.remove(request_id));
-    }
     fail_unsent(sent);
 }
 

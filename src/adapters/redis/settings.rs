@@ -29,19 +29,22 @@ pub fn install(config: RaftConfig) {
     });
 }
 
+// Another thread sees no config at all rather than a default that looks real.
+const OFF_THE_MAIN_THREAD: &str = "raft config used off the Redis main thread or before load";
+
 fn with_settings<R>(f: impl FnOnce(&mut Settings) -> R) -> R {
-    SETTINGS.with(|settings| {
-        let mut settings = settings.borrow_mut();
-        // Another thread sees no config at all rather than a default that looks real.
-        f(settings
-            .as_mut()
-            .expect("raft config read off the Redis main thread or before load"))
-    })
+    SETTINGS.with(|settings| f(settings.borrow_mut().as_mut().expect(OFF_THE_MAIN_THREAD)))
 }
 
-/// Reads the config. `f` must not change it (nor call anything that does).
+/// Reads the config (reads may nest). `f` must not change it.
 pub fn with_config<R>(f: impl FnOnce(&RaftConfig) -> R) -> R {
-    with_settings(|settings| f(&settings.config))
+    SETTINGS.with(|settings| {
+        f(&settings
+            .borrow()
+            .as_ref()
+            .expect(OFF_THE_MAIN_THREAD)
+            .config)
+    })
 }
 
 /// A copy of the whole config (for starting a node or a helper thread).
@@ -54,7 +57,13 @@ pub fn replace_config(config: RaftConfig) {
 }
 
 pub fn identity_fixed() -> bool {
-    with_settings(|settings| settings.identity_fixed)
+    SETTINGS.with(|settings| {
+        settings
+            .borrow()
+            .as_ref()
+            .expect(OFF_THE_MAIN_THREAD)
+            .identity_fixed
+    })
 }
 
 pub fn fix_identity() {
