@@ -3,7 +3,8 @@
 //!
 //! 1. `redis`: the Redis main thread (and the snapshot fork child): commands, the
 //!    filter, applying committed entries, blocking, replies, configs, INFO.
-//! 2. `raft_thread`: the driver thread that owns the raft node and the log.
+//! 2. `raft_thread`: the driver, the task of the raft thread that owns the raft node and
+//!    the log (the thread is the network group's runtime).
 //! 3. `network`: peer connections both ways (transport, listener, snapshot sending, TLS).
 //! 4. `disk`: the log file and the snapshot files.
 //! 5. shared leaves any layer may use: `queue` (bounded channels), `counters` (what INFO

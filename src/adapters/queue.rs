@@ -8,13 +8,19 @@
 //! A [`HoldingSender`] keeps values back and hands them over in one parcel: one channel
 //! operation and at most one wake-up of the receiving thread per batch, instead of one
 //! per value (the Redis main thread flushes once per event-loop iteration).
+//!
+//! A queue made by [`bounded_waking`] also wakes a receiver awaiting it on a tokio
+//! runtime ([`BoundedReceiver::recv_until`]): the raft thread's inbox, which the
+//! Redis main thread, the log sync thread and the peer listener's tasks all feed.
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError, TryRecvError, TrySendError};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
 
 /// What travels through the channel: one value, or a batch counted value by value.
 enum Parcel<T> {
@@ -26,6 +32,8 @@ pub struct BoundedSender<T> {
     inner: mpsc::Sender<Parcel<T>>,
     queued: Arc<AtomicUsize>,
     bound: usize,
+    /// Set for a queue an async receiver awaits: told after every hand-over.
+    wake: Option<Arc<Notify>>,
 }
 
 impl<T> Clone for BoundedSender<T> {
@@ -34,6 +42,7 @@ impl<T> Clone for BoundedSender<T> {
             inner: self.inner.clone(),
             queued: self.queued.clone(),
             bound: self.bound,
+            wake: self.wake.clone(),
         }
     }
 }
@@ -41,12 +50,22 @@ impl<T> Clone for BoundedSender<T> {
 pub struct BoundedReceiver<T> {
     inner: mpsc::Receiver<Parcel<T>>,
     queued: Arc<AtomicUsize>,
+    wake: Option<Arc<Notify>>,
     /// The rest of the last batch received.
     unpacked: RefCell<VecDeque<T>>,
 }
 
 /// A queue holding at most `bound` values.
 pub fn bounded<T>(bound: usize) -> (BoundedSender<T>, BoundedReceiver<T>) {
+    make(bound, None)
+}
+
+/// [`bounded`], whose receiver can also be awaited on a tokio runtime.
+pub fn bounded_waking<T>(bound: usize) -> (BoundedSender<T>, BoundedReceiver<T>) {
+    make(bound, Some(Arc::new(Notify::new())))
+}
+
+fn make<T>(bound: usize, wake: Option<Arc<Notify>>) -> (BoundedSender<T>, BoundedReceiver<T>) {
     let (inner, receiver) = mpsc::channel();
     let queued = Arc::new(AtomicUsize::new(0));
     (
@@ -54,10 +73,12 @@ pub fn bounded<T>(bound: usize) -> (BoundedSender<T>, BoundedReceiver<T>) {
             inner,
             queued: queued.clone(),
             bound: bound.max(1),
+            wake: wake.clone(),
         },
         BoundedReceiver {
             inner: receiver,
             queued,
+            wake,
             unpacked: RefCell::new(VecDeque::new()),
         },
     )
@@ -72,8 +93,7 @@ impl<T> BoundedSender<T> {
         if !self.reserve() {
             return Err(TrySendError::Full(value));
         }
-        self.inner
-            .send(Parcel::One(value))
+        self.hand_over(Parcel::One(value))
             .map_err(|mpsc::SendError(parcel)| {
                 self.queued.fetch_sub(1, Ordering::AcqRel);
                 match parcel {
@@ -98,6 +118,15 @@ impl<T> BoundedSender<T> {
             .map_err(TrySendError::Disconnected)
     }
 
+    fn hand_over(&self, parcel: Parcel<T>) -> Result<(), mpsc::SendError<Parcel<T>>> {
+        self.inner.send(parcel)?;
+        if let Some(wake) = &self.wake {
+            // Stores a permit when nobody awaits yet, so a wake-up is never lost.
+            wake.notify_one();
+        }
+        Ok(())
+    }
+
     /// Takes one place in the queue, if there is one.
     fn reserve(&self) -> bool {
         if self.queued.fetch_add(1, Ordering::AcqRel) >= self.bound {
@@ -111,8 +140,7 @@ impl<T> BoundedSender<T> {
     /// receiver is gone.
     fn send_reserved(&self, values: Vec<T>) -> Result<(), Vec<T>> {
         let count = values.len();
-        self.inner
-            .send(Parcel::Many(values))
+        self.hand_over(Parcel::Many(values))
             .map_err(|mpsc::SendError(parcel)| {
                 self.queued.fetch_sub(count, Ordering::AcqRel);
                 match parcel {
@@ -197,6 +225,31 @@ impl<T> BoundedReceiver<T> {
         };
         self.queued.fetch_sub(1, Ordering::AcqRel);
         Ok(value)
+    }
+
+    /// The next value, awaited on a tokio runtime until `deadline`. Only for a queue
+    /// made by [`bounded_waking`]; `&mut` keeps the awaiting future `Send`.
+    pub async fn recv_until(&mut self, deadline: Instant) -> Result<T, RecvTimeoutError> {
+        let wake = self
+            .wake
+            .clone()
+            .expect("recv_until needs a queue made by bounded_waking");
+        loop {
+            match self.try_recv() {
+                Ok(value) => return Ok(value),
+                Err(TryRecvError::Disconnected) => return Err(RecvTimeoutError::Disconnected),
+                Err(TryRecvError::Empty) => {}
+            }
+            tokio::select! {
+                _ = wake.notified() => {}
+                _ = tokio::time::sleep_until(deadline.into()) => {
+                    return self.try_recv().map_err(|error| match error {
+                        TryRecvError::Empty => RecvTimeoutError::Timeout,
+                        TryRecvError::Disconnected => RecvTimeoutError::Disconnected,
+                    });
+                }
+            }
+        }
     }
 
     fn unpack(&self) -> Option<T> {
@@ -316,5 +369,49 @@ mod tests {
         assert_eq!(receiver.try_recv(), Ok(1));
         waiting.join().unwrap().unwrap();
         assert_eq!(receiver.recv_timeout(Duration::from_secs(5)), Ok(2));
+    }
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap()
+    }
+
+    #[test]
+    fn an_awaiting_receiver_wakes_for_a_value_from_another_thread() {
+        let (sender, mut receiver) = bounded_waking(4);
+        let started = Instant::now();
+        let deadline = started + Duration::from_secs(30);
+        let feeder = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            sender.try_send_all(vec![1, 2]).unwrap();
+            sender
+        });
+        let got = runtime().block_on(async {
+            let first = receiver.recv_until(deadline).await;
+            (first, receiver.recv_until(deadline).await)
+        });
+        assert_eq!(got, (Ok(1), Ok(2)));
+        // Woken by the hand-over, not by the deadline.
+        assert!(started.elapsed() < Duration::from_secs(10));
+        let sender = feeder.join().unwrap();
+        // Sent before anyone awaits: the stored wake-up is not lost.
+        sender.try_send(3).unwrap();
+        let got = runtime().block_on(receiver.recv_until(Instant::now() + Duration::from_secs(30)));
+        assert_eq!(got, Ok(3));
+        assert!(started.elapsed() < Duration::from_secs(10));
+    }
+
+    #[test]
+    fn an_awaiting_receiver_times_out_at_the_deadline_and_sees_a_gone_sender() {
+        let (sender, mut receiver) = bounded_waking::<u8>(4);
+        let deadline = Instant::now() + Duration::from_millis(30);
+        let got = runtime().block_on(receiver.recv_until(deadline));
+        assert_eq!(got, Err(RecvTimeoutError::Timeout));
+        assert!(Instant::now() >= deadline);
+        drop(sender);
+        let got = runtime().block_on(receiver.recv_until(Instant::now() + Duration::from_secs(30)));
+        assert_eq!(got, Err(RecvTimeoutError::Disconnected));
     }
 }

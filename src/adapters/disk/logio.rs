@@ -1,4 +1,4 @@
-//! The log file on disk: recovery at start, appends from the driver thread, syncs from
+//! The log file on disk: recovery at start, appends from the raft thread, syncs from
 //! the sync thread (and from the driver for a cycle that installs a snapshot).
 //! Encoding and recovery rules are the pure `core::logfile`; this is only the I/O.
 //!

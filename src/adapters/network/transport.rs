@@ -1,7 +1,8 @@
 //! Peer transport: raft messages travel to other nodes as ordinary Redis commands,
 //! `RAFT.MSG <dbid> <sender_id> <msg>...`, on each node's normal Redis port.
 //!
-//! One thread ("raft-transport") runs a tokio current-thread runtime. Each peer has a
+//! One thread ("raft") runs a tokio current-thread runtime: the driver's task (see
+//! `raft_thread::driver`), the peer listener, and the peer connections. Each peer has a
 //! bounded queue and one task that connects, optionally authenticates, then batches queued
 //! messages into pipelined `RAFT.MSG` commands while the other half of the connection reads
 //! the replies. Delivery is best effort: raft retransmits, so on trouble the transport drops
@@ -270,7 +271,7 @@ impl Transport {
             thread: Mutex::new(None),
         };
         let thread = std::thread::Builder::new()
-            .name("raft-transport".into())
+            .name("raft".into())
             .spawn(move || {
                 runtime.block_on(stop.notified());
                 runtime.shutdown_timeout(RUNTIME_SHUTDOWN_GRACE);
@@ -2076,7 +2077,7 @@ mod tests {
                 bulk("127.0.0.1:5001"),
             ])))
         );
-        assert_eq!(thread.as_deref(), Some("raft-transport"));
+        assert_eq!(thread.as_deref(), Some("raft"));
         transport.shutdown();
     }
 
@@ -2207,7 +2208,7 @@ mod tests {
             Duration::from_secs(5),
         );
         assert!(reply.unwrap_err().contains("shut down"));
-        assert_ne!(thread.as_deref(), Some("raft-transport"));
+        assert_ne!(thread.as_deref(), Some("raft"));
         transport.shutdown();
     }
 

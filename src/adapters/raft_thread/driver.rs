@@ -1,5 +1,7 @@
-//! The driver thread: owns the raft node and the log file, pumps the Ready loop, and hands
-//! committed entries to the Redis main thread. It is the only thread that touches raft.
+//! The driver: owns the raft node and the log file, pumps the Ready loop, and hands
+//! committed entries to the Redis main thread. It runs as a task on the raft thread (the
+//! transport's runtime, beside the peer connections and the listener) and is the only
+//! code that touches raft.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::mpsc::{RecvTimeoutError, TrySendError};
@@ -295,7 +297,10 @@ impl Driver {
         }
     }
 
-    pub fn spawn(mut self) -> std::thread::JoinHandle<()> {
+    /// Starts the driver as a task on the transport's thread, which becomes the one raft
+    /// thread: the node, the log and every peer connection. A commit then costs no
+    /// wake-up between the driver and the peer tasks on either node.
+    pub fn spawn(mut self) {
         if self.params.fsync {
             let (requests, queue) = std::sync::mpsc::sync_channel(1);
             let syncer = self.log.syncer();
@@ -306,13 +311,11 @@ impl Driver {
                 .expect("could not start the raft log sync thread");
             self.sync_requests = Some(requests);
         }
-        std::thread::Builder::new()
-            .name("raft-driver".into())
-            .spawn(move || self.run())
-            .expect("could not start the raft driver thread")
+        let transport = self.transport.clone();
+        transport.spawn(self.run());
     }
 
-    fn run(mut self) {
+    async fn run(mut self) {
         let mut next_tick = Instant::now() + self.params.tick;
         // Peers known from a snapshot; the log replay below adds the rest.
         self.update_peers();
@@ -320,9 +323,8 @@ impl Driver {
         self.pump_ready();
         self.campaign_if_alone();
         loop {
-            let wait = next_tick.saturating_duration_since(Instant::now());
             let mut new_reads = Vec::new();
-            let first = self.inbox.recv_timeout(wait);
+            let first = self.inbox.recv_until(next_tick).await;
             let started = Instant::now();
             self.busy = BusyTimes::default();
             match first {
@@ -373,6 +375,11 @@ impl Driver {
             }
             self.busy.tick = tick_started.elapsed();
             self.pump_ready();
+            if !self.inbox.is_empty() {
+                // Inputs keep coming: let the peer tasks send what this cycle queued
+                // (and the listener read) before the next cycle.
+                tokio::task::yield_now().await;
+            }
             let total = started.elapsed();
             if total >= LONG_ITERATION {
                 let ms = |d: Duration| d.as_millis();

@@ -42,7 +42,7 @@ pub fn run_on_main(job: Job) -> bool {
     true
 }
 
-/// Called by the driver thread after queueing work; coalesces into one event-loop callback.
+/// Called by the raft thread after queueing work; coalesces into one event-loop callback.
 pub fn wake_main_thread() {
     if !WAKE_PENDING.swap(true, Ordering::SeqCst) && !ffi::run_on_main_thread(on_wake) {
         WAKE_PENDING.store(false, Ordering::SeqCst);

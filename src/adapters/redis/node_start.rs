@@ -14,7 +14,7 @@ use crate::adapters::network::peer_inbound::PeerGate;
 use crate::adapters::network::peer_listener::ListenerConfig;
 use crate::adapters::network::snapshot_send::SendJob;
 use crate::adapters::network::transport::{Transport, TransportConfig};
-use crate::adapters::queue::{bounded, BoundedSender, HoldingSender};
+use crate::adapters::queue::{bounded, bounded_waking, BoundedSender, HoldingSender};
 use crate::adapters::raft_thread::driver::{Driver, DriverInput, DriverParams};
 use crate::adapters::raft_thread::driver::{INBOX_BOUND, MAIN_QUEUE_BOUND};
 use crate::adapters::redis::settings::{config, with_config};
@@ -194,7 +194,7 @@ pub fn start_node(
         cluster_password: settings.cluster_password.clone(),
         tls: tls.clone(),
     });
-    let (to_driver, inbox) = bounded(INBOX_BOUND);
+    let (to_driver, inbox) = bounded_waking(INBOX_BOUND);
     let (outbox, from_driver) = bounded(MAIN_QUEUE_BOUND);
     let gate = PeerGate {
         dbid: meta.dbid.clone(),
