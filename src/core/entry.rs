@@ -33,14 +33,20 @@ pub enum Payload {
         user: Option<String>,
         /// MULTI/EXEC: the reply is the array of every command's reply.
         transaction: bool,
-        #[serde(deserialize_with = "crate::core::bounded_serde::argvs")]
+        #[serde(
+            serialize_with = "crate::core::bounded_serde::write_argvs",
+            deserialize_with = "crate::core::bounded_serde::argvs"
+        )]
         commands: Vec<Argv>,
     },
     /// Keys the leader found expired by `time_ms`; each node deletes those still
     /// expired at that time (one may have been given a new TTL meanwhile).
     ExpireKeys {
         time_ms: i64,
-        #[serde(deserialize_with = "crate::core::bounded_serde::byte_strings")]
+        #[serde(
+            serialize_with = "crate::core::bounded_serde::write_byte_strings",
+            deserialize_with = "crate::core::bounded_serde::byte_strings"
+        )]
         keys: Vec<Vec<u8>>,
     },
 }
@@ -163,6 +169,64 @@ impl Payload {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `Payload` as serde derives it, without the whole-byte-string writers: the
+    /// encoding logs and peers already hold.
+    #[derive(Serialize)]
+    enum DerivedPayload {
+        Commands {
+            origin: Option<Origin>,
+            time_ms: i64,
+            user: Option<String>,
+            transaction: bool,
+            commands: Vec<Argv>,
+        },
+        ExpireKeys {
+            time_ms: i64,
+            keys: Vec<Vec<u8>>,
+        },
+    }
+
+    #[test]
+    fn byte_strings_written_whole_encode_as_serde_derives_them() {
+        let commands = vec![
+            vec![b"SET".to_vec(), b"k".to_vec(), vec![7; 300]],
+            vec![b"DEL".to_vec(), Vec::new(), vec![1; 70_000]],
+            Vec::new(),
+        ];
+        let ours = Payload::Commands {
+            origin: Some(Origin {
+                node_id: 2,
+                incarnation: 5,
+                request_id: 9,
+            }),
+            time_ms: -3,
+            user: Some("u".into()),
+            transaction: true,
+            commands: commands.clone(),
+        };
+        let derived = DerivedPayload::Commands {
+            origin: Some(Origin {
+                node_id: 2,
+                incarnation: 5,
+                request_id: 9,
+            }),
+            time_ms: -3,
+            user: Some("u".into()),
+            transaction: true,
+            commands,
+        };
+        let derived_bytes = bincode::serde::encode_to_vec(&derived, bincode_config()).unwrap();
+        assert_eq!(ours.encode(), derived_bytes);
+        let keys = vec![b"a".to_vec(), vec![0; 251], Vec::new()];
+        let ours = Payload::ExpireKeys {
+            time_ms: 4,
+            keys: keys.clone(),
+        };
+        let derived = DerivedPayload::ExpireKeys { time_ms: 4, keys };
+        let derived_bytes = bincode::serde::encode_to_vec(&derived, bincode_config()).unwrap();
+        assert_eq!(ours.encode(), derived_bytes);
+    }
 
     #[test]
     fn encoded_payloads_hold_no_spare_capacity() {
