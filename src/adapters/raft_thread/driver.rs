@@ -375,11 +375,6 @@ impl Driver {
             }
             self.busy.tick = tick_started.elapsed();
             self.pump_ready();
-            if !self.inbox.is_empty() {
-                // Inputs keep coming: let the peer tasks send what this cycle queued
-                // (and the listener read) before the next cycle.
-                tokio::task::yield_now().await;
-            }
             let total = started.elapsed();
             if total >= LONG_ITERATION {
                 let ms = |d: Duration| d.as_millis();
@@ -397,6 +392,12 @@ impl Driver {
                     ms(busy.sends),
                     ms(busy.compaction)
                 );
+            }
+            if !self.inbox.is_empty() {
+                // Inputs keep coming: let the peer tasks send what this cycle queued
+                // (and the listener read) before the next cycle. After the busy check,
+                // which must not count time other tasks ran.
+                tokio::task::yield_now().await;
             }
         }
     }
