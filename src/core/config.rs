@@ -74,8 +74,17 @@ pub const MAX_SLOT: u16 = 16383;
 /// node and its files, which the cluster and the disk already know.
 /// `tls-enabled` is here because the transport is built once, when the node starts.
 /// `peer-port` too: the listener is bound once, when the node starts.
-pub const IMMUTABLE_AFTER_INIT: &[&str] =
-    &["id", "addr", "log-filename", "tls-enabled", "peer-port"];
+pub const IMMUTABLE_AFTER_INIT: &[&str] = &[
+    "id",
+    "addr",
+    "log-filename",
+    "tls-enabled",
+    "peer-port",
+    // The log decides whether the cluster is sharded and which slots it started with.
+    "sharding",
+    "external-sharding",
+    "slot-config",
+];
 
 /// Keys whose value must never appear in logs, INFO or [`RaftConfig::get`].
 pub const SENSITIVE_KEYS: &[&str] = &["cluster-password"];
@@ -1640,7 +1649,16 @@ mod tests {
         }
         assert_eq!(
             IMMUTABLE_AFTER_INIT,
-            ["id", "addr", "log-filename", "tls-enabled", "peer-port"]
+            [
+                "id",
+                "addr",
+                "log-filename",
+                "tls-enabled",
+                "peer-port",
+                "sharding",
+                "external-sharding",
+                "slot-config"
+            ]
         );
     }
 

@@ -49,6 +49,12 @@ pub enum Payload {
         )]
         keys: Vec<Vec<u8>>,
     },
+    /// A change of the shard map (`core::shards`); the node of `origin` answers its
+    /// client `OK`, or why the change was refused when it was applied.
+    ShardMap {
+        origin: Option<Origin>,
+        change: crate::core::shards::ShardMapChange,
+    },
 }
 
 /// Upper bound on an encoded payload, so a hostile or corrupt entry can't make us allocate

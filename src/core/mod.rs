@@ -14,6 +14,7 @@ pub mod random_pick;
 pub mod ready;
 pub mod resp;
 pub mod scripts;
+pub mod shards;
 pub mod snapshot;
 pub mod snapshot_policy;
 pub mod storage;

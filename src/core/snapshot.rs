@@ -13,8 +13,8 @@
 //! # Layout
 //!
 //! ```text
-//! file   = header Meta (Key | Functions | Script)* End
-//! header = "RRAFTSNP" (8 bytes) | format version, u32 LE (= 4; 1 to 3 are still read)
+//! file   = header Meta (Key | Functions | Script | ShardMap)* End
+//! header = "RRAFTSNP" (8 bytes) | format version, u32 LE (= 5; 1 to 4 are still read)
 //! frame  = payload_len u32 LE | header_check u32 LE | payload_crc u32 LE | payload
 //! ```
 //!
@@ -29,7 +29,8 @@
 //! * [`SnapshotRecord::Meta`] is the first record, and appears once.
 //! * [`SnapshotRecord::Key`] records follow, in any order, with at most one
 //!   [`SnapshotRecord::Functions`] and any number of [`SnapshotRecord::Script`]
-//!   records among them (version 3; older files have none).
+//!   records among them (version 3; older files have none), and at most one
+//!   [`SnapshotRecord::ShardMap`] (version 5).
 //! * [`SnapshotRecord::End`] is the last record; its `key_count` equals the
 //!   number of `Key` records. Not one byte may follow it.
 //!
@@ -57,8 +58,8 @@ pub const SNAPSHOT_MAGIC: [u8; 8] = *b"RRAFTSNP";
 /// Version of the format described in this module. Version 1 files (a Meta
 /// record without `applied_time_ms`) are still read, with that time unknown (0);
 /// version 2 files carry no function libraries and no script registry; versions 1 to 3
-/// have no held learners in their Meta.
-pub const SNAPSHOT_VERSION: u32 = 4;
+/// have no held learners in their Meta; versions 1 to 4 carry no shard map.
+pub const SNAPSHOT_VERSION: u32 = 5;
 /// The oldest version still read.
 const OLDEST_READ_VERSION: u32 = 1;
 /// Magic plus version.
@@ -250,6 +251,12 @@ pub enum SnapshotRecord {
         #[serde(with = "crate::core::bounded_serde::bytes")]
         body: Vec<u8>,
     },
+    /// The replicated shard map (`core::shards::ShardMap::encode`). At most once. Since
+    /// version 5; older files have none (the map is empty).
+    ShardMap {
+        #[serde(with = "crate::core::bounded_serde::bytes")]
+        encoded: Vec<u8>,
+    },
 }
 
 fn bincode_config() -> bincode::config::Configuration {
@@ -315,6 +322,7 @@ pub fn encode_record(
         SnapshotRecord::End { .. } => 16,
         SnapshotRecord::Functions { dump } => dump.len() + 16,
         SnapshotRecord::Script { body } => body.len() + 16,
+        SnapshotRecord::ShardMap { encoded } => encoded.len() + 16,
     };
     encode_frame(out, payload_hint, |writer| {
         bincode::serde::encode_into_writer(record, writer, bincode_config())
@@ -507,6 +515,10 @@ pub enum SnapshotError {
     DuplicateFunctions {
         offset: u64,
     },
+    /// A second ShardMap record.
+    DuplicateShardMap {
+        offset: u64,
+    },
     InvalidMeta {
         offset: u64,
         reason: String,
@@ -546,6 +558,7 @@ impl SnapshotError {
             | MissingMeta { offset }
             | DuplicateMeta { offset }
             | DuplicateFunctions { offset }
+            | DuplicateShardMap { offset }
             | InvalidMeta { offset, .. }
             | InvalidKey { offset, .. }
             | KeyCountMismatch { offset, .. }
@@ -572,6 +585,7 @@ impl SnapshotError {
             MissingMeta { .. } => "first record is not the Meta record".into(),
             DuplicateMeta { .. } => "second Meta record".into(),
             DuplicateFunctions { .. } => "second Functions record".into(),
+            DuplicateShardMap { .. } => "second ShardMap record".into(),
             InvalidMeta { reason, .. } => format!("invalid Meta record: {reason}"),
             InvalidKey { reason, .. } => format!("invalid Key record: {reason}"),
             KeyCountMismatch {
@@ -702,6 +716,8 @@ pub struct SnapshotDecoder {
     keys_decoded: u64,
     /// A Functions record was decoded (one is allowed).
     functions_seen: bool,
+    /// A ShardMap record was decoded (one is allowed).
+    shard_map_seen: bool,
     error: Option<SnapshotError>,
 }
 
@@ -722,6 +738,7 @@ impl SnapshotDecoder {
             version: 0,
             keys_decoded: 0,
             functions_seen: false,
+            shard_map_seen: false,
             error: None,
         }
     }
@@ -899,6 +916,12 @@ impl SnapshotDecoder {
                 self.functions_seen = true;
             }
             (SnapshotRecord::Script { .. }, _) => {}
+            (SnapshotRecord::ShardMap { .. }, _) => {
+                if self.shard_map_seen {
+                    return Err(SnapshotError::DuplicateShardMap { offset });
+                }
+                self.shard_map_seen = true;
+            }
             (SnapshotRecord::End { key_count }, _) => {
                 if *key_count != self.keys_decoded {
                     return Err(SnapshotError::KeyCountMismatch {
@@ -1522,6 +1545,41 @@ mod tests {
         ));
     }
 
+    /// Version 5: the shard map rides among the keys, once.
+    #[test]
+    fn the_shard_map_rides_among_the_keys_once() {
+        let keys = keys(2, 4);
+        let map = SnapshotRecord::ShardMap {
+            encoded: vec![3, 1, 4],
+        };
+        let records = vec![
+            SnapshotRecord::Meta(meta()),
+            keys[0].record(),
+            map.clone(),
+            keys[1].record(),
+            SnapshotRecord::End { key_count: 2 },
+        ];
+        let bytes = file_of_records(&records);
+        let mut decoder = SnapshotDecoder::new();
+        decoder.feed(&bytes);
+        let mut decoded = Vec::new();
+        while let Some(record) = decoder.next_record().unwrap() {
+            decoded.push(record);
+        }
+        decoder.finish().unwrap();
+        assert_eq!(decoded, records);
+        let twice = file_of_records(&[
+            SnapshotRecord::Meta(meta()),
+            map.clone(),
+            map,
+            SnapshotRecord::End { key_count: 0 },
+        ]);
+        assert!(matches!(
+            validate_all(&twice),
+            Err(SnapshotError::DuplicateShardMap { .. })
+        ));
+    }
+
     /// A version 1 file (Meta without `applied_time_ms`) is still read, with the time 0.
     #[test]
     fn version_1_files_are_read_with_an_unknown_time() {
@@ -1629,12 +1687,12 @@ mod tests {
         );
 
         let mut bytes = file.bytes.clone();
-        bytes[8] = 5;
+        bytes[8] = 6;
         assert_eq!(
             validate_all(&bytes),
             Err(SnapshotError::UnsupportedVersion {
                 offset: 8,
-                version: 5
+                version: 6
             })
         );
 

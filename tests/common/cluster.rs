@@ -226,11 +226,16 @@ impl Cluster {
     /// Starts `n` nodes (ids 1..=n), INIT on 1, JOIN the others, waits until all `n` vote
     /// and everybody knows the leader.
     pub fn start(n: u64, et_ms: u64) -> Cluster {
+        Cluster::start_with(n, et_ms, |opts| opts)
+    }
+
+    /// `start` with every node's options changed by `adjust` (e.g. sharding configs).
+    pub fn start_with(n: u64, et_ms: u64, adjust: impl Fn(ServerOpts) -> ServerOpts) -> Cluster {
         let mut cluster = Cluster {
             nodes: BTreeMap::new(),
             et_ms,
         };
-        let first = cluster.spawn(1);
+        let first = Server::start(adjust(node_opts(1, free_port("127.0.0.1"), et_ms)));
         let reply: String = first
             .cmd(&["RAFT.CLUSTER", "INIT"])
             .unwrap_or_else(|e| panic!("RAFT.CLUSTER INIT: {}", err_text(&e)));
@@ -238,7 +243,7 @@ impl Cluster {
         first.expect_serving(FORM_TIMEOUT);
         cluster.nodes.insert(1, first);
         for id in 2..=n {
-            cluster.join_new(id);
+            cluster.join_with(id, &adjust);
         }
         let ids: Vec<u64> = (1..=n).collect();
         cluster.wait_voters(&ids, FORM_TIMEOUT);

@@ -596,13 +596,22 @@ impl Server {
     }
 
     /// Waits until the node serves data commands (no NOCLUSTER / CLUSTERDOWN / LOADING):
-    /// probes with a read of a key that tests do not use, so nothing is written.
+    /// probes with a read of a key that tests do not use, so nothing is written. A shard
+    /// group's leader that serves but not the probe's slot (it redirects it to another
+    /// group, or no group serves it yet) counts as serving too.
     pub fn wait_serving(&self, timeout: Duration) -> bool {
         wait_until(timeout, || {
             let Ok(mut con) = connect(&self.url(), Duration::from_secs(5)) else {
                 return false;
             };
-            exec::<Value>(&mut con, &["EXISTS", "__harness_probe__"]).is_ok()
+            match exec::<Value>(&mut con, &["EXISTS", "__harness_probe__"]) {
+                Ok(_) => true,
+                Err(e) => {
+                    let text = err_text(&e);
+                    (text.starts_with("MOVED ") && !text.starts_with("MOVED 0 "))
+                        || text == "CLUSTERDOWN Hash slot is not served"
+                }
+            }
         })
     }
 

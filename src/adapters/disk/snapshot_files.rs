@@ -360,7 +360,8 @@ mod tests {
                 SnapshotRecord::Key { .. } => keys += 1,
                 SnapshotRecord::End { .. }
                 | SnapshotRecord::Functions { .. }
-                | SnapshotRecord::Script { .. } => {}
+                | SnapshotRecord::Script { .. }
+                | SnapshotRecord::ShardMap { .. } => {}
             }
             Ok(())
         })

@@ -10,7 +10,7 @@ use raft::eraftpb::{ConfChangeV2, Entry, EntryType};
 use crate::adapters::ffi::{self, Answer};
 use crate::adapters::raft_thread::driver::MainTask;
 use crate::adapters::redis::state::{with_state, NodeState};
-use crate::adapters::redis::{blocking, execute, watch};
+use crate::adapters::redis::{blocking, execute, sharding, watch};
 use crate::core::entry::Payload;
 use crate::core::membership::{Applied, ChangeContext};
 use crate::core::pending::RequestId;
@@ -142,14 +142,19 @@ fn apply_payload(ctx: ffi::RawCtx, payload: Payload, me: u64, incarnation: u64) 
                     })
                 })
                 .unwrap_or(false);
-            let mut answers =
-                execute::apply_commands(ctx, time_ms, user.as_deref(), &commands, resp3);
+            let reply = match sharding::refuse_at_apply(ctx, &commands, time_ms) {
+                Some(refusal) => Answer::Error(refusal),
+                None => {
+                    let mut answers =
+                        execute::apply_commands(ctx, time_ms, user.as_deref(), &commands, resp3);
+                    if transaction {
+                        Answer::Array(answers)
+                    } else {
+                        answers.pop().unwrap_or(Answer::Null)
+                    }
+                }
+            };
             if let Some(id) = waiter_id {
-                let reply = if transaction {
-                    Answer::Array(answers)
-                } else {
-                    answers.pop().unwrap_or(Answer::Null)
-                };
                 match with_state(|state| state.waiters.remove(&id)) {
                     Some(mut waiter) if blocking::should_park(&waiter, &reply) => {
                         let wait = waiter.blocking.take().expect("checked by should_park");
@@ -158,6 +163,15 @@ fn apply_payload(ctx: ffi::RawCtx, payload: Payload, me: u64, incarnation: u64) 
                     Some(waiter) => ffi::unblock(waiter.client, reply),
                     None => {}
                 }
+            }
+        }
+        Payload::ShardMap { origin, change } => {
+            let reply = sharding::apply_change(&change);
+            let waiter = origin
+                .filter(|o| o.node_id == me && o.incarnation == incarnation)
+                .and_then(|o| with_state(|state| state.waiters.remove(&o.request_id)));
+            if let Some(waiter) = waiter {
+                ffi::unblock(waiter.client, reply);
             }
         }
         Payload::ExpireKeys { time_ms, keys } => {
@@ -296,6 +310,13 @@ fn serve_confirmed_reads() {
                 );
                 continue;
             };
+            let now_ms = crate::adapters::redis::state::read_now_ms();
+            if let Some(refusal) =
+                sharding::refuse_at_apply(ctx, std::slice::from_ref(&argv), now_ms)
+            {
+                ffi::unblock(waiter.client, Answer::Error(refusal));
+                continue;
+            }
             if execute::reads_expired_key(ctx, &argv) {
                 // Only the log may delete an expired key on every node alike.
                 watch::propose(waiter, vec![argv], false);

@@ -184,7 +184,12 @@ fn cluster_init(ctx: &Context, args: &[RedisString]) -> RedisResult {
                 change,
                 context: context.encode(),
             })
-            .map_err(str::to_string)
+            .map_err(str::to_string)?;
+        if with_config(|config| config.sharding) {
+            crate::adapters::redis::sharding::propose_local_slots(state, &dbid)
+                .map_err(str::to_string)?;
+        }
+        Ok::<(), String>(())
     })
     .map_err(RedisError::String)?;
     log::info!("raft: cluster {dbid} initialized, this node is {node_id}");

@@ -9,7 +9,8 @@ use crate::adapters::ffi;
 use crate::adapters::redis::state::{self, call_locally, with_state, NodeState};
 use crate::adapters::redis::{
     active_expiry, apply, blocking, configs, execute, handlers, info, main_jobs, membership,
-    node_start, random_ids, settings, snapshot_receive, snapshots, topology, transactions,
+    node_start, random_ids, settings, sharding, snapshot_receive, snapshots, topology,
+    transactions,
 };
 
 #[cfg(feature = "redis-alloc")]
@@ -30,6 +31,7 @@ pub const COMMANDS: &[ffi::CommandSpec] = &[
     ("raft.msg", membership::raft_msg, "admin"),
     ("raft._peer_port", membership::peer_port, "admin fast"),
     ("raft._cluster", topology::cluster_command, ""),
+    ("raft.shardgroup", sharding::raft_shardgroup, "admin"),
     ("raft._info", handlers::info_command, ""),
     ("raft._ttl", execute::ttl_command, "readonly fast"),
     ("raft._refused", execute::refused_command, "readonly fast"),

@@ -16,6 +16,7 @@ use crate::adapters::disk::snapshot_files::{
 use crate::adapters::ffi::{self, RawCtx};
 use crate::adapters::redis::state::{call_locally, with_state};
 use crate::core::scripts::ScriptRegistry;
+use crate::core::shards::ShardMap;
 use crate::core::snapshot::{encode_header, encode_record, SnapshotMeta, SnapshotRecord};
 
 /// Keys asked per SCAN call in the fork child.
@@ -33,6 +34,7 @@ pub fn load_into_server(
     call_locally(ctx, &[b"FLUSHALL".to_vec(), b"SYNC".to_vec()], false)?;
     flush_functions(ctx)?;
     let mut scripts = ScriptRegistry::default();
+    let mut shard_map = ShardMap::default();
     let mut meta = None;
     let mut keys = 0u64;
     for_each_record_in(file, path, |record| match record {
@@ -93,6 +95,10 @@ pub fn load_into_server(
             scripts.insert(body);
             Ok(())
         }
+        SnapshotRecord::ShardMap { encoded } => {
+            shard_map = ShardMap::decode(&encoded)?;
+            Ok(())
+        }
         SnapshotRecord::End { .. } => Ok(()),
     })?;
     log::info!(
@@ -101,7 +107,10 @@ pub fn load_into_server(
         path.display(),
         started.elapsed().as_millis()
     );
-    with_state(|state| state.scripts = scripts);
+    with_state(|state| {
+        state.scripts = scripts;
+        state.shard_map = shard_map;
+    });
     meta.ok_or_else(|| format!("{}: no metadata", path.display()))
 }
 
@@ -298,6 +307,8 @@ fn write_keyspace(ctx: RawCtx, path: &Path, meta: SnapshotMeta) -> Result<(), St
             buffer.clear();
         }
     }
+    let encoded = with_state(|state| state.shard_map.encode());
+    encode_record(&SnapshotRecord::ShardMap { encoded }, &mut buffer).map_err(|e| e.to_string())?;
     encode_record(&SnapshotRecord::End { key_count }, &mut buffer).map_err(|e| e.to_string())?;
     out.write_all(&buffer).map_err(|e| e.to_string())?;
     let file = out.into_inner().map_err(|e| e.to_string())?;

@@ -21,6 +21,7 @@ use crate::core::logfile::{NodeMeta, Recovered};
 use crate::core::membership::Membership;
 use crate::core::pending::{RequestId, RequestIdMap};
 use crate::core::scripts::ScriptRegistry;
+use crate::core::shards::ShardMap;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NodeState {
@@ -104,6 +105,9 @@ pub struct MainState {
     pub expire_in_flight_until_ms: i64,
     /// The bodies `EVALSHA` runs, as of `applied_index` (replicated; see `core::scripts`).
     pub scripts: ScriptRegistry,
+    /// Which group serves which hash slots, as of `applied_index` (replicated; see
+    /// `core::shards`). Empty unless sharding is on.
+    pub shard_map: ShardMap,
     /// The id this node had before it left the cluster (`RAFT.NODESHUTDOWN` names it).
     pub former_id: Option<u64>,
     /// Key-modifying proposals of this node not yet applied or failed (an EXEC with
@@ -156,6 +160,7 @@ pub fn init_state(apply_ctx: RawCtx, incarnation: u64) {
             applied_time_ms: 0,
             expire_in_flight_until_ms: 0,
             scripts: ScriptRegistry::default(),
+            shard_map: ShardMap::default(),
             former_id: None,
             writes_in_flight: HashSet::new(),
             peer_port: 0,
@@ -380,6 +385,7 @@ impl MainState {
         self.former_id = self.meta.as_ref().map(|meta| meta.node_id);
         self.meta = None;
         self.membership = Membership::default();
+        self.shard_map = ShardMap::default();
         self.applied_index = 0;
         self.applied_time_ms = 0;
         self.confirmed_reads.clear();

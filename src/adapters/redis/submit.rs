@@ -190,6 +190,9 @@ pub fn submit(
         }
         return reply_error(&message);
     }
+    if let Err(refusal) = crate::adapters::redis::sharding::refuse_at_submit(ctx, &commands) {
+        return reply_error(&refusal);
+    }
     let mut class = class;
     let local_read = class == Class::Read && !with_config(|config| config.quorum_reads);
     // Quorum reads check this when they run (see apply::serve_confirmed_reads).

@@ -1,0 +1,481 @@
+//! Shard groups (`docs/SHARDING.md`): several raft clusters, each serving a range of
+//! the 16,384 hash slots, linked with `RAFT.SHARDGROUP ADD`, behind Redis Cluster's slot
+//! protocol. A cluster client routes keys of every group through any node; a node
+//! redirects what it does not serve (`MOVED`), refuses keys of several slots
+//! (`CROSSSLOT`) and unserved slots (`CLUSTERDOWN`); the map survives snapshots,
+//! restarts and a join from a snapshot.
+//!
+//! Every wait has a deadline. Run by `make test` against redis-server.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use common::cluster::*;
+use common::*;
+use redis::Value;
+
+/// Slot ranges of the three groups (as `raft.slot-config` spells them).
+const THREE_WAY: [(u16, u16); 3] = [(0, 5460), (5461, 10922), (10923, 16383)];
+
+/// Slots Redis Cluster gives these keys (`CLUSTER KEYSLOT` on a Redis Cluster node).
+const KNOWN_SLOTS: [(&str, u16); 3] = [("foo", 12182), ("bar", 5061), ("hello", 866)];
+
+struct Group {
+    cluster: Cluster,
+    range: (u16, u16),
+}
+
+impl Group {
+    fn leader_addr(&self) -> String {
+        let ids = self.cluster.ids();
+        self.cluster
+            .addr(self.cluster.wait_leader(&ids, CONVERGE_TIMEOUT))
+    }
+
+    fn addrs(&self) -> Vec<String> {
+        self.cluster.addrs(&self.cluster.ids())
+    }
+
+    fn owns(&self, slot: u16) -> bool {
+        (self.range.0..=self.range.1).contains(&slot)
+    }
+}
+
+fn cmd(addr: &str, args: &[&str]) -> Result<Value, String> {
+    try_cmd(addr, args, Duration::from_secs(10)).map_err(|e| err_text(&e))
+}
+
+fn must(addr: &str, args: &[&str]) -> Value {
+    cmd(addr, args).unwrap_or_else(|e| panic!("{args:?} on {addr}: {e}"))
+}
+
+fn start_group(nodes: u64, range: (u16, u16)) -> Group {
+    let slots = format!("{}:{}", range.0, range.1);
+    let cluster = Cluster::start_with(nodes, ET_MS, |opts| {
+        opts.raft("sharding", "yes").raft("slot-config", &slots)
+    });
+    let group = Group { cluster, range };
+    // The group's slots are logged right after INIT: wait until its leader applied them.
+    let deadline = Instant::now() + CONVERGE_TIMEOUT;
+    loop {
+        let get = cmd(&group.leader_addr(), &["RAFT.SHARDGROUP", "GET"]);
+        if let Ok(Value::Array(parts)) = &get {
+            if matches!(&parts[1], Value::Array(ranges) if !ranges.is_empty()) {
+                return group;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "group slots never applied: {get:?}"
+        );
+        std::thread::sleep(RETRY_BACKOFF);
+    }
+}
+
+/// `RAFT.SHARDGROUP ADD` arguments describing the group whose `GET` reply this is.
+fn add_args(get: &Value) -> Vec<String> {
+    let Value::Array(parts) = get else {
+        panic!("GET reply {get:?}")
+    };
+    let id = value_text(&parts[0]);
+    let Value::Array(ranges) = &parts[1] else {
+        panic!("ranges {:?}", parts[1])
+    };
+    let Value::Array(nodes) = &parts[2] else {
+        panic!("nodes {:?}", parts[2])
+    };
+    let mut args = vec![
+        "RAFT.SHARDGROUP".to_string(),
+        "ADD".to_string(),
+        id,
+        ranges.len().to_string(),
+        nodes.len().to_string(),
+    ];
+    for range in ranges {
+        args.extend(strings(range.clone()));
+    }
+    for node in nodes {
+        args.extend(strings(node.clone()));
+    }
+    args
+}
+
+/// Every group learns every other group (what `RAFT.SHARDGROUP LINK` automates).
+fn link_all(groups: &[Group]) {
+    let gets: Vec<Value> = groups
+        .iter()
+        .map(|g| must(&g.leader_addr(), &["RAFT.SHARDGROUP", "GET"]))
+        .collect();
+    for (i, group) in groups.iter().enumerate() {
+        for (j, get) in gets.iter().enumerate() {
+            if i == j {
+                continue;
+            }
+            let args = add_args(get);
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            assert_eq!(value_text(&must(&group.leader_addr(), &args)), "OK");
+        }
+    }
+}
+
+fn keyslot(addr: &str, key: &str) -> u16 {
+    match must(addr, &["CLUSTER", "KEYSLOT", key]) {
+        Value::Int(slot) => slot as u16,
+        other => panic!("CLUSTER KEYSLOT {key}: {other:?}"),
+    }
+}
+
+fn owner_of<'a>(groups: &'a [Group], addr: &str, key: &str) -> &'a Group {
+    let slot = keyslot(addr, key);
+    groups
+        .iter()
+        .find(|g| g.owns(slot))
+        .expect("every slot has a group")
+}
+
+/// `(start, end, first node's address)` of each `CLUSTER SLOTS` entry, sorted.
+fn cluster_slots(addr: &str) -> Vec<(i64, i64, String)> {
+    let Value::Array(entries) = must(addr, &["CLUSTER", "SLOTS"]) else {
+        panic!("CLUSTER SLOTS is an array")
+    };
+    let mut slots: Vec<(i64, i64, String)> = entries
+        .iter()
+        .map(|entry| {
+            let Value::Array(parts) = entry else {
+                panic!("entry {entry:?}")
+            };
+            let (Value::Int(start), Value::Int(end)) = (&parts[0], &parts[1]) else {
+                panic!("entry {parts:?}")
+            };
+            let node = strings(parts[2].clone());
+            (*start, *end, format!("{}:{}", node[0], node[1]))
+        })
+        .collect();
+    slots.sort();
+    slots
+}
+
+#[test]
+fn a_cluster_client_routes_keys_of_three_groups_through_any_node() {
+    let groups: Vec<Group> = THREE_WAY.iter().map(|&r| start_group(3, r)).collect();
+    link_all(&groups);
+    let leaders: Vec<String> = groups.iter().map(Group::leader_addr).collect();
+
+    // Every node, leader or not, of every group describes the same three groups, each
+    // with its leader first.
+    let expected: Vec<(i64, i64, String)> = groups
+        .iter()
+        .zip(&leaders)
+        .map(|(g, leader)| (i64::from(g.range.0), i64::from(g.range.1), leader.clone()))
+        .collect();
+    for group in &groups {
+        for addr in group.addrs() {
+            assert_eq!(cluster_slots(&addr), expected, "CLUSTER SLOTS of {addr}");
+        }
+    }
+    let nodes = value_text(&must(&leaders[1], &["CLUSTER", "NODES"]));
+    assert_eq!(nodes.lines().count(), 9, "{nodes}");
+    assert_eq!(nodes.matches("myself").count(), 1, "{nodes}");
+    assert_eq!(nodes.matches("master").count(), 3, "{nodes}");
+    let Value::Array(shards) = must(&leaders[2], &["CLUSTER", "SHARDS"]) else {
+        panic!("CLUSTER SHARDS is an array")
+    };
+    assert_eq!(shards.len(), 3);
+    for (key, slot) in KNOWN_SLOTS {
+        assert_eq!(keyslot(&leaders[0], key), slot, "slot of {key}");
+    }
+
+    // A cluster client that knows one follower of the first group.
+    let seed = groups[0]
+        .addrs()
+        .into_iter()
+        .find(|a| *a != leaders[0])
+        .unwrap();
+    let client = redis::cluster::ClusterClient::builder(vec![format!("redis://{seed}/")])
+        .connection_timeout(Duration::from_secs(2))
+        .response_timeout(Duration::from_secs(5))
+        .retries(5)
+        .build()
+        .expect("cluster client");
+    let mut con = client.get_connection().expect("cluster connection");
+    let keys: Vec<String> = (0..300).map(|i| format!("key:{i}")).collect();
+    for key in &keys {
+        let _: () = redis::cmd("SET")
+            .arg(key)
+            .arg(format!("v-{key}"))
+            .query(&mut con)
+            .unwrap_or_else(|e| panic!("SET {key}: {}", err_text(&e)));
+    }
+    for key in &keys {
+        let value: String = redis::cmd("GET")
+            .arg(key)
+            .query(&mut con)
+            .unwrap_or_else(|e| panic!("GET {key}: {}", err_text(&e)));
+        assert_eq!(value, format!("v-{key}"));
+    }
+    // Each key is in exactly the group that owns its slot, on every node of it.
+    let mut groups_used = BTreeSet::new();
+    for key in &keys {
+        let owner = owner_of(&groups, &leaders[0], key);
+        for (i, group) in groups.iter().enumerate() {
+            for addr in group.addrs() {
+                let held = must(&addr, &["RAFT.DEBUG", "EXEC", "GET", key]);
+                if std::ptr::eq(group, owner) {
+                    groups_used.insert(i);
+                    // Followers apply after the leader answered: wait for them.
+                    let applied = wait_until(CONVERGE_TIMEOUT, || {
+                        must(&addr, &["RAFT.DEBUG", "EXEC", "GET", key])
+                            == Value::BulkString(format!("v-{key}").into_bytes())
+                    });
+                    assert!(applied, "{key} missing on {addr} of its group");
+                } else {
+                    assert_eq!(held, Value::Nil, "{key} also in group {i} ({addr})");
+                }
+            }
+        }
+    }
+    assert_eq!(groups_used.len(), 3, "the keys spread over every group");
+
+    // Direct connections: the slot's owner runs it, another group redirects to it.
+    let foo_owner = owner_of(&groups, &leaders[0], "foo");
+    let other = groups
+        .iter()
+        .find(|g| !std::ptr::eq(*g, foo_owner))
+        .unwrap();
+    let moved = cmd(&other.leader_addr(), &["SET", "foo", "1"]).unwrap_err();
+    let expected_moved = format!("MOVED 12182 {}", foo_owner.leader_addr());
+    assert!(
+        moved.contains(&expected_moved),
+        "{moved} vs {expected_moved}"
+    );
+    let read_moved = cmd(&other.leader_addr(), &["GET", "foo"]).unwrap_err();
+    assert!(read_moved.contains(&expected_moved), "{read_moved}");
+
+    // Keys of several slots are refused, whatever the command.
+    let crossslot = cmd(&leaders[0], &["MSET", "foo", "1", "bar", "2"]).unwrap_err();
+    assert!(crossslot.contains("CROSSSLOT"), "{crossslot}");
+    let script = "return redis.call('SET', KEYS[1], ARGV[1])";
+    let crossslot = cmd(&leaders[0], &["EVAL", script, "2", "foo", "bar", "1"]).unwrap_err();
+    assert!(crossslot.contains("CROSSSLOT"), "{crossslot}");
+
+    // MULTI and scripts on one slot (a hash tag) run on its owner.
+    let tag_owner = owner_of(&groups, &leaders[0], "{user}").leader_addr();
+    let mut con = try_connect(&tag_owner, Duration::from_secs(10)).unwrap();
+    let _: () = exec(&mut con, &["MULTI"]).unwrap();
+    let _: () = exec(&mut con, &["SET", "{user}:a", "1"]).unwrap();
+    let _: () = exec(&mut con, &["INCR", "{user}:b"]).unwrap();
+    let replies: Vec<Value> = exec(&mut con, &["EXEC"]).unwrap();
+    assert_eq!(replies, vec![Value::Okay, Value::Int(1)]);
+    let set: String = exec(&mut con, &["EVAL", script, "1", "{user}:c", "3"]).unwrap();
+    assert_eq!(set, "OK");
+    let _: () = exec(&mut con, &["MULTI"]).unwrap();
+    let _: () = exec(&mut con, &["SET", "{user}:a", "2"]).unwrap();
+    let _: () = exec(&mut con, &["SET", "foo", "2"]).unwrap();
+    let exec_error = exec::<Value>(&mut con, &["EXEC"]).unwrap_err();
+    assert!(
+        err_text(&exec_error).contains("CROSSSLOT"),
+        "{exec_error:?}"
+    );
+    assert_eq!(
+        must(&tag_owner, &["GET", "{user}:a"]),
+        Value::BulkString(b"1".to_vec()),
+        "a refused transaction changed nothing"
+    );
+}
+
+#[test]
+fn the_map_is_validated_and_survives_snapshots_restarts_and_joins() {
+    let mut group = start_group(3, (0, 8191));
+    let remote_id = "b".repeat(32);
+    let remote_node = format!("{remote_id}00000001");
+    let add = |addr: &str, id: &str, start: &str, end: &str, node: &str, node_addr: &str| {
+        cmd(
+            addr,
+            &[
+                "RAFT.SHARDGROUP",
+                "ADD",
+                id,
+                "1",
+                "1",
+                start,
+                end,
+                "1",
+                "0",
+                node,
+                node_addr,
+            ],
+        )
+    };
+    let leader = group.leader_addr();
+    assert_eq!(
+        add(
+            &leader,
+            &remote_id,
+            "8192",
+            "16383",
+            &remote_node,
+            "127.0.0.1:1"
+        ),
+        Ok(Value::Okay)
+    );
+    // A stable slot has one owner: a second claim is refused, and so is nonsense.
+    let third = "c".repeat(32);
+    let overlap = add(
+        &leader,
+        &third,
+        "8000",
+        "8000",
+        &format!("{third}00000001"),
+        "h:2",
+    );
+    assert!(
+        overlap
+            .as_ref()
+            .is_err_and(|e| e.contains("slot 8000 is already owned")),
+        "{overlap:?}"
+    );
+    let short = add(&leader, "abc", "1", "1", "x", "h:2");
+    assert!(short.is_err_and(|e| e.contains("invalid shard group")));
+    let replace_conflict = cmd(
+        &leader,
+        &[
+            "RAFT.SHARDGROUP",
+            "REPLACE",
+            "2",
+            &third,
+            "1",
+            "0",
+            "5",
+            "5",
+            "1",
+            "0",
+            &remote_id,
+            "1",
+            "0",
+            "5",
+            "5",
+            "1",
+            "0",
+        ],
+    );
+    assert!(
+        replace_conflict.is_err_and(|e| e.contains("slot 5 is already owned")),
+        "REPLACE with two stable owners"
+    );
+    let follower = group.addrs().into_iter().find(|a| *a != leader).unwrap();
+    let on_follower = cmd(&follower, &["RAFT.SHARDGROUP", "GET"]).unwrap_err();
+    assert!(on_follower.starts_with("MOVED 0 "), "{on_follower}");
+
+    let expect_map = |addr: &str| {
+        let slots = cluster_slots(addr);
+        assert_eq!(slots.len(), 2, "{addr}: {slots:?}");
+        assert_eq!(
+            (slots[1].0, slots[1].1, slots[1].2.as_str()),
+            (8192, 16383, "127.0.0.1:1"),
+            "{addr}"
+        );
+    };
+    let wait_map = |addr: &str| {
+        assert!(
+            wait_until(CONVERGE_TIMEOUT, || {
+                matches!(cmd(addr, &["CLUSTER", "SLOTS"]), Ok(Value::Array(e)) if e.len() == 2)
+            }),
+            "{addr} never learnt the map"
+        );
+        expect_map(addr);
+    };
+    for addr in group.addrs() {
+        wait_map(&addr);
+    }
+    assert_eq!(must(&leader, &["SET", "bar", "1"]), Value::Okay);
+    let moved = cmd(&leader, &["SET", "foo", "1"]).unwrap_err();
+    assert_eq!(moved, "MOVED 12182 127.0.0.1:1");
+
+    // Snapshots carry the map: every node compacts its log, then a node restarts from
+    // its snapshot alone and a new node joins from one.
+    let ids = group.cluster.ids();
+    for &id in &ids {
+        must(&group.cluster.addr(id), &["RAFT.DEBUG", "COMPACT"]);
+    }
+    let restarted = *ids
+        .iter()
+        .find(|&&id| group.cluster.addr(id) != leader)
+        .unwrap();
+    group.cluster.node_mut(restarted).restart();
+    wait_map(&group.cluster.addr(restarted));
+    group.cluster.join_with(4, |opts| {
+        opts.raft("sharding", "yes").raft("slot-config", "0:8191")
+    });
+    wait_map(&group.cluster.addr(4));
+
+    // The whole group restarts: the map comes back from snapshots and logs.
+    for id in group.cluster.ids() {
+        group.cluster.node_mut(id).restart();
+    }
+    let leader = group.leader_addr();
+    wait_map(&leader);
+    let deadline = Instant::now() + CONVERGE_TIMEOUT;
+    let moved = loop {
+        match cmd(&leader, &["GET", "foo"]) {
+            Err(e) if e.starts_with("MOVED 12182") => break e,
+            other => {
+                assert!(
+                    Instant::now() < deadline,
+                    "GET foo after restart: {other:?}"
+                );
+                std::thread::sleep(RETRY_BACKOFF);
+            }
+        }
+    };
+    assert_eq!(moved, "MOVED 12182 127.0.0.1:1");
+    assert_eq!(
+        must(&group.leader_addr(), &["GET", "bar"]),
+        Value::BulkString(b"1".to_vec())
+    );
+    let unserved = {
+        let mut con = try_connect(&group.leader_addr(), Duration::from_secs(10)).unwrap();
+        let replace: Value = exec(
+            &mut con,
+            &[
+                "RAFT.SHARDGROUP",
+                "REPLACE",
+                "1",
+                &remote_id,
+                "1",
+                "1",
+                "8192",
+                "16383",
+                "1",
+                "0",
+                &remote_node,
+                "127.0.0.1:1",
+            ],
+        )
+        .unwrap();
+        assert_eq!(replace, Value::Okay);
+        cmd(&group.leader_addr(), &["SET", "bar", "2"]).unwrap_err()
+    };
+    assert_eq!(
+        unserved, "CLUSTERDOWN Hash slot is not served",
+        "the local group left out of REPLACE serves nothing"
+    );
+}
+
+#[test]
+fn without_sharding_the_commands_say_so_and_the_config_is_frozen() {
+    let cluster = Cluster::start(1, ET_MS);
+    let addr = cluster.addr(1);
+    let refused = cmd(&addr, &["RAFT.SHARDGROUP", "GET"]).unwrap_err();
+    assert_eq!(refused, "ERR RedisRaft sharding not enabled");
+    let frozen = cmd(&addr, &["CONFIG", "SET", "raft.sharding", "yes"]).unwrap_err();
+    assert!(frozen.contains("not allowed after init/join"), "{frozen}");
+    // Unsharded, this node serves every slot and keys of any slots together.
+    assert_eq!(must(&addr, &["MSET", "foo", "1", "bar", "2"]), Value::Okay);
+    assert_eq!(
+        cluster_slots(&addr),
+        vec![(0, 16383, addr.clone())],
+        "one group, every slot"
+    );
+}
