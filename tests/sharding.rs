@@ -52,9 +52,18 @@ fn must(addr: &str, args: &[&str]) -> Value {
 }
 
 fn start_group(nodes: u64, range: (u16, u16)) -> Group {
+    start_group_with(nodes, range, &[])
+}
+
+/// A sharded group serving `range`, its nodes started with the `extra` raft configs.
+fn start_group_with(nodes: u64, range: (u16, u16), extra: &[(&str, &str)]) -> Group {
     let slots = format!("{}:{}", range.0, range.1);
     let cluster = Cluster::start_with(nodes, ET_MS, |opts| {
-        opts.raft("sharding", "yes").raft("slot-config", &slots)
+        extra
+            .iter()
+            .fold(opts, |opts, (key, value)| opts.raft(key, value))
+            .raft("sharding", "yes")
+            .raft("slot-config", &slots)
     });
     let group = Group { cluster, range };
     // The group's slots are logged right after INIT: wait until its leader applied them.
@@ -478,4 +487,84 @@ fn without_sharding_the_commands_say_so_and_the_config_is_frozen() {
         vec![(0, 16383, addr.clone())],
         "one group, every slot"
     );
+}
+
+#[test]
+fn link_learns_a_group_through_any_node_and_the_leader_follows_its_leader_changes() {
+    let extra = [
+        ("shardgroup-update-interval", "200"),
+        ("join-timeout", "2000"),
+    ];
+    let a = start_group_with(3, (0, 8191), &extra);
+    let b = start_group_with(3, (8192, 16383), &extra);
+    let (a_leader, b_leader) = (a.leader_addr(), b.leader_addr());
+    let follower_of = |group: &Group, leader: &str| {
+        group
+            .addrs()
+            .into_iter()
+            .find(|addr| addr != leader)
+            .unwrap()
+    };
+    // Through a follower: LINK follows its MOVED to the leader.
+    let b_follower = follower_of(&b, &b_leader);
+    assert_eq!(
+        must(&a_leader, &["RAFT.SHARDGROUP", "LINK", &b_follower]),
+        Value::Okay
+    );
+    let a_follower = follower_of(&a, &a_leader);
+    assert_eq!(
+        must(&b_leader, &["RAFT.SHARDGROUP", "LINK", &a_follower]),
+        Value::Okay
+    );
+    let remote_first_node = |addr: &str, start: i64| {
+        cluster_slots(addr)
+            .into_iter()
+            .find(|entry| entry.0 == start)
+            .map(|entry| entry.2)
+    };
+    assert_eq!(remote_first_node(&a_leader, 8192), Some(b_leader.clone()));
+    assert_eq!(remote_first_node(&b_leader, 0), Some(a_leader.clone()));
+    assert_eq!(
+        cmd(&a_leader, &["SET", "foo", "1"]).unwrap_err(),
+        format!("MOVED 12182 {b_leader}")
+    );
+
+    // b's leadership moves: a's leader learns it within a few refresh intervals.
+    let ids = b.cluster.ids();
+    let old = b.cluster.wait_leader(&ids, CONVERGE_TIMEOUT);
+    let new = *ids.iter().find(|&&id| id != old).unwrap();
+    assert_eq!(
+        must(&b_leader, &["RAFT.TRANSFER_LEADER", &new.to_string()]),
+        Value::Okay
+    );
+    assert_eq!(b.cluster.wait_leader(&ids, CONVERGE_TIMEOUT), new);
+    let new_leader = b.cluster.addr(new);
+    assert!(
+        wait_until(CONVERGE_TIMEOUT, || {
+            remote_first_node(&a_leader, 8192).as_deref() == Some(new_leader.as_str())
+        }),
+        "a never learnt b's new leader: {:?}",
+        cluster_slots(&a_leader)
+    );
+    assert_eq!(
+        cmd(&a_leader, &["SET", "foo", "1"]).unwrap_err(),
+        format!("MOVED 12182 {new_leader}")
+    );
+    // Every node of a has the refreshed list (it was logged).
+    for addr in a.addrs() {
+        assert!(
+            wait_until(CONVERGE_TIMEOUT, || {
+                remote_first_node(&addr, 8192).as_deref() == Some(new_leader.as_str())
+            }),
+            "{addr} of a"
+        );
+    }
+
+    // Nobody at the address, or a group whose slots overlap: LINK fails.
+    let nobody = format!("127.0.0.1:{}", free_port("127.0.0.1"));
+    let failed = cmd(&a_leader, &["RAFT.SHARDGROUP", "LINK", &nobody]).unwrap_err();
+    assert_eq!(failed, "ERR failed to connect to cluster for link");
+    let c = start_group_with(1, (100, 200), &extra);
+    let overlap = cmd(&a_leader, &["RAFT.SHARDGROUP", "LINK", &c.leader_addr()]).unwrap_err();
+    assert_eq!(overlap, "ERR failed to connect to cluster for link");
 }

@@ -16,6 +16,7 @@ pub mod proposals;
 pub mod proxy;
 pub mod random_ids;
 pub mod settings;
+pub mod shard_links;
 pub mod sharding;
 pub mod snapshot_receive;
 pub mod snapshots;

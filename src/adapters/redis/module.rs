@@ -9,7 +9,7 @@ use crate::adapters::ffi;
 use crate::adapters::redis::state::{self, call_locally, with_state, NodeState};
 use crate::adapters::redis::{
     active_expiry, apply, blocking, configs, execute, handlers, info, main_jobs, membership,
-    node_start, random_ids, settings, sharding, snapshot_receive, snapshots, topology,
+    node_start, random_ids, settings, shard_links, snapshot_receive, snapshots, topology,
     transactions,
 };
 
@@ -31,7 +31,7 @@ pub const COMMANDS: &[ffi::CommandSpec] = &[
     ("raft.msg", membership::raft_msg, "admin"),
     ("raft._peer_port", membership::peer_port, "admin fast"),
     ("raft._cluster", topology::cluster_command, ""),
-    ("raft.shardgroup", sharding::raft_shardgroup, "admin"),
+    ("raft.shardgroup", shard_links::raft_shardgroup, "admin"),
     ("raft._info", handlers::info_command, ""),
     ("raft._ttl", execute::ttl_command, "readonly fast"),
     ("raft._refused", execute::refused_command, "readonly fast"),
@@ -111,6 +111,7 @@ fn try_init(ctx: &Context, args: &[RedisString]) -> Result<(), String> {
         on_event_loop,
     ));
     active_expiry::start(ctx.ctx);
+    shard_links::start(ctx.ctx);
     blocking::start(ctx.ctx);
     if !ffi::data::subscribe_keyspace_events(
         ctx.ctx,

@@ -94,19 +94,16 @@ pub fn refuse_at_apply(ctx: RawCtx, commands: &[Argv], now_ms: i64) -> Option<St
     with_state(|state| state.shard_map.route(ask, || existing)).error()
 }
 
-/// `RAFT.SHARDGROUP GET | ADD | REPLACE`.
-pub fn raft_shardgroup(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
+/// Whether `RAFT.SHARDGROUP <sub>` may run here: sharding on, a known subcommand, this
+/// node the leader of a sharded group.
+pub fn check_shardgroup_command(sub: &str) -> Result<(), RedisError> {
     let sharded = with_state(|state| state.shard_map.is_sharded());
     if !sharded && !with_config(|config| config.sharding) {
         return Err(RedisError::Str(ERR_NOT_ENABLED));
     }
-    let sub = args
-        .get(1)
-        .map(|a| a.to_string_lossy().to_ascii_lowercase())
-        .unwrap_or_default();
-    if !matches!(sub.as_str(), "get" | "add" | "replace") {
+    if !matches!(sub, "get" | "add" | "replace" | "link") {
         return Err(RedisError::Str(
-            "ERR RAFT.SHARDGROUP supports GET / ADD / REPLACE",
+            "ERR RAFT.SHARDGROUP supports GET / ADD / REPLACE / LINK",
         ));
     }
     check_can_serve().map_err(RedisError::String)?;
@@ -114,8 +111,14 @@ pub fn raft_shardgroup(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
         // This cluster was created without sharding; the config alone changes nothing.
         return Err(RedisError::Str(ERR_NOT_ENABLED));
     }
-    let words: Vec<String> = args[2..].iter().map(|a| a.to_string_lossy()).collect();
-    match sub.as_str() {
+    Ok(())
+}
+
+/// `RAFT.SHARDGROUP GET | ADD | REPLACE` (`shard_links` handles `LINK` and calls this for
+/// the others, once `check_shardgroup_command` passed).
+pub fn shardgroup_command(ctx: &Context, sub: &str, args: &[RedisString]) -> RedisResult {
+    let words: Vec<String> = args.iter().map(|a| a.to_string_lossy()).collect();
+    match sub {
         "get" if words.is_empty() => Ok(with_state(local_group_reply)),
         "get" => Err(RedisError::WrongArity),
         "add" => {
@@ -200,8 +203,14 @@ fn propose_change(ctx: RawCtx, change: ShardMapChange) -> RedisResult {
     if let Err(e) = with_state(|state| state.shard_map.changed(&change)) {
         return Err(invalid(e.to_string()));
     }
+    propose_for(ffi::block_client(ctx), change);
+    Ok(RedisValue::NoReply)
+}
+
+/// Logs `change`; `client` (blocked) gets `OK` or the refusal once it is applied.
+pub fn propose_for(client: ffi::BlockedClient, change: ShardMapChange) {
     let waiter = Waiter {
-        client: ffi::block_client(ctx),
+        client,
         resp3: false,
         read: None,
         conf_reply: None,
@@ -225,7 +234,24 @@ fn propose_change(ctx: RawCtx, change: ShardMapChange) -> RedisResult {
     if let Some((request_id, error)) = failed {
         with_state(|state| state.answer_waiter(request_id, Answer::Error(error.to_string())));
     }
-    Ok(RedisValue::NoReply)
+}
+
+/// Logs `change` with nobody waiting (the leader's refresh of a linked group).
+pub fn propose_unanswered(change: ShardMapChange) {
+    let sent = with_state(|state| send_unanswered(state, change));
+    if let Err(e) = sent {
+        log::warn!("raft: shard map change not proposed: {e}");
+    }
+}
+
+fn send_unanswered(state: &mut MainState, change: ShardMapChange) -> Result<(), &'static str> {
+    let request_id = state.new_request_id();
+    let data = Payload::ShardMap {
+        origin: None,
+        change,
+    }
+    .encode();
+    state.send_to_driver(DriverInput::Propose { request_id, data })
 }
 
 /// At INIT with `sharding yes`: the new cluster's group serves the `slot-config` slots.
@@ -238,13 +264,7 @@ pub fn propose_local_slots(state: &mut MainState, dbid: &str) -> Result<(), &'st
         local_id: dbid.to_string(),
         ranges,
     };
-    let request_id = state.new_request_id();
-    let data = Payload::ShardMap {
-        origin: None,
-        change,
-    }
-    .encode();
-    state.send_to_driver(DriverInput::Propose { request_id, data })
+    send_unanswered(state, change)
 }
 
 /// Applies a logged map change; the proposing client learns whether it took effect.
