@@ -233,7 +233,7 @@ fn payload_bytes(seed: u64) -> Vec<u8> {
         }),
         time_ms: 1_700_000_000_000,
         user: Some("alice".into()),
-        transaction: seed.is_multiple_of(2),
+        flags: (seed % 4) as u8,
         commands: vec![
             vec![b"SET".to_vec(), b"key".to_vec(), vec![0u8, 255, 10]],
             vec![b"INCR".to_vec(), b"n".to_vec()],

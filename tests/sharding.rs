@@ -568,3 +568,205 @@ fn link_learns_a_group_through_any_node_and_the_leader_follows_its_leader_change
     let overlap = cmd(&a_leader, &["RAFT.SHARDGROUP", "LINK", &c.leader_addr()]).unwrap_err();
     assert_eq!(overlap, "ERR failed to connect to cluster for link");
 }
+
+/// One group of a `RAFT.SHARDGROUP REPLACE`: id, `(start, end, type, session)` ranges,
+/// `(node id, address)` nodes.
+type GroupSpec = (String, Vec<(u16, u16, u8, u64)>, Vec<(String, String)>);
+
+fn group_spec(get: &Value, ranges: Vec<(u16, u16, u8, u64)>) -> GroupSpec {
+    let Value::Array(parts) = get else {
+        panic!("GET reply {get:?}")
+    };
+    let Value::Array(nodes) = &parts[2] else {
+        panic!("nodes {:?}", parts[2])
+    };
+    let nodes = nodes
+        .iter()
+        .map(|node| {
+            let node = strings(node.clone());
+            (node[0].clone(), node[1].clone())
+        })
+        .collect();
+    (value_text(&parts[0]), ranges, nodes)
+}
+
+fn replace(addr: &str, groups: &[GroupSpec]) {
+    let mut args = vec![
+        "RAFT.SHARDGROUP".to_string(),
+        "REPLACE".to_string(),
+        groups.len().to_string(),
+    ];
+    for (id, ranges, nodes) in groups {
+        args.extend([
+            id.clone(),
+            ranges.len().to_string(),
+            nodes.len().to_string(),
+        ]);
+        for (start, end, kind, session) in ranges {
+            args.extend([start, end].map(|n| n.to_string()));
+            args.extend([kind.to_string(), session.to_string()]);
+        }
+        for (id, addr) in nodes {
+            args.extend([id.clone(), addr.clone()]);
+        }
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    assert_eq!(must(addr, &args), Value::Okay, "{args:?}");
+}
+
+/// Every key of `slot` on the leader at `addr`, through `RAFT.SCAN`.
+fn scan_slot(addr: &str, slot: u16) -> Vec<String> {
+    let mut keys = Vec::new();
+    let mut cursor = "0".to_string();
+    loop {
+        let Value::Array(reply) = must(addr, &["RAFT.SCAN", &cursor, &slot.to_string()]) else {
+            panic!("RAFT.SCAN reply")
+        };
+        cursor = value_text(&reply[0]);
+        let Value::Array(found) = &reply[1] else {
+            panic!("RAFT.SCAN keys")
+        };
+        for entry in found {
+            let entry = strings(entry.clone());
+            assert_eq!(entry[1], slot.to_string(), "RAFT.SCAN kept another slot");
+            keys.push(entry[0].clone());
+        }
+        if cursor == "0" {
+            return keys;
+        }
+    }
+}
+
+#[test]
+fn a_slot_moves_between_groups_with_its_ttls_and_new_keys_go_where_redis_cluster_puts_them() {
+    let groups = vec![start_group(3, (0, 8191)), start_group(3, (8192, 16383))];
+    link_all(&groups);
+    let (a, b) = (groups[0].leader_addr(), groups[1].leader_addr());
+    // A hash tag whose slot the first group serves.
+    let (tag, slot) = (0..)
+        .map(|i| format!("{{m{i}}}"))
+        .map(|tag| {
+            let slot = keyslot(&a, &tag);
+            (tag, slot)
+        })
+        .find(|&(_, slot)| slot < 8191 && slot > 0)
+        .unwrap();
+    let keys: Vec<String> = (0..40).map(|i| format!("{tag}:{i}")).collect();
+    for (i, key) in keys.iter().enumerate() {
+        let mut args = vec!["SET", key.as_str(), "v"];
+        if i % 2 == 0 {
+            args.extend(["PX", "600000"]);
+        }
+        assert_eq!(must(&a, &args), Value::Okay);
+    }
+    let (get_a, get_b) = (
+        must(&a, &["RAFT.SHARDGROUP", "GET"]),
+        must(&b, &["RAFT.SHARDGROUP", "GET"]),
+    );
+    let session = 77;
+    let a_ranges = |moving: Option<u8>| {
+        let mut ranges = vec![(0, slot - 1, 1, 0), (slot + 1, 8191, 1, 0)];
+        if let Some(kind) = moving {
+            ranges.push((slot, slot, kind, session));
+        }
+        ranges
+    };
+    let b_ranges = |own: u8| {
+        vec![
+            (8192, 16383, 1, 0),
+            (slot, slot, own, if own == 1 { 0 } else { session }),
+        ]
+    };
+    // Declared on both groups: migrating here, importing there, one session key.
+    let moving = [
+        group_spec(&get_a, a_ranges(Some(3))),
+        group_spec(&get_b, b_ranges(2)),
+    ];
+    replace(&a, &moving);
+    replace(&b, &moving);
+
+    // While the slot moves: a key that does not exist yet is created on the importing
+    // group, by ASK then ASKING, as Redis Cluster does.
+    let new_key = format!("{tag}:new");
+    let ask = cmd(&a, &["SET", &new_key, "n"]).unwrap_err();
+    assert_eq!(ask, format!("ASK {slot} {b}"));
+    let moved_back = cmd(&b, &["SET", &new_key, "n"]).unwrap_err();
+    assert_eq!(moved_back, format!("MOVED {slot} {a}"), "without ASKING");
+    let mut asking = try_connect(&b, Duration::from_secs(10)).unwrap();
+    let _: () = exec(&mut asking, &["ASKING"]).unwrap();
+    let _: () = exec(&mut asking, &["SET", &new_key, "n", "PX", "600000"]).unwrap();
+    // Existing keys still run on the source.
+    assert_eq!(must(&a, &["APPEND", &keys[1], "w"]), Value::Int(2));
+
+    // The keys move in batches of what RAFT.SCAN finds.
+    let found = scan_slot(&a, slot);
+    assert_eq!(found.len(), keys.len(), "{found:?}");
+    for batch in found.chunks(7) {
+        let mut args = vec!["MIGRATE", "", "0", "", "0", "5000", "KEYS"];
+        args.extend(batch.iter().map(String::as_str));
+        assert_eq!(must(&a, &args), Value::Okay, "MIGRATE {batch:?}");
+    }
+    assert!(scan_slot(&a, slot).is_empty(), "every key left the source");
+    assert_eq!(
+        cmd(&a, &["MIGRATE", "", "0", "", "0", "5000", "KEYS", &keys[0]]),
+        Ok(Value::SimpleString("NOKEY".into()))
+    );
+    // The importing group fences off a sender of an older term or another session.
+    let fenced = cmd(
+        &b,
+        &["RAFT.IMPORT", "0", &session.to_string(), &keys[0], "y"],
+    )
+    .unwrap_err();
+    assert!(fenced.contains("deposed leader"), "{fenced}");
+    let other_session = cmd(&b, &["RAFT.IMPORT", "99", "5", &keys[0], "y"]).unwrap_err();
+    assert!(
+        other_session.contains("another session key"),
+        "{other_session}"
+    );
+
+    // Finalised: the slot is the importing group's.
+    let done = [
+        group_spec(&get_a, a_ranges(None)),
+        group_spec(&get_b, b_ranges(1)),
+    ];
+    replace(&b, &done);
+    replace(&a, &done);
+    for (i, key) in keys.iter().enumerate() {
+        let value = if i == 1 { "vw" } else { "v" };
+        assert_eq!(
+            must(&b, &["GET", key]),
+            Value::BulkString(value.as_bytes().to_vec()),
+            "{key} on the importing group"
+        );
+        let Value::Int(ttl) = must(&b, &["PTTL", key]) else {
+            panic!("PTTL")
+        };
+        if i % 2 == 0 {
+            assert!((1..=600_000).contains(&ttl), "{key} kept its TTL: {ttl}");
+        } else {
+            assert_eq!(ttl, -1, "{key} has no TTL");
+        }
+        for addr in groups[0].addrs() {
+            assert_eq!(
+                must(&addr, &["RAFT.DEBUG", "EXEC", "EXISTS", key]),
+                Value::Int(0),
+                "{key} still on {addr} of the source"
+            );
+        }
+        let moved = cmd(&a, &["GET", key]).unwrap_err();
+        assert_eq!(moved, format!("MOVED {slot} {b}"));
+    }
+    assert_eq!(
+        must(&b, &["GET", &new_key]),
+        Value::BulkString(b"n".to_vec())
+    );
+    // Every node of the importing group holds them (they came through its log).
+    for addr in groups[1].addrs() {
+        assert!(
+            wait_until(CONVERGE_TIMEOUT, || {
+                must(&addr, &["RAFT.DEBUG", "EXEC", "EXISTS", &keys[3]]) == Value::Int(1)
+            }),
+            "{addr}"
+        );
+    }
+}

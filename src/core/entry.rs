@@ -31,8 +31,9 @@ pub enum Payload {
         /// ACL user the commands run as; `None` runs them unrestricted.
         #[serde(deserialize_with = "crate::core::bounded_serde::opt_string")]
         user: Option<String>,
-        /// MULTI/EXEC: the reply is the array of every command's reply.
-        transaction: bool,
+        /// [`FLAG_TRANSACTION`] | [`FLAG_ASKING`]. One byte, as the `transaction: bool` it
+        /// replaced (so entries written before read alike).
+        flags: u8,
         #[serde(
             serialize_with = "crate::core::bounded_serde::write_argvs",
             deserialize_with = "crate::core::bounded_serde::argvs"
@@ -55,7 +56,19 @@ pub enum Payload {
         origin: Option<Origin>,
         change: crate::core::shards::ShardMapChange,
     },
+    /// A step of a slot migration (`core::shards::MigrationStep`), at the leader's time.
+    Migration {
+        origin: Option<Origin>,
+        time_ms: i64,
+        step: crate::core::shards::MigrationStep,
+    },
 }
+
+/// `Payload::Commands::flags`: MULTI/EXEC, the reply is the array of every command's reply.
+pub const FLAG_TRANSACTION: u8 = 1;
+/// `Payload::Commands::flags`: the client sent `ASKING` first (it may use an importing
+/// slot).
+pub const FLAG_ASKING: u8 = 2;
 
 /// Upper bound on an encoded payload, so a hostile or corrupt entry can't make us allocate
 /// without limit while decoding.
@@ -104,7 +117,7 @@ pub fn commands_payload_bound(commands: &[Argv], user: Option<&str>) -> usize {
     let origin = 1 + 3 * 9;
     let time_ms = 9;
     let user = 1 + user.map_or(0, |user| bytes_len(user.as_bytes()));
-    let transaction = 1;
+    let flags = 1;
     let commands_len = varint_len(commands.len() as u64)
         + commands
             .iter()
@@ -112,7 +125,7 @@ pub fn commands_payload_bound(commands: &[Argv], user: Option<&str>) -> usize {
                 varint_len(argv.len() as u64) + argv.iter().map(|a| bytes_len(a)).sum::<usize>()
             })
             .sum::<usize>();
-    variant + origin + time_ms + user + transaction + commands_len
+    variant + origin + time_ms + user + flags + commands_len
 }
 
 /// Refuses `commands` if their entry could be over [`MAX_PROPOSAL_BYTES`].
@@ -208,7 +221,7 @@ mod tests {
             }),
             time_ms: -3,
             user: Some("u".into()),
-            transaction: true,
+            flags: FLAG_TRANSACTION,
             commands: commands.clone(),
         };
         let derived = DerivedPayload::Commands {
@@ -240,7 +253,7 @@ mod tests {
             origin: None,
             time_ms: 1,
             user: None,
-            transaction: false,
+            flags: 0,
             commands: vec![vec![b"SET".to_vec(), b"k".to_vec(), vec![b'v'; 4096]]],
         };
         let bytes = payload.encode();
@@ -257,7 +270,7 @@ mod tests {
             }),
             time_ms: 1_700_000_000_000,
             user: Some("alice".into()),
-            transaction: true,
+            flags: FLAG_TRANSACTION | FLAG_ASKING,
             commands: vec![vec![b"SET".to_vec(), b"k".to_vec(), vec![0, 255, 10]]],
         };
         assert_eq!(Payload::decode(&payload.encode()).unwrap(), payload);
@@ -314,12 +327,12 @@ mod tests {
                 i64::MIN,
             ),
         ] {
-            for transaction in [false, true] {
+            for flags in [0, FLAG_TRANSACTION | FLAG_ASKING] {
                 let encoded = Payload::Commands {
                     origin,
                     time_ms,
                     user: Some("alice".into()),
-                    transaction,
+                    flags,
                     commands: commands.clone(),
                 }
                 .encode();
@@ -334,7 +347,7 @@ mod tests {
             }),
             time_ms: i64::MIN,
             user: Some("alice".into()),
-            transaction: true,
+            flags: FLAG_TRANSACTION,
             commands,
         };
         assert_eq!(
@@ -374,7 +387,7 @@ mod tests {
                 }),
                 time_ms: i64::MIN,
                 user: None,
-                transaction: true,
+                flags: FLAG_TRANSACTION,
                 commands: at_limit,
             }
             .encode()

@@ -247,8 +247,69 @@ pub struct RouteAsk {
     pub any_locked: bool,
 }
 
+/// One key a migration moves: its `DUMP` payload and absolute expiry (-1: none), so
+/// the target restores it with the time it had left (the original drops TTLs).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MovedKey {
+    #[serde(with = "crate::core::bounded_serde::bytes")]
+    pub key: Vec<u8>,
+    #[serde(with = "crate::core::bounded_serde::bytes")]
+    pub dump: Vec<u8>,
+    pub expire_at_ms: i64,
+}
+
+/// A logged step of a slot migration (`SHARDING.md`, "Moving a slot between groups").
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MigrationStep {
+    /// Source: these keys are being moved; commands on them get `TRYAGAIN` until `Moved`.
+    Lock {
+        #[serde(deserialize_with = "crate::core::bounded_serde::byte_strings")]
+        keys: Vec<Vec<u8>>,
+    },
+    /// Source: the target has them; they are deleted here and unlocked.
+    Moved {
+        #[serde(deserialize_with = "crate::core::bounded_serde::byte_strings")]
+        keys: Vec<Vec<u8>>,
+    },
+    /// Target: restore these keys (`RAFT.IMPORT`), if the slot imports with this session
+    /// key and `term` is not older than one already accepted for it.
+    Import {
+        term: u64,
+        session_key: u64,
+        #[serde(deserialize_with = "crate::core::bounded_serde::vec")]
+        keys: Vec<MovedKey>,
+    },
+}
+
+/// Why a target refuses keys of a migration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ImportRefusal {
+    NotImporting { slot: u16 },
+    WrongSession { slot: u16, expected: u64 },
+    StaleTerm { slot: u16, accepted: u64 },
+}
+
+impl fmt::Display for ImportRefusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ImportRefusal::NotImporting { slot } => {
+                write!(f, "ERR slot {slot} is not importing here")
+            }
+            ImportRefusal::WrongSession { slot, expected } => write!(
+                f,
+                "ERR slot {slot} imports with another session key ({expected})"
+            ),
+            ImportRefusal::StaleTerm { slot, accepted } => write!(
+                f,
+                "ERR slot {slot} already accepted term {accepted}: the sender is a deposed leader"
+            ),
+        }
+    }
+}
+
 /// The replicated map, as of the applied index. The local group is the one whose id is
-/// `local_id`; it may be absent (it then serves no slot).
+/// `local_id`; it may be absent (it then serves no slot). It also holds the migration
+/// state both sides must keep through snapshots and restarts.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ShardMap {
     #[serde(deserialize_with = "crate::core::bounded_serde::string")]
@@ -256,6 +317,12 @@ pub struct ShardMap {
     /// Sorted by id, ids unique.
     #[serde(deserialize_with = "crate::core::bounded_serde::vec")]
     groups: Vec<ShardGroup>,
+    /// Source side: keys a migration in flight locked, sorted, unique.
+    #[serde(deserialize_with = "crate::core::bounded_serde::byte_strings")]
+    locked_keys: Vec<Vec<u8>>,
+    /// Target side: the highest migration term accepted per slot, sorted by slot.
+    #[serde(deserialize_with = "crate::core::bounded_serde::vec")]
+    import_terms: Vec<(u16, u64)>,
 }
 
 /// Bound on an encoded map or change (1,024 groups of 256 nodes fit easily).
@@ -497,6 +564,81 @@ impl ShardMap {
             .sum()
     }
 
+    /// A migration in flight locked `key` (source side).
+    pub fn is_locked(&self, key: &[u8]) -> bool {
+        self.locked_keys
+            .binary_search_by(|locked| locked.as_slice().cmp(key))
+            .is_ok()
+    }
+
+    pub fn locked_count(&self) -> usize {
+        self.locked_keys.len()
+    }
+
+    /// Applies a map-only migration step (`Lock`, or the unlocking half of `Moved`).
+    pub fn lock(&mut self, keys: &[Vec<u8>]) {
+        self.locked_keys.extend(keys.iter().cloned());
+        self.locked_keys.sort();
+        self.locked_keys.dedup();
+    }
+
+    pub fn unlock(&mut self, keys: &[Vec<u8>]) {
+        self.locked_keys
+            .retain(|locked| !keys.iter().any(|key| key == locked));
+    }
+
+    /// Where keys of `slot` migrate to from here: the session key and the importing
+    /// group, if the local group migrates the slot.
+    pub fn migration_target(&self, slot: u16) -> Option<(u64, &ShardGroup)> {
+        let local = self.group(&self.local_id)?;
+        let session_key = local
+            .ranges
+            .iter()
+            .find(|r| r.kind == RangeKind::Migrating && r.contains(slot))?
+            .session_key;
+        let target = self.holder(slot, RangeKind::Importing)?;
+        Some((session_key, target))
+    }
+
+    /// Target side: whether keys of `slots` from a source at `term` with `session_key`
+    /// are taken; if so their slots remember `term` (a deposed leader, with an older term,
+    /// is refused from then on).
+    pub fn accept_import(
+        &mut self,
+        term: u64,
+        session_key: u64,
+        slots: &[u16],
+    ) -> Result<(), ImportRefusal> {
+        for &slot in slots {
+            let local = self
+                .group(&self.local_id)
+                .and_then(|g| {
+                    g.ranges
+                        .iter()
+                        .find(|r| r.kind == RangeKind::Importing && r.contains(slot))
+                })
+                .ok_or(ImportRefusal::NotImporting { slot })?;
+            if local.session_key != session_key {
+                return Err(ImportRefusal::WrongSession {
+                    slot,
+                    expected: local.session_key,
+                });
+            }
+            if let Some(&(_, accepted)) = self.import_terms.iter().find(|(s, _)| *s == slot) {
+                if term < accepted {
+                    return Err(ImportRefusal::StaleTerm { slot, accepted });
+                }
+            }
+        }
+        for &slot in slots {
+            match self.import_terms.binary_search_by_key(&slot, |(s, _)| *s) {
+                Ok(at) => self.import_terms[at].1 = term,
+                Err(at) => self.import_terms.insert(at, (slot, term)),
+            }
+        }
+        Ok(())
+    }
+
     pub fn encode(&self) -> Vec<u8> {
         bincode::serde::encode_to_vec(self, bincode_config()).expect("a shard map encodes")
     }
@@ -509,13 +651,19 @@ impl ShardMap {
             return Err("shard map has trailing bytes".into());
         }
         // A decoded map must be one `apply` could have made.
-        let checked = ShardMap::default()
+        let mut checked = ShardMap::default()
             .changed(&ShardMapChange::Replace {
                 local_id: map.local_id.clone(),
                 groups: map.groups.clone(),
             })
             .map_err(|e| format!("shard map is invalid: {e}"))?;
-        if checked != map {
+        checked.locked_keys = map.locked_keys.clone();
+        checked.locked_keys.sort();
+        checked.locked_keys.dedup();
+        checked.import_terms = map.import_terms.clone();
+        checked.import_terms.sort();
+        checked.import_terms.dedup_by_key(|(slot, _)| *slot);
+        if checked != map || map.import_terms.iter().any(|&(slot, _)| slot > MAX_SLOT) {
             return Err("shard map is not in its canonical form".into());
         }
         Ok(map)
@@ -792,6 +940,55 @@ mod tests {
         let mut bytes = map.encode();
         bytes.push(0);
         assert!(ShardMap::decode(&bytes).is_err());
+    }
+
+    #[test]
+    fn locks_and_import_terms_travel_with_the_map() {
+        let mut source = migrating_map(true);
+        assert_eq!(
+            source
+                .migration_target(100)
+                .map(|(key, g)| (key, g.id.clone())),
+            Some((7, gid('b')))
+        );
+        assert_eq!(source.migration_target(101), None);
+        source.lock(&[b"k".to_vec(), b"j".to_vec(), b"k".to_vec()]);
+        assert!(source.is_locked(b"k") && source.is_locked(b"j") && !source.is_locked(b"x"));
+        assert_eq!(source.locked_count(), 2);
+        assert_eq!(ShardMap::decode(&source.encode()).unwrap(), source);
+        source.unlock(&[b"k".to_vec()]);
+        assert!(!source.is_locked(b"k") && source.is_locked(b"j"));
+
+        let mut target = migrating_map(false);
+        assert_eq!(
+            target.accept_import(3, 8, &[100]),
+            Err(ImportRefusal::WrongSession {
+                slot: 100,
+                expected: 7
+            })
+        );
+        assert_eq!(
+            target.accept_import(3, 7, &[101]),
+            Err(ImportRefusal::NotImporting { slot: 101 })
+        );
+        target.accept_import(3, 7, &[100]).unwrap();
+        target.accept_import(3, 7, &[100]).unwrap();
+        assert_eq!(
+            target.accept_import(2, 7, &[100]),
+            Err(ImportRefusal::StaleTerm {
+                slot: 100,
+                accepted: 3
+            }),
+            "a deposed leader's term is fenced off"
+        );
+        let restored = ShardMap::decode(&target.encode()).unwrap();
+        assert_eq!(restored, target);
+        let mut restored = restored;
+        assert!(
+            restored.accept_import(2, 7, &[100]).is_err(),
+            "fencing survives"
+        );
+        target.accept_import(4, 7, &[100]).unwrap();
     }
 
     #[test]

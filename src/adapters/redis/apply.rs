@@ -10,8 +10,8 @@ use raft::eraftpb::{ConfChangeV2, Entry, EntryType};
 use crate::adapters::ffi::{self, Answer};
 use crate::adapters::raft_thread::driver::MainTask;
 use crate::adapters::redis::state::{with_state, NodeState};
-use crate::adapters::redis::{blocking, execute, sharding, watch};
-use crate::core::entry::Payload;
+use crate::adapters::redis::{blocking, execute, migrate, sharding, watch};
+use crate::core::entry::{Payload, FLAG_ASKING, FLAG_TRANSACTION};
 use crate::core::membership::{Applied, ChangeContext};
 use crate::core::pending::RequestId;
 
@@ -127,9 +127,11 @@ fn apply_payload(ctx: ffi::RawCtx, payload: Payload, me: u64, incarnation: u64) 
             origin,
             time_ms,
             user,
-            transaction,
+            flags,
             commands,
         } => {
+            let transaction = flags & FLAG_TRANSACTION != 0;
+            let asking = flags & FLAG_ASKING != 0;
             let time_ms = note_entry_time(time_ms);
             let waiter_id = origin
                 .filter(|o| o.node_id == me && o.incarnation == incarnation)
@@ -142,7 +144,7 @@ fn apply_payload(ctx: ffi::RawCtx, payload: Payload, me: u64, incarnation: u64) 
                     })
                 })
                 .unwrap_or(false);
-            let reply = match sharding::refuse_at_apply(ctx, &commands, time_ms) {
+            let reply = match sharding::refuse_at_apply(ctx, &commands, time_ms, asking) {
                 Some(refusal) => Answer::Error(refusal),
                 None => {
                     let mut answers =
@@ -173,6 +175,14 @@ fn apply_payload(ctx: ffi::RawCtx, payload: Payload, me: u64, incarnation: u64) 
             if let Some(waiter) = waiter {
                 ffi::unblock(waiter.client, reply);
             }
+        }
+        Payload::Migration {
+            origin,
+            time_ms,
+            step,
+        } => {
+            note_entry_time(time_ms);
+            migrate::apply_step(ctx, origin, step, me, incarnation);
         }
         Payload::ExpireKeys { time_ms, keys } => {
             let time_ms = note_entry_time(time_ms);
@@ -311,9 +321,8 @@ fn serve_confirmed_reads() {
                 continue;
             };
             let now_ms = crate::adapters::redis::state::read_now_ms();
-            if let Some(refusal) =
-                sharding::refuse_at_apply(ctx, std::slice::from_ref(&argv), now_ms)
-            {
+            let one = std::slice::from_ref(&argv);
+            if let Some(refusal) = sharding::refuse_at_apply(ctx, one, now_ms, waiter.asking) {
                 ffi::unblock(waiter.client, Answer::Error(refusal));
                 continue;
             }

@@ -53,6 +53,16 @@ pub extern "C" fn command_filter(fctx: FilterCtx) {
         // ACL rules may change: forget which users were unrestricted.
         submit::forget_unrestricted_users();
     }
+    if argv[0].eq_ignore_ascii_case(b"migrate") && with_state(|s| s.shard_map.is_sharded()) {
+        // Moves keys to the group importing their slot (`migrate`), not to the address.
+        ffi::filter_prepend(fctx, b"RAFT.MIGRATE");
+        return;
+    }
+    if argv[0].eq_ignore_ascii_case(b"asking") {
+        // Redis refuses it outside cluster mode; a shard group takes it.
+        ffi::filter_prepend(fctx, b"RAFT.ASKING");
+        return;
+    }
     if argv[0].eq_ignore_ascii_case(b"cluster") {
         // Cluster-aware clients ask CLUSTER SLOTS & co: answered from the raft membership.
         ffi::filter_prepend(fctx, b"RAFT._CLUSTER");

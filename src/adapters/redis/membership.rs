@@ -349,6 +349,7 @@ fn propose_change(
                 conf_reply: Some(conf_reply),
                 user: None,
                 blocking: None,
+                asking: false,
             },
         );
         state.send_to_driver(input).map_err(|e| (request_id, e))

@@ -10,6 +10,7 @@ pub mod handlers;
 pub mod info;
 pub mod main_jobs;
 pub mod membership;
+pub mod migrate;
 pub mod module;
 pub mod node_start;
 pub mod proposals;

@@ -9,8 +9,8 @@ use crate::adapters::ffi;
 use crate::adapters::redis::state::{self, call_locally, with_state, NodeState};
 use crate::adapters::redis::{
     active_expiry, apply, blocking, configs, execute, handlers, info, main_jobs, membership,
-    node_start, random_ids, settings, shard_links, snapshot_receive, snapshots, topology,
-    transactions,
+    migrate, node_start, random_ids, settings, shard_links, sharding, snapshot_receive, snapshots,
+    topology, transactions,
 };
 
 #[cfg(feature = "redis-alloc")]
@@ -32,6 +32,10 @@ pub const COMMANDS: &[ffi::CommandSpec] = &[
     ("raft._peer_port", membership::peer_port, "admin fast"),
     ("raft._cluster", topology::cluster_command, ""),
     ("raft.shardgroup", shard_links::raft_shardgroup, "admin"),
+    ("raft.asking", sharding::asking_command, "fast"),
+    ("raft.migrate", migrate::migrate_command, "write"),
+    ("raft.import", migrate::import_command, "write"),
+    ("raft.scan", migrate::scan_command, "readonly"),
     ("raft._info", handlers::info_command, ""),
     ("raft._ttl", execute::ttl_command, "readonly fast"),
     ("raft._refused", execute::refused_command, "readonly fast"),
@@ -256,7 +260,9 @@ extern "C" fn on_client_change(
     data: *mut c_void,
 ) {
     if subevent == redis_module::raw::REDISMODULE_SUBEVENT_CLIENT_CHANGE_DISCONNECTED {
-        transactions::forget(ffi::data::client_change_id(data));
+        let client = ffi::data::client_change_id(data);
+        transactions::forget(client);
+        sharding::forget_client(client);
     }
 }
 

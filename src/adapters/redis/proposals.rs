@@ -5,7 +5,9 @@
 use crate::adapters::ffi::{self, Answer};
 use crate::adapters::raft_thread::driver::DriverInput;
 use crate::adapters::redis::state::{with_state, NodeState, Waiter, ERR_REMOVED};
-use crate::core::entry::{check_proposal_size, Argv, Origin, Payload};
+use crate::core::entry::{
+    check_proposal_size, Argv, Origin, Payload, FLAG_ASKING, FLAG_TRANSACTION,
+};
 use crate::core::pending::RequestId;
 
 const ERR_NO_CLUSTER: &str = "NOCLUSTER No Raft Cluster";
@@ -38,11 +40,13 @@ pub fn send_proposal_at(
             incarnation: state.incarnation,
             request_id,
         });
+        let flags = if transaction { FLAG_TRANSACTION } else { 0 }
+            | if waiter.asking { FLAG_ASKING } else { 0 };
         let payload = Payload::Commands {
             origin,
             time_ms: time_ms.unwrap_or_else(|| state.next_entry_time_ms()),
             user: waiter.user.clone(),
-            transaction,
+            flags,
             commands,
         };
         state.waiters.insert(request_id, waiter);

@@ -78,7 +78,7 @@ fn link(ctx: RawCtx, addr: &str) -> RedisResult {
     Ok(RedisValue::NoReply)
 }
 
-fn request_timeout(connection_timeout_ms: u64, response_timeout_ms: u64) -> Duration {
+pub fn request_timeout(connection_timeout_ms: u64, response_timeout_ms: u64) -> Duration {
     Duration::from_millis(connection_timeout_ms + response_timeout_ms)
 }
 
@@ -106,6 +106,28 @@ fn fetch_group(
     deadline: Instant,
     request_timeout: Duration,
 ) -> Result<ShardGroup, String> {
+    let argv = vec![b"RAFT.SHARDGROUP".to_vec(), b"GET".to_vec()];
+    ask_following_moved(
+        transport,
+        seeds,
+        &argv,
+        deadline,
+        request_timeout,
+        parse_get_reply,
+    )
+}
+
+/// Sends `argv` to `seeds` in turn (another group's nodes), following `MOVED 0` to their
+/// leader, until `accept` takes a reply or `deadline` passes. Error replies other than
+/// `MOVED` count as failed attempts; the last reason is returned.
+pub fn ask_following_moved<T>(
+    transport: &Transport,
+    seeds: &[String],
+    argv: &[Vec<u8>],
+    deadline: Instant,
+    request_timeout: Duration,
+    accept: impl Fn(&RespValue) -> Result<T, String>,
+) -> Result<T, String> {
     let mut targets: VecDeque<String> = seeds.iter().cloned().collect();
     let mut moves = 0;
     let mut last_error = String::from("no node answered");
@@ -116,11 +138,10 @@ fn fetch_group(
             moves = 0;
             continue;
         };
-        let argv = vec![b"RAFT.SHARDGROUP".to_vec(), b"GET".to_vec()];
         let (done_tx, done_rx) = std::sync::mpsc::channel();
         transport.request(
             target.clone(),
-            argv,
+            argv.to_vec(),
             request_timeout,
             Box::new(move |reply| {
                 let _ = done_tx.send(reply);
@@ -137,8 +158,8 @@ fn fetch_group(
                 }
                 _ => last_error = format!("{target}: {message}"),
             },
-            Ok(reply) => match parse_get_reply(&reply) {
-                Ok(group) => return Ok(group),
+            Ok(reply) => match accept(&reply) {
+                Ok(accepted) => return Ok(accepted),
                 Err(why) => last_error = format!("{target}: {why}"),
             },
             Err(e) => last_error = format!("{target}: {e}"),

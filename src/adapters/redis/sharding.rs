@@ -33,24 +33,63 @@ fn keys_of(ctx: RawCtx, commands: &[Argv]) -> Vec<Vec<u8>> {
     keys
 }
 
-fn route_ask(keys: &[Vec<u8>]) -> Result<Option<RouteAsk>, String> {
+fn route_ask(keys: &[Vec<u8>], asking: bool) -> Result<Option<RouteAsk>, String> {
     let slot =
         common_slot(keys.iter().map(Vec::as_slice)).map_err(|_| ERR_CROSSSLOT.to_string())?;
+    let any_locked = with_state(|state| {
+        state.shard_map.locked_count() > 0 && keys.iter().any(|k| state.shard_map.is_locked(k))
+    });
     Ok(slot.map(|slot| RouteAsk {
         slot,
-        asking: false,
+        asking,
         single_key: keys.windows(2).all(|pair| pair[0] == pair[1]),
-        any_locked: false,
+        any_locked,
     }))
+}
+
+thread_local! {
+    /// Clients whose next command (or MULTI block) sent `ASKING` first.
+    static ASKING: std::cell::RefCell<std::collections::HashSet<u64>> =
+        std::cell::RefCell::new(std::collections::HashSet::new());
+}
+
+/// `ASKING` (the filter rewrites it to `RAFT.ASKING ASKING`): the client's next command,
+/// or its next MULTI block, may use a slot this group imports.
+pub fn asking_command(ctx: &Context, _args: Vec<RedisString>) -> RedisResult {
+    let client = data::client_id(ctx.ctx);
+    ASKING.with(|asking| asking.borrow_mut().insert(client));
+    Ok(RedisValue::SimpleStringStatic("OK"))
+}
+
+/// Whether `client` sent `ASKING` before this command; it counts once.
+pub fn take_asking(client: u64) -> bool {
+    ASKING.with(|asking| {
+        let mut asking = asking.borrow_mut();
+        !asking.is_empty() && asking.remove(&client)
+    })
+}
+
+/// A client that disconnected asks nothing any more.
+pub fn forget_client(client: u64) {
+    ASKING.with(|asking| asking.borrow_mut().remove(&client));
+}
+
+/// A follower's answer to a command sent with `ASKING`: `ASK <slot> <leader>` instead of
+/// `MOVED 0 <leader>`, so the client keeps asking.
+pub fn ask_leader(ctx: RawCtx, commands: &[Argv], not_leader: &str) -> Option<String> {
+    let leader = not_leader.strip_prefix("MOVED 0 ")?;
+    let keys = keys_of(ctx, commands);
+    let slot = common_slot(keys.iter().map(Vec::as_slice)).ok()??;
+    Some(format!("ASK {slot} {leader}"))
 }
 
 /// Before a command is proposed or read: `CROSSSLOT`, or a redirect the map already
 /// decides whatever the keys hold. The decision that counts is taken when it is applied.
-pub fn refuse_at_submit(ctx: RawCtx, commands: &[Argv]) -> Result<(), String> {
+pub fn refuse_at_submit(ctx: RawCtx, commands: &[Argv], asking: bool) -> Result<(), String> {
     if !with_state(|state| state.shard_map.is_sharded()) {
         return Ok(());
     }
-    let Some(ask) = route_ask(&keys_of(ctx, commands))? else {
+    let Some(ask) = route_ask(&keys_of(ctx, commands), asking)? else {
         return Ok(());
     };
     match with_state(|state| state.shard_map.early_refusal(ask)) {
@@ -61,12 +100,17 @@ pub fn refuse_at_submit(ctx: RawCtx, commands: &[Argv]) -> Result<(), String> {
 
 /// When `commands` are applied (or a read runs) at `now_ms`: the error the client gets
 /// instead of running them, if the map does not let them run here.
-pub fn refuse_at_apply(ctx: RawCtx, commands: &[Argv], now_ms: i64) -> Option<String> {
+pub fn refuse_at_apply(
+    ctx: RawCtx,
+    commands: &[Argv],
+    now_ms: i64,
+    asking: bool,
+) -> Option<String> {
     if !with_state(|state| state.shard_map.is_sharded()) {
         return None;
     }
     let keys = keys_of(ctx, commands);
-    let ask = match route_ask(&keys) {
+    let ask = match route_ask(&keys, asking) {
         Ok(Some(ask)) => ask,
         Ok(None) => return None,
         Err(crossslot) => return Some(crossslot),
@@ -216,6 +260,7 @@ pub fn propose_for(client: ffi::BlockedClient, change: ShardMapChange) {
         conf_reply: None,
         user: None,
         blocking: None,
+        asking: false,
     };
     let failed = with_state(|state| {
         let request_id = state.new_request_id();

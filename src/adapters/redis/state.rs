@@ -62,6 +62,9 @@ pub struct Waiter {
     pub user: Option<String>,
     /// A blocking command (BLPOP & co): waits instead of taking a null reply.
     pub blocking: Option<Blocking>,
+    /// The client sent `ASKING` before this command (sharding: an importing slot may
+    /// serve it).
+    pub asking: bool,
 }
 
 pub struct MainState {

@@ -170,7 +170,14 @@ pub fn submit(
     resp3: bool,
     user: Option<String>,
 ) -> RedisResult {
+    let asking = crate::adapters::redis::sharding::take_asking(ffi::data::client_id(ctx));
     if let Err(message) = check_can_serve() {
+        let ask = asking
+            .then(|| crate::adapters::redis::sharding::ask_leader(ctx, &commands, &message))
+            .flatten();
+        if let Some(ask) = ask {
+            return reply_error(&ask);
+        }
         if let Some(leader) = message.strip_prefix("MOVED 0 ") {
             let restricted = commands
                 .iter()
@@ -190,7 +197,8 @@ pub fn submit(
         }
         return reply_error(&message);
     }
-    if let Err(refusal) = crate::adapters::redis::sharding::refuse_at_submit(ctx, &commands) {
+    if let Err(refusal) = crate::adapters::redis::sharding::refuse_at_submit(ctx, &commands, asking)
+    {
         return reply_error(&refusal);
     }
     let mut class = class;
@@ -233,6 +241,7 @@ pub fn submit(
         conf_reply: None,
         user,
         blocking,
+        asking,
     };
     if class == Class::Read {
         let argv = commands.into_iter().next().unwrap_or_default();

@@ -267,6 +267,7 @@ pub fn progress() {
             conf_reply: None,
             user: exec.user,
             blocking: None,
+            asking: false,
         };
         // The next EXEC must see this one applied first: the loop waits for quiet again.
         proposals::send_proposal_at(waiter, exec.commands, true, Some(time_ms));
