@@ -770,3 +770,259 @@ fn a_slot_moves_between_groups_with_its_ttls_and_new_keys_go_where_redis_cluster
         );
     }
 }
+
+/// Runs `scripts/move-slots` with `args`; its output, which must say it succeeded.
+fn move_slots(args: &[&str]) -> String {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/move-slots");
+    let output = std::process::Command::new("timeout")
+        .arg("300")
+        .arg(&script)
+        .args(args)
+        .output()
+        .expect("run scripts/move-slots");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        output.status.success(),
+        "move-slots {args:?} failed:\n{text}"
+    );
+    text
+}
+
+/// What one writer saw: values acknowledged, and values whose fate is unknown.
+#[derive(Default)]
+struct Appends {
+    acked: Vec<(String, String)>,
+    uncertain: Vec<(String, String)>,
+}
+
+/// Appends unique values to `keys` through a cluster client until `stop`.
+fn append_until(
+    seeds: Vec<String>,
+    keys: Vec<String>,
+    writer: usize,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> Appends {
+    let client = redis::cluster::ClusterClient::builder(
+        seeds
+            .iter()
+            .map(|a| format!("redis://{a}/"))
+            .collect::<Vec<_>>(),
+    )
+    .connection_timeout(Duration::from_secs(1))
+    .response_timeout(Duration::from_secs(5))
+    .retries(10)
+    .build()
+    .expect("cluster client");
+    let mut con = None;
+    let mut seen = Appends::default();
+    let mut n = 0;
+    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+        if con.is_none() {
+            con = client.get_connection().ok();
+            if con.is_none() {
+                std::thread::sleep(RETRY_BACKOFF);
+                continue;
+            }
+        }
+        let key = keys[n % keys.len()].clone();
+        let value = format!("w{writer}-{n}");
+        n += 1;
+        let result: redis::RedisResult<i64> = redis::cmd("RPUSH")
+            .arg(&key)
+            .arg(&value)
+            .query(con.as_mut().unwrap());
+        match result {
+            Ok(_) => seen.acked.push((key, value)),
+            Err(e) => {
+                seen.uncertain.push((key, value));
+                if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() {
+                    con = None;
+                }
+                std::thread::sleep(RETRY_BACKOFF);
+            }
+        }
+    }
+    seen
+}
+
+#[test]
+fn the_tool_moves_slots_under_load_across_leader_kills_and_reruns() {
+    let mut groups = vec![start_group(3, (0, 8191)), start_group(3, (8192, 16383))];
+    link_all(&groups);
+    let a = groups[0].leader_addr();
+    // Three hash tags of the first group's slots: the slots to move.
+    let tags: Vec<(String, u16)> = (0..)
+        .map(|i| format!("{{t{i}}}"))
+        .map(|tag| {
+            let slot = keyslot(&a, &tag);
+            (tag, slot)
+        })
+        .filter(|&(_, slot)| slot <= 8191)
+        .take(3)
+        .collect();
+    let slots = tags
+        .iter()
+        .map(|(_, slot)| slot.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    // Keys that exist before, half with a TTL, and lists the writers append to.
+    let mut preloaded = Vec::new();
+    for (tag, _) in &tags {
+        for i in 0..10 {
+            let key = format!("{tag}:k{i}");
+            let mut args = vec!["SET", key.as_str(), "old"];
+            if i % 2 == 0 {
+                args.extend(["PX", "900000"]);
+            }
+            assert_eq!(must(&a, &args), Value::Okay);
+            preloaded.push(key);
+        }
+    }
+    let lists: Vec<String> = tags
+        .iter()
+        .flat_map(|(tag, _)| (0..4).map(move |i| format!("{tag}:list{i}")))
+        .collect();
+    let seeds: Vec<String> = groups.iter().flat_map(Group::addrs).collect();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writers: Vec<_> = (0..2)
+        .map(|w| {
+            let (seeds, lists, stop) = (seeds.clone(), lists.clone(), stop.clone());
+            std::thread::spawn(move || append_until(seeds, lists, w, stop))
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+
+    let from = groups[0].addrs()[0].clone();
+    let to = groups[1].addrs()[1].clone();
+    let base = [
+        "--from", &from, "--to", &to, "--slots", &slots, "--batch", "3",
+    ];
+    // Declared, then the source's leader is killed; the re-run moves the keys through
+    // its successor while the target's leader is killed too; a last run finalises.
+    move_slots(&[&base[..], &["--stop-after", "declare"]].concat());
+    let source_ids = groups[0].cluster.ids();
+    let source_leader = groups[0].cluster.wait_leader(&source_ids, CONVERGE_TIMEOUT);
+    groups[0].cluster.node_mut(source_leader).kill9();
+    let survivors: Vec<u64> = source_ids
+        .into_iter()
+        .filter(|&id| id != source_leader)
+        .collect();
+    groups[0].cluster.wait_leader(&survivors, CONVERGE_TIMEOUT);
+    let target_ids = groups[1].cluster.ids();
+    let target_leader = groups[1].cluster.wait_leader(&target_ids, CONVERGE_TIMEOUT);
+    let seed_alive = groups[0].cluster.addr(survivors[0]);
+    let base = [
+        "--from",
+        &seed_alive,
+        "--to",
+        &to,
+        "--slots",
+        &slots,
+        "--batch",
+        "3",
+    ];
+    let mover = {
+        let args: Vec<String> = [&base[..], &["--stop-after", "move"]]
+            .concat()
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        std::thread::spawn(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            move_slots(&args)
+        })
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    let to_alive = if groups[1].cluster.addr(target_leader) == to {
+        groups[1].addrs()[0].clone()
+    } else {
+        to.clone()
+    };
+    groups[1].cluster.node_mut(target_leader).kill9();
+    let moved = mover.join().expect("mover");
+    eprintln!("move-slots (move phase):\n{moved}");
+    let base = ["--from", &seed_alive, "--to", &to_alive, "--slots", &slots];
+    let finished = move_slots(&base);
+    assert!(finished.contains("done:"), "{finished}");
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let seen: Vec<Appends> = writers.into_iter().map(|w| w.join().unwrap()).collect();
+    let acked: usize = seen.iter().map(|s| s.acked.len()).sum();
+    let uncertain: usize = seen.iter().map(|s| s.uncertain.len()).sum();
+    eprintln!("writers: {acked} appends acknowledged, {uncertain} with an unknown outcome");
+    assert!(
+        acked > 20,
+        "the writers got through the migration: {acked} appends"
+    );
+
+    // Every acknowledged append is in the target exactly once; nothing twice; nothing
+    // left on the source.
+    let target_alive: Vec<u64> = target_ids
+        .into_iter()
+        .filter(|&id| id != target_leader)
+        .collect();
+    let b = groups[1].cluster.addr(
+        groups[1]
+            .cluster
+            .wait_leader(&target_alive, CONVERGE_TIMEOUT),
+    );
+    let mut contents = std::collections::HashMap::new();
+    for list in &lists {
+        let values = strings(must(&b, &["LRANGE", list, "0", "-1"]));
+        let unique: BTreeSet<&String> = values.iter().collect();
+        assert_eq!(
+            unique.len(),
+            values.len(),
+            "{list} holds a value twice: {values:?}"
+        );
+        contents.insert(list.clone(), values);
+    }
+    for s in &seen {
+        for (list, value) in &s.acked {
+            assert!(
+                contents[list].contains(value),
+                "acknowledged {value} missing from {list}"
+            );
+        }
+    }
+    let survivors_a: Vec<String> = survivors
+        .iter()
+        .map(|&id| groups[0].cluster.addr(id))
+        .collect();
+    for key in lists.iter().chain(&preloaded) {
+        for addr in &survivors_a {
+            assert_eq!(
+                must(addr, &["RAFT.DEBUG", "EXEC", "EXISTS", key]),
+                Value::Int(0),
+                "{key} left on the source ({addr})"
+            );
+        }
+    }
+    for (i, key) in preloaded.iter().enumerate() {
+        assert_eq!(must(&b, &["GET", key]), Value::BulkString(b"old".to_vec()));
+        let Value::Int(ttl) = must(&b, &["PTTL", key]) else {
+            panic!("PTTL")
+        };
+        if i % 2 == 0 {
+            assert!((1..=900_000).contains(&ttl), "{key} kept its TTL: {ttl}");
+        } else {
+            assert_eq!(ttl, -1, "{key}");
+        }
+    }
+    // The map agrees on both sides: the slots are the target's.
+    for (tag, slot) in &tags {
+        let moved = cmd(&survivors_a[0], &["GET", &format!("{tag}:k1")]);
+        let expected = format!("MOVED {slot} ");
+        assert!(
+            matches!(&moved, Err(e) if e.starts_with(&expected) || e.starts_with("MOVED 0 ")),
+            "{moved:?}"
+        );
+    }
+    // A second run has nothing to do.
+    let again = move_slots(&["--from", &survivors_a[0], "--to", &b, "--slots", &slots]);
+    assert!(again.contains("nothing to do"), "{again}");
+}
