@@ -10,7 +10,9 @@ SERVER_TESTS = $(foreach f,$(shell grep -l '^mod common;' tests/*.rs 2>/dev/null
 # The Valkey pass of `make test` runs the single-node, cluster, commands, consistency, security and
 # disk-fault suites (the snapshot and chaos suites are long; run them on Valkey with
 # `make test-valkey8` or by hand).
-VALKEY_TESTS = --test single_node --test cluster --test commands --test consistency --test security --test disk_faults --test dropin --test original_commands
+VALKEY_TESTS = --test single_node --test cluster --test commands --test consistency --test security --test disk_faults --test dropin --test original_commands --test sharding
+# `make cluster GROUPS=3`: that many shard groups (scripts/cluster-start).
+GROUPS ?= 1
 
 .PHONY: all build deps probe cluster stop test test-valkey8 bench fmt fmt-check lint clean distclean help
 
@@ -19,6 +21,7 @@ all: build
 help:
 	@echo "make build        install missing system packages, build ./redisraft.so (release)"
 	@echo "make cluster      build, then start a local 3-node cluster on ports 5001-5003"
+	@echo "                  (GROUPS=3: three shard groups of 3 nodes, slots split, linked)"
 	@echo "make stop         stop that cluster (its data stays in .cluster/)"
 	@echo "make test         unit tests + integration tests against redis-server and Valkey 9"
 	@echo "make test-valkey8 integration tests against Valkey 8"
@@ -36,7 +39,7 @@ build: deps
 	@echo "built $(MODULE)"
 
 cluster: build
-	@scripts/cluster-start
+	@SHARD_GROUPS=$(GROUPS) scripts/cluster-start
 
 stop:
 	@scripts/cluster-stop
