@@ -677,6 +677,21 @@ fn a_slot_moves_between_groups_with_its_ttls_and_new_keys_go_where_redis_cluster
             (slot, slot, own, if own == 1 { 0 } else { session }),
         ]
     };
+    // A client blocked on a list of the slot (it does not exist yet).
+    let queue = format!("{tag}:queue");
+    let blocked = {
+        let (a, queue) = (a.clone(), queue.clone());
+        std::thread::spawn(move || {
+            let mut con = try_connect(&a, Duration::from_secs(60)).unwrap();
+            exec::<Value>(&mut con, &["BLPOP", &queue, "0"]).map_err(|e| err_text(&e))
+        })
+    };
+    assert!(
+        wait_until(CONVERGE_TIMEOUT, || {
+            try_info(&a).is_some_and(|info| num(&info, "raft_blocked_clients") >= 1)
+        }),
+        "BLPOP never blocked"
+    );
     // Declared on both groups: migrating here, importing there, one session key.
     let moving = [
         group_spec(&get_a, a_ranges(Some(3))),
@@ -685,6 +700,8 @@ fn a_slot_moves_between_groups_with_its_ttls_and_new_keys_go_where_redis_cluster
     replace(&a, &moving);
     replace(&b, &moving);
 
+    // The blocked client is redirected where its list would now be created.
+    assert_eq!(blocked.join().unwrap(), Err(format!("ASK {slot} {b}")));
     // While the slot moves: a key that does not exist yet is created on the importing
     // group, by ASK then ASKING, as Redis Cluster does.
     let new_key = format!("{tag}:new");

@@ -110,7 +110,7 @@ fn apply_entry(entry: &Entry) {
             log::error!("raft: FATAL: entry {} cannot be decoded: {e}", entry.index);
             std::process::abort();
         });
-        apply_payload(apply_ctx, payload, me, incarnation);
+        apply_payload(apply_ctx, payload, entry.term, me, incarnation);
     }
     if entry.get_entry_type() == EntryType::EntryConfChangeV2 {
         apply_membership_change(entry, me, incarnation);
@@ -121,7 +121,7 @@ fn apply_entry(entry: &Entry) {
     });
 }
 
-fn apply_payload(ctx: ffi::RawCtx, payload: Payload, me: u64, incarnation: u64) {
+fn apply_payload(ctx: ffi::RawCtx, payload: Payload, term: u64, me: u64, incarnation: u64) {
     match payload {
         Payload::Commands {
             origin,
@@ -169,6 +169,7 @@ fn apply_payload(ctx: ffi::RawCtx, payload: Payload, me: u64, incarnation: u64) 
         }
         Payload::ShardMap { origin, change } => {
             let reply = sharding::apply_change(&change);
+            blocking::retry_all();
             let waiter = origin
                 .filter(|o| o.node_id == me && o.incarnation == incarnation)
                 .and_then(|o| with_state(|state| state.waiters.remove(&o.request_id)));
@@ -182,7 +183,7 @@ fn apply_payload(ctx: ffi::RawCtx, payload: Payload, me: u64, incarnation: u64) 
             step,
         } => {
             note_entry_time(time_ms);
-            migrate::apply_step(ctx, origin, step, me, incarnation);
+            migrate::apply_step(ctx, origin, step, term, (me, incarnation));
         }
         Payload::ExpireKeys { time_ms, keys } => {
             let time_ms = note_entry_time(time_ms);

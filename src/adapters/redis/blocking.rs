@@ -207,6 +207,18 @@ pub fn retry_touched() {
         }
         ready
     });
+    retry(ready);
+}
+
+/// The shard map changed: every wait is tried again, so one whose slot is no longer
+/// served here as it was gets its redirect (`MOVED` / `ASK`) when the retry is applied,
+/// as Redis Cluster redirects blocked clients when a slot moves.
+pub fn retry_all() {
+    let all: Vec<Parked> = PARKED.with(|parked| parked.borrow_mut().drain(..).collect());
+    retry(all);
+}
+
+fn retry(ready: Vec<Parked>) {
     for Parked {
         mut waiter,
         blocking,

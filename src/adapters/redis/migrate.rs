@@ -175,9 +175,15 @@ fn propose_step(client: BlockedClient, step: MigrationStep) -> Option<RequestId>
     }
 }
 
-/// Applies a logged migration step; the proposing node's client gets its answer (or, for
-/// a lock of its `MIGRATE`, the export starts).
-pub fn apply_step(ctx: RawCtx, origin: Option<Origin>, step: MigrationStep, me: u64, inc: u64) {
+/// Applies a logged migration step (of raft term `term`); the proposing node's client
+/// gets its answer (or, for a lock of its `MIGRATE`, the export starts).
+pub fn apply_step(
+    ctx: RawCtx,
+    origin: Option<Origin>,
+    step: MigrationStep,
+    term: u64,
+    (me, inc): (u64, u64),
+) {
     let answer = match &step {
         MigrationStep::Lock { keys } => {
             with_state(|state| state.shard_map.lock(keys));
@@ -206,7 +212,7 @@ pub fn apply_step(ctx: RawCtx, origin: Option<Origin>, step: MigrationStep, me: 
     };
     let export = EXPORTS.with(|exports| exports.borrow_mut().remove(&origin.request_id));
     match (export, matches!(step, MigrationStep::Lock { .. })) {
-        (Some(export), true) => start_export(ctx, waiter.client, export),
+        (Some(export), true) => start_export(ctx, waiter.client, export, term),
         _ => ffi::unblock(waiter.client, answer),
     }
 }
@@ -247,9 +253,10 @@ fn import_keys(ctx: RawCtx, term: u64, session_key: u64, keys: &[MovedKey]) -> A
     Answer::Simple("OK".into())
 }
 
-/// Source side, once the keys are locked here: their dumps go to the target's leader on
-/// a helper thread; its answer decides whether they are deleted here.
-fn start_export(ctx: RawCtx, client: BlockedClient, export: Export) {
+/// Source side, once the keys are locked here (by an entry of `term`): their dumps go to
+/// the target's leader on a helper thread, stamped with that term (the target fences off
+/// older ones); its answer decides whether they are deleted here.
+fn start_export(ctx: RawCtx, client: BlockedClient, export: Export, term: u64) {
     let mut moved = Vec::with_capacity(export.keys.len());
     for key in &export.keys {
         let dump = call_locally(ctx, &[b"DUMP".to_vec(), key.clone()], false);
@@ -266,7 +273,7 @@ fn start_export(ctx: RawCtx, client: BlockedClient, export: Export) {
             _ => {}
         }
     }
-    let (term, transport) = with_state(|state| (state.applied_term, state.transport.clone()));
+    let transport = with_state(|state| state.transport.clone());
     let Some(transport) = transport else {
         ffi::unblock(
             client,
