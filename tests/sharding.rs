@@ -1043,3 +1043,51 @@ fn the_tool_moves_slots_under_load_across_leader_kills_and_reruns() {
     let again = move_slots(&["--from", &survivors_a[0], "--to", &b, "--slots", &slots]);
     assert!(again.contains("nothing to do"), "{again}");
 }
+
+#[test]
+fn redis_py_cluster_client_routes_through_every_group() {
+    let groups: Vec<Group> = THREE_WAY.iter().map(|&r| start_group(2, r)).collect();
+    link_all(&groups);
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let install = std::process::Command::new(root.join("scripts/install-redis-py"))
+        .output()
+        .expect("scripts/install-redis-py");
+    assert!(
+        install.status.success(),
+        "redis-py install failed: {}",
+        String::from_utf8_lossy(&install.stderr)
+    );
+    let python_path = String::from_utf8_lossy(&install.stdout).trim().to_string();
+    // Seeds: one follower of the first group only; the client finds the rest.
+    let leader = groups[0].leader_addr();
+    let seed = groups[0]
+        .addrs()
+        .into_iter()
+        .find(|a| *a != leader)
+        .unwrap();
+    let output = std::process::Command::new("timeout")
+        .args(["120", "python3"])
+        .arg(root.join("tests/python/sharding_client.py"))
+        .arg(&seed)
+        .env("PYTHONPATH", &python_path)
+        .output()
+        .expect("python3");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(output.status.success(), "redis-py client failed:\n{text}");
+    assert!(text.contains("ok 200"), "{text}");
+    // Each group holds only keys of its own slots.
+    for group in &groups {
+        let leader = group.leader_addr();
+        let Value::Array(reply) = must(&leader, &["RAFT.DEBUG", "EXEC", "KEYS", "py:*"]) else {
+            panic!("KEYS")
+        };
+        assert!(!reply.is_empty(), "group {:?} got none of the keys", group.range);
+        for key in strings(Value::Array(reply)) {
+            assert!(group.owns(keyslot(&leader, &key)), "{key} in group {:?}", group.range);
+        }
+    }
+}
