@@ -639,7 +639,7 @@ fn scan_slot(addr: &str, slot: u16) -> Vec<String> {
 
 #[test]
 fn a_slot_moves_between_groups_with_its_ttls_and_new_keys_go_where_redis_cluster_puts_them() {
-    let groups = vec![start_group(3, (0, 8191)), start_group(3, (8192, 16383))];
+    let mut groups = vec![start_group(3, (0, 8191)), start_group(3, (8192, 16383))];
     link_all(&groups);
     let (a, b) = (groups[0].leader_addr(), groups[1].leader_addr());
     // A hash tag whose slot the first group serves.
@@ -740,6 +740,30 @@ fn a_slot_moves_between_groups_with_its_ttls_and_new_keys_go_where_redis_cluster
         other_session.contains("another session key"),
         "{other_session}"
     );
+    // The fencing state is replicated and kept: after every node of the importing group
+    // compacted its log and restarted, an older term is still refused.
+    let b_in_maps = b.clone();
+    for id in groups[1].cluster.ids() {
+        must(&groups[1].cluster.addr(id), &["RAFT.DEBUG", "COMPACT"]);
+    }
+    for id in groups[1].cluster.ids() {
+        groups[1].cluster.node_mut(id).restart();
+    }
+    let b = groups[1].leader_addr();
+    let deadline = Instant::now() + CONVERGE_TIMEOUT;
+    let fenced = loop {
+        match cmd(
+            &b,
+            &["RAFT.IMPORT", "0", &session.to_string(), &keys[0], "y"],
+        ) {
+            Err(e) if e.contains("deposed leader") => break e,
+            other => {
+                assert!(Instant::now() < deadline, "after restart: {other:?}");
+                std::thread::sleep(RETRY_BACKOFF);
+            }
+        }
+    };
+    assert!(fenced.contains("already accepted term"), "{fenced}");
 
     // Finalised: the slot is the importing group's.
     let done = [
@@ -771,7 +795,7 @@ fn a_slot_moves_between_groups_with_its_ttls_and_new_keys_go_where_redis_cluster
             );
         }
         let moved = cmd(&a, &["GET", key]).unwrap_err();
-        assert_eq!(moved, format!("MOVED {slot} {b}"));
+        assert_eq!(moved, format!("MOVED {slot} {b_in_maps}"));
     }
     assert_eq!(
         must(&b, &["GET", &new_key]),
@@ -1085,9 +1109,17 @@ fn redis_py_cluster_client_routes_through_every_group() {
         let Value::Array(reply) = must(&leader, &["RAFT.DEBUG", "EXEC", "KEYS", "py:*"]) else {
             panic!("KEYS")
         };
-        assert!(!reply.is_empty(), "group {:?} got none of the keys", group.range);
+        assert!(
+            !reply.is_empty(),
+            "group {:?} got none of the keys",
+            group.range
+        );
         for key in strings(Value::Array(reply)) {
-            assert!(group.owns(keyslot(&leader, &key)), "{key} in group {:?}", group.range);
+            assert!(
+                group.owns(keyslot(&leader, &key)),
+                "{key} in group {:?}",
+                group.range
+            );
         }
     }
 }

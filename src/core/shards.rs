@@ -173,6 +173,7 @@ pub enum ShardMapError {
     BadNodeId(String),
     BadRange { start: u16, end: u16 },
     TooMany(&'static str),
+    BadSessionKey(u64),
     AddsLocalGroup,
     SlotConflict { slot: u16, why: &'static str },
 }
@@ -196,6 +197,9 @@ impl fmt::Display for ShardMapError {
                 write!(f, "invalid slot range {start}-{end}")
             }
             ShardMapError::TooMany(what) => write!(f, "too many {what}"),
+            ShardMapError::BadSessionKey(key) => {
+                write!(f, "session key {key} is above 2^63-1")
+            }
             ShardMapError::AddsLocalGroup => {
                 write!(f, "the local shard group cannot be added to itself")
             }
@@ -358,6 +362,10 @@ fn check_ranges(ranges: &[SlotRange]) -> Result<(), ShardMapError> {
                 start: range.start,
                 end: range.end,
             });
+        }
+        // Replies carry it as a signed integer: it must read back the same.
+        if range.session_key > i64::MAX as u64 {
+            return Err(ShardMapError::BadSessionKey(range.session_key));
         }
     }
     Ok(())
@@ -851,6 +859,18 @@ mod tests {
         assert_eq!(
             map.changed(&bad_range),
             Err(ShardMapError::BadRange { start: 5, end: 4 })
+        );
+        let huge_session = ShardMapChange::Add(group(
+            'b',
+            vec![SlotRange {
+                session_key: 1 << 63,
+                ..SlotRange::stable(0, 0)
+            }],
+            "h:2",
+        ));
+        assert_eq!(
+            map.changed(&huge_session),
+            Err(ShardMapError::BadSessionKey(1 << 63))
         );
         let short_id = ShardMapChange::Add(ShardGroup {
             id: "abc".into(),
