@@ -441,6 +441,28 @@ impl Transport {
         self.request_pipeline(addr, vec![argv], timeout, done);
     }
 
+    /// [`Transport::request`] for a plain thread: waits for the reply (at most `timeout`
+    /// and a second).
+    pub fn request_blocking(
+        &self,
+        addr: String,
+        argv: Vec<Vec<u8>>,
+        timeout: Duration,
+    ) -> Result<RespValue, String> {
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        self.request(
+            addr,
+            argv,
+            timeout,
+            Box::new(move |reply| {
+                let _ = done_tx.send(reply);
+            }),
+        );
+        done_rx
+            .recv_timeout(timeout + Duration::from_secs(1))
+            .unwrap_or_else(|_| Err("no answer".into()))
+    }
+
     /// As [`Transport::request`], with `commands` on the one connection; `done` gets the
     /// last command's reply (EXEC's, for a forwarded MULTI block). The first command is
     /// sent alone and, if it is refused, its error is the reply and nothing else is sent;

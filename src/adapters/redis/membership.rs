@@ -146,19 +146,7 @@ fn ask_to_join(
             node_id.to_string().into_bytes(),
             my_addr.as_bytes().to_vec(),
         ];
-        let (done_tx, done_rx) = std::sync::mpsc::channel();
-        transport.request(
-            target.clone(),
-            argv,
-            request_timeout,
-            Box::new(move |reply| {
-                let _ = done_tx.send(reply);
-            }),
-        );
-        let reply = done_rx
-            .recv_timeout(request_timeout + Duration::from_secs(1))
-            .unwrap_or_else(|_| Err("no answer".into()));
-        match reply {
+        match transport.request_blocking(target.clone(), argv, request_timeout) {
             Ok(RespValue::Array(Some(items))) if items.len() == 2 => {
                 if let (RespValue::Integer(id), RespValue::Simple(dbid)) =
                     (&items[0], to_text(&items[1]))

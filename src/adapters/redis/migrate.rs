@@ -11,12 +11,11 @@ use std::time::{Duration, Instant};
 use redis_module::{Context, RedisError, RedisResult, RedisString, RedisValue};
 
 use crate::adapters::ffi::{self, data, Answer, BlockedClient, RawCtx};
-use crate::adapters::raft_thread::driver::DriverInput;
 use crate::adapters::redis::main_jobs::run_on_main;
-use crate::adapters::redis::proposals::check_can_serve;
+use crate::adapters::redis::proposals::{check_can_serve, propose_for_client};
 use crate::adapters::redis::settings::with_config;
 use crate::adapters::redis::shard_links::{ask_following_moved, request_timeout};
-use crate::adapters::redis::state::{call_locally, read_now_ms, with_state, Waiter};
+use crate::adapters::redis::state::{call_locally, read_now_ms, with_state};
 use crate::core::entry::{Origin, Payload};
 use crate::core::expiry;
 use crate::core::pending::RequestId;
@@ -137,42 +136,17 @@ pub fn migrate_command(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
 
 /// Logs `step` with `client` waiting for it; its request id, unless it failed at once.
 fn propose_step(client: BlockedClient, step: MigrationStep) -> Option<RequestId> {
-    let waiter = Waiter {
-        client,
-        resp3: false,
-        read: None,
-        conf_reply: None,
-        user: None,
-        blocking: None,
-        asking: false,
-    };
-    let failed = with_state(|state| {
-        let request_id = state.new_request_id();
-        let origin = state.meta.as_ref().map(|meta| Origin {
-            node_id: meta.node_id,
-            incarnation: state.incarnation,
-            request_id,
-        });
-        let time_ms = state.next_entry_time_ms();
-        let data = Payload::Migration {
-            origin,
-            time_ms,
-            step,
-        }
-        .encode();
-        state.waiters.insert(request_id, waiter);
-        state
-            .send_to_driver(DriverInput::Propose { request_id, data })
-            .map(|()| request_id)
-            .map_err(|error| (request_id, error))
-    });
-    match failed {
-        Ok(request_id) => Some(request_id),
-        Err((request_id, error)) => {
-            with_state(|state| state.answer_waiter(request_id, Answer::Error(error.into())));
-            None
-        }
-    }
+    propose_for_client(client, |origin, time_ms| Payload::Migration {
+        origin,
+        time_ms,
+        step,
+    })
+}
+
+/// The slots `keys` fall in, each once.
+fn slots_of(keys: &[MovedKey]) -> Vec<u16> {
+    let slots: BTreeSet<u16> = keys.iter().map(|k| key_hash_slot(&k.key)).collect();
+    slots.into_iter().collect()
 }
 
 /// Applies a logged migration step (of raft term `term`); the proposing node's client
@@ -219,12 +193,7 @@ pub fn apply_step(
 
 /// Target side: restores the keys if the map takes them (`ShardMap::accept_import`).
 fn import_keys(ctx: RawCtx, term: u64, session_key: u64, keys: &[MovedKey]) -> Answer {
-    let slots: Vec<u16> = keys
-        .iter()
-        .map(|k| key_hash_slot(&k.key))
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .collect();
+    let slots = slots_of(keys);
     let accepted = with_state(|state| state.shard_map.accept_import(term, session_key, &slots));
     if let Err(refusal) = accepted {
         return Answer::Error(refusal.to_string());
@@ -386,12 +355,7 @@ pub fn import_command(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     let argv = words(&args);
     let (term, session_key, keys) = parse_import(&argv)?;
     check_can_serve().map_err(RedisError::String)?;
-    let slots: Vec<u16> = keys
-        .iter()
-        .map(|k| key_hash_slot(&k.key))
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .collect();
+    let slots = slots_of(&keys);
     let precheck = with_state(|state| {
         let mut map = state.shard_map.clone();
         map.accept_import(term, session_key, &slots)

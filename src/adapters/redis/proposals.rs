@@ -2,7 +2,7 @@
 //! each with its blocked client kept as a waiter by request id until the result is
 //! applied (or fails). Also whether this node may serve at all.
 
-use crate::adapters::ffi::{self, Answer};
+use crate::adapters::ffi::{self, Answer, BlockedClient};
 use crate::adapters::raft_thread::driver::DriverInput;
 use crate::adapters::redis::state::{with_state, NodeState, Waiter, ERR_REMOVED};
 use crate::core::entry::{
@@ -62,6 +62,36 @@ pub fn send_proposal_at(
             })
     });
     fail_unsent(sent);
+}
+
+/// Logs the payload `build` makes from this node's origin and the next entry time, with
+/// `client` waiting for whoever applies it to answer (`Waiter::for_client`); the request
+/// id, unless the hand-over failed (then the client has its error already).
+pub fn propose_for_client(
+    client: BlockedClient,
+    build: impl FnOnce(Option<Origin>, i64) -> Payload,
+) -> Option<RequestId> {
+    let sent = with_state(|state| {
+        let request_id = state.new_request_id();
+        let origin = state.meta.as_ref().map(|meta| Origin {
+            node_id: meta.node_id,
+            incarnation: state.incarnation,
+            request_id,
+        });
+        let data = build(origin, state.next_entry_time_ms()).encode();
+        state.waiters.insert(request_id, Waiter::for_client(client));
+        state
+            .send_to_driver(DriverInput::Propose { request_id, data })
+            .map(|()| request_id)
+            .map_err(|error| (request_id, error))
+    });
+    match sent {
+        Ok(request_id) => Some(request_id),
+        Err(unsent) => {
+            fail_unsent(Err(unsent));
+            None
+        }
+    }
 }
 
 /// Registers a read that runs once a quorum confirmed leadership and the read index is

@@ -138,19 +138,7 @@ pub fn ask_following_moved<T>(
             moves = 0;
             continue;
         };
-        let (done_tx, done_rx) = std::sync::mpsc::channel();
-        transport.request(
-            target.clone(),
-            argv.to_vec(),
-            request_timeout,
-            Box::new(move |reply| {
-                let _ = done_tx.send(reply);
-            }),
-        );
-        let reply = done_rx
-            .recv_timeout(request_timeout + Duration::from_secs(1))
-            .unwrap_or_else(|_| Err("no answer".into()));
-        match reply {
+        match transport.request_blocking(target.clone(), argv.to_vec(), request_timeout) {
             Ok(RespValue::Error(message)) => match message.strip_prefix("MOVED 0 ") {
                 Some(leader) if moves < MAX_MOVES => {
                     moves += 1;

@@ -8,10 +8,10 @@ use redis_module::{Context, RedisError, RedisResult, RedisString, RedisValue};
 use crate::adapters::ffi::data::{self, Args};
 use crate::adapters::ffi::{self, Answer, RawCtx};
 use crate::adapters::raft_thread::driver::DriverInput;
-use crate::adapters::redis::proposals::check_can_serve;
+use crate::adapters::redis::proposals::{check_can_serve, propose_for_client};
 use crate::adapters::redis::settings::with_config;
-use crate::adapters::redis::state::{with_state, MainState, Waiter};
-use crate::core::entry::{Argv, Origin, Payload};
+use crate::adapters::redis::state::{with_state, MainState};
+use crate::core::entry::{Argv, Payload};
 use crate::core::expiry;
 use crate::core::shards::{
     common_slot, node_id40, Existing, RangeKind, RouteAsk, ShardGroup, ShardMapChange, ShardNode,
@@ -253,32 +253,7 @@ fn propose_change(ctx: RawCtx, change: ShardMapChange) -> RedisResult {
 
 /// Logs `change`; `client` (blocked) gets `OK` or the refusal once it is applied.
 pub fn propose_for(client: ffi::BlockedClient, change: ShardMapChange) {
-    let waiter = Waiter {
-        client,
-        resp3: false,
-        read: None,
-        conf_reply: None,
-        user: None,
-        blocking: None,
-        asking: false,
-    };
-    let failed = with_state(|state| {
-        let request_id = state.new_request_id();
-        let origin = state.meta.as_ref().map(|meta| Origin {
-            node_id: meta.node_id,
-            incarnation: state.incarnation,
-            request_id,
-        });
-        let data = Payload::ShardMap { origin, change }.encode();
-        state.waiters.insert(request_id, waiter);
-        state
-            .send_to_driver(DriverInput::Propose { request_id, data })
-            .err()
-            .map(|error| (request_id, error))
-    });
-    if let Some((request_id, error)) = failed {
-        with_state(|state| state.answer_waiter(request_id, Answer::Error(error.to_string())));
-    }
+    propose_for_client(client, |origin, _| Payload::ShardMap { origin, change });
 }
 
 /// Logs `change` with nobody waiting (the leader's refresh of a linked group).

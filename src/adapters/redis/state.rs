@@ -67,6 +67,21 @@ pub struct Waiter {
     pub asking: bool,
 }
 
+impl Waiter {
+    /// A waiter for a plain answer (OK or an error), RESP2, no user.
+    pub fn for_client(client: BlockedClient) -> Waiter {
+        Waiter {
+            client,
+            resp3: false,
+            read: None,
+            conf_reply: None,
+            user: None,
+            blocking: None,
+            asking: false,
+        }
+    }
+}
+
 pub struct MainState {
     pub node_state: NodeState,
     pub meta: Option<NodeMeta>,
