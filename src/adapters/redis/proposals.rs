@@ -4,7 +4,7 @@
 
 use crate::adapters::ffi::{self, Answer, BlockedClient};
 use crate::adapters::raft_thread::driver::DriverInput;
-use crate::adapters::redis::state::{with_state, NodeState, Waiter, ERR_REMOVED};
+use crate::adapters::redis::state::{with_state, MainState, NodeState, Waiter, ERR_REMOVED};
 use crate::core::entry::{
     check_proposal_size, Argv, Origin, Payload, FLAG_ASKING, FLAG_TRANSACTION,
 };
@@ -13,6 +13,18 @@ use crate::core::pending::RequestId;
 const ERR_NO_CLUSTER: &str = "NOCLUSTER No Raft Cluster";
 const ERR_JOINING: &str = "NOCLUSTER No Raft Cluster (joining now)";
 const ERR_LOADING: &str = "LOADING Raft module is loading data";
+
+/// A new request id and the origin an entry proposed for it carries: the node that
+/// applies it with this origin answers its waiter.
+fn new_origin(state: &mut MainState) -> (RequestId, Option<Origin>) {
+    let request_id = state.new_request_id();
+    let origin = state.meta.as_ref().map(|meta| Origin {
+        node_id: meta.node_id,
+        incarnation: state.incarnation,
+        request_id,
+    });
+    (request_id, origin)
+}
 
 /// Sends a proposal to the driver now.
 pub fn send_proposal(waiter: Waiter, commands: Vec<Argv>, transaction: bool) {
@@ -34,12 +46,7 @@ pub fn send_proposal_at(
         return;
     }
     let sent = with_state(|state| {
-        let request_id = state.new_request_id();
-        let origin = state.meta.as_ref().map(|meta| Origin {
-            node_id: meta.node_id,
-            incarnation: state.incarnation,
-            request_id,
-        });
+        let (request_id, origin) = new_origin(state);
         let flags = if transaction { FLAG_TRANSACTION } else { 0 }
             | if waiter.asking { FLAG_ASKING } else { 0 };
         let payload = Payload::Commands {
@@ -72,12 +79,7 @@ pub fn propose_for_client(
     build: impl FnOnce(Option<Origin>, i64) -> Payload,
 ) -> Option<RequestId> {
     let sent = with_state(|state| {
-        let request_id = state.new_request_id();
-        let origin = state.meta.as_ref().map(|meta| Origin {
-            node_id: meta.node_id,
-            incarnation: state.incarnation,
-            request_id,
-        });
+        let (request_id, origin) = new_origin(state);
         let data = build(origin, state.next_entry_time_ms()).encode();
         state.waiters.insert(request_id, Waiter::for_client(client));
         state
