@@ -718,6 +718,31 @@ fn a_slot_moves_between_groups_with_its_ttls_and_new_keys_go_where_redis_cluster
     // The keys move in batches of what RAFT.SCAN finds.
     let found = scan_slot(&a, slot);
     assert_eq!(found.len(), keys.len(), "{found:?}");
+    // A failed MIGRATE leaves its keys locked (TRYAGAIN for them) and can be retried:
+    // each fault `migration-debug` injects in turn; the batches below then move them.
+    let first = &found[..2];
+    let migrate_first = || {
+        let mut args = vec!["MIGRATE", "", "0", "", "0", "1000", "KEYS"];
+        args.extend(first.iter().map(String::as_str));
+        cmd(&a, &args)
+    };
+    for (node, fault) in [
+        (&b, "fail-import"),
+        (&a, "fail-connect"),
+        (&a, "fail-unlock"),
+    ] {
+        must(node, &["CONFIG", "SET", "raft.migration-debug", fault]);
+        let failed = migrate_first().unwrap_err();
+        assert!(failed.starts_with("IOERR"), "{fault}: {failed}");
+        let locked = cmd(&a, &["GET", &first[0]]).unwrap_err();
+        assert!(locked.starts_with("TRYAGAIN"), "{fault}: {locked}");
+        must(node, &["CONFIG", "SET", "raft.migration-debug", "none"]);
+    }
+    assert_eq!(
+        must(&b, &["RAFT.DEBUG", "EXEC", "EXISTS", &first[0]]),
+        Value::Int(1),
+        "with fail-unlock the target took the keys"
+    );
     for batch in found.chunks(7) {
         let mut args = vec!["MIGRATE", "", "0", "", "0", "5000", "KEYS"];
         args.extend(batch.iter().map(String::as_str));

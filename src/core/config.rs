@@ -360,8 +360,10 @@ impl FromStr for TraceFlags {
     }
 }
 
-/// `migration-debug`: a fault the original injects into slot migrations (test knob;
-/// stored until sharding exists).
+/// `migration-debug`: a fault injected into slot migrations, as the original offers (test
+/// knob): the source's export fails before sending (`fail-connect`), the target refuses
+/// `RAFT.IMPORT` (`fail-import`), or the source keeps the imported keys locked
+/// (`fail-unlock`). Each leaves the keys locked and the `MIGRATE` retryable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum MigrationDebug {
     #[default]

@@ -16,6 +16,7 @@ use crate::adapters::redis::proposals::{check_can_serve, propose_for_client};
 use crate::adapters::redis::settings::with_config;
 use crate::adapters::redis::shard_links::{ask_following_moved, request_timeout};
 use crate::adapters::redis::state::{call_locally, read_now_ms, with_state};
+use crate::core::config::MigrationDebug;
 use crate::core::entry::{Origin, Payload};
 use crate::core::expiry;
 use crate::core::pending::RequestId;
@@ -226,6 +227,16 @@ fn import_keys(ctx: RawCtx, term: u64, session_key: u64, keys: &[MovedKey]) -> A
 /// the target's leader on a helper thread, stamped with that term (the target fences off
 /// older ones); its answer decides whether they are deleted here.
 fn start_export(ctx: RawCtx, client: BlockedClient, export: Export, term: u64) {
+    let fault = with_config(|config| config.migration_debug);
+    if fault == MigrationDebug::FailConnect {
+        finish_export(
+            client,
+            export.keys,
+            Err("migration-debug fail-connect".into()),
+            fault,
+        );
+        return;
+    }
     let mut moved = Vec::with_capacity(export.keys.len());
     for key in &export.keys {
         let dump = call_locally(ctx, &[b"DUMP".to_vec(), key.clone()], false);
@@ -275,14 +286,29 @@ fn start_export(ctx: RawCtx, client: BlockedClient, export: Export, term: u64) {
                     RespValue::Simple(ok) if ok == "OK" => Ok(()),
                     other => Err(format!("unexpected reply {other:?}")),
                 });
-            run_on_main(Box::new(move || finish_export(client, keys, outcome)));
+            run_on_main(Box::new(move || {
+                finish_export(client, keys, outcome, fault)
+            }));
         });
     if let Err(e) = spawned {
         log::warn!("raft: cannot start a migration: {e}");
     }
 }
 
-fn finish_export(client: BlockedClient, keys: Vec<Vec<u8>>, outcome: Result<(), String>) {
+/// `fault`: the `migration-debug` mode the export started with.
+fn finish_export(
+    client: BlockedClient,
+    keys: Vec<Vec<u8>>,
+    outcome: Result<(), String>,
+    fault: MigrationDebug,
+) {
+    let outcome = match outcome {
+        // The target has the keys, but they stay locked here (a retry unlocks them).
+        Ok(()) if fault == MigrationDebug::FailUnlock => {
+            Err("migration-debug fail-unlock".to_string())
+        }
+        outcome => outcome,
+    };
     match outcome {
         Ok(()) => {
             propose_step(client, MigrationStep::Moved { keys });
@@ -355,6 +381,9 @@ pub fn import_command(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     let argv = words(&args);
     let (term, session_key, keys) = parse_import(&argv)?;
     check_can_serve().map_err(RedisError::String)?;
+    if with_config(|config| config.migration_debug) == MigrationDebug::FailImport {
+        return Err(RedisError::Str("ERR migration-debug fail-import"));
+    }
     let slots = slots_of(&keys);
     let precheck = with_state(|state| {
         let mut map = state.shard_map.clone();
