@@ -494,6 +494,20 @@ impl ShardMap {
             return Err(ShardMapError::TooMany("shard groups"));
         }
         check_slots(&next.groups)?;
+        // Locks belong to a slot this group migrates; once it does not (the move was
+        // finalised or undone), they would only hold keys that are gone or stay here.
+        let migrating: Vec<(u16, u16)> = next
+            .local_ranges()
+            .iter()
+            .filter(|r| r.kind == RangeKind::Migrating)
+            .map(|r| (r.start, r.end))
+            .collect();
+        next.locked_keys.retain(|key| {
+            let slot = key_hash_slot(key);
+            migrating
+                .iter()
+                .any(|&(start, end)| (start..=end).contains(&slot))
+        });
         Ok(next)
     }
 
@@ -972,12 +986,17 @@ mod tests {
             Some((7, gid('b')))
         );
         assert_eq!(source.migration_target(101), None);
-        source.lock(&[b"k".to_vec(), b"j".to_vec(), b"k".to_vec()]);
-        assert!(source.is_locked(b"k") && source.is_locked(b"j") && !source.is_locked(b"x"));
+        // Two keys of the migrating slot.
+        let mut of_slot_100 = (0..)
+            .map(|i| format!("k{i}").into_bytes())
+            .filter(|key| key_hash_slot(key) == 100);
+        let (k, j) = (of_slot_100.next().unwrap(), of_slot_100.next().unwrap());
+        source.lock(&[k.clone(), j.clone(), k.clone()]);
+        assert!(source.is_locked(&k) && source.is_locked(&j) && !source.is_locked(b"x"));
         assert_eq!(source.locked_count(), 2);
         assert_eq!(ShardMap::decode(&source.encode()).unwrap(), source);
-        source.unlock(&[b"k".to_vec()]);
-        assert!(!source.is_locked(b"k") && source.is_locked(b"j"));
+        source.unlock(std::slice::from_ref(&k));
+        assert!(!source.is_locked(&k) && source.is_locked(&j));
 
         let mut target = migrating_map(false);
         assert_eq!(
@@ -1001,6 +1020,19 @@ mod tests {
             }),
             "a deposed leader's term is fenced off"
         );
+        // Finalising the move drops the source's locks with the migrating range.
+        let mut finalised = source.clone();
+        finalised
+            .apply(&ShardMapChange::Replace {
+                local_id: gid('a'),
+                groups: vec![group('b', vec![SlotRange::stable(100, 100)], "h:2")],
+            })
+            .unwrap();
+        assert_eq!(finalised.locked_count(), 0);
+        let mut kept = source.clone();
+        kept.apply(&ShardMapChange::Add(group('c', vec![], "h:3")))
+            .unwrap();
+        assert_eq!(kept.locked_count(), 1, "other changes keep them");
         let restored = ShardMap::decode(&target.encode()).unwrap();
         assert_eq!(restored, target);
         let mut restored = restored;
