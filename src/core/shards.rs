@@ -517,7 +517,8 @@ impl ShardMap {
         Ok(())
     }
 
-    fn holder(&self, slot: u16, kind: RangeKind) -> Option<&ShardGroup> {
+    /// The group with a range of `kind` covering `slot` (validation keeps it unique).
+    pub fn holder(&self, slot: u16, kind: RangeKind) -> Option<&ShardGroup> {
         self.groups.iter().find(|group| {
             group
                 .ranges

@@ -298,9 +298,10 @@ pub fn apply_change(change: &ShardMapChange) -> Answer {
     }
 }
 
-/// The local group's nodes, leader first: (40-character id, address, is leader).
-pub fn local_nodes(state: &MainState) -> Vec<(String, String, bool)> {
-    let dbid = state.shard_map.local_id().to_string();
+/// The cluster's members with an address, leader first: (raft id, 40-character id,
+/// address). What `GET` and the `CLUSTER` replies list for this group.
+pub fn local_nodes(state: &MainState) -> Vec<(u64, String, String)> {
+    let dbid = state.meta.as_ref().map_or("", |meta| meta.dbid.as_str());
     let leader = state.leader_id();
     let mut members: Vec<_> = state
         .membership
@@ -311,7 +312,7 @@ pub fn local_nodes(state: &MainState) -> Vec<(String, String, bool)> {
     members.sort_by_key(|(id, _)| (*id != leader, *id));
     members
         .into_iter()
-        .map(|(id, addr)| (node_id40(&dbid, id), addr, id == leader))
+        .map(|(id, addr)| (id, node_id40(dbid, id), addr))
         .collect()
 }
 
@@ -335,7 +336,7 @@ fn ranges_reply(ranges: &[SlotRange]) -> RedisValue {
 fn local_group_reply(state: &mut MainState) -> RedisValue {
     let nodes = local_nodes(state)
         .into_iter()
-        .map(|(id, addr, _)| {
+        .map(|(_, id, addr)| {
             RedisValue::Array(vec![
                 RedisValue::BulkString(id),
                 RedisValue::BulkString(addr),

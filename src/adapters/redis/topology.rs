@@ -5,9 +5,10 @@
 
 use redis_module::{Context, RedisError, RedisResult, RedisString, RedisValue};
 
+use crate::adapters::redis::sharding::local_nodes;
 use crate::adapters::redis::state::{with_state, MainState, NodeState};
 use crate::core::config::MAX_SLOT;
-use crate::core::shards::{key_hash_slot, node_id40, RangeKind, ShardGroup};
+use crate::core::shards::{key_hash_slot, RangeKind, ShardGroup};
 
 fn split_addr(addr: &str) -> (String, i64) {
     match addr.rsplit_once(':') {
@@ -43,26 +44,15 @@ struct View {
 }
 
 fn view_of(state: &MainState) -> View {
-    let dbid = state
-        .meta
-        .as_ref()
-        .map(|m| m.dbid.clone())
-        .unwrap_or_default();
     let me = state.my_id();
     let leader = state.leader_id();
-    let mut members: Vec<_> = state
-        .membership
-        .members()
-        .filter(|m| !m.addr.is_empty())
-        .collect();
-    members.sort_by_key(|m| (m.id != leader, m.id));
-    let local_nodes = members
+    let local_nodes = local_nodes(state)
         .into_iter()
-        .map(|m| NodeView {
-            id: node_id40(&dbid, m.id),
-            addr: m.addr.clone(),
-            leader: m.id == leader,
-            myself: m.id == me,
+        .map(|(raft_id, id, addr)| NodeView {
+            id,
+            addr,
+            leader: raft_id == leader,
+            myself: raft_id == me,
         })
         .collect();
     let map = &state.shard_map;
@@ -90,11 +80,7 @@ fn view_of(state: &MainState) -> View {
             .collect()
     };
     let first_node_of = |kind: RangeKind, slot: u16| -> Option<String> {
-        let holder = map.groups().iter().find(|g| {
-            g.ranges
-                .iter()
-                .any(|r| r.kind == kind && (r.start..=r.end).contains(&slot))
-        })?;
+        let holder = map.holder(slot, kind)?;
         holder.nodes.first().map(|node| node.id.clone())
     };
     let mut moving_marks = Vec::new();
